@@ -1,0 +1,682 @@
+"""THE generation core: every certificate, CRL and revocation of ca-service passes through here.
+
+The CLI, the HTTP API and (later) ACME and OCSP call these methods and nothing else signs.
+Each public method runs policy, then signing, then storage, in one transaction of its own, and
+returns only after that transaction has committed: no caller can hand out a certificate that the
+store does not hold.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import re
+import secrets
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.serialization import pkcs12
+from cryptography.x509.oid import NameOID
+from sqlalchemy.exc import IntegrityError
+
+from ca_service.clock import Clock, SystemClock
+from ca_service.config import Settings
+from ca_service.crypto.csr import parse_csr
+from ca_service.crypto.inspect import certificate_names, common_name_of
+from ca_service.crypto.keys import (
+    SigningKey,
+    fingerprint_sha256,
+    generate_private_key,
+    key_type_of,
+    load_any_private_key,
+    private_key_pem,
+    public_key_matches,
+)
+from ca_service.crypto.names import parse_name
+from ca_service.domain import (
+    Actor,
+    AuthorityRecord,
+    CertificateRecord,
+    CertStatus,
+    IssuanceRequest,
+    IssuedCertificate,
+    KeyType,
+    RevocationReason,
+)
+from ca_service.errors import BadRequest, CAError, ConfigError, Conflict, NotFound, PolicyRejected
+from ca_service.policy.check import AuthorityView, check
+from ca_service.policy.names import NameConstraintsSpec
+from ca_service.signing.crl import sign_crl
+from ca_service.signing.issuer import sign_intermediate, sign_leaf, sign_root
+from ca_service.signing.keystore import FileKeystore
+from ca_service.signing.material import CAMaterial
+from ca_service.signing.serials import parse_serial, random_serial, serial_hex
+from ca_service.storage.db import Database, unit_of_work
+from ca_service.storage.repositories import (
+    AuditEvent,
+    AuditRepository,
+    AuthorityRepository,
+    CertificateRepository,
+    CRLRepository,
+    StoredCRL,
+)
+
+SERIAL_ATTEMPTS = 4
+
+
+@dataclass(frozen=True)
+class HierarchySpec:
+    """What ``init`` asks for: a root and an issuing intermediate under it."""
+
+    name: str = "default"
+    key_type: KeyType = KeyType.ECDSA_P256
+    root_subject: x509.Name | None = None
+    intermediate_subject: x509.Name | None = None
+    root_days: int = 3650
+    intermediate_days: int = 1825
+    constraints: NameConstraintsSpec = field(default_factory=NameConstraintsSpec)
+
+
+@dataclass(frozen=True)
+class _Loaded:
+    material: CAMaterial
+    view: AuthorityView
+    record: AuthorityRecord
+
+
+class CertificateAuthority:
+    def __init__(
+        self,
+        settings: Settings,
+        db: Database,
+        keystore: FileKeystore,
+        clock: Clock | None = None,
+        serials: Callable[[], int] = random_serial,
+    ) -> None:
+        self.settings = settings
+        self.db = db
+        self.keystore = keystore
+        self.clock = clock or SystemClock()
+        self.serials = serials
+        self._loaded: dict[str, _Loaded] = {}
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------ authorities
+
+    def urls(self, authority: str) -> tuple[str, str, str]:
+        """CRL, caIssuers and OCSP URLs that certificates issued by ``authority`` carry."""
+        base = self.settings.public_url
+        return f"{base}/ca/{authority}/crl", f"{base}/ca/{authority}/ca.cer", f"{base}/ocsp"
+
+    def create_hierarchy(self, spec: HierarchySpec, actor: Actor) -> list[AuthorityRecord]:
+        """Create ``<name>-root`` and the issuing CA ``<name>``; refuse if either exists."""
+        _check_authority_name(spec.name)
+        root_name = f"{spec.name}-root"
+        with unit_of_work(self.db) as s:
+            repo = AuthorityRepository(s)
+            for name in (spec.name, root_name):
+                if repo.find(name) is not None:
+                    raise Conflict(f"authority {name!r} exists already; nothing was changed")
+        if spec.root_days < 1 or spec.intermediate_days < 1:
+            raise BadRequest("validity must be at least one day")
+        if spec.intermediate_days > spec.root_days:
+            raise BadRequest("the intermediate cannot outlive the root")
+        now = self.clock.now()
+        root_key = generate_private_key(spec.key_type)
+        root_subject = spec.root_subject or _default_subject(f"{spec.name} Root CA")
+        root_cert = sign_root(
+            root_key,
+            spec.key_type,
+            root_subject,
+            self.serials(),
+            now - dt.timedelta(minutes=1),
+            now + dt.timedelta(days=spec.root_days),
+        )
+        root_material = CAMaterial(root_name, root_cert, root_key, spec.key_type)
+        inter_key = generate_private_key(spec.key_type)
+        crl_url, issuers_url, _ = self.urls(root_name)
+        inter_cert = sign_intermediate(
+            inter_key.public_key(),
+            spec.intermediate_subject or _default_subject(f"{spec.name} Issuing CA"),
+            root_material,
+            self.serials(),
+            now - dt.timedelta(minutes=1),
+            min(now + dt.timedelta(days=spec.intermediate_days), root_cert.not_valid_after_utc),
+            spec.constraints,
+            crl_url,
+            issuers_url,
+        )
+        return self._register(
+            [
+                (root_name, None, root_cert, root_key, None, None),
+                (spec.name, root_name, inter_cert, inter_key, spec.constraints, None),
+            ],
+            actor,
+            action="authority.create",
+        )
+
+    def import_authority(
+        self,
+        name: str,
+        cert_pem: bytes,
+        key_data: bytes,
+        key_passphrase: bytes | None,
+        chain_pem: bytes | None,
+        actor: Actor,
+        *,
+        intermediate_days: int = 1825,
+    ) -> list[AuthorityRecord]:
+        """Adopt an existing CA. A root gets a new issuing intermediate; an intermediate issues."""
+        _check_authority_name(name)
+        try:
+            cert = x509.load_pem_x509_certificate(cert_pem)
+        except ValueError:
+            try:
+                cert = x509.load_der_x509_certificate(cert_pem)
+            except ValueError:
+                raise BadRequest("the CA certificate is not valid PEM or DER") from None
+        try:
+            bc = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+        except x509.ExtensionNotFound:
+            bc = None
+        if bc is None or not bc.ca:
+            raise BadRequest("the certificate to import is not a CA certificate (basicConstraints)")
+        key = load_any_private_key(key_data, key_passphrase, "imported CA key")
+        if not public_key_matches(key, cert.public_key()):
+            raise BadRequest("the private key does not belong to the certificate")
+        key_type = key_type_of(cert.public_key())
+        now = self.clock.now()
+        if cert.not_valid_after_utc <= now:
+            raise BadRequest("the CA certificate has expired")
+        try:
+            cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier)
+        except x509.ExtensionNotFound:
+            raise BadRequest("the CA certificate has no subjectKeyIdentifier") from None
+        self_signed = cert.issuer == cert.subject
+        with unit_of_work(self.db) as s:
+            repo = AuthorityRepository(s)
+            for taken in (name, f"{name}-root"):
+                if repo.find(taken) is not None:
+                    raise Conflict(f"authority {taken!r} exists already; nothing was changed")
+        if not self_signed:
+            chain = chain_pem.decode() if chain_pem else None
+            if chain:
+                try:
+                    x509.load_pem_x509_certificates(chain.encode())
+                except ValueError:
+                    raise BadRequest("the chain file is not valid PEM") from None
+            return self._register(
+                [(name, None, cert, key, NameConstraintsSpec(), chain)],
+                actor,
+                action="authority.import",
+            )
+        if bc.path_length == 0:
+            raise BadRequest("the imported root has pathLen 0 and cannot certify an intermediate")
+        root_name = f"{name}-root"
+        root_material = CAMaterial(root_name, cert, key, key_type)
+        inter_key = generate_private_key(key_type)
+        crl_url, issuers_url, _ = self.urls(root_name)
+        inter_cert = sign_intermediate(
+            inter_key.public_key(),
+            _default_subject(f"{name} Issuing CA"),
+            root_material,
+            self.serials(),
+            now - dt.timedelta(minutes=1),
+            min(now + dt.timedelta(days=intermediate_days), cert.not_valid_after_utc),
+            NameConstraintsSpec(),
+            crl_url,
+            issuers_url,
+        )
+        return self._register(
+            [
+                (root_name, None, cert, key, None, None),
+                (name, root_name, inter_cert, inter_key, NameConstraintsSpec(), None),
+            ],
+            actor,
+            action="authority.import",
+        )
+
+    def _register(
+        self,
+        entries: Sequence[
+            tuple[
+                str,
+                str | None,
+                x509.Certificate,
+                SigningKey,
+                NameConstraintsSpec | None,
+                str | None,
+            ]
+        ],
+        actor: Actor,
+        action: str,
+    ) -> list[AuthorityRecord]:
+        """Write key files, then the records in one transaction; remove the files if it fails."""
+        written: list[str] = []
+        try:
+            key_files = []
+            for name, _, _, key, _, _ in entries:
+                key_file = self.keystore.store(f"{name}-{secrets.token_hex(4)}", key)
+                written.append(key_file)
+                key_files.append(key_file)
+            now = self.clock.now()
+            with unit_of_work(self.db, write=True) as s:
+                repo = AuthorityRepository(s)
+                certs = CertificateRepository(s)
+                audit = AuditRepository(s)
+                records = []
+                for (name, parent, cert, _, constraints, chain), key_file in zip(
+                    entries, key_files, strict=True
+                ):
+                    record = repo.add(
+                        name=name,
+                        parent=parent,
+                        is_root=cert.issuer == cert.subject,
+                        subject=cert.subject.rfc4514_string(),
+                        key_type=key_type_of(cert.public_key()).value,
+                        cert_der=cert.public_bytes(serialization.Encoding.DER),
+                        key_file=key_file,
+                        not_before=cert.not_valid_before_utc,
+                        not_after=cert.not_valid_after_utc,
+                        name_constraints=constraints.to_json() if constraints else None,
+                        created_at=now,
+                        external_chain_pem=chain,
+                    )
+                    # Every certificate we hold the issuer of is stored, CA ones too, under
+                    # that issuer (a root under itself), so that a CA can be revoked like a leaf.
+                    issuer = parent or (name if record.is_root else None)
+                    if issuer is not None:
+                        certs.add(
+                            _record_for(cert, issuer, "ca", actor.identity, now),
+                            repo.id_of(issuer),
+                        )
+                    audit.add(_event(actor, action, name, now, {"subject": record.subject}))
+                    records.append(record)
+                if repo.default() is None:
+                    repo.set_default(records[-1].name)
+                    records[-1] = repo.get(records[-1].name)
+        except BaseException:
+            for key_file in written:
+                self.keystore.remove(key_file)
+            raise
+        return records
+
+    def list_authorities(self) -> list[AuthorityRecord]:
+        with unit_of_work(self.db) as s:
+            return AuthorityRepository(s).list()
+
+    def set_default(self, name: str, actor: Actor) -> None:
+        with unit_of_work(self.db, write=True) as s:
+            repo = AuthorityRepository(s)
+            record = repo.get(name)
+            if record.is_root:
+                raise BadRequest(f"{name!r} is a root; the default must be an issuing authority")
+            repo.set_default(name)
+            AuditRepository(s).add(_event(actor, "authority.default", name, self.clock.now(), None))
+
+    def default_authority(self) -> str:
+        if self.settings.default_authority:
+            return self.settings.default_authority
+        with unit_of_work(self.db) as s:
+            record = AuthorityRepository(s).default()
+        if record is None:
+            raise NotFound("no certificate authority exists yet; run 'ca-service init'")
+        return record.name
+
+    def load_keys(self) -> list[str]:
+        """Load and check every CA key now, so a wrong passphrase stops the service at start."""
+        names = [a.name for a in self.list_authorities()]
+        for name in names:
+            self._load(name)
+        return names
+
+    def _load(self, name: str) -> _Loaded:
+        with self._lock:
+            cached = self._loaded.get(name)
+        if cached is not None:
+            return cached
+        with unit_of_work(self.db) as s:
+            repo = AuthorityRepository(s)
+            record = repo.get(name)
+            chain = []
+            parent = record.parent
+            while parent is not None:
+                parent_record = repo.get(parent)
+                chain.append(x509.load_der_x509_certificate(parent_record.cert_der))
+                parent = parent_record.parent
+        if record.external_chain_pem:
+            chain.extend(x509.load_pem_x509_certificates(record.external_chain_pem.encode()))
+        cert = x509.load_der_x509_certificate(record.cert_der)
+        key = self.keystore.load(record.key_file, f"authority {name!r}")
+        if not public_key_matches(key, cert.public_key()):
+            raise ConfigError(f"authority {name!r}: the key file does not match its certificate")
+        material = CAMaterial(name, cert, key, KeyType(record.key_type), tuple(chain))
+        crl_url, issuers_url, ocsp_url = self.urls(name)
+        view = AuthorityView(
+            name=name,
+            not_after=record.not_after,
+            constraints=NameConstraintsSpec.from_json(record.name_constraints),
+            crl_url=crl_url,
+            ca_issuers_url=issuers_url,
+            ocsp_url=ocsp_url,
+        )
+        loaded = _Loaded(material, view, record)
+        with self._lock:
+            self._loaded[name] = loaded
+        return loaded
+
+    def material(self, name: str | None = None) -> CAMaterial:
+        return self._load(name or self.default_authority()).material
+
+    def chain_pem(self, name: str | None = None) -> tuple[str, ...]:
+        """The authority's certificate and the ones above it, up to the root, as PEM."""
+        material = self.material(name)
+        return tuple(
+            c.public_bytes(serialization.Encoding.PEM).decode()
+            for c in (material.certificate, *material.parents)
+        )
+
+    # ------------------------------------------------------------------ issuance
+
+    def issue_from_csr(
+        self,
+        csr: bytes | str,
+        actor: Actor,
+        *,
+        profile: str = "server",
+        validity_days: int | None = None,
+        authority: str | None = None,
+        extra_names: Sequence[str] = (),
+    ) -> IssuedCertificate:
+        """Issue for the key and names of a CSR, whose signature proves possession of the key."""
+        parsed = parse_csr(csr)
+        names = parsed.names + tuple(parse_name(n) for n in extra_names)
+        request = IssuanceRequest(
+            public_key=parsed.public_key,
+            key_type=parsed.key_type,
+            common_name=parsed.common_name,
+            names=names,
+            profile=profile,
+            validity_days=validity_days,
+            authority=authority,
+        )
+        return self._issue(request, actor)
+
+    def issue_with_new_key(
+        self,
+        actor: Actor,
+        *,
+        common_name: str | None = None,
+        names: Sequence[str] = (),
+        key_type: KeyType = KeyType.ECDSA_P256,
+        profile: str = "server",
+        validity_days: int | None = None,
+        authority: str | None = None,
+        pkcs12_passphrase: bytes | None = None,
+    ) -> IssuedCertificate:
+        """Generate the key pair here and return it once with the certificate; it is not stored."""
+        parsed_names = tuple(parse_name(n) for n in names)
+        # Policy first with the public half of a throwaway check is impossible without the key,
+        # so the key is made first; it lives only in this call and in the returned object.
+        key = generate_private_key(key_type)
+        request = IssuanceRequest(
+            public_key=key.public_key(),
+            key_type=key_type,
+            common_name=common_name,
+            names=parsed_names,
+            profile=profile,
+            validity_days=validity_days,
+            authority=authority,
+        )
+        return self._issue(request, actor, private_key=key, pkcs12_passphrase=pkcs12_passphrase)
+
+    def _issue(
+        self,
+        request: IssuanceRequest,
+        actor: Actor,
+        *,
+        private_key: SigningKey | None = None,
+        pkcs12_passphrase: bytes | None = None,
+    ) -> IssuedCertificate:
+        name = request.authority or self.default_authority()
+        loaded = self._load(name)
+        if loaded.record.is_root:
+            raise PolicyRejected(
+                f"{name!r} is a root CA; issue from its intermediate", rule="authority.is_root"
+            )
+        for attempt in range(SERIAL_ATTEMPTS):
+            now = self.clock.now()
+            template = check(
+                request, self.settings.profiles, loaded.view, actor.policy, now, self.serials()
+            )
+            cert = sign_leaf(template, loaded.material)
+            record = _record_for(cert, name, template.profile, actor.identity, now)
+            try:
+                with unit_of_work(self.db, write=True) as s:
+                    authority_id = AuthorityRepository(s).id_of(name)
+                    CertificateRepository(s).add(record, authority_id)
+                    AuditRepository(s).add(
+                        _event(
+                            actor,
+                            "certificate.issue",
+                            f"{name}/{record.serial}",
+                            now,
+                            {"profile": record.profile, "names": list(record.sans)},
+                        )
+                    )
+            except IntegrityError:
+                # Only a serial collision can break a unique constraint here (2**-159 odds).
+                if attempt == SERIAL_ATTEMPTS - 1:
+                    raise
+                continue
+            break
+        pem = cert.public_bytes(serialization.Encoding.PEM).decode()
+        p12 = None
+        if private_key is not None and pkcs12_passphrase:
+            p12 = pkcs12.serialize_key_and_certificates(
+                (record.common_name or record.serial).encode(),
+                private_key,
+                cert,
+                [loaded.material.certificate, *loaded.material.parents],
+                serialization.BestAvailableEncryption(pkcs12_passphrase),
+            )
+        return IssuedCertificate(
+            record=record,
+            certificate_pem=pem,
+            chain_pem=self.chain_pem(name),
+            private_key_pem=private_key_pem(private_key) if private_key is not None else None,
+            pkcs12=p12,
+        )
+
+    # ------------------------------------------------------------------ lookups
+
+    def get_certificate(self, serial: str, authority: str | None = None) -> CertificateRecord:
+        normalized = _normalize_serial(serial)
+        with unit_of_work(self.db) as s:
+            found = CertificateRepository(s).find(normalized, authority)
+        if not found:
+            raise NotFound(f"no certificate with serial {serial}")
+        if len(found) > 1:
+            names = ", ".join(r.authority for r in found)
+            raise Conflict(f"serial {serial} exists in several authorities ({names}); name one")
+        return found[0]
+
+    # ------------------------------------------------------------------ revocation
+
+    def revoke(
+        self,
+        serial: str,
+        reason: RevocationReason,
+        actor: Actor,
+        *,
+        authority: str | None = None,
+    ) -> CertificateRecord:
+        """Revoke (or put on hold). Same reason again: no-op. Another reason: conflict, but a
+        certificate on hold may be revoked for good."""
+        target = self.get_certificate(serial, authority)
+        now = self.clock.now()
+        with unit_of_work(self.db, write=True) as s:
+            repo = CertificateRepository(s)
+            row = repo.find_for_update(target.serial, target.authority)
+            if row is None:
+                raise NotFound(f"no certificate with serial {serial}")
+            current = CertStatus(row.status)
+            current_reason = (
+                RevocationReason(row.revocation_reason) if row.revocation_reason else None
+            )
+            if current is CertStatus.REVOKED:
+                if current_reason is reason:
+                    return repo.set_revocation(row, current, row.revoked_at, current_reason)
+                if current_reason is not RevocationReason.CERTIFICATE_HOLD:
+                    raise Conflict(
+                        f"certificate {target.serial} is already revoked "
+                        f"({current_reason}); it cannot be revoked again as {reason}"
+                    )
+            record = repo.set_revocation(row, CertStatus.REVOKED, now, reason)
+            AuditRepository(s).add(
+                _event(
+                    actor,
+                    "certificate.revoke",
+                    f"{target.authority}/{target.serial}",
+                    now,
+                    {"reason": reason.value},
+                )
+            )
+        self._refresh_crl_quietly(target.authority)
+        return record
+
+    def release_hold(
+        self, serial: str, actor: Actor, *, authority: str | None = None
+    ) -> CertificateRecord:
+        """Lift certificateHold: the certificate is valid again and leaves the next CRL."""
+        target = self.get_certificate(serial, authority)
+        now = self.clock.now()
+        with unit_of_work(self.db, write=True) as s:
+            repo = CertificateRepository(s)
+            row = repo.find_for_update(target.serial, target.authority)
+            if row is None:
+                raise NotFound(f"no certificate with serial {serial}")
+            if (
+                row.status != CertStatus.REVOKED.value
+                or row.revocation_reason != RevocationReason.CERTIFICATE_HOLD.value
+            ):
+                raise Conflict(f"certificate {target.serial} is not on hold")
+            record = repo.set_revocation(row, CertStatus.VALID, None, None)
+            AuditRepository(s).add(
+                _event(
+                    actor,
+                    "certificate.release_hold",
+                    f"{target.authority}/{target.serial}",
+                    now,
+                    None,
+                )
+            )
+        self._refresh_crl_quietly(target.authority)
+        return record
+
+    def _refresh_crl_quietly(self, authority: str) -> None:
+        # The revocation is committed whatever happens here; a CRL that failed now is made on the
+        # next fetch, since current_crl() regenerates any CRL older than the last change.
+        with contextlib.suppress(CAError):
+            self.generate_crl(authority)
+
+    # ------------------------------------------------------------------ CRLs
+
+    def generate_crl(self, authority: str | None = None) -> StoredCRL:
+        """Sign a new CRL. The number comes from an atomic UPDATE whose row lock is held until
+        commit, so concurrent generators of one authority are ordered and numbers never repeat."""
+        name = authority or self.default_authority()
+        loaded = self._load(name)
+        with unit_of_work(self.db, write=True) as s:
+            repo = AuthorityRepository(s)
+            number = repo.next_crl_number(name)
+            now = self.clock.now()
+            entries = CertificateRepository(s).revoked_unexpired(name, now)
+            next_update = now + dt.timedelta(hours=self.settings.crl_next_update_hours)
+            crl = sign_crl(loaded.material, number, now, next_update, entries)
+            stored = StoredCRL(
+                name, number, now, next_update, crl.public_bytes(serialization.Encoding.DER)
+            )
+            CRLRepository(s).save(repo.id_of(name), stored)
+        return stored
+
+    def current_crl(self, authority: str | None = None) -> StoredCRL:
+        """The stored CRL, or a new one when none exists or half its lifetime has passed."""
+        name = authority or self.default_authority()
+        self._load(name)
+        with unit_of_work(self.db) as s:
+            stored = CRLRepository(s).latest(name)
+        now = self.clock.now()
+        if (
+            stored is None
+            or now >= stored.this_update + (stored.next_update - stored.this_update) / 2
+        ):
+            return self.generate_crl(name)
+        return stored
+
+
+def _normalize_serial(serial: str) -> str:
+    try:
+        return serial_hex(parse_serial(serial))
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from None
+
+
+def _check_authority_name(name: str) -> None:
+    if not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,46}", name):
+        raise BadRequest(
+            f"authority name {name!r}: use 1-47 lower-case letters, digits and hyphens"
+        )
+
+
+def _default_subject(common_name: str) -> x509.Name:
+    return x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "ca-service"),
+            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+        ]
+    )
+
+
+def _record_for(
+    cert: x509.Certificate, authority: str, profile: str, requester: str, now: dt.datetime
+) -> CertificateRecord:
+    return CertificateRecord(
+        authority=authority,
+        serial=serial_hex(cert.serial_number),
+        subject=cert.subject.rfc4514_string(),
+        common_name=common_name_of(cert),
+        sans=certificate_names(cert),
+        key_type=key_type_of(cert.public_key()).value,
+        profile=profile,
+        not_before=cert.not_valid_before_utc,
+        not_after=cert.not_valid_after_utc,
+        status=CertStatus.VALID,
+        revoked_at=None,
+        revocation_reason=None,
+        fingerprint_sha256=fingerprint_sha256(cert),
+        der=cert.public_bytes(serialization.Encoding.DER),
+        requester=requester[:255],
+        created_at=now,
+    )
+
+
+def _event(
+    actor: Actor,
+    action: str,
+    target: str | None,
+    at: dt.datetime,
+    details: dict[str, object] | None,
+) -> AuditEvent:
+    return AuditEvent(
+        at=at,
+        actor=actor.identity[:255],
+        action=action,
+        target=target,
+        request_id=actor.request_id,
+        client_address=actor.client_address,
+        details=details,  # type: ignore[arg-type]
+    )

@@ -1,0 +1,634 @@
+"""The ``ca-service`` command line. It calls the core and never imports the web layer.
+
+Every failure is one line on stderr and a non-zero exit: 1 for a refused or bad request, 2 for
+usage errors (click's own), 3 for configuration or start-up problems.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import getpass
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
+
+from ca_service.authority import CertificateAuthority, HierarchySpec
+from ca_service.config import Settings, load_settings
+from ca_service.domain import (
+    Actor,
+    AuthorityRecord,
+    CertificateRecord,
+    CertStatus,
+    IssuedCertificate,
+    KeyType,
+    RevocationReason,
+)
+from ca_service.errors import BadRequest, CAError, ConfigError
+from ca_service.policy.names import NameConstraintsSpec
+from ca_service.storage import migrate
+from ca_service.storage.db import unit_of_work
+from ca_service.storage.repositories import CertificateFilter, CertificateRepository
+from ca_service.wiring import build_authority, open_database
+
+F = TypeVar("F", bound=Callable[..., Any])
+log = logging.getLogger("ca_service.cli")
+
+KEY_TYPES = [k.value for k in KeyType]
+REASONS = [r.value for r in RevocationReason]
+
+
+def _actor() -> Actor:
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = str(os.getuid())
+    return Actor(identity=f"cli:{user}")
+
+
+def _settings() -> Settings:
+    ctx = click.get_current_context()
+    obj = ctx.find_root().obj
+    if obj is None:
+        obj = load_settings()
+        ctx.find_root().obj = obj
+    assert isinstance(obj, Settings)
+    return obj
+
+
+def _authority(*, migrate_first: bool = False) -> CertificateAuthority:
+    return build_authority(_settings(), apply_migrations=migrate_first)
+
+
+def _fail(message: str, code: int) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+def handle_errors(func: F) -> F:
+    """Turn every failure into one clear line; a traceback is never what a user should see."""
+
+    @wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except ConfigError as exc:
+            _fail(exc.detail, 3)
+        except CAError as exc:
+            _fail(exc.detail, 1)
+        except OperationalError as exc:
+            reason = str(exc.orig).strip().splitlines()[0] if exc.orig else "unknown error"
+            _fail(f"the database is unreachable or refused the operation: {reason}", 3)
+        except SQLAlchemyError as exc:
+            log.debug("database error", exc_info=True)
+            _fail(f"database error ({type(exc).__name__}); nothing was changed", 3)
+        except OSError as exc:
+            _fail(f"{exc.strerror or exc}{': ' + str(exc.filename) if exc.filename else ''}", 1)
+        return None
+
+    return wrapper  # type: ignore[return-value]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="ca-service")
+def cli() -> None:
+    """ca-service: a self-hosted certificate authority.
+
+    Settings come from CA_* environment variables (see config/ca-service.example.toml); the CA
+    keys are encrypted with CA_KEY_PASSPHRASE or the file named by CA_KEY_PASSPHRASE_FILE.
+    """
+    logging.basicConfig(level=os.environ.get("CA_LOG_LEVEL", "WARNING").upper())
+
+
+# ---------------------------------------------------------------------------- init
+
+
+@cli.command()
+@click.option("--name", default="default", show_default=True, help="Name of the issuing CA.")
+@click.option("--key-type", type=click.Choice(KEY_TYPES), default="ecdsa-p256", show_default=True)
+@click.option(
+    "--root-subject", help="Root subject as an RFC 4514 string, e.g. 'CN=Acme Root,O=Acme'."
+)
+@click.option("--subject", "inter_subject", help="Issuing CA subject (RFC 4514).")
+@click.option("--root-days", type=click.IntRange(1, 36500), default=3650, show_default=True)
+@click.option("--intermediate-days", type=click.IntRange(1, 36500), default=1825, show_default=True)
+@click.option(
+    "--permit",
+    multiple=True,
+    help="Name constraint to permit (example.test, 10.0.0.0/8, @example.test). Repeatable.",
+)
+@click.option("--exclude", multiple=True, help="Name constraint to exclude. Repeatable.")
+@click.option(
+    "--import-cert",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Adopt this CA certificate instead of creating one.",
+)
+@click.option(
+    "--import-key",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Private key of --import-cert (PEM or DER).",
+)
+@click.option(
+    "--import-key-passphrase-file", type=click.Path(exists=True, dir_okay=False, path_type=Path)
+)
+@click.option(
+    "--import-chain",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="PEM issuers above an imported intermediate.",
+)
+@click.option("--exist-ok", is_flag=True, help="Succeed without change when the authority exists.")
+@handle_errors
+def init(
+    name: str,
+    key_type: str,
+    root_subject: str | None,
+    inter_subject: str | None,
+    root_days: int,
+    intermediate_days: int,
+    permit: tuple[str, ...],
+    exclude: tuple[str, ...],
+    import_cert: Path | None,
+    import_key: Path | None,
+    import_key_passphrase_file: Path | None,
+    import_chain: Path | None,
+    exist_ok: bool,
+) -> None:
+    """Create (or adopt) a root CA and an issuing intermediate, and the database."""
+    ca = _authority(migrate_first=True)
+    existing = {a.name for a in ca.list_authorities()}
+    if name in existing:
+        if exist_ok:
+            click.echo(f"authority {name!r} exists already; nothing changed")
+            _print_authorities(
+                [a for a in ca.list_authorities() if a.name in (name, f"{name}-root")]
+            )
+            return
+        raise ConfigError(
+            f"authority {name!r} exists already; nothing was changed (see --exist-ok)"
+        )
+    if import_cert or import_key:
+        if not (import_cert and import_key):
+            raise BadRequest("--import-cert and --import-key go together")
+        passphrase = (
+            import_key_passphrase_file.read_bytes().strip() if import_key_passphrase_file else None
+        )
+        records = ca.import_authority(
+            name,
+            import_cert.read_bytes(),
+            import_key.read_bytes(),
+            passphrase,
+            import_chain.read_bytes() if import_chain else None,
+            _actor(),
+            intermediate_days=intermediate_days,
+        )
+    else:
+        click.echo(f"creating root and issuing CA {name!r} ({key_type}) ...", err=True)
+        spec = HierarchySpec(
+            name=name,
+            key_type=KeyType(key_type),
+            root_subject=_parse_subject(root_subject),
+            intermediate_subject=_parse_subject(inter_subject),
+            root_days=root_days,
+            intermediate_days=intermediate_days,
+            constraints=NameConstraintsSpec.parse(permit, exclude),
+        )
+        records = ca.create_hierarchy(spec, _actor())
+    ca.load_keys()
+    for record in records:
+        if not record.is_root:
+            ca.generate_crl(record.name)
+    _print_authorities(records)
+
+
+def _parse_subject(text: str | None) -> x509.Name | None:
+    if not text:
+        return None
+    try:
+        name = x509.Name.from_rfc4514_string(text)
+    except ValueError as exc:
+        raise BadRequest(f"subject {text!r} is not an RFC 4514 name: {exc}") from None
+    if not name.get_attributes_for_oid(x509.NameOID.COMMON_NAME):
+        raise BadRequest("a CA subject needs a CN")
+    return name
+
+
+def _print_authorities(records: list[AuthorityRecord]) -> None:
+    for r in records:
+        cert = x509.load_der_x509_certificate(r.cert_der)
+        kind = "root" if r.is_root else "issuing"
+        default = " (default)" if r.is_default else ""
+        click.echo(f"{r.name}{default}: {kind} CA, {r.key_type}")
+        click.echo(f"  subject:     {r.subject}")
+        click.echo(f"  valid:       {r.not_before:%Y-%m-%d} to {r.not_after:%Y-%m-%d}")
+        click.echo(f"  serial:      {cert.serial_number:x}")
+        fp = cert.fingerprint(hashes.SHA256()).hex()
+        click.echo(f"  sha256:      {fp}")
+
+
+# ---------------------------------------------------------------------------- issue
+
+
+@cli.command()
+@click.option(
+    "--csr",
+    "csr_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="PKCS#10 request (PEM or DER).",
+)
+@click.option("--cn", help="Common name (a host name is also added to the SANs).")
+@click.option(
+    "--san",
+    multiple=True,
+    help="Subject alternative name: host, IP, e-mail or URI, optionally prefixed "
+    "dns:/ip:/email:/uri:. Repeatable.",
+)
+@click.option(
+    "--key-type",
+    type=click.Choice(KEY_TYPES),
+    default="ecdsa-p256",
+    show_default=True,
+    help="Key to generate when no --csr is given.",
+)
+@click.option("--profile", default="server", show_default=True)
+@click.option("--days", type=int, help="Validity in days (default: the profile's).")
+@click.option("--authority", help="Issuing authority (default: the default one).")
+@click.option(
+    "--out",
+    "out_prefix",
+    type=click.Path(path_type=Path),
+    help="Write PREFIX.crt, PREFIX.chain.pem, PREFIX.fullchain.pem (and PREFIX.key). "
+    "Default: the CN or serial, in the current directory.",
+)
+@click.option(
+    "--p12-passphrase-file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Also write PREFIX.p12 protected by this passphrase (generated keys only).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the record as JSON.")
+@handle_errors
+def issue(
+    csr_file: Path | None,
+    cn: str | None,
+    san: tuple[str, ...],
+    key_type: str,
+    profile: str,
+    days: int | None,
+    authority: str | None,
+    out_prefix: Path | None,
+    p12_passphrase_file: Path | None,
+    as_json: bool,
+) -> None:
+    """Issue a certificate from a CSR, or with a key pair generated here (never stored)."""
+    ca = _authority()
+    ca.load_keys()
+    if csr_file:
+        if cn:
+            raise BadRequest("--cn comes from the CSR; use --san to add names")
+        if p12_passphrase_file:
+            raise BadRequest("a PKCS#12 file needs the private key; it is only for generated keys")
+        issued = ca.issue_from_csr(
+            csr_file.read_bytes(),
+            _actor(),
+            profile=profile,
+            validity_days=days,
+            authority=authority,
+            extra_names=san,
+        )
+    else:
+        if not cn and not san:
+            raise BadRequest("give --csr, or --cn and/or --san for a generated key")
+        p12_pass = p12_passphrase_file.read_bytes().strip() if p12_passphrase_file else None
+        issued = ca.issue_with_new_key(
+            _actor(),
+            common_name=cn,
+            names=san,
+            key_type=KeyType(key_type),
+            profile=profile,
+            validity_days=days,
+            authority=authority,
+            pkcs12_passphrase=p12_pass,
+        )
+    written = _write_issued(issued, out_prefix)
+    if as_json:
+        data = _record_json(issued.record)
+        data["files"] = [str(p) for p in written]
+        click.echo(json.dumps(data, indent=2))
+        return
+    r = issued.record
+    click.echo(
+        f"issued {r.serial} for {', '.join(r.sans) or r.common_name} (profile {r.profile}, "
+        f"valid until {r.not_after:%Y-%m-%d %H:%M} UTC)"
+    )
+    for path in written:
+        click.echo(f"  wrote {path}")
+
+
+def _write_issued(issued: IssuedCertificate, prefix: Path | None) -> list[Path]:
+    stem = prefix or Path(
+        (issued.record.common_name or issued.record.serial).replace("*", "_wildcard")
+    )
+    files: list[tuple[Path, bytes, int]] = [
+        (stem.with_name(stem.name + ".crt"), issued.certificate_pem.encode(), 0o644),
+        (stem.with_name(stem.name + ".chain.pem"), "".join(issued.chain_pem).encode(), 0o644),
+        (stem.with_name(stem.name + ".fullchain.pem"), issued.fullchain_pem.encode(), 0o644),
+    ]
+    if issued.private_key_pem:
+        files.append((stem.with_name(stem.name + ".key"), issued.private_key_pem.encode(), 0o600))
+    if issued.pkcs12:
+        files.append((stem.with_name(stem.name + ".p12"), issued.pkcs12, 0o600))
+    for path, _, _ in files:
+        if path.exists():
+            raise ConfigError(
+                f"{path} exists; not overwriting it (the certificate {issued.record.serial} was "
+                "issued and stored: use 'ca-service show' to get it, or pass --out)"
+            )
+    written = []
+    for path, data, mode in files:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        written.append(path)
+    return written
+
+
+# ---------------------------------------------------------------------------- list / show
+
+
+def _record_json(r: CertificateRecord, now: dt.datetime | None = None) -> dict[str, Any]:
+    now = now or dt.datetime.now(dt.UTC)
+    return {
+        "authority": r.authority,
+        "serial": r.serial,
+        "subject": r.subject,
+        "common_name": r.common_name,
+        "sans": list(r.sans),
+        "key_type": r.key_type,
+        "profile": r.profile,
+        "not_before": r.not_before.isoformat(),
+        "not_after": r.not_after.isoformat(),
+        "status": r.status_at(now).value,
+        "revoked_at": r.revoked_at.isoformat() if r.revoked_at else None,
+        "revocation_reason": r.revocation_reason.value if r.revocation_reason else None,
+        "fingerprint_sha256": r.fingerprint_sha256,
+        "requester": r.requester,
+        "created_at": r.created_at.isoformat(),
+    }
+
+
+@cli.command("list")
+@click.option("--status", type=click.Choice([s.value for s in CertStatus]))
+@click.option("--name", help="Substring of the common name or a SAN.")
+@click.option(
+    "--expiring-within",
+    type=click.IntRange(0, None),
+    metavar="DAYS",
+    help="Only certificates that expire within DAYS days.",
+)
+@click.option("--authority")
+@click.option("--limit", type=click.IntRange(1, 10000), default=100, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@handle_errors
+def list_(
+    status: str | None,
+    name: str | None,
+    expiring_within: int | None,
+    authority: str | None,
+    limit: int,
+    as_json: bool,
+) -> None:
+    """List stored certificates, newest first."""
+    db = open_database(_settings())
+    _require_schema(db)
+    now = dt.datetime.now(dt.UTC)
+    flt = CertificateFilter(
+        authority=authority,
+        status=CertStatus(status) if status else None,
+        name=name,
+        expires_before=now + dt.timedelta(days=expiring_within)
+        if expiring_within is not None
+        else None,
+        limit=limit,
+    )
+    with unit_of_work(db) as s:
+        records, _ = CertificateRepository(s).list(flt, now)
+    if as_json:
+        click.echo(json.dumps([_record_json(r, now) for r in records], indent=2))
+        return
+    if not records:
+        click.echo("no certificates match")
+        return
+    rows = [("SERIAL", "AUTHORITY", "STATUS", "NOT AFTER", "PROFILE", "NAMES")]
+    for r in records:
+        names = ", ".join(s.split(":", 1)[1] for s in r.sans) or (r.common_name or "")
+        rows.append(
+            (
+                r.serial[:16] + "…",
+                r.authority,
+                r.status_at(now).value,
+                f"{r.not_after:%Y-%m-%d}",
+                r.profile,
+                names[:60],
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+
+
+def _require_schema(db: Any) -> None:
+    if migrate.pending(db):
+        raise ConfigError("the database schema is behind; run 'ca-service db upgrade'")
+
+
+@cli.command()
+@click.argument("serial")
+@click.option("--authority")
+@click.option("--pem", is_flag=True, help="Print the certificate PEM only.")
+@click.option("--json", "as_json", is_flag=True)
+@handle_errors
+def show(serial: str, authority: str | None, pem: bool, as_json: bool) -> None:
+    """Show one certificate by serial (hex, colons allowed)."""
+    ca = _authority()
+    r = ca.get_certificate(serial, authority)
+    if pem:
+        cert = x509.load_der_x509_certificate(r.der)
+        click.echo(cert.public_bytes(serialization.Encoding.PEM).decode(), nl=False)
+        return
+    data = _record_json(r)
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    for key, value in data.items():
+        if isinstance(value, list):
+            value = ", ".join(value)
+        click.echo(f"{key:20} {value if value is not None else '-'}")
+
+
+# ---------------------------------------------------------------------------- revoke / crl
+
+
+@cli.command()
+@click.argument("serial")
+@click.option(
+    "--reason",
+    type=click.Choice(REASONS, case_sensitive=False),
+    default="unspecified",
+    show_default=True,
+)
+@click.option("--authority")
+@handle_errors
+def revoke(serial: str, reason: str, authority: str | None) -> None:
+    """Revoke a certificate (certificateHold puts it on hold; see release-hold)."""
+    ca = _authority()
+    ca.load_keys()
+    r = ca.revoke(serial, RevocationReason.parse(reason), _actor(), authority=authority)
+    click.echo(
+        f"{r.serial}: revoked ({r.revocation_reason}) at {r.revoked_at:%Y-%m-%d %H:%M:%S} UTC"
+    )
+
+
+@cli.command("release-hold")
+@click.argument("serial")
+@click.option("--authority")
+@handle_errors
+def release_hold(serial: str, authority: str | None) -> None:
+    """Take a certificate off hold: it is valid again and leaves the next CRL."""
+    ca = _authority()
+    ca.load_keys()
+    r = ca.release_hold(serial, _actor(), authority=authority)
+    click.echo(f"{r.serial}: released from hold; status {r.status}")
+
+
+@cli.command()
+@click.option("--authority", help="Default: the default authority.")
+@click.option(
+    "--format", "fmt", type=click.Choice(["der", "pem"]), default="pem", show_default=True
+)
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="File to write (default: stdout for PEM).",
+)
+@handle_errors
+def crl(authority: str | None, fmt: str, out: Path | None) -> None:
+    """Sign a fresh CRL for an authority and write it."""
+    ca = _authority()
+    stored = ca.generate_crl(authority)
+    data = stored.der
+    if fmt == "pem":
+        parsed = x509.load_der_x509_crl(data)
+        data = parsed.public_bytes(serialization.Encoding.PEM)
+    if out:
+        out.write_bytes(data)
+        click.echo(
+            f"CRL #{stored.number} of {stored.authority} written to {out} "
+            f"(next update {stored.next_update:%Y-%m-%d %H:%M} UTC)",
+            err=True,
+        )
+    elif fmt == "der":
+        raise BadRequest("DER is binary: pass --out FILE")
+    else:
+        click.echo(data.decode(), nl=False)
+
+
+# ---------------------------------------------------------------------------- export / authorities
+
+
+@cli.command()
+@click.argument("what", type=click.Choice(["chain", "root", "cert"]))
+@click.option("--authority")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path))
+@handle_errors
+def export(what: str, authority: str | None, out: Path | None) -> None:
+    """Export CA certificates as PEM: the issuing CA's chain, its root, or its own certificate."""
+    ca = _authority()
+    chain = ca.chain_pem(authority)
+    text = {"chain": "".join(chain), "root": chain[-1], "cert": chain[0]}[what]
+    if out:
+        out.write_text(text)
+        click.echo(f"wrote {out}", err=True)
+    else:
+        click.echo(text, nl=False)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True)
+@handle_errors
+def authorities(as_json: bool) -> None:
+    """List the authorities this service holds."""
+    ca = _authority()
+    records = ca.list_authorities()
+    if as_json:
+        click.echo(
+            json.dumps(
+                [
+                    {
+                        "name": r.name,
+                        "parent": r.parent,
+                        "is_root": r.is_root,
+                        "is_default": r.is_default,
+                        "subject": r.subject,
+                        "key_type": r.key_type,
+                        "not_after": r.not_after.isoformat(),
+                    }
+                    for r in records
+                ],
+                indent=2,
+            )
+        )
+        return
+    if not records:
+        click.echo("no authorities yet; run 'ca-service init'")
+    _print_authorities(records)
+
+
+@cli.command("set-default")
+@click.argument("name")
+@handle_errors
+def set_default(name: str) -> None:
+    """Make NAME the default issuing authority."""
+    _authority().set_default(name, _actor())
+    click.echo(f"{name} is now the default authority")
+
+
+# ---------------------------------------------------------------------------- db
+
+
+@cli.group()
+def db() -> None:
+    """Database schema management."""
+
+
+@db.command("upgrade")
+@handle_errors
+def db_upgrade() -> None:
+    """Apply pending Alembic migrations."""
+    database = open_database(_settings())
+    waiting = migrate.pending(database)
+    migrate.upgrade(database)
+    click.echo(
+        f"applied {len(waiting)} migration(s); schema is current"
+        if waiting
+        else "schema is current"
+    )
+
+
+def main() -> None:
+    try:
+        cli.main(prog_name="ca-service", standalone_mode=True)
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+
+
+__all__ = ["cli", "main"]

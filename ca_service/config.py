@@ -1,0 +1,156 @@
+"""Settings: read once at start from CA_* environment variables and an optional TOML file.
+
+Strict on purpose: an unknown key or a bad value stops the service at start with a message naming
+it, rather than running with a silently ignored typo. Secrets come from the environment or from
+``*_FILE`` paths, never from the TOML file, so the file can be committed and shared.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from ca_service.errors import ConfigError
+from ca_service.policy.profiles import Profile, load_profiles
+
+ENV_PREFIX = "CA_"
+
+# Keys accepted both as CA_<KEY> env vars and as top-level keys of the TOML file.
+_PLAIN_KEYS = {
+    "data_dir",
+    "database_url",
+    "public_url",
+    "default_authority",
+    "crl_next_update_hours",
+    "log_level",
+}
+# Secret keys: environment only (value or *_FILE), never the TOML file.
+_SECRET_KEYS = {"key_passphrase"}
+_ENV_ONLY = {"config_file"}
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: Path = Path("ca-data")
+    database_url: str | None = None
+    key_passphrase: bytes | None = field(default=None, repr=False)
+    public_url: str = "http://127.0.0.1:8000"
+    default_authority: str | None = None
+    crl_next_update_hours: int = 24
+    log_level: str = "INFO"
+    profiles: Mapping[str, Profile] = field(default_factory=lambda: load_profiles(None))
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'ca.db').resolve()}"
+
+    def with_overrides(self, **changes: Any) -> Settings:
+        return replace(self, **changes)
+
+    def require_passphrase(self) -> bytes:
+        if not self.key_passphrase:
+            raise ConfigError(
+                "no CA key passphrase: set CA_KEY_PASSPHRASE or CA_KEY_PASSPHRASE_FILE "
+                "(the CA private keys are stored encrypted with it)"
+            )
+        return self.key_passphrase
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Build Settings from the environment (and the TOML file it names); fail fast on errors."""
+    env = dict(os.environ if environ is None else environ)
+    values: dict[str, Any] = {}
+    profiles_raw: dict[str, Any] | None = None
+
+    config_file = env.get("CA_CONFIG_FILE")
+    if config_file:
+        file_values = _read_toml(Path(config_file))
+        profiles_raw = file_values.pop("profiles", None)
+        for key in file_values:
+            if key not in _PLAIN_KEYS:
+                hint = " (secrets belong in the environment)" if key in _SECRET_KEYS else ""
+                raise ConfigError(f"{config_file}: unknown setting {key!r}{hint}")
+        values.update(file_values)
+
+    known_env = {ENV_PREFIX + k.upper() for k in _PLAIN_KEYS | _SECRET_KEYS | _ENV_ONLY}
+    known_env |= {ENV_PREFIX + k.upper() + "_FILE" for k in _SECRET_KEYS}
+    for name in env:
+        if name.startswith(ENV_PREFIX) and name not in known_env:
+            raise ConfigError(f"unknown setting {name} in the environment")
+    for key in _PLAIN_KEYS:
+        if ENV_PREFIX + key.upper() in env:
+            values[key] = env[ENV_PREFIX + key.upper()]
+
+    passphrase = _secret(env, "key_passphrase")
+    return _build(values, passphrase, profiles_raw)
+
+
+def _secret(env: Mapping[str, str], key: str) -> bytes | None:
+    direct = env.get(ENV_PREFIX + key.upper())
+    path = env.get(ENV_PREFIX + key.upper() + "_FILE")
+    if direct and path:
+        raise ConfigError(f"set only one of CA_{key.upper()} and CA_{key.upper()}_FILE")
+    if direct:
+        return direct.encode()
+    if path:
+        try:
+            data = Path(path).read_bytes().strip()
+        except OSError as exc:
+            raise ConfigError(f"cannot read CA_{key.upper()}_FILE {path}: {exc.strerror}") from None
+        if not data:
+            raise ConfigError(f"CA_{key.upper()}_FILE {path} is empty")
+        return data
+    return None
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+
+
+def _build(values: dict[str, Any], passphrase: bytes | None, profiles_raw: Any) -> Settings:
+    kwargs: dict[str, Any] = {"key_passphrase": passphrase}
+    if "data_dir" in values:
+        kwargs["data_dir"] = Path(str(values["data_dir"]))
+    if values.get("database_url"):
+        url = str(values["database_url"])
+        if not url.startswith(("sqlite", "postgresql")):
+            raise ConfigError("database_url must be a sqlite:// or postgresql+psycopg:// URL")
+        kwargs["database_url"] = url
+    if "public_url" in values:
+        url = str(values["public_url"]).rstrip("/")
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ConfigError(f"public_url must be an absolute http(s) URL, not {url!r}")
+        kwargs["public_url"] = url
+    if values.get("default_authority"):
+        kwargs["default_authority"] = str(values["default_authority"])
+    if "crl_next_update_hours" in values:
+        try:
+            hours = int(values["crl_next_update_hours"])
+        except (TypeError, ValueError):
+            raise ConfigError("crl_next_update_hours must be an integer") from None
+        if not 1 <= hours <= 24 * 31:
+            raise ConfigError("crl_next_update_hours must be between 1 and 744")
+        kwargs["crl_next_update_hours"] = hours
+    if "log_level" in values:
+        level = str(values["log_level"]).upper()
+        if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+            raise ConfigError("log_level must be DEBUG, INFO, WARNING or ERROR")
+        kwargs["log_level"] = level
+    if profiles_raw is not None and not isinstance(profiles_raw, dict):
+        raise ConfigError("[profiles] must be a table of tables")
+    kwargs["profiles"] = load_profiles(profiles_raw)
+    return Settings(**kwargs)

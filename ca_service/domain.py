@@ -1,0 +1,226 @@
+"""Plain data shared by every layer: no I/O, no ORM, no Flask."""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import ipaddress
+from dataclasses import dataclass, field
+
+from cryptography import x509
+
+from ca_service.errors import BadRequest
+
+
+class KeyType(enum.StrEnum):
+    ECDSA_P256 = "ecdsa-p256"
+    ECDSA_P384 = "ecdsa-p384"
+    RSA_2048 = "rsa-2048"
+    RSA_3072 = "rsa-3072"
+    RSA_4096 = "rsa-4096"
+    ED25519 = "ed25519"
+
+    @classmethod
+    def parse(cls, value: str) -> KeyType:
+        try:
+            return cls(value.strip().lower())
+        except ValueError:
+            allowed = ", ".join(k.value for k in cls)
+            raise BadRequest(f"unknown key type {value!r}; use one of: {allowed}") from None
+
+
+class CertStatus(enum.StrEnum):
+    """Stored status. ``expired`` is never stored: it is derived from not_after at read time."""
+
+    VALID = "valid"
+    REVOKED = "revoked"
+    EXPIRED = "expired"
+
+
+class RevocationReason(enum.StrEnum):
+    """RFC 5280 section 5.3.1 reason codes, by their RFC names (removeFromCRL is not a reason)."""
+
+    UNSPECIFIED = "unspecified"
+    KEY_COMPROMISE = "keyCompromise"
+    CA_COMPROMISE = "cACompromise"
+    AFFILIATION_CHANGED = "affiliationChanged"
+    SUPERSEDED = "superseded"
+    CESSATION_OF_OPERATION = "cessationOfOperation"
+    CERTIFICATE_HOLD = "certificateHold"
+    PRIVILEGE_WITHDRAWN = "privilegeWithdrawn"
+    AA_COMPROMISE = "aACompromise"
+
+    @classmethod
+    def parse(cls, value: str) -> RevocationReason:
+        for reason in cls:
+            if reason.value.lower() == value.strip().lower():
+                return reason
+        allowed = ", ".join(r.value for r in cls)
+        raise BadRequest(f"unknown revocation reason {value!r}; use one of: {allowed}")
+
+    @property
+    def flag(self) -> x509.ReasonFlags:
+        return _REASON_FLAGS[self]
+
+
+_REASON_FLAGS = {
+    RevocationReason.UNSPECIFIED: x509.ReasonFlags.unspecified,
+    RevocationReason.KEY_COMPROMISE: x509.ReasonFlags.key_compromise,
+    RevocationReason.CA_COMPROMISE: x509.ReasonFlags.ca_compromise,
+    RevocationReason.AFFILIATION_CHANGED: x509.ReasonFlags.affiliation_changed,
+    RevocationReason.SUPERSEDED: x509.ReasonFlags.superseded,
+    RevocationReason.CESSATION_OF_OPERATION: x509.ReasonFlags.cessation_of_operation,
+    RevocationReason.CERTIFICATE_HOLD: x509.ReasonFlags.certificate_hold,
+    RevocationReason.PRIVILEGE_WITHDRAWN: x509.ReasonFlags.privilege_withdrawn,
+    RevocationReason.AA_COMPROMISE: x509.ReasonFlags.aa_compromise,
+}
+
+
+class NameKind(enum.StrEnum):
+    DNS = "dns"
+    IP = "ip"
+    EMAIL = "email"
+    URI = "uri"
+
+
+@dataclass(frozen=True, order=True)
+class SubjectName:
+    """One subject alternative name, already normalised (DNS as lower-case A-labels)."""
+
+    kind: NameKind
+    value: str
+
+    def __str__(self) -> str:
+        return f"{self.kind.value}:{self.value}"
+
+    def general_name(self) -> x509.GeneralName:
+        if self.kind is NameKind.DNS:
+            return x509.DNSName(self.value)
+        if self.kind is NameKind.IP:
+            return x509.IPAddress(ipaddress.ip_address(self.value))
+        if self.kind is NameKind.EMAIL:
+            return x509.RFC822Name(self.value)
+        return x509.UniformResourceIdentifier(self.value)
+
+
+@dataclass(frozen=True)
+class CallerPolicy:
+    """What one caller may ask for. ``None`` means the caller is not restricted on that axis."""
+
+    allowed_names: tuple[str, ...] | None = None
+    profiles: tuple[str, ...] | None = None
+    max_validity_days: int | None = None
+    authorities: tuple[str, ...] | None = None
+    allow_wildcards: bool = False
+
+    @classmethod
+    def unrestricted(cls) -> CallerPolicy:
+        return cls(allow_wildcards=True)
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who asks, for the record: identity plus the request context the audit log keeps."""
+
+    identity: str
+    request_id: str | None = None
+    client_address: str | None = None
+    policy: CallerPolicy = field(default_factory=CallerPolicy.unrestricted)
+
+
+@dataclass(frozen=True)
+class IssuanceRequest:
+    """A parsed, not yet approved request: the names and key the caller wants certified."""
+
+    public_key: x509.CertificatePublicKeyTypes
+    key_type: KeyType
+    common_name: str | None
+    names: tuple[SubjectName, ...]
+    profile: str = "server"
+    validity_days: int | None = None
+    authority: str | None = None
+
+
+@dataclass(frozen=True)
+class ApprovedTemplate:
+    """Everything the signer needs, decided by policy: the signer adds nothing of its own."""
+
+    authority: str
+    serial: int
+    subject: x509.Name
+    common_name: str | None
+    names: tuple[SubjectName, ...]
+    public_key: x509.CertificatePublicKeyTypes
+    key_type: KeyType
+    profile: str
+    not_before: dt.datetime
+    not_after: dt.datetime
+    extended_key_usages: tuple[x509.ObjectIdentifier, ...]
+    crl_url: str
+    ca_issuers_url: str
+    ocsp_url: str | None
+
+
+@dataclass(frozen=True)
+class CertificateRecord:
+    """A stored certificate as every layer above storage sees it."""
+
+    authority: str
+    serial: str
+    subject: str
+    common_name: str | None
+    sans: tuple[str, ...]
+    key_type: str
+    profile: str
+    not_before: dt.datetime
+    not_after: dt.datetime
+    status: CertStatus
+    revoked_at: dt.datetime | None
+    revocation_reason: RevocationReason | None
+    fingerprint_sha256: str
+    der: bytes
+    requester: str
+    created_at: dt.datetime
+
+    def status_at(self, now: dt.datetime) -> CertStatus:
+        if self.status is CertStatus.VALID and self.not_after <= now:
+            return CertStatus.EXPIRED
+        return self.status
+
+
+@dataclass(frozen=True)
+class AuthorityRecord:
+    name: str
+    parent: str | None
+    is_root: bool
+    is_default: bool
+    subject: str
+    key_type: str
+    not_before: dt.datetime
+    not_after: dt.datetime
+    cert_der: bytes
+    key_file: str
+    name_constraints: dict[str, list[str]] | None
+    external_chain_pem: str | None
+
+
+@dataclass(frozen=True)
+class IssuedCertificate:
+    """What issuance hands back, only after the record is committed."""
+
+    record: CertificateRecord
+    certificate_pem: str
+    chain_pem: tuple[str, ...]
+    private_key_pem: str | None = None
+    pkcs12: bytes | None = None
+
+    @property
+    def fullchain_pem(self) -> str:
+        return self.certificate_pem + "".join(self.chain_pem)
+
+
+@dataclass(frozen=True)
+class RevokedEntry:
+    serial: int
+    revoked_at: dt.datetime
+    reason: RevocationReason | None

@@ -1,0 +1,189 @@
+"""Name matching: caller patterns (glob-like) and RFC 5280 name constraints of an authority.
+
+Caller patterns, as written in token policies and config:
+  ``host.example.test``       exactly that DNS name
+  ``*.example.test``          any name one or more labels below example.test (not the apex)
+  ``10.0.0.0/8``, ``::1``     IP addresses inside the network (or that one address)
+  ``*@example.test``          any e-mail address at that domain; ``a@b.test`` exactly that one
+  ``spiffe://cluster/*``      URIs starting with the text before ``*``; without ``*`` exactly
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from ca_service.crypto.names import normalize_dns
+from ca_service.domain import NameKind, SubjectName
+from ca_service.errors import BadRequest
+
+
+def _is_within(name: str, domain: str) -> bool:
+    """RFC 5280 dNSName subtree match: the domain itself or any name below it."""
+    return name == domain or name.endswith("." + domain)
+
+
+def matches_pattern(name: SubjectName, pattern: str) -> bool:
+    pattern = pattern.strip()
+    if name.kind is NameKind.IP:
+        try:
+            network = ipaddress.ip_network(pattern, strict=False)
+        except ValueError:
+            return False
+        address = ipaddress.ip_address(name.value)
+        return address.version == network.version and address in network
+    if name.kind is NameKind.URI:
+        if pattern.endswith("*"):
+            return "://" in pattern and name.value.startswith(pattern[:-1])
+        return name.value == pattern
+    if name.kind is NameKind.EMAIL:
+        if "@" not in pattern:
+            return False
+        local, _, domain = pattern.rpartition("@")
+        _name_local, _, name_domain = name.value.rpartition("@")
+        if local in ("*", ""):
+            return name_domain == domain.lower()
+        return name.value.lower() == pattern.lower()
+    # DNS
+    if "@" in pattern or "://" in pattern or "/" in pattern:
+        return False
+    pattern = pattern.lower().rstrip(".")
+    value = name.value
+    if pattern.startswith("*."):
+        suffix = pattern[2:]
+        if value.startswith("*."):
+            # A wildcard name covers every name one label below its base.
+            base = value[2:]
+            return base == suffix or base.endswith("." + suffix)
+        return value.endswith("." + suffix)
+    return value == pattern
+
+
+def first_unmatched(names: Iterable[SubjectName], patterns: Sequence[str]) -> SubjectName | None:
+    for name in names:
+        if not any(matches_pattern(name, p) for p in patterns):
+            return name
+    return None
+
+
+def validate_pattern(pattern: str) -> str:
+    """Check a caller pattern when it is configured, so that a typo fails early."""
+    text = pattern.strip()
+    if not text:
+        raise BadRequest("empty name pattern")
+    if "://" in text:
+        return text
+    if "@" in text:
+        _local, _, domain = text.rpartition("@")
+        normalize_dns(domain)
+        return text
+    try:
+        return str(ipaddress.ip_network(text, strict=False))
+    except ValueError:
+        pass
+    body = text[2:] if text.startswith("*.") else text
+    return ("*." if text.startswith("*.") else "") + normalize_dns(body)
+
+
+@dataclass(frozen=True)
+class NameConstraintsSpec:
+    """The permitted and excluded subtrees written into an intermediate's nameConstraints."""
+
+    permitted_dns: tuple[str, ...] = ()
+    excluded_dns: tuple[str, ...] = ()
+    permitted_ip: tuple[str, ...] = ()
+    excluded_ip: tuple[str, ...] = ()
+    permitted_email: tuple[str, ...] = field(default=())
+
+    @property
+    def empty(self) -> bool:
+        return not (
+            self.permitted_dns
+            or self.excluded_dns
+            or self.permitted_ip
+            or self.excluded_ip
+            or self.permitted_email
+        )
+
+    def to_json(self) -> dict[str, list[str]]:
+        return {
+            "permitted_dns": list(self.permitted_dns),
+            "excluded_dns": list(self.excluded_dns),
+            "permitted_ip": list(self.permitted_ip),
+            "excluded_ip": list(self.excluded_ip),
+            "permitted_email": list(self.permitted_email),
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, list[str]] | None) -> NameConstraintsSpec:
+        data = data or {}
+        return cls(
+            permitted_dns=tuple(data.get("permitted_dns", ())),
+            excluded_dns=tuple(data.get("excluded_dns", ())),
+            permitted_ip=tuple(data.get("permitted_ip", ())),
+            excluded_ip=tuple(data.get("excluded_ip", ())),
+            permitted_email=tuple(data.get("permitted_email", ())),
+        )
+
+    @classmethod
+    def parse(
+        cls,
+        permitted: Iterable[str] = (),
+        excluded: Iterable[str] = (),
+    ) -> NameConstraintsSpec:
+        """Sort user-written subtrees (``example.test``, ``10.0.0.0/8``, ``@example.test``)."""
+        p_dns: list[str] = []
+        p_ip: list[str] = []
+        p_mail: list[str] = []
+        e_dns: list[str] = []
+        e_ip: list[str] = []
+        for target_dns, target_ip, target_mail, items in (
+            (p_dns, p_ip, p_mail, permitted),
+            (e_dns, e_ip, None, excluded),
+        ):
+            for item in items:
+                text = item.strip()
+                if text.startswith("@"):
+                    if target_mail is None:
+                        raise BadRequest("excluded e-mail constraints are not supported")
+                    target_mail.append(normalize_dns(text[1:]))
+                    continue
+                if "/" in text:
+                    try:
+                        target_ip.append(str(ipaddress.ip_network(text, strict=True)))
+                    except ValueError as exc:
+                        raise BadRequest(f"name constraint {text!r}: {exc}") from None
+                    continue
+                if text.startswith("*"):
+                    raise BadRequest(
+                        f"name constraint {text!r}: write the domain itself (it covers subdomains)"
+                    )
+                target_dns.append(normalize_dns(text))
+        return cls(tuple(p_dns), tuple(e_dns), tuple(p_ip), tuple(e_ip), tuple(p_mail))
+
+    def violation(self, name: SubjectName) -> str | None:
+        """Why ``name`` falls outside these constraints, or None when it is inside."""
+        if name.kind is NameKind.DNS:
+            value = name.value[2:] if name.value.startswith("*.") else name.value
+            if any(_is_within(value, d) for d in self.excluded_dns):
+                return f"{name} is in an excluded subtree"
+            if self.permitted_dns and not any(_is_within(value, d) for d in self.permitted_dns):
+                return f"{name} is outside the permitted DNS subtrees"
+        elif name.kind is NameKind.IP:
+            address = ipaddress.ip_address(name.value)
+            nets = [ipaddress.ip_network(n) for n in self.excluded_ip]
+            if any(address.version == n.version and address in n for n in nets):
+                return f"{name} is in an excluded IP range"
+            permitted = [ipaddress.ip_network(n) for n in self.permitted_ip]
+            if permitted and not any(
+                address.version == n.version and address in n for n in permitted
+            ):
+                return f"{name} is outside the permitted IP ranges"
+        elif name.kind is NameKind.EMAIL:
+            domain = name.value.rpartition("@")[2]
+            if self.permitted_email and not any(
+                _is_within(domain, d) for d in self.permitted_email
+            ):
+                return f"{name} is outside the permitted e-mail domains"
+        return None

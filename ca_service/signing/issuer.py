@@ -1,0 +1,184 @@
+"""Signing certificates from approved templates. It applies no policy: every field is given."""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+
+from cryptography import x509
+from cryptography.x509.oid import AuthorityInformationAccessOID
+
+from ca_service.crypto.keys import SigningKey, signature_hash
+from ca_service.domain import ApprovedTemplate, KeyType
+from ca_service.policy.names import NameConstraintsSpec
+from ca_service.signing.material import CAMaterial
+
+
+def sign_leaf(template: ApprovedTemplate, ca: CAMaterial) -> x509.Certificate:
+    """Build and sign an end-entity certificate exactly as the template says."""
+    sans = [n.general_name() for n in template.names]
+    builder = x509.CertificateBuilder(
+        issuer_name=ca.certificate.subject,
+        subject_name=template.subject,
+        public_key=template.public_key,
+        serial_number=template.serial,
+        not_valid_before=template.not_before,
+        not_valid_after=template.not_after,
+    )
+    builder = builder.add_extension(x509.BasicConstraints(ca=False, path_length=None), True)
+    builder = builder.add_extension(_leaf_key_usage(template.key_type), True)
+    builder = builder.add_extension(
+        x509.ExtendedKeyUsage(list(template.extended_key_usages)), False
+    )
+    builder = builder.add_extension(
+        x509.SubjectKeyIdentifier.from_public_key(template.public_key), False
+    )
+    builder = builder.add_extension(
+        x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca.ski), False
+    )
+    if sans:
+        # RFC 5280 4.2.1.6: with an empty subject the SAN extension must be critical.
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName(sans), critical=len(template.subject) == 0
+        )
+    builder = builder.add_extension(_crl_distribution_points(template.crl_url), False)
+    builder = builder.add_extension(_aia(template.ca_issuers_url, template.ocsp_url), False)
+    return builder.sign(ca.key, signature_hash(ca.key_type))
+
+
+def _leaf_key_usage(key_type: KeyType) -> x509.KeyUsage:
+    rsa_key = key_type in (KeyType.RSA_2048, KeyType.RSA_3072, KeyType.RSA_4096)
+    return x509.KeyUsage(
+        digital_signature=True,
+        # RSA key transport (TLS 1.2 RSA kex, CMS) needs keyEncipherment; EC and EdDSA keys don't.
+        key_encipherment=rsa_key,
+        content_commitment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=False,
+        crl_sign=False,
+        encipher_only=False,
+        decipher_only=False,
+    )
+
+
+def _ca_key_usage() -> x509.KeyUsage:
+    return x509.KeyUsage(
+        digital_signature=True,
+        key_encipherment=False,
+        content_commitment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=True,
+        crl_sign=True,
+        encipher_only=False,
+        decipher_only=False,
+    )
+
+
+def _crl_distribution_points(url: str) -> x509.CRLDistributionPoints:
+    return x509.CRLDistributionPoints(
+        [
+            x509.DistributionPoint(
+                full_name=[x509.UniformResourceIdentifier(url)],
+                relative_name=None,
+                reasons=None,
+                crl_issuer=None,
+            )
+        ]
+    )
+
+
+def _aia(ca_issuers_url: str, ocsp_url: str | None) -> x509.AuthorityInformationAccess:
+    descriptions = []
+    if ocsp_url:
+        descriptions.append(
+            x509.AccessDescription(
+                AuthorityInformationAccessOID.OCSP, x509.UniformResourceIdentifier(ocsp_url)
+            )
+        )
+    descriptions.append(
+        x509.AccessDescription(
+            AuthorityInformationAccessOID.CA_ISSUERS,
+            x509.UniformResourceIdentifier(ca_issuers_url),
+        )
+    )
+    return x509.AuthorityInformationAccess(descriptions)
+
+
+def sign_root(
+    key: SigningKey,
+    key_type: KeyType,
+    subject: x509.Name,
+    serial: int,
+    not_before: dt.datetime,
+    not_after: dt.datetime,
+) -> x509.Certificate:
+    """A self-signed root with pathLen 1: it may certify intermediates, which certify leaves."""
+    ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
+    builder = (
+        x509.CertificateBuilder(
+            issuer_name=subject,
+            subject_name=subject,
+            public_key=key.public_key(),
+            serial_number=serial,
+            not_valid_before=not_before,
+            not_valid_after=not_after,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=1), True)
+        .add_extension(_ca_key_usage(), True)
+        .add_extension(ski, False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski), False)
+    )
+    return builder.sign(key, signature_hash(key_type))
+
+
+def sign_intermediate(
+    public_key: x509.CertificatePublicKeyTypes,
+    subject: x509.Name,
+    parent: CAMaterial,
+    serial: int,
+    not_before: dt.datetime,
+    not_after: dt.datetime,
+    constraints: NameConstraintsSpec,
+    crl_url: str,
+    ca_issuers_url: str,
+) -> x509.Certificate:
+    """An issuing CA with pathLen 0, optionally name-constrained, signed by ``parent``."""
+    builder = (
+        x509.CertificateBuilder(
+            issuer_name=parent.certificate.subject,
+            subject_name=subject,
+            public_key=public_key,
+            serial_number=serial,
+            not_valid_before=not_before,
+            not_valid_after=not_after,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), True)
+        .add_extension(_ca_key_usage(), True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(parent.ski), False
+        )
+        .add_extension(_crl_distribution_points(crl_url), False)
+        .add_extension(_aia(ca_issuers_url, None), False)
+    )
+    if not constraints.empty:
+        builder = builder.add_extension(_name_constraints(constraints), True)
+    return builder.sign(parent.key, signature_hash(parent.key_type))
+
+
+def _name_constraints(spec: NameConstraintsSpec) -> x509.NameConstraints:
+    def subtrees(
+        dns: tuple[str, ...], ips: tuple[str, ...], mails: tuple[str, ...]
+    ) -> list[x509.GeneralName]:
+        out: list[x509.GeneralName] = [x509.DNSName(d) for d in dns]
+        out += [x509.IPAddress(ipaddress.ip_network(n)) for n in ips]
+        out += [x509.RFC822Name(m) for m in mails]
+        return out
+
+    permitted = subtrees(spec.permitted_dns, spec.permitted_ip, spec.permitted_email)
+    excluded = subtrees(spec.excluded_dns, spec.excluded_ip, ())
+    return x509.NameConstraints(
+        permitted_subtrees=permitted or None, excluded_subtrees=excluded or None
+    )

@@ -1,0 +1,111 @@
+"""SQLAlchemy tables. The schema itself is created only by the Alembic migrations."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+UTC_DATETIME = DateTime(timezone=True)
+
+
+class AuthorityRow(Base):
+    __tablename__ = "authorities"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    parent_id: Mapped[int | None] = mapped_column(ForeignKey("authorities.id"))
+    is_root: Mapped[bool] = mapped_column(Boolean)
+    is_default: Mapped[bool] = mapped_column(Boolean, default=False)
+    subject: Mapped[str] = mapped_column(String(1024))
+    key_type: Mapped[str] = mapped_column(String(16))
+    cert_der: Mapped[bytes] = mapped_column(LargeBinary)
+    key_file: Mapped[str] = mapped_column(String(255))
+    not_before: Mapped[dt.datetime] = mapped_column(UTC_DATETIME)
+    not_after: Mapped[dt.datetime] = mapped_column(UTC_DATETIME)
+    name_constraints: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # Issuer certificates above an imported CA that this service holds no key for (PEM).
+    external_chain_pem: Mapped[str | None] = mapped_column(Text)
+    # The last CRL number handed out; bumped with an atomic UPDATE so processes never share one.
+    crl_number: Mapped[int] = mapped_column(BigInteger, default=0)
+    created_at: Mapped[dt.datetime] = mapped_column(UTC_DATETIME)
+
+
+class CertificateRow(Base):
+    __tablename__ = "certificates"
+    __table_args__ = (
+        UniqueConstraint("authority_id", "serial", name="uq_certificates_authority_serial"),
+        # The CRL query: revoked, unexpired entries of one authority.
+        Index("ix_certificates_crl", "authority_id", "status", "not_after"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    authority_id: Mapped[int] = mapped_column(ForeignKey("authorities.id"))
+    serial: Mapped[str] = mapped_column(String(42), index=True)
+    subject: Mapped[str] = mapped_column(String(1024))
+    common_name: Mapped[str | None] = mapped_column(String(255), index=True)
+    # Space-separated "kind:value" names with a leading and trailing space, for LIKE search.
+    sans: Mapped[str] = mapped_column(Text)
+    key_type: Mapped[str] = mapped_column(String(16))
+    profile: Mapped[str] = mapped_column(String(32))
+    not_before: Mapped[dt.datetime] = mapped_column(UTC_DATETIME)
+    not_after: Mapped[dt.datetime] = mapped_column(UTC_DATETIME, index=True)
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(UTC_DATETIME)
+    revocation_reason: Mapped[str | None] = mapped_column(String(32))
+    fingerprint_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    der: Mapped[bytes] = mapped_column(LargeBinary)
+    requester: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[dt.datetime] = mapped_column(UTC_DATETIME)
+
+
+class CRLRow(Base):
+    """The latest CRL of each authority, kept so that every process serves the same bytes."""
+
+    __tablename__ = "crls"
+
+    authority_id: Mapped[int] = mapped_column(ForeignKey("authorities.id"), primary_key=True)
+    number: Mapped[int] = mapped_column(BigInteger)
+    this_update: Mapped[dt.datetime] = mapped_column(UTC_DATETIME)
+    next_update: Mapped[dt.datetime] = mapped_column(UTC_DATETIME)
+    der: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class AuditRow(Base):
+    __tablename__ = "audit_events"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    at: Mapped[dt.datetime] = mapped_column(UTC_DATETIME, index=True)
+    actor: Mapped[str] = mapped_column(String(255), index=True)
+    action: Mapped[str] = mapped_column(String(64), index=True)
+    target: Mapped[str | None] = mapped_column(String(255))
+    request_id: Mapped[str | None] = mapped_column(String(64))
+    client_address: Mapped[str | None] = mapped_column(String(64))
+    details: Mapped[dict[str, Any] | None] = mapped_column(JSON)

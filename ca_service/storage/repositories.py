@@ -1,0 +1,410 @@
+"""Repositories: take a Session, return domain objects, flush but never commit."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from ca_service.domain import (
+    AuthorityRecord,
+    CertificateRecord,
+    CertStatus,
+    RevocationReason,
+    RevokedEntry,
+)
+from ca_service.errors import Conflict, NotFound
+from ca_service.storage.models import AuditRow, AuthorityRow, CertificateRow, CRLRow
+
+
+def _utc(value: dt.datetime) -> dt.datetime:
+    # SQLite returns naive datetimes even for timezone=True columns; every stored time is UTC.
+    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+
+
+def _opt_utc(value: dt.datetime | None) -> dt.datetime | None:
+    return None if value is None else _utc(value)
+
+
+def _like_escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+class AuthorityRepository:
+    def __init__(self, session: Session) -> None:
+        self.s = session
+
+    def _to_record(self, row: AuthorityRow) -> AuthorityRecord:
+        parent = self.s.get(AuthorityRow, row.parent_id) if row.parent_id else None
+        return AuthorityRecord(
+            name=row.name,
+            parent=parent.name if parent else None,
+            is_root=row.is_root,
+            is_default=row.is_default,
+            subject=row.subject,
+            key_type=row.key_type,
+            not_before=_utc(row.not_before),
+            not_after=_utc(row.not_after),
+            cert_der=row.cert_der,
+            key_file=row.key_file,
+            name_constraints=row.name_constraints or None,
+            external_chain_pem=row.external_chain_pem,
+        )
+
+    def add(
+        self,
+        *,
+        name: str,
+        parent: str | None,
+        is_root: bool,
+        subject: str,
+        key_type: str,
+        cert_der: bytes,
+        key_file: str,
+        not_before: dt.datetime,
+        not_after: dt.datetime,
+        name_constraints: dict[str, Any] | None,
+        created_at: dt.datetime,
+        external_chain_pem: str | None = None,
+    ) -> AuthorityRecord:
+        parent_row = self._row(parent) if parent else None
+        row = AuthorityRow(
+            name=name,
+            parent_id=parent_row.id if parent_row else None,
+            is_root=is_root,
+            is_default=False,
+            subject=subject,
+            key_type=key_type,
+            cert_der=cert_der,
+            key_file=key_file,
+            not_before=not_before,
+            not_after=not_after,
+            name_constraints=name_constraints,
+            external_chain_pem=external_chain_pem,
+            crl_number=0,
+            created_at=created_at,
+        )
+        self.s.add(row)
+        try:
+            self.s.flush()
+        except IntegrityError:
+            raise Conflict(f"an authority named {name!r} exists already") from None
+        return self._to_record(row)
+
+    def _row(self, name: str) -> AuthorityRow:
+        row = self.s.scalar(select(AuthorityRow).where(AuthorityRow.name == name))
+        if row is None:
+            raise NotFound(f"no authority named {name!r}")
+        return row
+
+    def id_of(self, name: str) -> int:
+        return self._row(name).id
+
+    def get(self, name: str) -> AuthorityRecord:
+        return self._to_record(self._row(name))
+
+    def find(self, name: str) -> AuthorityRecord | None:
+        row = self.s.scalar(select(AuthorityRow).where(AuthorityRow.name == name))
+        return self._to_record(row) if row else None
+
+    def default(self) -> AuthorityRecord | None:
+        row = self.s.scalar(select(AuthorityRow).where(AuthorityRow.is_default.is_(True)))
+        return self._to_record(row) if row else None
+
+    def list(self) -> list[AuthorityRecord]:
+        rows = self.s.scalars(select(AuthorityRow).order_by(AuthorityRow.id))
+        return [self._to_record(r) for r in rows]
+
+    def set_default(self, name: str) -> None:
+        target = self._row(name)
+        self.s.execute(update(AuthorityRow).values(is_default=False))
+        self.s.execute(
+            update(AuthorityRow).where(AuthorityRow.id == target.id).values(is_default=True)
+        )
+        self.s.flush()
+
+    def next_crl_number(self, name: str) -> int:
+        """Atomically take the next CRL number; the row lock orders concurrent callers."""
+        authority_id = self.id_of(name)
+        number = self.s.execute(
+            update(AuthorityRow)
+            .where(AuthorityRow.id == authority_id)
+            .values(crl_number=AuthorityRow.crl_number + 1)
+            .returning(AuthorityRow.crl_number)
+        ).scalar_one()
+        return int(number)
+
+
+@dataclass(frozen=True)
+class CertificateFilter:
+    authority: str | None = None
+    status: CertStatus | None = None
+    name: str | None = None
+    expires_before: dt.datetime | None = None
+    # Keyset cursor: the id after which to continue, in the order of the listing.
+    after_id: int | None = None
+    limit: int = 100
+
+
+class CertificateRepository:
+    def __init__(self, session: Session) -> None:
+        self.s = session
+
+    @staticmethod
+    def _to_record(row: CertificateRow, authority: str) -> CertificateRecord:
+        return CertificateRecord(
+            authority=authority,
+            serial=row.serial,
+            subject=row.subject,
+            common_name=row.common_name,
+            sans=tuple(row.sans.split()),
+            key_type=row.key_type,
+            profile=row.profile,
+            not_before=_utc(row.not_before),
+            not_after=_utc(row.not_after),
+            status=CertStatus(row.status),
+            revoked_at=_opt_utc(row.revoked_at),
+            revocation_reason=(
+                RevocationReason(row.revocation_reason) if row.revocation_reason else None
+            ),
+            fingerprint_sha256=row.fingerprint_sha256,
+            der=row.der,
+            requester=row.requester,
+            created_at=_utc(row.created_at),
+        )
+
+    def add(self, record: CertificateRecord, authority_id: int) -> None:
+        row = CertificateRow(
+            authority_id=authority_id,
+            serial=record.serial,
+            subject=record.subject,
+            common_name=record.common_name,
+            sans=" " + " ".join(record.sans) + " ",
+            key_type=record.key_type,
+            profile=record.profile,
+            not_before=record.not_before,
+            not_after=record.not_after,
+            status=record.status.value,
+            revoked_at=None,
+            revocation_reason=None,
+            fingerprint_sha256=record.fingerprint_sha256,
+            der=record.der,
+            requester=record.requester,
+            created_at=record.created_at,
+        )
+        self.s.add(row)
+        self.s.flush()
+
+    def _query(self) -> Any:
+        return select(CertificateRow, AuthorityRow.name).join(
+            AuthorityRow, AuthorityRow.id == CertificateRow.authority_id
+        )
+
+    def find(self, serial: str, authority: str | None = None) -> list[CertificateRecord]:
+        """All certificates with this serial (one per authority at most)."""
+        query = self._query().where(CertificateRow.serial == serial)
+        if authority:
+            query = query.where(AuthorityRow.name == authority)
+        return [self._to_record(row, name) for row, name in self.s.execute(query)]
+
+    def find_for_update(self, serial: str, authority: str) -> CertificateRow | None:
+        query = (
+            select(CertificateRow)
+            .join(AuthorityRow, AuthorityRow.id == CertificateRow.authority_id)
+            .where(CertificateRow.serial == serial, AuthorityRow.name == authority)
+            .with_for_update()
+        )
+        return self.s.scalar(query)
+
+    def set_revocation(
+        self,
+        row: CertificateRow,
+        status: CertStatus,
+        revoked_at: dt.datetime | None,
+        reason: RevocationReason | None,
+    ) -> CertificateRecord:
+        row.status = status.value
+        row.revoked_at = revoked_at
+        row.revocation_reason = reason.value if reason else None
+        self.s.flush()
+        authority = self.s.get(AuthorityRow, row.authority_id)
+        assert authority is not None
+        return self._to_record(row, authority.name)
+
+    def list(
+        self, flt: CertificateFilter, now: dt.datetime
+    ) -> tuple[list[CertificateRecord], int | None]:
+        """A page of certificates, newest first, and the cursor of the next page (or None)."""
+        query = self._query().add_columns(CertificateRow.id)
+        if flt.authority:
+            query = query.where(AuthorityRow.name == flt.authority)
+        if flt.status is CertStatus.EXPIRED:
+            query = query.where(
+                CertificateRow.status == CertStatus.VALID.value, CertificateRow.not_after <= now
+            )
+        elif flt.status is CertStatus.VALID:
+            query = query.where(
+                CertificateRow.status == CertStatus.VALID.value, CertificateRow.not_after > now
+            )
+        elif flt.status is CertStatus.REVOKED:
+            query = query.where(CertificateRow.status == CertStatus.REVOKED.value)
+        if flt.name:
+            pattern = "%" + _like_escape(flt.name.lower()) + "%"
+            query = query.where(
+                or_(
+                    func.lower(CertificateRow.common_name).like(pattern, escape="\\"),
+                    CertificateRow.sans.like(pattern, escape="\\"),
+                )
+            )
+        if flt.expires_before:
+            query = query.where(CertificateRow.not_after < flt.expires_before)
+        if flt.after_id is not None:
+            query = query.where(CertificateRow.id < flt.after_id)
+        query = query.order_by(CertificateRow.id.desc()).limit(flt.limit + 1)
+        rows = self.s.execute(query).all()
+        records = [self._to_record(row, name) for row, name, _ in rows[: flt.limit]]
+        next_cursor = rows[flt.limit - 1][2] if len(rows) > flt.limit else None
+        return records, next_cursor
+
+    def revoked_unexpired(self, authority: str, now: dt.datetime) -> list[RevokedEntry]:
+        query = (
+            select(
+                CertificateRow.serial, CertificateRow.revoked_at, CertificateRow.revocation_reason
+            )
+            .join(AuthorityRow, AuthorityRow.id == CertificateRow.authority_id)
+            .where(
+                and_(
+                    AuthorityRow.name == authority,
+                    CertificateRow.status == CertStatus.REVOKED.value,
+                    CertificateRow.not_after > now,
+                )
+            )
+        )
+        return [
+            RevokedEntry(
+                serial=int(serial, 16),
+                revoked_at=_utc(revoked_at),
+                reason=RevocationReason(reason) if reason else None,
+            )
+            for serial, revoked_at, reason in self.s.execute(query)
+        ]
+
+    def count(self, authority: str | None = None) -> int:
+        query = select(func.count(CertificateRow.id))
+        if authority:
+            query = query.join(AuthorityRow, AuthorityRow.id == CertificateRow.authority_id).where(
+                AuthorityRow.name == authority
+            )
+        return int(self.s.scalar(query) or 0)
+
+
+@dataclass(frozen=True)
+class StoredCRL:
+    authority: str
+    number: int
+    this_update: dt.datetime
+    next_update: dt.datetime
+    der: bytes
+
+
+class CRLRepository:
+    def __init__(self, session: Session) -> None:
+        self.s = session
+
+    def latest(self, authority: str) -> StoredCRL | None:
+        row = self.s.execute(
+            select(CRLRow)
+            .join(AuthorityRow, AuthorityRow.id == CRLRow.authority_id)
+            .where(AuthorityRow.name == authority)
+        ).scalar_one_or_none()
+        if row is None:
+            return None
+        return StoredCRL(
+            authority, int(row.number), _utc(row.this_update), _utc(row.next_update), row.der
+        )
+
+    def save(self, authority_id: int, crl: StoredCRL) -> None:
+        """Keep the CRL unless a higher-numbered one is stored already (another process won)."""
+        row = self.s.get(CRLRow, authority_id, with_for_update=True)
+        if row is None:
+            self.s.add(
+                CRLRow(
+                    authority_id=authority_id,
+                    number=crl.number,
+                    this_update=crl.this_update,
+                    next_update=crl.next_update,
+                    der=crl.der,
+                )
+            )
+        elif row.number < crl.number:
+            row.number = crl.number
+            row.this_update = crl.this_update
+            row.next_update = crl.next_update
+            row.der = crl.der
+        self.s.flush()
+
+
+@dataclass(frozen=True)
+class AuditEvent:
+    at: dt.datetime
+    actor: str
+    action: str
+    target: str | None
+    request_id: str | None
+    client_address: str | None
+    details: dict[str, Any] | None
+    id: int | None = None
+
+
+class AuditRepository:
+    def __init__(self, session: Session) -> None:
+        self.s = session
+
+    def add(self, event: AuditEvent) -> None:
+        self.s.add(
+            AuditRow(
+                at=event.at,
+                actor=event.actor,
+                action=event.action,
+                target=event.target,
+                request_id=event.request_id,
+                client_address=event.client_address,
+                details=event.details,
+            )
+        )
+        self.s.flush()
+
+    def list(
+        self,
+        *,
+        actor: str | None = None,
+        action: str | None = None,
+        after_id: int | None = None,
+        limit: int = 100,
+    ) -> Sequence[AuditEvent]:
+        query = select(AuditRow)
+        if actor:
+            query = query.where(AuditRow.actor == actor)
+        if action:
+            query = query.where(AuditRow.action == action)
+        if after_id is not None:
+            query = query.where(AuditRow.id < after_id)
+        rows = self.s.scalars(query.order_by(AuditRow.id.desc()).limit(limit))
+        return [
+            AuditEvent(
+                at=_utc(r.at),
+                actor=r.actor,
+                action=r.action,
+                target=r.target,
+                request_id=r.request_id,
+                client_address=r.client_address,
+                details=r.details,
+                id=r.id,
+            )
+            for r in rows
+        ]
