@@ -1,0 +1,119 @@
+"""Shared fixtures: a real database (SQLite file or PostgreSQL schema) and a real CA per test.
+
+PostgreSQL is the server at 127.0.0.1:5432 (override with CA_TEST_PG_URL); each test gets a schema
+of its own, dropped afterwards. Outside CI an unreachable server skips the PostgreSQL half; in CI
+(CI=true) it fails, since a silently skipped half is a hole in the suite.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from ca_service.authority import CertificateAuthority, HierarchySpec
+from ca_service.config import Settings
+from ca_service.domain import Actor, KeyType
+from ca_service.wiring import build_authority
+
+PG_URL = os.environ.get("CA_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+PASSPHRASE = b"test-passphrase-not-secret"
+ADMIN = Actor(identity="test:admin")
+
+_pg_error: str | None = None
+_pg_checked = False
+
+
+def _pg_available() -> str | None:
+    """None when PostgreSQL answers, else the reason it does not."""
+    global _pg_checked, _pg_error
+    if not _pg_checked:
+        _pg_checked = True
+        try:
+            engine = sa.create_engine(PG_URL, connect_args={"connect_timeout": 5})
+            with engine.connect() as conn:
+                conn.execute(sa.text("select 1"))
+            engine.dispose()
+        except Exception as exc:  # any driver error means "not available"
+            _pg_error = f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
+    return _pg_error
+
+
+def require_postgres() -> None:
+    error = _pg_available()
+    if error is None:
+        return
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"PostgreSQL is required in CI and is unreachable at {PG_URL}: {error}")
+    pytest.skip(f"PostgreSQL unreachable at {PG_URL}: {error}")
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A URL whose connections use a fresh, empty schema of their own."""
+    require_postgres()
+    schema = f"t_{secrets.token_hex(6)}"
+    admin = sa.create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+    sep = "&" if "?" in PG_URL else "?"
+    yield f"{PG_URL}{sep}options=-csearch_path%3D{schema}"
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
+    admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'ca.db'}"
+    return str(request.getfixturevalue("pg_url"))
+
+
+def make_settings(tmp_path: Path, db_url: str | None = None, **overrides: object) -> Settings:
+    base = Settings(
+        data_dir=tmp_path / "data",
+        database_url=db_url,
+        key_passphrase=PASSPHRASE,
+        public_url="http://127.0.0.1:8000",
+    )
+    return base.with_overrides(**overrides) if overrides else base
+
+
+@pytest.fixture
+def settings(tmp_path: Path, db_url: str) -> Settings:
+    return make_settings(tmp_path, db_url)
+
+
+def new_ca(
+    settings: Settings, key_type: KeyType = KeyType.ECDSA_P256, **spec: object
+) -> CertificateAuthority:
+    ca = build_authority(settings, apply_migrations=True)
+    ca.create_hierarchy(HierarchySpec(key_type=key_type, **spec), ADMIN)  # type: ignore[arg-type]
+    ca.load_keys()
+    return ca
+
+
+@pytest.fixture
+def ca(settings: Settings) -> Iterator[CertificateAuthority]:
+    authority = new_ca(settings)
+    yield authority
+    authority.db.dispose()
+
+
+@pytest.fixture(scope="session")
+def openssl() -> str:
+    path = shutil.which("openssl")
+    if path is None:
+        pytest.fail("the openssl CLI is required for the tests (apt-get install openssl)")
+    return path
+
+
+def run(cmd: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False, **kwargs)  # type: ignore[call-overload]
