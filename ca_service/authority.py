@@ -603,19 +603,25 @@ class CertificateAuthority:
             CRLRepository(s).save(repo.id_of(name), stored)
         return stored
 
-    def current_crl(self, authority: str | None = None) -> StoredCRL:
-        """The stored CRL, or a new one when none exists or half its lifetime has passed."""
+    def current_crl(
+        self, authority: str | None = None, *, known_number: int | None = None
+    ) -> StoredCRL | None:
+        """The CRL to publish: the stored one, or a new one when none exists or half its life has
+        passed. With ``known_number``, returns None when that is still the current CRL, so a
+        server holding it in memory never reads a large CRL body from the store again."""
         name = authority or self.default_authority()
         self._load(name)
         with unit_of_work(self.db) as s:
-            stored = CRLRepository(s).latest(name)
-        now = self.clock.now()
-        if (
-            stored is None
-            or now >= stored.this_update + (stored.next_update - stored.this_update) / 2
-        ):
-            return self.generate_crl(name)
-        return stored
+            repo = CRLRepository(s)
+            header = repo.latest_header(name)
+            now = self.clock.now()
+            if header is not None:
+                number, this_update, next_update = header
+                if now < this_update + (next_update - this_update) / 2:
+                    if number == known_number:
+                        return None
+                    return repo.latest(name)
+        return self.generate_crl(name)
 
 
 def _normalize_serial(serial: str) -> str:

@@ -27,6 +27,7 @@ from ca_service.config import Settings, load_settings
 from ca_service.domain import (
     Actor,
     AuthorityRecord,
+    CallerPolicy,
     CertificateRecord,
     CertStatus,
     IssuedCertificate,
@@ -38,6 +39,7 @@ from ca_service.policy.names import NameConstraintsSpec
 from ca_service.storage import migrate
 from ca_service.storage.db import unit_of_work
 from ca_service.storage.repositories import CertificateFilter, CertificateRepository
+from ca_service.tokens import Role, TokenService, build_policy
 from ca_service.wiring import build_authority, open_database
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -599,6 +601,132 @@ def set_default(name: str) -> None:
     """Make NAME the default issuing authority."""
     _authority().set_default(name, _actor())
     click.echo(f"{name} is now the default authority")
+
+
+# ---------------------------------------------------------------------------- serve / tokens
+
+
+@cli.command()
+@click.option("--bind", help="HOST:PORT to listen on (default 127.0.0.1:8000, or CA_BIND).")
+@click.option("--workers", type=click.IntRange(1, 64), help="gunicorn worker processes.")
+@click.option("--timeout", type=click.IntRange(1, 3600), help="Worker timeout in seconds.")
+@handle_errors
+def serve(bind: str | None, workers: int | None, timeout: int | None) -> None:
+    """Run the HTTP API under gunicorn; on first start, create the CA and an admin token."""
+    for key, value in (("CA_BIND", bind), ("CA_WORKERS", workers), ("CA_TIMEOUT", timeout)):
+        if value is not None:
+            os.environ[key] = str(value)
+    settings = load_settings()
+    ca = build_authority(settings, apply_migrations=True)
+    if not ca.list_authorities():
+        click.echo("first start: creating the root and issuing CA 'default' ...", err=True)
+        ca.create_hierarchy(HierarchySpec(), _actor())
+        ca.load_keys()
+        ca.generate_crl("default")
+    ca.load_keys()
+    service = TokenService(ca.db)
+    if service.count() == 0:
+        plain, record = service.create(
+            "first admin", Role.ADMIN, CallerPolicy.unrestricted(), _actor()
+        )
+        click.echo("=" * 72)
+        click.echo("First admin token (shown once, stored only as a hash; keep it safe):")
+        click.echo(f"  {plain}")
+        click.echo(f"  (token id {record.id}; revoke with 'ca-service token revoke {record.id}')")
+        click.echo("=" * 72)
+    ca.db.dispose()
+    conf = Path(__file__).resolve().parents[1] / "config" / "gunicorn.conf.py"
+    click.echo(f"serving on http://{settings.bind} ({settings.workers} workers)", err=True)
+    sys.stdout.flush()
+    args = [sys.executable, "-m", "gunicorn", "ca_service.wsgi:app"]
+    if conf.is_file():
+        args[3:3] = ["-c", str(conf)]
+    else:
+        args[3:3] = [
+            "--bind",
+            settings.bind,
+            "--workers",
+            str(settings.workers),
+            "--timeout",
+            str(settings.timeout),
+            "--worker-class",
+            "gthread",
+        ]
+    # exec: gunicorn's master becomes this process, so SIGTERM reaches it for a graceful stop.
+    os.execv(sys.executable, args)  # noqa: S606 (fixed argv, no shell)
+
+
+@cli.group()
+def token() -> None:
+    """API tokens: create, list, revoke."""
+
+
+@token.command("create")
+@click.option("--name", required=True, help="What the token is for, e.g. 'ci-builds'.")
+@click.option("--role", type=click.Choice([r.value for r in Role]), required=True)
+@click.option(
+    "--names",
+    multiple=True,
+    help="Allowed name pattern (issuer): host, *.domain, CIDR, *@domain. Repeatable.",
+)
+@click.option("--profile", "profiles", multiple=True, help="Allowed profile. Repeatable.")
+@click.option("--max-days", type=click.IntRange(1, None), help="Longest validity it may ask for.")
+@click.option("--authority", "authorities", multiple=True, help="Allowed authority. Repeatable.")
+@click.option("--allow-wildcards", is_flag=True)
+@click.option(
+    "--expires", type=click.IntRange(1, 3650), metavar="DAYS", help="Token lifetime in days."
+)
+@handle_errors
+def token_create(
+    name: str,
+    role: str,
+    names: tuple[str, ...],
+    profiles: tuple[str, ...],
+    max_days: int | None,
+    authorities: tuple[str, ...],
+    allow_wildcards: bool,
+    expires: int | None,
+) -> None:
+    """Create a token and print it once."""
+    ca = _authority()
+    r = Role(role)
+    policy = build_policy(
+        r,
+        names=list(names) or None,
+        profiles=list(profiles) or None,
+        max_validity_days=max_days,
+        authorities=list(authorities) or None,
+        allow_wildcards=allow_wildcards,
+    )
+    expires_at = ca.clock.now() + dt.timedelta(days=expires) if expires else None
+    plain, record = TokenService(ca.db).create(name, r, policy, _actor(), expires_at=expires_at)
+    click.echo(plain)
+    click.echo(
+        f"token id {record.id}, role {record.role}"
+        + (f", expires {record.expires_at:%Y-%m-%d}" if record.expires_at else ""),
+        err=True,
+    )
+
+
+@token.command("list")
+@handle_errors
+def token_list() -> None:
+    """List tokens (never their secrets)."""
+    ca = _authority()
+    now = ca.clock.now()
+    for t in TokenService(ca.db).list():
+        names = ",".join(t.policy.allowed_names or ()) or "-"
+        click.echo(f"{t.id}  {t.role.value:7} {t.state(now):8} {t.name}  names={names}")
+
+
+@token.command("revoke")
+@click.argument("token_id")
+@handle_errors
+def token_revoke(token_id: str) -> None:
+    """Revoke a token at once."""
+    ca = _authority()
+    TokenService(ca.db).revoke(token_id, _actor())
+    click.echo(f"token {token_id} revoked")
 
 
 # ---------------------------------------------------------------------------- db

@@ -28,6 +28,10 @@ _PLAIN_KEYS = {
     "default_authority",
     "crl_next_update_hours",
     "log_level",
+    "bind",
+    "workers",
+    "timeout",
+    "max_body_bytes",
 }
 # Secret keys: environment only (value or *_FILE), never the TOML file.
 _SECRET_KEYS = {"key_passphrase"}
@@ -43,6 +47,11 @@ class Settings:
     default_authority: str | None = None
     crl_next_update_hours: int = 24
     log_level: str = "INFO"
+    # HTTP serving (gunicorn); loopback by default so a first start exposes nothing.
+    bind: str = "127.0.0.1:8000"
+    workers: int = 4
+    timeout: int = 30
+    max_body_bytes: int = 64 * 1024
     profiles: Mapping[str, Profile] = field(default_factory=lambda: load_profiles(None))
 
     @property
@@ -150,7 +159,30 @@ def _build(values: dict[str, Any], passphrase: bytes | None, profiles_raw: Any) 
         if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
             raise ConfigError("log_level must be DEBUG, INFO, WARNING or ERROR")
         kwargs["log_level"] = level
+    if "bind" in values:
+        bind = str(values["bind"]).strip()
+        host, sep, port = bind.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError(f"bind must be HOST:PORT, not {bind!r}")
+        kwargs["bind"] = bind
+    for key, low, high in (
+        ("workers", 1, 64),
+        ("timeout", 1, 3600),
+        ("max_body_bytes", 1024, 16 << 20),
+    ):
+        if key in values:
+            kwargs[key] = _int_in_range(key, values[key], low, high)
     if profiles_raw is not None and not isinstance(profiles_raw, dict):
         raise ConfigError("[profiles] must be a table of tables")
     kwargs["profiles"] = load_profiles(profiles_raw)
     return Settings(**kwargs)
+
+
+def _int_in_range(key: str, value: Any, low: int, high: int) -> int:
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key} must be an integer") from None
+    if not low <= number <= high:
+        raise ConfigError(f"{key} must be between {low} and {high}")
+    return number

@@ -109,3 +109,20 @@ class AuditRow(Base):
     request_id: Mapped[str | None] = mapped_column(String(64))
     client_address: Mapped[str | None] = mapped_column(String(64))
     details: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+
+
+class TokenRow(Base):
+    """API bearer tokens. Only the SHA-256 of the secret is kept: a token is 256 random bits, so
+    a fast hash is as safe as a slow one and keeps authentication off the hot path's profile."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(128))
+    role: Mapped[str] = mapped_column(String(16))
+    secret_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    policy: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    created_by: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[dt.datetime] = mapped_column(UTC_DATETIME)
+    expires_at: Mapped[dt.datetime | None] = mapped_column(UTC_DATETIME)
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(UTC_DATETIME)

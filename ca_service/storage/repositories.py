@@ -328,6 +328,17 @@ class CRLRepository:
             authority, int(row.number), _utc(row.this_update), _utc(row.next_update), row.der
         )
 
+    def latest_header(self, authority: str) -> tuple[int, dt.datetime, dt.datetime] | None:
+        """Number and dates of the stored CRL without its (possibly large) body."""
+        row = self.s.execute(
+            select(CRLRow.number, CRLRow.this_update, CRLRow.next_update)
+            .join(AuthorityRow, AuthorityRow.id == CRLRow.authority_id)
+            .where(AuthorityRow.name == authority)
+        ).one_or_none()
+        if row is None:
+            return None
+        return int(row[0]), _utc(row[1]), _utc(row[2])
+
     def save(self, authority_id: int, crl: StoredCRL) -> None:
         """Keep the CRL unless a higher-numbered one is stored already (another process won)."""
         row = self.s.get(CRLRow, authority_id, with_for_update=True)

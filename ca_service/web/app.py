@@ -1,0 +1,59 @@
+"""The Flask application factory."""
+
+from __future__ import annotations
+
+import logging
+import re
+import secrets
+
+from flask import Flask, Response, g, request
+
+from ca_service.authority import CertificateAuthority
+from ca_service.config import Settings, load_settings
+from ca_service.tokens import TokenService
+from ca_service.web import problems
+from ca_service.web.api import api
+from ca_service.web.docs import docs
+from ca_service.web.public import public
+from ca_service.wiring import build_authority
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+def create_app(
+    settings: Settings | None = None, authority: CertificateAuthority | None = None
+) -> Flask:
+    """Build the app. Keys are loaded here, so a wrong passphrase stops the worker at start."""
+    settings = settings or load_settings()
+    logging.basicConfig(level=settings.log_level)
+    # Alembic's schema check at start logs at INFO in every worker; that is noise, not news.
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    ca = authority or build_authority(settings)
+    ca.load_keys()
+
+    app = Flask("ca_service")
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.extensions["ca_authority"] = ca
+    app.extensions["ca_tokens"] = TokenService(ca.db, ca.clock)
+    app.extensions["ca_settings"] = settings
+
+    @app.before_request
+    def _request_context() -> None:
+        supplied = request.headers.get("X-Request-Id", "")
+        g.request_id = supplied if _REQUEST_ID.match(supplied) else secrets.token_hex(8)
+
+    @app.after_request
+    def _headers(response: Response) -> Response:
+        response.headers["X-Request-Id"] = g.get("request_id", "")
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        if request.path.startswith("/api/"):
+            # API answers may carry private keys or tokens: no cache may keep them.
+            response.headers["Cache-Control"] = "no-store"
+        return response
+
+    problems.register(app)
+    app.register_blueprint(public)
+    app.register_blueprint(api)
+    app.register_blueprint(docs)
+    return app

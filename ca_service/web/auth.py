@@ -1,0 +1,73 @@
+"""Bearer-token authentication and role checks for the HTTP layer."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import wraps
+from typing import Any, TypeVar
+
+from flask import current_app, g, request
+
+from ca_service.errors import CAError, Forbidden, Unauthorized
+from ca_service.tokens import Role, TokenRecord, TokenService
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def tokens() -> TokenService:
+    service = current_app.extensions["ca_tokens"]
+    assert isinstance(service, TokenService)
+    return service
+
+
+def principal() -> TokenRecord:
+    record = g.get("principal")
+    assert isinstance(record, TokenRecord), "route is missing @require"
+    return record
+
+
+def _authenticate() -> TokenRecord:
+    header = request.headers.get("Authorization", "")
+    scheme, _, credentials = header.partition(" ")
+    if not header:
+        raise Unauthorized("this endpoint needs an 'Authorization: Bearer <token>' header")
+    if scheme.lower() != "bearer" or not credentials.strip():
+        raise Unauthorized("malformed Authorization header; expected 'Bearer <token>'")
+    return tokens().authenticate(credentials)
+
+
+def require(role: Role) -> Callable[[F], F]:
+    """Authenticate the caller and check its role; every refusal is written to the audit log."""
+
+    def decorator(view: F) -> F:
+        @wraps(view)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            identity = "anonymous"
+            try:
+                record = _authenticate()
+                identity = record.identity
+                if not record.role.allows(role):
+                    raise Forbidden(f"this endpoint needs the {role.value} role")
+            except (Unauthorized, Forbidden) as exc:
+                refuse(identity, exc)
+                raise
+            g.principal = record
+            return view(*args, **kwargs)
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorator
+
+
+def refuse(identity: str, exc: CAError) -> None:
+    tokens().record_refusal(
+        identity,
+        f"{request.method} {request.path}",
+        exc.detail,
+        g.get("request_id"),
+        request.remote_addr,
+    )
+
+
+def actor_for_request() -> Any:
+    return principal().actor(g.get("request_id"), request.remote_addr)

@@ -1,0 +1,153 @@
+"""Public, unauthenticated endpoints: CA certificates, CRLs and health."""
+
+from __future__ import annotations
+
+import email.utils
+import hashlib
+import threading
+from dataclasses import dataclass
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from flask import Blueprint, Response, jsonify, request
+from sqlalchemy import text
+
+from ca_service.errors import NotFound
+from ca_service.storage.db import unit_of_work
+from ca_service.storage.repositories import StoredCRL
+from ca_service.web.services import authority
+
+public = Blueprint("public", __name__)
+
+PKIX_CRL = "application/pkix-crl"
+PKIX_CERT = "application/pkix-cert"
+PEM = "application/x-pem-file"
+
+
+@dataclass(frozen=True)
+class _CachedCRL:
+    crl: StoredCRL
+    pem: bytes
+    etag: str
+    last_modified: str
+
+
+class CRLCache:
+    """The current CRL of each authority, in memory. Each fetch asks the store only for the
+    number of the current CRL; the body is read again only when another one was published."""
+
+    def __init__(self) -> None:
+        self._items: dict[str, _CachedCRL] = {}
+        self._lock = threading.Lock()
+
+    def get(self, name: str) -> _CachedCRL:
+        ca = authority()
+        with self._lock:
+            cached = self._items.get(name)
+        fresh = ca.current_crl(name, known_number=cached.crl.number if cached else None)
+        if fresh is None and cached is not None:
+            return cached
+        assert fresh is not None
+        item = _CachedCRL(
+            crl=fresh,
+            pem=x509.load_der_x509_crl(fresh.der).public_bytes(serialization.Encoding.PEM),
+            etag=f'"{fresh.authority}-{fresh.number}-{hashlib.sha256(fresh.der).hexdigest()[:16]}"',
+            last_modified=email.utils.format_datetime(fresh.this_update, usegmt=True),
+        )
+        with self._lock:
+            self._items[name] = item
+        return item
+
+
+_crls = CRLCache()
+
+
+def _crl_response(name: str | None, pem: bool) -> Response:
+    ca = authority()
+    item = _crls.get(name or ca.default_authority())
+    now = ca.clock.now()
+    if request.if_none_match.contains_weak(item.etag.strip('"')):
+        response = Response(status=304)
+    else:
+        body = item.pem if pem else item.crl.der
+        response = Response(body, mimetype=PEM if pem else PKIX_CRL)
+    # Caches may keep it until shortly before nextUpdate, but at most 5 minutes, so that a
+    # revocation (which publishes a new CRL at once) reaches clients quickly.
+    remaining = int((item.crl.next_update - now).total_seconds())
+    max_age = max(0, min(300, remaining))
+    response.headers["Cache-Control"] = f"public, max-age={max_age}"
+    response.headers["ETag"] = item.etag
+    response.headers["Last-Modified"] = item.last_modified
+    response.headers["Expires"] = email.utils.format_datetime(item.crl.next_update, usegmt=True)
+    return response
+
+
+@public.get("/crl")
+def default_crl() -> Response:
+    return _crl_response(None, pem=False)
+
+
+@public.get("/crl.pem")
+def default_crl_pem() -> Response:
+    return _crl_response(None, pem=True)
+
+
+@public.get("/ca/<name>/crl")
+def authority_crl(name: str) -> Response:
+    return _crl_response(_known(name), pem=False)
+
+
+@public.get("/ca/<name>/crl.pem")
+def authority_crl_pem(name: str) -> Response:
+    return _crl_response(_known(name), pem=True)
+
+
+def _known(name: str) -> str:
+    if name not in {a.name for a in authority().list_authorities()}:
+        raise NotFound(f"no authority named {name!r}")
+    return name
+
+
+def _pem_response(text_: str) -> Response:
+    response = Response(text_, mimetype=PEM)
+    response.headers["Cache-Control"] = "public, max-age=3600"
+    return response
+
+
+@public.get("/ca.pem")
+def default_chain() -> Response:
+    """The default issuing CA and its root: what a client needs to trust our certificates."""
+    return _pem_response("".join(authority().chain_pem()))
+
+
+@public.get("/ca/root.pem")
+def default_root() -> Response:
+    return _pem_response(authority().chain_pem()[-1])
+
+
+@public.get("/ca/<name>/chain.pem")
+def authority_chain(name: str) -> Response:
+    return _pem_response("".join(authority().chain_pem(_known(name))))
+
+
+@public.get("/ca/<name>/ca.cer")
+def authority_certificate(name: str) -> Response:
+    """DER certificate of one authority: the caIssuers URL in certificates it issued."""
+    cert = authority().material(_known(name)).certificate
+    response = Response(cert.public_bytes(serialization.Encoding.DER), mimetype=PKIX_CERT)
+    response.headers["Cache-Control"] = "public, max-age=3600"
+    return response
+
+
+@public.get("/healthz")
+def healthz() -> Response:
+    ca = authority()
+    try:
+        with unit_of_work(ca.db) as s:
+            s.execute(text("SELECT 1"))
+        names = ca.load_keys()
+    except Exception:
+        response = jsonify({"status": "unavailable", "database": "unreachable"})
+        response.status_code = 503
+        return response
+    return jsonify({"status": "ok", "database": "ok", "authorities": len(names)})
