@@ -1,0 +1,229 @@
+"""Helpers shared by the core test modules: CSRs, keys, the linters, row counts, CA builders."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import sqlalchemy as sa
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.x509.oid import NameOID
+
+from ca_service.authority import CertificateAuthority
+from ca_service.clock import Clock
+from ca_service.config import Settings
+from ca_service.domain import KeyType
+from ca_service.storage.db import Database
+from ca_service.wiring import build_authority
+
+from .conftest import make_settings, new_ca, run
+
+BIN = Path(sys.executable).parent
+LINT_CERT = BIN / "lint_pkix_cert"
+LINT_CRL = BIN / "lint_crl"
+
+
+# ---------------------------------------------------------------------------- keys and CSRs
+
+
+def make_key(
+    kind: str = "p256",
+) -> rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey:
+    """A private key by short name: p256, p384, secp521r1, secp256k1, ed25519, rsa<bits>."""
+    curves = {
+        "p256": ec.SECP256R1,
+        "p384": ec.SECP384R1,
+        "secp521r1": ec.SECP521R1,
+        "secp256k1": ec.SECP256K1,
+    }
+    if kind in curves:
+        return ec.generate_private_key(curves[kind]())
+    if kind == "ed25519":
+        return ed25519.Ed25519PrivateKey.generate()
+    if kind.startswith("rsa"):
+        return rsa.generate_private_key(public_exponent=65537, key_size=int(kind[3:]))
+    raise ValueError(kind)
+
+
+LEAF_KEY_KIND = {
+    KeyType.ECDSA_P256: "p256",
+    KeyType.ECDSA_P384: "p384",
+    KeyType.ED25519: "ed25519",
+    KeyType.RSA_2048: "rsa2048",
+    KeyType.RSA_3072: "rsa3072",
+    KeyType.RSA_4096: "rsa4096",
+}
+
+
+def build_csr(
+    key: object,
+    common_name: str | None = None,
+    names: Sequence[x509.GeneralName] = (),
+) -> x509.CertificateSigningRequest:
+    attrs = [x509.NameAttribute(NameOID.COMMON_NAME, common_name)] if common_name else []
+    builder = x509.CertificateSigningRequestBuilder().subject_name(x509.Name(attrs))
+    if names:
+        builder = builder.add_extension(x509.SubjectAlternativeName(list(names)), False)
+    algorithm = None if isinstance(key, ed25519.Ed25519PrivateKey) else hashes.SHA256()
+    return builder.sign(key, algorithm)  # type: ignore[arg-type]
+
+
+def csr_pem(key: object, common_name: str | None = None, dns: Iterable[str] = ()) -> bytes:
+    csr = build_csr(key, common_name, [x509.DNSName(d) for d in dns])
+    return csr.public_bytes(serialization.Encoding.PEM)
+
+
+def csr_der(key: object, common_name: str | None = None, dns: Iterable[str] = ()) -> bytes:
+    csr = build_csr(key, common_name, [x509.DNSName(d) for d in dns])
+    return csr.public_bytes(serialization.Encoding.DER)
+
+
+def tamper_signature(der: bytes) -> bytes:
+    """Flip bits of the last byte of a DER CSR: it lies inside the signature BIT STRING."""
+    return der[:-1] + bytes([der[-1] ^ 0x55])
+
+
+def private_der(key: object) -> bytes:
+    return key.private_bytes(  # type: ignore[attr-defined, no-any-return]
+        serialization.Encoding.DER,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def secret_fragments(key: object) -> list[bytes]:
+    """Byte strings that would betray a private key: its clear DER, PEM body and raw scalar."""
+    der = private_der(key)
+    pem = key.private_bytes(  # type: ignore[attr-defined]
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    body = b"".join(pem.splitlines()[1:-1])
+    out = [der, body[:64]]
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        size = (key.curve.key_size + 7) // 8
+        out.append(key.private_numbers().private_value.to_bytes(size, "big"))
+    elif isinstance(key, ed25519.Ed25519PrivateKey):
+        out.append(
+            key.private_bytes(
+                serialization.Encoding.Raw,
+                serialization.PrivateFormat.Raw,
+                serialization.NoEncryption(),
+            )
+        )
+    elif isinstance(key, rsa.RSAPrivateKey):
+        d = key.private_numbers().d
+        out.append(d.to_bytes((d.bit_length() + 7) // 8, "big"))
+    return out
+
+
+# ---------------------------------------------------------------------------- files and linters
+
+
+def write(path: Path, data: str | bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(data, str):
+        path.write_text(data)
+    else:
+        path.write_bytes(data)
+    return path
+
+
+def lint_cert(path: Path) -> str:
+    """pkilint's PKIX certificate lint at WARNING and above: '' when clean."""
+    result = run([str(LINT_CERT), "lint", "-s", "WARNING", str(path)])
+    return (result.stdout + result.stderr).strip() or ("" if result.returncode == 0 else "rc!=0")
+
+
+def lint_crl(path: Path) -> str:
+    result = run([str(LINT_CRL), "lint", "-t", "CRL", "-p", "PKIX", "-s", "WARNING", str(path)])
+    return (result.stdout + result.stderr).strip() or ("" if result.returncode == 0 else "rc!=0")
+
+
+def openssl_verify(
+    openssl: str, root: Path, leaf: Path, untrusted: Path | None = None, *extra: str
+) -> tuple[int, str]:
+    cmd = [openssl, "verify", *extra, "-CAfile", str(root)]
+    if untrusted is not None:
+        cmd += ["-untrusted", str(untrusted)]
+    result = run([*cmd, str(leaf)])
+    return result.returncode, result.stdout + result.stderr
+
+
+def chain_files(
+    ca: CertificateAuthority, directory: Path, authority: str | None = None
+) -> tuple[Path, Path]:
+    """Write the root and the issuing intermediate of ``authority`` as PEM; return their paths."""
+    chain = ca.chain_pem(authority)
+    return write(directory / "root.pem", chain[-1]), write(directory / "inter.pem", chain[0])
+
+
+# ---------------------------------------------------------------------------- databases
+
+
+def count_rows(db: Database, table: str) -> int:
+    with db.engine.connect() as conn:
+        return int(conn.execute(sa.text(f"SELECT count(*) FROM {table}")).scalar_one())  # noqa: S608
+
+
+def counts(db: Database) -> tuple[int, int]:
+    """Rows of certificates and audit events: what a refused request must leave unchanged."""
+    return count_rows(db, "certificates"), count_rows(db, "audit_events")
+
+
+def all_stored_bytes(db: Database) -> bytes:
+    """Every value of every row of every table, as bytes, for searching for leaked secrets."""
+    out = bytearray()
+    with db.engine.connect() as conn:
+        for table in sa.inspect(conn).get_table_names():
+            for row in conn.execute(sa.text(f"SELECT * FROM {table}")):  # noqa: S608
+                for value in row:
+                    if isinstance(value, bytes | bytearray | memoryview):
+                        out += bytes(value)
+                    elif value is not None:
+                        out += str(value).encode()
+    return bytes(out)
+
+
+def tree_bytes(directory: Path) -> bytes:
+    return b"".join(p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file())
+
+
+def module_ca(
+    base: Path,
+    key_type: KeyType = KeyType.ECDSA_P256,
+    db_url: str | None = None,
+    clock: Clock | None = None,
+    **spec: object,
+) -> CertificateAuthority:
+    """A CA of its own in ``base`` (SQLite in its data dir unless ``db_url``)."""
+    settings: Settings = make_settings(base, db_url or f"sqlite:///{base / 'ca.db'}")
+    ca = new_ca(settings, key_type, **spec)
+    if clock is not None:
+        ca.clock = clock
+    return ca
+
+
+def reopen(ca: CertificateAuthority, clock: Clock | None = None) -> CertificateAuthority:
+    """A second, independent CertificateAuthority over the same settings (as another process)."""
+    return build_authority(ca.settings, clock=clock)
+
+
+# ---------------------------------------------------------------------------- processes
+
+
+def crl_worker(args: tuple[str, str, str, int]) -> list[int]:
+    """Run in a separate process: open the CA at (data_dir, db_url) and sign ``n`` CRLs."""
+    data_dir, db_url, passphrase, n = args
+    settings = Settings(
+        data_dir=Path(data_dir), database_url=db_url, key_passphrase=passphrase.encode()
+    )
+    ca = build_authority(settings)
+    try:
+        return [ca.generate_crl().number for _ in range(n)]
+    finally:
+        ca.db.dispose()
