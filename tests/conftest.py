@@ -13,6 +13,7 @@ import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import sqlalchemy as sa
@@ -21,6 +22,9 @@ from ca_service.authority import CertificateAuthority, HierarchySpec
 from ca_service.config import Settings
 from ca_service.domain import Actor, KeyType
 from ca_service.wiring import build_authority
+
+if TYPE_CHECKING:
+    from .live import LiveServer
 
 PG_URL = os.environ.get("CA_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 PASSPHRASE = b"test-passphrase-not-secret"
@@ -117,3 +121,42 @@ def openssl() -> str:
 
 def run(cmd: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False, **kwargs)  # type: ignore[call-overload]
+
+
+def make_pg_schema() -> tuple[str, str]:
+    """Create a fresh schema; returns (url using it, schema name). Caller drops it."""
+    require_postgres()
+    schema = f"t_{secrets.token_hex(6)}"
+    admin = sa.create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+    admin.dispose()
+    sep = "&" if "?" in PG_URL else "?"
+    return f"{PG_URL}{sep}options=-csearch_path%3D{schema}", schema
+
+
+def drop_pg_schema(schema: str) -> None:
+    admin = sa.create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
+    admin.dispose()
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def live(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LiveServer]:
+    """A real `ca-service serve` (gunicorn, 2 workers) on loopback, per module and backend."""
+    from .live import start_server
+
+    base = tmp_path_factory.mktemp(f"live-{request.param}")
+    schema = None
+    if request.param == "sqlite":
+        url = f"sqlite:///{base / 'ca.db'}"
+    else:
+        url, schema = make_pg_schema()
+    server = start_server(base / "data", url)
+    yield server
+    server.stop()
+    if schema:
+        drop_pg_schema(schema)

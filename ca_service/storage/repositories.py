@@ -24,7 +24,7 @@ from ca_service.storage.models import AuditRow, AuthorityRow, CertificateRow, CR
 
 def _utc(value: dt.datetime) -> dt.datetime:
     # SQLite returns naive datetimes even for timezone=True columns; every stored time is UTC.
-    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+    return value.astimezone(dt.UTC) if value.tzinfo else value.replace(tzinfo=dt.UTC)
 
 
 def _opt_utc(value: dt.datetime | None) -> dt.datetime | None:
