@@ -1,0 +1,89 @@
+"""Run ``CertificateAuthority.generate_crl`` once in a fresh process and print figures as JSON.
+
+A process of its own so that peak RSS (VmHWM) belongs to CRL generation alone and not to the
+bench's own population work. Usage: ``python -m bench.crl_child DB_URL DATA_DIR [--breakdown]``.
+With ``--breakdown`` the phases (query, entry objects, build+sign) are timed again one by one
+after the peak was read, to point at the cause when the target is missed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+
+
+def _status_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def _breakdown(ca: Any, name: str) -> dict[str, float]:
+    from ca_service.signing import crl as crl_module
+    from ca_service.storage.db import unit_of_work
+    from ca_service.storage.repositories import CertificateRepository
+
+    now = dt.datetime.now(dt.UTC)
+    t0 = time.perf_counter()
+    with unit_of_work(ca.db) as s:
+        entries = CertificateRepository(s).revoked_unexpired(name, now)
+    t1 = time.perf_counter()
+    revoked = [crl_module._entry(e) for e in entries]
+    t2 = time.perf_counter()
+    material = ca.material(name)
+    builder = x509.CertificateRevocationListBuilder(
+        issuer_name=material.certificate.subject,
+        last_update=now,
+        next_update=now + dt.timedelta(hours=1),
+        revoked_certificates=revoked,
+    )
+    t3 = time.perf_counter()
+    from ca_service.crypto.keys import signature_hash
+
+    builder.sign(material.key, signature_hash(material.key_type))
+    t4 = time.perf_counter()
+    return {
+        "query_s": round(t1 - t0, 3),
+        "entry_objects_s": round(t2 - t1, 3),
+        "builder_s": round(t3 - t2, 3),
+        "sign_encode_s": round(t4 - t3, 3),
+    }
+
+
+def main(argv: list[str]) -> int:
+    from bench.common import open_ca
+
+    db_url, data_dir = argv[0], Path(argv[1])
+    ca = open_ca(data_dir, db_url)
+    name = ca.default_authority()
+    rss_before = _status_kib("VmRSS")
+    t0 = time.perf_counter()
+    stored = ca.generate_crl(name)
+    seconds = time.perf_counter() - t0
+    peak = _status_kib("VmHWM")
+    crl = x509.load_der_x509_crl(stored.der)
+    out: dict[str, Any] = {
+        "seconds": round(seconds, 3),
+        "peak_rss_mib": round(peak / 1024, 1),
+        "rss_before_mib": round(rss_before / 1024, 1),
+        "peak_minus_before_mib": round((peak - rss_before) / 1024, 1),
+        "crl_bytes": len(stored.der),
+        "entries": len(crl),
+        "number": stored.number,
+    }
+    if "--breakdown" in argv:
+        out["breakdown"] = _breakdown(ca, name)
+    ca.db.dispose()
+    print(json.dumps(out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

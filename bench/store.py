@@ -1,0 +1,153 @@
+"""Scenarios on the store that need no HTTP: CRL generation at scale, lookups, issuance.
+
+One store per database kind is grown step by step (10k -> 100k -> 1M revoked rows): each step
+measures ``generate_crl`` in a child process, the last step also measures fetch by serial, name
+search and in-process issuance, which are compared with the same measurements on the empty store.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import random
+import subprocess
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from bench.common import (
+    ADMIN,
+    bounded_loop,
+    latency_summary,
+    leaf_csr_pem,
+    new_ca,
+    progress,
+    python_exe,
+)
+from bench.populate import Population, load, prepare
+from ca_service.authority import CertificateAuthority
+from ca_service.domain import KeyType
+from ca_service.storage.db import unit_of_work
+from ca_service.storage.repositories import CertificateFilter, CertificateRepository
+
+
+def crl_in_child(db_url: str, data_dir: Path, timeout: float, breakdown: bool) -> dict[str, Any]:
+    """One ``generate_crl`` in a fresh interpreter: time, clean peak RSS, size, entry count."""
+    argv = [python_exe(), "-m", "bench.crl_child", db_url, str(data_dir)]
+    if breakdown:
+        argv.append("--breakdown")
+    try:
+        proc = subprocess.run(
+            argv,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=Path(__file__).resolve().parent.parent,
+        )
+    except subprocess.TimeoutExpired:
+        return {"status": "timeout", "timeout_s": timeout}
+    if proc.returncode != 0:
+        return {"status": "error", "stderr": proc.stderr[-1500:]}
+    return {"status": "ok", **json.loads(proc.stdout.strip().splitlines()[-1])}
+
+
+def issuance_inprocess(
+    ca: CertificateAuthority, csr: bytes, max_count: int, max_seconds: float
+) -> dict[str, Any]:
+    """``issue_from_csr`` in a loop: policy, signing and the committed store write, no HTTP."""
+    loop = bounded_loop(lambda _: ca.issue_from_csr(csr, ADMIN), max_count, max_seconds, warmup=5)
+    return {**loop.as_dict(), **latency_summary(loop.latencies)}
+
+
+def lookups(
+    ca: CertificateAuthority, pop: Population, max_count: int, max_seconds: float
+) -> dict[str, Any]:
+    """Fetch by serial (``get_certificate``) and name search (the repository's listing filter).
+
+    Rare search: the host name of one random stored certificate (one match; on a LIKE '%..%'
+    scan this is the worst case). Common search: a name every row has (the first page fills
+    at once).
+    """
+    rng = random.Random(7)
+    serials, names = pop.sample_serials, pop.sample_names
+    now = dt.datetime.now(dt.UTC)
+
+    def fetch(_: int) -> None:
+        ca.get_certificate(rng.choice(serials))
+
+    def search(term: str) -> None:
+        with unit_of_work(ca.db) as s:
+            records, _ = CertificateRepository(s).list(CertificateFilter(name=term), now)
+        assert records, f"search for {term!r} found nothing"
+
+    out: dict[str, Any] = {}
+    for label, fn in (
+        ("fetch_by_serial", fetch),
+        ("search_rare", lambda _: search(rng.choice(names))),
+        ("search_common", lambda _: search("example.test")),
+    ):
+        loop = bounded_loop(fn, max_count, max_seconds, warmup=3)
+        out[label] = {**loop.as_dict(), **latency_summary(loop.latencies)}
+    return out
+
+
+def store_family(
+    kind: str,
+    db_url: str,
+    data_dir: Path,
+    sizes: Sequence[int],
+    *,
+    populate_budget_s: float,
+    crl_timeout_s: float,
+    lookup_count: int,
+    lookup_seconds: float,
+    issue_count: int,
+    issue_seconds: float,
+) -> dict[str, Any]:
+    """Grow one store of ``kind`` through ``sizes`` revoked rows, measuring at every step."""
+    progress(f"store {kind}: creating the CA (ECDSA P-256)")
+    ca = new_ca(data_dir, db_url, KeyType.ECDSA_P256)
+    csr = leaf_csr_pem()
+    pop = prepare(ca)
+    out: dict[str, Any] = {"db": kind, "crl": {}, "populate": {}, "lookups": {}}
+    progress(f"store {kind}: in-process issuance on the (almost) empty store")
+    out["issuance_empty"] = issuance_inprocess(ca, csr, issue_count, issue_seconds)
+    deadline = time.monotonic() + populate_budget_s
+    for size in sizes:
+        want = size - pop.rows
+        progress(f"store {kind}: populating to {size:,} revoked rows (have {pop.rows:,})")
+        t0 = time.perf_counter()
+        got = load(pop, db_url, want, revoked=True, deadline=deadline) if want > 0 else 0
+        out["populate"][str(size)] = {
+            "rows_added": got,
+            "seconds": round(time.perf_counter() - t0, 2),
+            "rows_total": pop.rows,
+            "rows_per_s": round(got / max(time.perf_counter() - t0, 1e-9)),
+        }
+        label = str(size)
+        if pop.rows < size:
+            out["crl"][label] = {
+                "status": "partial",
+                "note": f"population budget ran out at {pop.rows:,} rows",
+                "rows": pop.rows,
+            }
+        progress(f"store {kind}: generate_crl with {pop.rows:,} revoked (child process)")
+        result = crl_in_child(db_url, data_dir, crl_timeout_s, breakdown=True)
+        out["crl"][label] = {**out["crl"].get(label, {}), **result, "revoked_rows": pop.rows}
+        last = size == sizes[-1] or pop.rows < size
+        progress(f"store {kind}: fetch by serial and name search with {pop.rows:,} rows")
+        # The scaling curve at every step, the full budget only at the last one.
+        out["lookups"][label] = {
+            "rows": pop.rows,
+            **lookups(ca, pop, lookup_count, lookup_seconds if last else lookup_seconds / 3),
+        }
+        if last:
+            break
+    progress(f"store {kind}: in-process issuance with {pop.rows:,} stored certificates")
+    out["stored_rows"] = pop.rows
+    out["issuance_full"] = issuance_inprocess(ca, csr, issue_count, issue_seconds)
+    empty, full = out["issuance_empty"]["per_s"], out["issuance_full"]["per_s"]
+    out["issuance_full_vs_empty"] = round(full / empty, 3) if empty else None
+    ca.db.dispose()
+    return out
