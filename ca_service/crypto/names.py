@@ -74,7 +74,10 @@ def normalize_uri(value: str) -> str:
     uri = value.strip()
     if not uri.isascii() or any(c.isspace() for c in uri):
         raise BadRequest(f"URI {value!r} must be ASCII without spaces (percent-encode it)")
-    parts = urlsplit(uri)
+    try:
+        parts = urlsplit(uri)
+    except ValueError:  # e.g. an unclosed IPv6 literal "http://[::1"
+        raise BadRequest(f"URI {value!r} is not a valid URI") from None
     if not parts.scheme or not re.match(r"^[a-z][a-z0-9+.-]*$", parts.scheme, re.I):
         raise BadRequest(f"URI {value!r} needs a scheme (for example spiffe:// or https://)")
     if parts.netloc:
