@@ -59,6 +59,19 @@ def _template_for(path: str) -> str | None:
     return None
 
 
+def _absolute_refs(schema: Any) -> Any:
+    """The schema with every local ``#/...`` reference pointing into the OpenAPI document, so
+    that inline schemas (a list of ``Token`` items, say) resolve as well as top-level refs."""
+    if isinstance(schema, dict):
+        return {
+            k: ("urn:spec" + v if k == "$ref" and v.startswith("#/") else _absolute_refs(v))
+            for k, v in schema.items()
+        }
+    if isinstance(schema, list):
+        return [_absolute_refs(v) for v in schema]
+    return schema
+
+
 def check_against_spec(method: str, path: str, reply: Reply) -> None:
     """Every response must be documented: its status for that operation, and its JSON body."""
     template = _template_for(path)
@@ -78,10 +91,7 @@ def check_against_spec(method: str, path: str, reply: Reply) -> None:
     )
     if reply.content_type.endswith("json"):
         schema = content[reply.content_type]["schema"]
-        validator = jsonschema.Draft202012Validator(
-            {"$ref": "urn:spec#" + schema["$ref"][1:]} if "$ref" in schema else schema,
-            registry=_REGISTRY,
-        )
+        validator = jsonschema.Draft202012Validator(_absolute_refs(schema), registry=_REGISTRY)
         validator.validate(reply.json)
 
 
@@ -184,3 +194,116 @@ def start_server(
         time.sleep(0.2)
     proc.kill()
     raise RuntimeError(f"ca-service serve did not become healthy:\n{log_path.read_text()}")
+
+
+# ---------------------------------------------------------------------------- API test helpers
+
+PROBLEM_JSON = "application/problem+json"
+
+
+def assert_problem(reply: Reply, status: int) -> dict[str, Any]:
+    """An RFC 9457 answer with ``status``: problem+json, the four members, no stack trace."""
+    assert reply.status == status, (reply.status, reply.body[:500])
+    assert reply.content_type == PROBLEM_JSON, reply.headers
+    assert b"Traceback" not in reply.body
+    body = reply.json
+    assert isinstance(body, dict)
+    for member in ("type", "title", "status", "detail"):
+        assert member in body, body
+    assert body["status"] == status
+    assert isinstance(body["detail"], str) and body["detail"]
+    assert body["type"].startswith("urn:ca-service:problem:")
+    return body
+
+
+def create_token(
+    live: LiveServer, role: str, *, name: str | None = None, **fields: Any
+) -> tuple[str, str]:
+    """Create a token through the API as the first admin; returns (plain token, id)."""
+    body = {"name": name or f"{role}-token", "role": role, **fields}
+    reply = live.request("POST", "/api/v1/tokens", token=live.admin_token, body=body)
+    assert reply.status == 201, reply.body
+    return reply.json["token"], reply.json["id"]
+
+
+def db_engine(live: LiveServer) -> Any:
+    """A SQLAlchemy engine on the live server's own database (the caller disposes of it)."""
+    import sqlalchemy as sa
+
+    return sa.create_engine(live.env["CA_DATABASE_URL"])
+
+
+def expire_token(live: LiveServer, token_id: str) -> None:
+    """Move a token's expiry into the past directly in the database (no API can do that)."""
+    import datetime as dt
+
+    import sqlalchemy as sa
+
+    engine = db_engine(live)
+    try:
+        with engine.begin() as conn:
+            updated = conn.execute(
+                sa.text("UPDATE api_tokens SET expires_at = :at WHERE id = :id"),
+                {"at": dt.datetime.now(dt.UTC) - dt.timedelta(hours=1), "id": token_id},
+            ).rowcount
+        assert updated == 1
+    finally:
+        engine.dispose()
+
+
+def list_all(live: LiveServer, path: str, token: str | None = None, limit: int = 500) -> list[Any]:
+    """Every item of a cursor-paginated list endpoint (bounded: at most 200 pages)."""
+    items: list[Any] = []
+    sep = "&" if "?" in path else "?"
+    cursor = None
+    for _ in range(200):
+        url = f"{path}{sep}limit={limit}" + (f"&cursor={cursor}" if cursor else "")
+        reply = live.request("GET", url, token=token or live.admin_token)
+        assert reply.status == 200, reply.body
+        items += reply.json["items"]
+        cursor = reply.json["next_cursor"]
+        if not cursor:
+            return items
+    raise AssertionError(f"{path}: more than 200 pages")
+
+
+def certificate_count(live: LiveServer) -> int:
+    return len(list_all(live, "/api/v1/certificates"))
+
+
+def fetch_crl(live: LiveServer, path: str = "/crl", **kwargs: Any) -> Any:
+    """GET a CRL (DER or PEM), check its headers, lint it with pkilint; the parsed CRL."""
+    import tempfile
+
+    from cryptography import x509
+
+    from .helpers import lint_crl
+
+    reply = live.request("GET", path, **kwargs)
+    assert reply.status == 200, reply.body[:300]
+    for header in ("etag", "last-modified", "cache-control"):
+        assert header in reply.headers, (path, reply.headers)
+    pem = reply.body.startswith(b"-----BEGIN")
+    assert reply.content_type == ("application/x-pem-file" if pem else "application/pkix-crl")
+    with tempfile.NamedTemporaryFile(suffix=".pem" if pem else ".crl") as f:
+        f.write(reply.body)
+        f.flush()
+        findings = lint_crl(Path(f.name))
+    assert findings == "", f"{path}: pkilint findings:\n{findings}"
+    return x509.load_pem_x509_crl(reply.body) if pem else x509.load_der_x509_crl(reply.body)
+
+
+def server_tracebacks(live: LiveServer) -> int:
+    return live.log().count("Traceback")
+
+
+def issue(
+    live: LiveServer, token: str | None = None, *, accept: str | None = None, **body: Any
+) -> Reply:
+    """POST /api/v1/certificates (as the first admin unless ``token``); asserts 201."""
+    headers = {"Accept": accept} if accept else None
+    reply = live.request(
+        "POST", "/api/v1/certificates", token=token or live.admin_token, body=body, headers=headers
+    )
+    assert reply.status == 201, reply.body[:500]
+    return reply
