@@ -159,6 +159,10 @@ class ApprovedTemplate:
     crl_url: str
     ca_issuers_url: str
     ocsp_url: str | None
+    # keyUsage bits by their `cryptography` names, e.g. ("digital_signature", "key_encipherment").
+    key_usages: tuple[str, ...] = ("digital_signature",)
+    # id-pkix-ocsp-nocheck: only for delegated OCSP responder certificates (RFC 6960 4.2.2.2.1).
+    ocsp_nocheck: bool = False
 
 
 @dataclass(frozen=True)

@@ -11,13 +11,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from cryptography import x509
-from cryptography.x509.oid import NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from ca_service.crypto.names import make_name
 from ca_service.domain import (
     ApprovedTemplate,
     CallerPolicy,
     IssuanceRequest,
+    KeyType,
     NameKind,
     SubjectName,
 )
@@ -93,6 +94,50 @@ def check(
         crl_url=authority.crl_url,
         ca_issuers_url=authority.ca_issuers_url,
         ocsp_url=authority.ocsp_url,
+        key_usages=leaf_key_usages(request.key_type),
+    )
+
+
+def leaf_key_usages(key_type: KeyType) -> tuple[str, ...]:
+    """digitalSignature always; keyEncipherment for RSA, whose keys also do key transport
+    (TLS 1.2 RSA key exchange, CMS). EC and EdDSA keys never encipher."""
+    if key_type in (KeyType.RSA_2048, KeyType.RSA_3072, KeyType.RSA_4096):
+        return ("digital_signature", "key_encipherment")
+    return ("digital_signature",)
+
+
+def responder_template(
+    authority: AuthorityView,
+    public_key: x509.CertificatePublicKeyTypes,
+    key_type: KeyType,
+    now: dt.datetime,
+    serial: int,
+    lifetime: dt.timedelta,
+) -> ApprovedTemplate:
+    """A delegated OCSP responder certificate: OCSPSigning only, ocsp-nocheck, short-lived.
+
+    Short life stands in for revocation checking, which nocheck turns off for this certificate.
+    """
+    if authority.not_after <= now:
+        raise PolicyRejected(f"authority {authority.name!r} has expired", rule="authority.expired")
+    common_name = f"{authority.name} OCSP Responder"
+    return ApprovedTemplate(
+        authority=authority.name,
+        serial=serial,
+        subject=x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]),
+        common_name=common_name,
+        names=(),
+        public_key=public_key,
+        key_type=key_type,
+        profile="ocsp-responder",
+        not_before=now - BACKDATE,
+        not_after=min(now + lifetime, authority.not_after),
+        extended_key_usages=(ExtendedKeyUsageOID.OCSP_SIGNING,),
+        crl_url=authority.crl_url,
+        ca_issuers_url=authority.ca_issuers_url,
+        ocsp_url=None,
+        key_usages=("digital_signature",),
+        ocsp_nocheck=True,
     )
 
 

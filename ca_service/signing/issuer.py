@@ -26,7 +26,7 @@ def sign_leaf(template: ApprovedTemplate, ca: CAMaterial) -> x509.Certificate:
         not_valid_after=template.not_after,
     )
     builder = builder.add_extension(x509.BasicConstraints(ca=False, path_length=None), True)
-    builder = builder.add_extension(_leaf_key_usage(template.key_type), True)
+    builder = builder.add_extension(_key_usage(template.key_usages), True)
     builder = builder.add_extension(
         x509.ExtendedKeyUsage(list(template.extended_key_usages)), False
     )
@@ -43,37 +43,34 @@ def sign_leaf(template: ApprovedTemplate, ca: CAMaterial) -> x509.Certificate:
         )
     builder = builder.add_extension(_crl_distribution_points(template.crl_url), False)
     builder = builder.add_extension(_aia(template.ca_issuers_url, template.ocsp_url), False)
+    if template.ocsp_nocheck:
+        builder = builder.add_extension(x509.OCSPNoCheck(), False)
     return builder.sign(ca.key, signature_hash(ca.key_type))
 
 
-def _leaf_key_usage(key_type: KeyType) -> x509.KeyUsage:
-    rsa_key = key_type in (KeyType.RSA_2048, KeyType.RSA_3072, KeyType.RSA_4096)
-    return x509.KeyUsage(
-        digital_signature=True,
-        # RSA key transport (TLS 1.2 RSA kex, CMS) needs keyEncipherment; EC and EdDSA keys don't.
-        key_encipherment=rsa_key,
-        content_commitment=False,
-        data_encipherment=False,
-        key_agreement=False,
-        key_cert_sign=False,
-        crl_sign=False,
-        encipher_only=False,
-        decipher_only=False,
-    )
+_KEY_USAGE_BITS = (
+    "digital_signature",
+    "content_commitment",
+    "key_encipherment",
+    "data_encipherment",
+    "key_agreement",
+    "key_cert_sign",
+    "crl_sign",
+    "encipher_only",
+    "decipher_only",
+)
+
+
+def _key_usage(names: tuple[str, ...]) -> x509.KeyUsage:
+    unknown = set(names) - set(_KEY_USAGE_BITS)
+    if unknown:
+        raise ValueError(f"unknown key usage bits {sorted(unknown)}")
+    return x509.KeyUsage(**{bit: bit in names for bit in _KEY_USAGE_BITS})
 
 
 def _ca_key_usage() -> x509.KeyUsage:
-    return x509.KeyUsage(
-        digital_signature=True,
-        key_encipherment=False,
-        content_commitment=False,
-        data_encipherment=False,
-        key_agreement=False,
-        key_cert_sign=True,
-        crl_sign=True,
-        encipher_only=False,
-        decipher_only=False,
-    )
+    # digitalSignature too, so that a CA configured to sign its own OCSP answers may.
+    return _key_usage(("digital_signature", "key_cert_sign", "crl_sign"))
 
 
 def _crl_distribution_points(url: str) -> x509.CRLDistributionPoints:
