@@ -74,7 +74,11 @@ class LoopResult:
         return self.count / self.seconds if self.seconds > 0 else 0.0
 
     def as_dict(self) -> dict[str, Any]:
-        return {"count": self.count, "seconds": round(self.seconds, 3), "per_s": round(self.rate, 1)}
+        return {
+            "count": self.count,
+            "seconds": round(self.seconds, 3),
+            "per_s": round(self.rate, 1),
+        }
 
 
 def bounded_loop(

@@ -36,6 +36,7 @@ from bench.common import (
     progress,
 )
 from bench.loadgen import Request, run_load, run_wrk
+from ca_service.authority import CertificateAuthority
 from ca_service.crypto.csr import parse_csr
 from ca_service.domain import CallerPolicy, IssuanceRequest, KeyType
 from ca_service.policy.check import AuthorityView, check
@@ -79,40 +80,50 @@ def inprocess_ceiling(
     """Certs/s of one process doing the product's CPU work for one issuance, per CA key type."""
     out: dict[str, Any] = {"status": "ok"}
     for key_type in key_types:
-        with tempfile.TemporaryDirectory(prefix="ca-bench-ceiling-") as tmp, database_url(
-            "sqlite", Path(tmp)
-        ) as url:
+        with (
+            tempfile.TemporaryDirectory(prefix="ca-bench-ceiling-") as tmp,
+            database_url("sqlite", Path(tmp)) as url,
+        ):
             ca = new_ca(Path(tmp) / "data", url, key_type)
-            name = ca.default_authority()
-            material = ca.material(name)
-            crl_url, issuers_url, ocsp_url = ca.urls(name)
-            view = AuthorityView(
-                name=name,
-                not_after=material.certificate.not_valid_after_utc,
-                constraints=NameConstraintsSpec(),
-                crl_url=crl_url,
-                ca_issuers_url=issuers_url,
-                ocsp_url=ocsp_url,
-            )
-            profiles = ca.settings.profiles
-            caller = CallerPolicy.unrestricted()
-
-            def one(_: int) -> None:
-                parsed = parse_csr(csr_pem)
-                request = IssuanceRequest(
-                    public_key=parsed.public_key,
-                    key_type=parsed.key_type,
-                    common_name=parsed.common_name,
-                    names=parsed.names,
-                )
-                now = dt.datetime.now(dt.UTC)
-                template = check(request, profiles, view, caller, now, random_serial())
-                sign_leaf(template, material).public_bytes(Encoding.PEM)
-
-            loop = bounded_loop(one, max_count, max_seconds, warmup=20)
-            ca.db.dispose()
-        out[key_type.value] = {**loop.as_dict(), **latency_summary(loop.latencies)}
+            try:
+                out[key_type.value] = _ceiling_of(ca, csr_pem, max_count, max_seconds)
+            finally:
+                ca.db.dispose()
     return out
+
+
+def _ceiling_of(
+    ca: CertificateAuthority, csr_pem: bytes, max_count: int, max_seconds: float
+) -> dict[str, Any]:
+    """parse_csr + policy check + sign_leaf + PEM: the product's own calls, without DB or HTTP."""
+    name = ca.default_authority()
+    material = ca.material(name)
+    crl_url, issuers_url, ocsp_url = ca.urls(name)
+    view = AuthorityView(
+        name=name,
+        not_after=material.certificate.not_valid_after_utc,
+        constraints=NameConstraintsSpec(),
+        crl_url=crl_url,
+        ca_issuers_url=issuers_url,
+        ocsp_url=ocsp_url,
+    )
+    profiles = ca.settings.profiles
+    caller = CallerPolicy.unrestricted()
+
+    def one(_: int) -> None:
+        parsed = parse_csr(csr_pem)
+        request = IssuanceRequest(
+            public_key=parsed.public_key,
+            key_type=parsed.key_type,
+            common_name=parsed.common_name,
+            names=parsed.names,
+        )
+        now = dt.datetime.now(dt.UTC)
+        template = check(request, profiles, view, caller, now, random_serial())
+        sign_leaf(template, material).public_bytes(Encoding.PEM)
+
+    loop = bounded_loop(one, max_count, max_seconds, warmup=20)
+    return {**loop.as_dict(), **latency_summary(loop.latencies)}
 
 
 # ------------------------------------------------------------------------------------ CFSSL
@@ -154,9 +165,7 @@ def cfssl_scenario(
     body = json.dumps(
         {"certificate_request": csr_pem.decode(), "hosts": list(LEAF_NAMES), "profile": "server"}
     ).encode()
-    request = Request(
-        "POST", "/api/v1/cfssl/sign", body, {"Content-Type": "application/json"}
-    )
+    request = Request("POST", "/api/v1/cfssl/sign", body, {"Content-Type": "application/json"})
     out: dict[str, Any] = {"status": "ok", "runs": {}}
     for algo, store in configs:
         tag = f"{algo}_{store}"

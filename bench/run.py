@@ -1,0 +1,158 @@
+"""Entry point: ``python -m bench.run [--quick|--tiny] [--only SCENARIO] [--out DIR]``.
+
+Runs the references, the store scenarios and (when the API exists) the HTTP scenarios, then
+writes ``results.json`` (raw figures) and ``RESULTS.md`` (tables and targets) into ``--out``.
+Modes only change counts and time bounds: full < 15 min, quick < 2 min, tiny is for the smoke
+test (seconds, SQLite only, no CFSSL).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench import http_scenarios, references, report, store
+from bench.common import database_url, leaf_csr_pem, machine_info, pg_reachable, progress
+from ca_service.domain import KeyType
+
+SCENARIOS = ("openssl", "ceiling", "cfssl", "store", "http")
+REPO = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Mode:
+    """Counts and time bounds of one mode; every loop has both."""
+
+    name: str
+    dbs: tuple[str, ...]
+    openssl_s: int
+    ceiling: tuple[int, float]
+    cfssl_configs: tuple[tuple[str, str], ...]
+    cfssl_concurrencies: tuple[int, ...]
+    cfssl_seconds: float
+    wrk_seconds: int
+    sizes: tuple[int, ...]
+    populate_budget_s: float
+    crl_timeout_s: float
+    lookups: tuple[int, float]
+    issuance: tuple[int, float]
+    http_concurrencies: tuple[int, ...]
+    http_seconds: float
+    max_requests: int
+
+
+MODES = {
+    "full": Mode("full", ("sqlite", "postgresql"), 3, (20_000, 5.0),
+                 (("ecdsa", "nodb"), ("ecdsa", "sqlite"), ("rsa", "sqlite")), (1, 8, 32), 6.0, 5,
+                 (10_000, 100_000, 1_000_000), 150.0, 180.0, (500, 6.0), (3000, 6.0),
+                 (1, 8, 32), 8.0, 200_000),
+    "quick": Mode("quick", ("sqlite", "postgresql"), 1, (3000, 2.0), (("ecdsa", "sqlite"),),
+                  (8,), 3.0, 0, (10_000, 100_000), 30.0, 60.0, (100, 2.0), (300, 2.0), (8,), 3.0,
+                  50_000),
+    "tiny": Mode("tiny", ("sqlite",), 1, (50, 1.0), (), (1,), 1.0, 0, (1_000, 2_000), 10.0, 30.0,
+                 (20, 0.5), (20, 0.5), (1,), 1.0, 200),
+}  # fmt: skip
+
+
+def run(mode: Mode, only: set[str], out_dir: Path, command: str) -> dict[str, Any]:
+    """Run the chosen scenarios; each one's failure is recorded, the others still run."""
+    started = time.monotonic()
+    csr = leaf_csr_pem()
+    results: dict[str, Any] = {
+        "mode": mode.name,
+        "command": command,
+        "machine": machine_info(REPO),
+        "references": {},
+        "store": {},
+        "http": {},
+        "ocsp": {"status": "absent", "reason": "no OCSP responder in ca-service yet"},
+    }
+    pg_error = pg_reachable() if "postgresql" in mode.dbs else None
+    dbs = [db for db in mode.dbs if db != "postgresql" or pg_error is None]
+    if pg_error and "postgresql" in mode.dbs:
+        results["store"]["postgresql"] = {"status": "absent", "reason": pg_error}
+
+    if "openssl" in only:
+        progress("reference (a): openssl speed ecdsap256 rsa2048")
+        results["references"]["openssl"] = references.openssl_speed(mode.openssl_s)
+    if "ceiling" in only:
+        progress("reference (b): in-process ceiling (parse_csr + check + sign_leaf)")
+        results["references"]["ceiling"] = references.inprocess_ceiling(
+            csr, (KeyType.ECDSA_P256, KeyType.RSA_2048), *mode.ceiling
+        )
+    if "cfssl" in only:
+        if mode.cfssl_configs:
+            with tempfile.TemporaryDirectory(prefix="ca-bench-cfssl-") as tmp:
+                results["references"]["cfssl"] = references.cfssl_scenario(
+                    Path(tmp), csr, mode.cfssl_configs, mode.cfssl_concurrencies,
+                    mode.cfssl_seconds, mode.max_requests, mode.wrk_seconds,
+                )  # fmt: skip
+        else:
+            results["references"]["cfssl"] = {"status": "skipped", "reason": f"{mode.name} mode"}
+    if "store" in only:
+        for db in dbs:
+            with (
+                tempfile.TemporaryDirectory(prefix=f"ca-bench-{db}-") as tmp,
+                database_url(db, Path(tmp)) as url,
+            ):
+                try:
+                    results["store"][db] = store.store_family(
+                        db, url, Path(tmp) / "data", mode.sizes,
+                        populate_budget_s=mode.populate_budget_s,
+                        crl_timeout_s=mode.crl_timeout_s,
+                        lookup_count=mode.lookups[0], lookup_seconds=mode.lookups[1],
+                        issue_count=mode.issuance[0], issue_seconds=mode.issuance[1],
+                    )  # fmt: skip
+                except Exception as exc:  # record and go on: one failure must not hide the rest
+                    results["store"][db] = {"status": "error", "reason": repr(exc)}
+    if "http" in only:
+        for db in dbs:
+            results["http"][db] = {}
+            for key_type in (KeyType.ECDSA_P256, KeyType.RSA_2048):
+                with (
+                    tempfile.TemporaryDirectory(prefix=f"ca-bench-http-{db}-") as tmp,
+                    database_url(db, Path(tmp)) as url,
+                ):
+                    try:
+                        results["http"][db][key_type.value] = http_scenarios.http_family(
+                            db, key_type, url, Path(tmp) / "data", csr,
+                            concurrencies=mode.http_concurrencies,
+                            seconds=mode.http_seconds, max_requests=mode.max_requests,
+                        )  # fmt: skip
+                    except Exception as exc:
+                        results["http"][db][key_type.value] = {
+                            "status": "error",
+                            "reason": repr(exc),
+                        }
+    results["elapsed_s"] = round(time.monotonic() - started, 1)
+    results["targets"] = report.evaluate(results)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "results.json").write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
+    (out_dir / "RESULTS.md").write_text(report.markdown(results))
+    progress(f"done in {results['elapsed_s']:.0f} s: {out_dir / 'RESULTS.md'}")
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__)
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--quick", action="store_true", help="under 2 minutes, smaller sizes")
+    group.add_argument("--tiny", action="store_true", help="seconds; for the smoke test")
+    parser.add_argument("--only", action="append", choices=SCENARIOS, help="repeatable")
+    parser.add_argument("--out", type=Path, default=REPO / "bench", help="where results go")
+    args = parser.parse_args(argv)
+    mode = MODES["quick" if args.quick else "tiny" if args.tiny else "full"]
+    command = "python -m bench.run " + shlex.join(sys.argv[1:] if argv is None else argv)
+    run(mode, set(args.only or SCENARIOS), args.out, command.strip())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
