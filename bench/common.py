@@ -230,6 +230,16 @@ def leaf_csr_pem() -> bytes:
     return csr.public_bytes(serialization.Encoding.PEM)
 
 
+def stop_process(proc: subprocess.Popen[Any], grace: float = 20) -> None:
+    """Stop a server this bench started, by its own pid: SIGTERM, then SIGKILL after ``grace``."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def python_exe() -> str:
     return sys.executable
 

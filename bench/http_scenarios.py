@@ -23,7 +23,6 @@ import http.client
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -41,6 +40,7 @@ from bench.common import (
     new_ca,
     progress,
     require_loopback,
+    stop_process,
 )
 from bench.loadgen import Request, run_load
 from ca_service.domain import KeyType
@@ -122,12 +122,7 @@ def start_server(data_dir: Path, db_url: str, *, ready_timeout: float = 30) -> I
             time.sleep(0.2)
         yield Server(port, token, proc.pid)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
         log.close()
 
 

@@ -14,7 +14,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
@@ -34,6 +33,7 @@ from bench.common import (
     latency_summary,
     new_ca,
     progress,
+    stop_process,
 )
 from bench.loadgen import Request, run_load, run_wrk
 from ca_service.authority import CertificateAuthority
@@ -219,12 +219,7 @@ def cfssl_scenario(
                 if wrk is not None:
                     run["wrk_cross_check"] = wrk
         finally:
-            server.send_signal(signal.SIGTERM)
-            try:
-                server.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                server.wait()
+            stop_process(server, grace=10)
             log.close()
         if store == "sqlite":
             # Counted after the server stopped: while it writes, the file is locked.
