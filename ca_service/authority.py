@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import hashlib
 import re
 import secrets
 import threading
@@ -36,6 +37,7 @@ from ca_service.crypto.keys import (
     public_key_matches,
 )
 from ca_service.crypto.names import parse_name
+from ca_service.crypto.ocsp_wire import SignerInfo, spki_bits
 from ca_service.domain import (
     Actor,
     AuthorityRecord,
@@ -47,14 +49,16 @@ from ca_service.domain import (
     RevocationReason,
 )
 from ca_service.errors import BadRequest, CAError, ConfigError, Conflict, NotFound, PolicyRejected
-from ca_service.policy.check import AuthorityView, check
+from ca_service.policy.check import AuthorityView, check, responder_template
 from ca_service.policy.names import NameConstraintsSpec
 from ca_service.signing.crl import sign_crl
 from ca_service.signing.issuer import sign_intermediate, sign_leaf, sign_root
 from ca_service.signing.keystore import FileKeystore
 from ca_service.signing.material import CAMaterial
+from ca_service.signing.ocsp import signer_info
 from ca_service.signing.serials import parse_serial, random_serial, serial_hex
 from ca_service.storage.db import Database, unit_of_work
+from ca_service.storage.ocsp_repository import OCSPRepository, ResponderRecord, SerialStatus
 from ca_service.storage.repositories import (
     AuditEvent,
     AuditRepository,
@@ -81,6 +85,16 @@ class HierarchySpec:
 
 
 @dataclass(frozen=True)
+class OCSPSigner:
+    """The key that signs one authority's OCSP answers, and when to replace it."""
+
+    authority: str
+    serial: str
+    info: SignerInfo
+    rotate_at: dt.datetime
+
+
+@dataclass(frozen=True)
 class _Loaded:
     material: CAMaterial
     view: AuthorityView
@@ -102,6 +116,8 @@ class CertificateAuthority:
         self.clock = clock or SystemClock()
         self.serials = serials
         self._loaded: dict[str, _Loaded] = {}
+        self._ocsp_signers: dict[str, OCSPSigner] = {}
+        self._issuer_hashes: dict[tuple[str, bytes, bytes], str] = {}
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ authorities
@@ -622,6 +638,115 @@ class CertificateAuthority:
                         return None
                     return repo.latest(name)
         return self.generate_crl(name)
+
+    # ------------------------------------------------------------------ OCSP
+
+    def ocsp_issuer(self, hash_name: str, name_hash: bytes, key_hash: bytes) -> str | None:
+        """The authority a CertID's issuer hashes name, or None when it is not ours."""
+        key = (hash_name, name_hash, key_hash)
+        with self._lock:
+            found = self._issuer_hashes.get(key)
+        if found is not None:
+            return found
+        # A miss may mean an authority created since; rebuild the map once.
+        table: dict[tuple[str, bytes, bytes], str] = {}
+        for record in self.list_authorities():
+            cert = x509.load_der_x509_certificate(record.cert_der)
+            name_der = cert.subject.public_bytes()
+            bits = spki_bits(cert)
+            for algo in ("sha1", "sha256"):
+                table[
+                    (algo, hashlib.new(algo, name_der).digest(), hashlib.new(algo, bits).digest())
+                ] = record.name
+        with self._lock:
+            self._issuer_hashes = table
+        return table.get(key)
+
+    def ocsp_statuses(self, authority: str, serials: Sequence[int]) -> dict[int, SerialStatus]:
+        """Status of each serial that ``authority`` issued; serials it never issued are absent."""
+        wanted = {serial_hex(s): s for s in serials}
+        with unit_of_work(self.db) as s:
+            found = OCSPRepository(s).statuses(authority, list(wanted))
+        return {wanted[k]: v for k, v in found.items()}
+
+    def ocsp_signer(self, name: str) -> OCSPSigner:
+        """The current signer of ``name``'s OCSP answers: its delegated responder (issued here
+        through the generation core and rotated at two thirds of its life), or the CA key."""
+        now = self.clock.now()
+        with self._lock:
+            cached = self._ocsp_signers.get(name)
+        if cached is not None and now < cached.rotate_at:
+            return cached
+        loaded = self._load(name)
+        material = loaded.material
+        if self.settings.ocsp_sign_with_ca:
+            signer = OCSPSigner(
+                name,
+                serial_hex(material.certificate.serial_number),
+                signer_info(material.certificate, material.key, material.key_type, False),
+                material.certificate.not_valid_after_utc,
+            )
+        else:
+            signer = self._responder_signer(name, loaded, now)
+        with self._lock:
+            self._ocsp_signers[name] = signer
+        return signer
+
+    def _responder_signer(self, name: str, loaded: _Loaded, now: dt.datetime) -> OCSPSigner:
+        with unit_of_work(self.db) as s:
+            current = OCSPRepository(s).latest_responder(name, now)
+        if current is None or now >= _rotate_at(current):
+            current = self._issue_responder(name, loaded, now)
+        cert = x509.load_der_x509_certificate(current.cert_der)
+        key = self.keystore.load(current.key_file, f"OCSP responder of {name!r}")
+        return OCSPSigner(
+            name,
+            current.serial,
+            signer_info(cert, key, loaded.material.key_type, True),
+            _rotate_at(current),
+        )
+
+    def _issue_responder(self, name: str, loaded: _Loaded, now: dt.datetime) -> ResponderRecord:
+        key_type = loaded.material.key_type
+        key = generate_private_key(key_type)
+        key_file = self.keystore.store(f"{name}-ocsp-{secrets.token_hex(4)}", key)
+        lifetime = dt.timedelta(days=self.settings.ocsp_responder_days)
+        try:
+            with unit_of_work(self.db, write=True) as s:
+                repo = OCSPRepository(s)
+                authority_id = repo.lock_authority(name)
+                # Another process may have rotated while we waited for the lock.
+                existing = repo.latest_responder(name, now)
+                if existing is not None and now < _rotate_at(existing):
+                    self.keystore.remove(key_file)
+                    return existing
+                template = responder_template(
+                    loaded.view, key.public_key(), key_type, now, self.serials(), lifetime
+                )
+                cert = sign_leaf(template, loaded.material)
+                record = _record_for(cert, name, template.profile, "system:ocsp", now)
+                CertificateRepository(s).add(record, authority_id)
+                responder = ResponderRecord(
+                    name, record.serial, record.der, key_file, record.not_before, record.not_after
+                )
+                repo.add_responder(authority_id, responder, now)
+                AuditRepository(s).add(
+                    _event(
+                        Actor("system:ocsp"),
+                        "ocsp.responder.issue",
+                        f"{name}/{record.serial}",
+                        now,
+                        None,
+                    )
+                )
+        except BaseException:
+            self.keystore.remove(key_file)
+            raise
+        return responder
+
+
+def _rotate_at(record: ResponderRecord) -> dt.datetime:
+    return record.not_before + (record.not_after - record.not_before) * 2 / 3
 
 
 def _normalize_serial(serial: str) -> str:

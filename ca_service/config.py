@@ -32,6 +32,9 @@ _PLAIN_KEYS = {
     "workers",
     "timeout",
     "max_body_bytes",
+    "ocsp_next_update_minutes",
+    "ocsp_responder_days",
+    "ocsp_sign_with_ca",
 }
 # Secret keys: environment only (value or *_FILE), never the TOML file.
 _SECRET_KEYS = {"key_passphrase"}
@@ -52,6 +55,12 @@ class Settings:
     workers: int = 4
     timeout: int = 30
     max_body_bytes: int = 64 * 1024
+    # OCSP: answers are good for this long and re-signed when half of it has passed.
+    ocsp_next_update_minutes: int = 60
+    # Life of a delegated responder certificate; it is replaced when two thirds have passed.
+    ocsp_responder_days: int = 7
+    # Sign OCSP answers with the CA key itself instead of a delegated responder.
+    ocsp_sign_with_ca: bool = False
     profiles: Mapping[str, Profile] = field(default_factory=lambda: load_profiles(None))
 
     @property
@@ -169,9 +178,13 @@ def _build(values: dict[str, Any], passphrase: bytes | None, profiles_raw: Any) 
         ("workers", 1, 64),
         ("timeout", 1, 3600),
         ("max_body_bytes", 1024, 16 << 20),
+        ("ocsp_next_update_minutes", 5, 7 * 24 * 60),
+        ("ocsp_responder_days", 1, 90),
     ):
         if key in values:
             kwargs[key] = _int_in_range(key, values[key], low, high)
+    if "ocsp_sign_with_ca" in values:
+        kwargs["ocsp_sign_with_ca"] = _bool("ocsp_sign_with_ca", values["ocsp_sign_with_ca"])
     if profiles_raw is not None and not isinstance(profiles_raw, dict):
         raise ConfigError("[profiles] must be a table of tables")
     kwargs["profiles"] = load_profiles(profiles_raw)
@@ -186,3 +199,14 @@ def _int_in_range(key: str, value: Any, low: int, high: int) -> int:
     if not low <= number <= high:
         raise ConfigError(f"{key} must be between {low} and {high}")
     return number
+
+
+def _bool(key: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{key} must be true or false")

@@ -126,3 +126,19 @@ class TokenRow(Base):
     created_at: Mapped[dt.datetime] = mapped_column(UTC_DATETIME)
     expires_at: Mapped[dt.datetime | None] = mapped_column(UTC_DATETIME)
     revoked_at: Mapped[dt.datetime | None] = mapped_column(UTC_DATETIME)
+
+
+class OCSPResponderRow(Base):
+    """Delegated OCSP responder certificates; the key is in the keystore like a CA key."""
+
+    __tablename__ = "ocsp_responders"
+    __table_args__ = (Index("ix_ocsp_responders_authority", "authority_id", "not_after"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    authority_id: Mapped[int] = mapped_column(ForeignKey("authorities.id"))
+    serial: Mapped[str] = mapped_column(String(42))
+    cert_der: Mapped[bytes] = mapped_column(LargeBinary)
+    key_file: Mapped[str] = mapped_column(String(255))
+    not_before: Mapped[dt.datetime] = mapped_column(UTC_DATETIME)
+    not_after: Mapped[dt.datetime] = mapped_column(UTC_DATETIME)
+    created_at: Mapped[dt.datetime] = mapped_column(UTC_DATETIME)

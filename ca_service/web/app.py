@@ -14,6 +14,7 @@ from ca_service.tokens import TokenService
 from ca_service.web import problems
 from ca_service.web.api import api
 from ca_service.web.docs import docs
+from ca_service.web.ocsp import ocsp
 from ca_service.web.public import public
 from ca_service.wiring import build_authority
 
@@ -56,4 +57,5 @@ def create_app(
     app.register_blueprint(public)
     app.register_blueprint(api)
     app.register_blueprint(docs)
+    app.register_blueprint(ocsp)
     return app

@@ -510,6 +510,54 @@ PATHS: dict[str, Any] = {
     "/ca/{name}/crl.pem": {
         "get": _crl_op("CRL of an authority (PEM)", "application/x-pem-file", True)
     },
+    "/ocsp": {
+        "post": {
+            "summary": "OCSP (RFC 6960): status of one or more certificates",
+            "description": "Body: a DER OCSPRequest. Protocol errors (malformed request, foreign "
+            "issuer) are OCSP responses with HTTP 200, as RFC 6960 wants.",
+            "tags": ["public"],
+            "security": [],
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/ocsp-request": {"schema": {"type": "string", "format": "binary"}}
+                },
+            },
+            "responses": {
+                "200": {
+                    "description": "A DER OCSPResponse",
+                    "content": {
+                        "application/ocsp-response": {
+                            "schema": {"type": "string", "format": "binary"}
+                        }
+                    },
+                },
+                **_errors(413, 415, 503),
+            },
+        }
+    },
+    "/ocsp/{request}": {
+        "get": {
+            "summary": "OCSP by GET (RFC 6960 A.1, RFC 5019): base64 DER request in the path",
+            "tags": ["public"],
+            "security": [],
+            "parameters": [
+                {"name": "request", "in": "path", "required": True, "schema": {"type": "string"}}
+            ],
+            "responses": {
+                "200": {
+                    "description": "A DER OCSPResponse, cacheable until its nextUpdate",
+                    "headers": _CRL_HEADERS,
+                    "content": {
+                        "application/ocsp-response": {
+                            "schema": {"type": "string", "format": "binary"}
+                        }
+                    },
+                },
+                **_errors(413, 503),
+            },
+        }
+    },
     "/healthz": {
         "get": {
             "summary": "Database reachable and keys loaded",

@@ -1,0 +1,216 @@
+"""OCSP on the wire (RFC 6960): parsing requests and encoding signed responses.
+
+`cryptography` parses and builds only one certificate per OCSP request and response; RFC 6960
+allows several, and clients (OpenSSL among them) send several. So the ASN.1 structures here come
+from pyasn1-alt-modules' RFC 6960 module, kept by the authors of pkilint, while every signature is
+still made by `cryptography` through the ``sign`` callback.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from pyasn1.codec.der import decoder, encoder
+from pyasn1.error import PyAsn1Error
+from pyasn1.type import univ, useful
+from pyasn1_alt_modules import rfc5280, rfc6960
+
+from ca_service.domain import RevocationReason
+
+SHA1 = univ.ObjectIdentifier("1.3.14.3.2.26")
+SHA256 = univ.ObjectIdentifier("2.16.840.1.101.3.4.2.1")
+SUPPORTED_HASHES = {str(SHA1): "sha1", str(SHA256): "sha256"}
+MAX_REQUESTS = 64
+NONCE_MIN, NONCE_MAX = 1, 32  # RFC 8954 section 2.1
+
+
+class MalformedRequest(Exception):
+    """The request cannot be parsed or breaks RFC 6960 / RFC 8954; answer malformedRequest."""
+
+
+@dataclass(frozen=True)
+class CertRef:
+    """One CertID of a request, kept as received so that the answer echoes it exactly."""
+
+    hash_name: str
+    issuer_name_hash: bytes
+    issuer_key_hash: bytes
+    serial: int
+    der: bytes  # the CertID's own DER, echoed in the SingleResponse
+
+
+@dataclass(frozen=True)
+class ParsedRequest:
+    refs: tuple[CertRef, ...]
+    nonce_extension_der: bytes | None  # the whole Extension, echoed as received
+
+
+@dataclass(frozen=True)
+class SingleAnswer:
+    ref: CertRef
+    status: str  # "good", "revoked" or "unknown"
+    this_update: dt.datetime
+    next_update: dt.datetime
+    revoked_at: dt.datetime | None = None
+    reason: RevocationReason | None = None
+
+
+def parse_request(data: bytes) -> ParsedRequest:
+    try:
+        request, rest = decoder.decode(data, asn1Spec=rfc6960.OCSPRequest())
+    except (PyAsn1Error, ValueError, TypeError) as exc:
+        raise MalformedRequest(f"not a DER OCSPRequest: {type(exc).__name__}") from None
+    if rest:
+        raise MalformedRequest("trailing bytes after the OCSPRequest")
+    tbs = request["tbsRequest"]
+    if int(tbs["version"]) != 0:
+        raise MalformedRequest("unsupported OCSPRequest version")
+    items = tbs["requestList"]
+    if len(items) == 0:
+        raise MalformedRequest("the request lists no certificate")
+    if len(items) > MAX_REQUESTS:
+        raise MalformedRequest(f"more than {MAX_REQUESTS} certificates in one request")
+    refs = []
+    for item in items:
+        cert_id = item["reqCert"]
+        oid = str(cert_id["hashAlgorithm"]["algorithm"])
+        hash_name = SUPPORTED_HASHES.get(oid, "unsupported:" + oid)
+        refs.append(
+            CertRef(
+                hash_name=hash_name,
+                issuer_name_hash=bytes(cert_id["issuerNameHash"]),
+                issuer_key_hash=bytes(cert_id["issuerKeyHash"]),
+                serial=int(cert_id["serialNumber"]),
+                der=encoder.encode(cert_id),
+            )
+        )
+    nonce_der = None
+    extensions = tbs["requestExtensions"]
+    if extensions.isValue:
+        for ext in extensions:
+            if ext["extnID"] == rfc6960.id_pkix_ocsp_nonce:
+                _check_nonce(bytes(ext["extnValue"]))
+                nonce_der = encoder.encode(ext)
+    return ParsedRequest(tuple(refs), nonce_der)
+
+
+def _check_nonce(extn_value: bytes) -> None:
+    try:
+        nonce, rest = decoder.decode(extn_value, asn1Spec=univ.OctetString())
+    except PyAsn1Error:
+        raise MalformedRequest("the nonce is not an OCTET STRING") from None
+    if rest or not NONCE_MIN <= len(bytes(nonce)) <= NONCE_MAX:
+        raise MalformedRequest(f"the nonce must be {NONCE_MIN} to {NONCE_MAX} octets (RFC 8954)")
+
+
+def _time(value: dt.datetime) -> useful.GeneralizedTime:
+    return useful.GeneralizedTime(value.astimezone(dt.UTC).strftime("%Y%m%d%H%M%SZ"))
+
+
+_REASON_CODES = {
+    RevocationReason.UNSPECIFIED: 0,
+    RevocationReason.KEY_COMPROMISE: 1,
+    RevocationReason.CA_COMPROMISE: 2,
+    RevocationReason.AFFILIATION_CHANGED: 3,
+    RevocationReason.SUPERSEDED: 4,
+    RevocationReason.CESSATION_OF_OPERATION: 5,
+    RevocationReason.CERTIFICATE_HOLD: 6,
+    RevocationReason.PRIVILEGE_WITHDRAWN: 9,
+    RevocationReason.AA_COMPROMISE: 10,
+}
+
+
+def _single_response(answer: SingleAnswer) -> rfc6960.SingleResponse:
+    single = rfc6960.SingleResponse()
+    cert_id, _ = decoder.decode(answer.ref.der, asn1Spec=rfc6960.CertID())
+    single["certID"] = cert_id
+    status = single["certStatus"]
+    if answer.status == "good":
+        status["good"] = status["good"].clone("")
+    elif answer.status == "revoked":
+        assert answer.revoked_at is not None
+        info = status["revoked"]
+        info["revocationTime"] = _time(answer.revoked_at)
+        if answer.reason is not None and answer.reason is not RevocationReason.UNSPECIFIED:
+            info["revocationReason"] = info["revocationReason"].clone(_REASON_CODES[answer.reason])
+    else:
+        status["unknown"] = status["unknown"].clone("")
+    single["thisUpdate"] = _time(answer.this_update)
+    single["nextUpdate"] = single["nextUpdate"].clone(_time(answer.next_update).asOctets())
+    return single
+
+
+@dataclass(frozen=True)
+class SignerInfo:
+    """What the response needs of its signer: key hash for responderID, algorithm, certs."""
+
+    key_sha1: bytes  # SHA-1 of the signer's subjectPublicKey BIT STRING (RFC 6960 ResponderID)
+    algorithm_der: bytes  # DER AlgorithmIdentifier of the signature
+    certificates: tuple[bytes, ...]  # DER certificates to include (the delegated responder)
+    sign: Callable[[bytes], bytes]
+
+
+def encode_response(
+    answers: Sequence[SingleAnswer],
+    produced_at: dt.datetime,
+    signer: SignerInfo,
+    nonce_extension_der: bytes | None,
+) -> bytes:
+    data = rfc6960.ResponseData()
+    responder = data["responderID"]
+    responder["byKey"] = responder["byKey"].clone(signer.key_sha1)
+    data["producedAt"] = _time(produced_at)
+    responses = data["responses"]
+    for i, answer in enumerate(answers):
+        responses[i] = _single_response(answer)
+    if nonce_extension_der is not None:
+        ext, _ = decoder.decode(nonce_extension_der, asn1Spec=rfc5280.Extension())
+        extensions = data["responseExtensions"]
+        extensions[0] = ext
+    tbs_der = encoder.encode(data)
+
+    basic = rfc6960.BasicOCSPResponse()
+    basic["tbsResponseData"] = data
+    algorithm, _ = decoder.decode(signer.algorithm_der, asn1Spec=rfc5280.AlgorithmIdentifier())
+    basic["signatureAlgorithm"] = algorithm
+    basic["signature"] = univ.BitString.fromOctetString(signer.sign(tbs_der))
+    if signer.certificates:
+        certs = basic["certs"]
+        for i, der in enumerate(signer.certificates):
+            cert, _ = decoder.decode(der, asn1Spec=rfc5280.Certificate())
+            certs[i] = cert
+
+    response = rfc6960.OCSPResponse()
+    response["responseStatus"] = "successful"
+    body = response["responseBytes"]
+    body["responseType"] = rfc6960.id_pkix_ocsp_basic
+    body["response"] = univ.OctetString(encoder.encode(basic))
+    return bytes(encoder.encode(response))
+
+
+def unsuccessful(status: str) -> bytes:
+    """malformedRequest, internalError, tryLater, sigRequired or unauthorized: no body, unsigned."""
+    response = rfc6960.OCSPResponse()
+    response["responseStatus"] = status
+    return bytes(encoder.encode(response))
+
+
+def spki_bits(cert: x509.Certificate) -> bytes:
+    """The subjectPublicKey BIT STRING contents, the input of OCSP key hashes."""
+    spki_der = cert.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    spki, _ = decoder.decode(spki_der, asn1Spec=rfc5280.SubjectPublicKeyInfo())
+    return bytes(spki["subjectPublicKey"].asOctets())
+
+
+def signature_algorithm_der(oid: str, null_params: bool) -> bytes:
+    algorithm = rfc5280.AlgorithmIdentifier()
+    algorithm["algorithm"] = univ.ObjectIdentifier(oid)
+    if null_params:
+        algorithm["parameters"] = encoder.encode(univ.Null(""))
+    return bytes(encoder.encode(algorithm))

@@ -1,0 +1,100 @@
+"""Store access for OCSP: responder certificates and per-serial status lookups."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from ca_service.domain import CertStatus, RevocationReason
+from ca_service.storage.models import AuthorityRow, CertificateRow, OCSPResponderRow
+
+
+def _utc(value: dt.datetime) -> dt.datetime:
+    return value.astimezone(dt.UTC) if value.tzinfo else value.replace(tzinfo=dt.UTC)
+
+
+@dataclass(frozen=True)
+class ResponderRecord:
+    authority: str
+    serial: str
+    cert_der: bytes
+    key_file: str
+    not_before: dt.datetime
+    not_after: dt.datetime
+
+
+@dataclass(frozen=True)
+class SerialStatus:
+    status: CertStatus
+    revoked_at: dt.datetime | None
+    reason: RevocationReason | None
+
+
+class OCSPRepository:
+    def __init__(self, session: Session) -> None:
+        self.s = session
+
+    def latest_responder(self, authority: str, now: dt.datetime) -> ResponderRecord | None:
+        row = self.s.execute(
+            select(OCSPResponderRow)
+            .join(AuthorityRow, AuthorityRow.id == OCSPResponderRow.authority_id)
+            .where(AuthorityRow.name == authority, OCSPResponderRow.not_after > now)
+            .order_by(OCSPResponderRow.not_before.desc(), OCSPResponderRow.id.desc())
+            .limit(1)
+        ).scalar_one_or_none()
+        if row is None:
+            return None
+        return ResponderRecord(
+            authority,
+            row.serial,
+            row.cert_der,
+            row.key_file,
+            _utc(row.not_before),
+            _utc(row.not_after),
+        )
+
+    def add_responder(self, authority_id: int, record: ResponderRecord, now: dt.datetime) -> None:
+        self.s.add(
+            OCSPResponderRow(
+                authority_id=authority_id,
+                serial=record.serial,
+                cert_der=record.cert_der,
+                key_file=record.key_file,
+                not_before=record.not_before,
+                not_after=record.not_after,
+                created_at=now,
+            )
+        )
+        self.s.flush()
+
+    def statuses(self, authority: str, serials: Sequence[str]) -> dict[str, SerialStatus]:
+        """Status of each known serial of one authority; unknown serials are absent."""
+        rows = self.s.execute(
+            select(
+                CertificateRow.serial,
+                CertificateRow.status,
+                CertificateRow.revoked_at,
+                CertificateRow.revocation_reason,
+            )
+            .join(AuthorityRow, AuthorityRow.id == CertificateRow.authority_id)
+            .where(AuthorityRow.name == authority, CertificateRow.serial.in_(list(serials)))
+        )
+        return {
+            serial: SerialStatus(
+                CertStatus(status),
+                _utc(revoked_at) if revoked_at else None,
+                RevocationReason(reason) if reason else None,
+            )
+            for serial, status, revoked_at, reason in rows
+        }
+
+    def lock_authority(self, authority: str) -> int:
+        """Take the authority row's lock, ordering concurrent responder rotations."""
+        row_id = self.s.execute(
+            select(AuthorityRow.id).where(AuthorityRow.name == authority).with_for_update()
+        ).scalar_one()
+        return int(row_id)

@@ -1,0 +1,74 @@
+"""POST /ocsp and GET /ocsp/{base64 request}: RFC 6960 over HTTP (RFC 5019 profile)."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import email.utils
+import hashlib
+
+from flask import Blueprint, Response, current_app, request
+from werkzeug.exceptions import RequestEntityTooLarge, UnsupportedMediaType
+
+from ca_service.crypto.ocsp_wire import unsuccessful
+from ca_service.ocsp import OCSPAnswer, OCSPResponder
+from ca_service.web.services import authority
+
+ocsp = Blueprint("ocsp", __name__)
+
+OCSP_REQUEST = "application/ocsp-request"
+OCSP_RESPONSE = "application/ocsp-response"
+# A request for 64 certificates is under 6 KiB; anything far larger is not an OCSP request.
+MAX_OCSP_REQUEST = 16 * 1024
+
+
+def responder() -> OCSPResponder:
+    found = current_app.extensions.get("ca_ocsp")
+    if found is None:
+        found = current_app.extensions["ca_ocsp"] = OCSPResponder(authority())
+    assert isinstance(found, OCSPResponder)
+    return found
+
+
+@ocsp.post("/ocsp")
+def ocsp_post() -> Response:
+    if request.mimetype != OCSP_REQUEST:
+        raise UnsupportedMediaType(f"send the OCSP request as {OCSP_REQUEST}")
+    if request.content_length is not None and request.content_length > MAX_OCSP_REQUEST:
+        raise RequestEntityTooLarge()
+    data = request.get_data(cache=False)
+    if len(data) > MAX_OCSP_REQUEST:
+        raise RequestEntityTooLarge()
+    return _response(responder().respond(data), cache=False)
+
+
+@ocsp.get("/ocsp/<path:encoded>")
+def ocsp_get(encoded: str) -> Response:
+    """RFC 6960 appendix A.1: the DER request, base64 and URL-encoded, as the last path part."""
+    if len(encoded) > MAX_OCSP_REQUEST:
+        raise RequestEntityTooLarge()
+    try:
+        data = base64.b64decode(encoded.replace(" ", "+"), validate=True)
+    except (binascii.Error, ValueError):
+        return _response(OCSPAnswer(unsuccessful("malformedRequest")), cache=False)
+    return _response(responder().respond(data), cache=True)
+
+
+def _response(answer: OCSPAnswer, *, cache: bool) -> Response:
+    response = Response(answer.der, mimetype=OCSP_RESPONSE)
+    if cache and answer.cacheable:
+        assert answer.this_update is not None and answer.next_update is not None
+        now = authority().clock.now()
+        max_age = max(0, int((answer.next_update - now).total_seconds()))
+        # RFC 5019 section 6: let HTTP caches keep the answer until its nextUpdate.
+        response.headers["Cache-Control"] = (
+            f"max-age={max_age}, public, no-transform, must-revalidate"
+        )
+        response.headers["Last-Modified"] = email.utils.format_datetime(
+            answer.this_update, usegmt=True
+        )
+        response.headers["Expires"] = email.utils.format_datetime(answer.next_update, usegmt=True)
+        response.headers["ETag"] = '"' + hashlib.sha256(answer.der).hexdigest()[:32] + '"'
+    else:
+        response.headers["Cache-Control"] = "no-cache, no-store"
+    return response
