@@ -37,7 +37,7 @@ from ca_service.domain import (
 from ca_service.errors import BadRequest, CAError, ConfigError
 from ca_service.policy.names import NameConstraintsSpec
 from ca_service.storage import migrate
-from ca_service.storage.db import unit_of_work
+from ca_service.storage.db import Database, unit_of_work
 from ca_service.storage.repositories import CertificateFilter, CertificateRepository
 from ca_service.tokens import Role, TokenService, build_policy
 from ca_service.wiring import build_authority, open_database
@@ -67,8 +67,17 @@ def _settings() -> Settings:
     return obj
 
 
+def _database() -> Database:
+    """Open the database for this command; its connections are closed when the command ends."""
+    db = open_database(_settings())
+    click.get_current_context().call_on_close(db.dispose)
+    return db
+
+
 def _authority(*, migrate_first: bool = False) -> CertificateAuthority:
-    return build_authority(_settings(), apply_migrations=migrate_first)
+    settings = _settings()
+    settings.require_passphrase()
+    return build_authority(settings, db=_database(), apply_migrations=migrate_first)
 
 
 def _fail(message: str, code: int) -> None:
@@ -166,7 +175,9 @@ def init(
 ) -> None:
     """Create (or adopt) a root CA and an issuing intermediate, and the database."""
     ca = _authority(migrate_first=True)
-    existing = {a.name for a in ca.list_authorities()}
+    # Open every existing key first: a wrong passphrase must stop init before it writes new keys
+    # under that passphrase next to the old ones.
+    existing = set(ca.load_keys())
     if name in existing:
         if exist_ok:
             click.echo(f"authority {name!r} exists already; nothing changed")
@@ -409,7 +420,7 @@ def list_(
     as_json: bool,
 ) -> None:
     """List stored certificates, newest first."""
-    db = open_database(_settings())
+    db = _database()
     _require_schema(db)
     now = dt.datetime.now(dt.UTC)
     flt = CertificateFilter(
@@ -741,7 +752,7 @@ def db() -> None:
 @handle_errors
 def db_upgrade() -> None:
     """Apply pending Alembic migrations."""
-    database = open_database(_settings())
+    database = _database()
     waiting = migrate.pending(database)
     migrate.upgrade(database)
     click.echo(
