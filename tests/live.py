@@ -183,15 +183,15 @@ def start_server(
         if proc.poll() is not None:
             raise RuntimeError(f"ca-service serve exited {proc.returncode}:\n{text}")
         if token is not None:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
             try:
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
                 conn.request("GET", "/healthz")
                 if conn.getresponse().status == 200:
-                    conn.close()
                     return LiveServer(f"http://127.0.0.1:{port}", port, token, env, proc, log_path)
-                conn.close()
             except OSError:
                 pass
+            finally:
+                conn.close()  # also when the server dropped the connection while booting
         time.sleep(0.2)
     proc.kill()
     raise RuntimeError(f"ca-service serve did not become healthy:\n{log_path.read_text()}")
