@@ -99,6 +99,9 @@ class _Loaded:
     material: CAMaterial
     view: AuthorityView
     record: AuthorityRecord
+    # Fixed for the authority's life, so computed once per process rather than per issuance.
+    authority_id: int
+    chain_pem: tuple[str, ...]
 
 
 class CertificateAuthority:
@@ -357,6 +360,7 @@ class CertificateAuthority:
         with unit_of_work(self.db) as s:
             repo = AuthorityRepository(s)
             record = repo.get(name)
+            authority_id = repo.id_of(name)
             chain = []
             parent = record.parent
             while parent is not None:
@@ -379,7 +383,10 @@ class CertificateAuthority:
             ca_issuers_url=issuers_url,
             ocsp_url=ocsp_url,
         )
-        loaded = _Loaded(material, view, record)
+        chain_pem = tuple(
+            c.public_bytes(serialization.Encoding.PEM).decode() for c in (cert, *chain)
+        )
+        loaded = _Loaded(material, view, record, authority_id, chain_pem)
         with self._lock:
             self._loaded[name] = loaded
         return loaded
@@ -389,11 +396,7 @@ class CertificateAuthority:
 
     def chain_pem(self, name: str | None = None) -> tuple[str, ...]:
         """The authority's certificate and the ones above it, up to the root, as PEM."""
-        material = self.material(name)
-        return tuple(
-            c.public_bytes(serialization.Encoding.PEM).decode()
-            for c in (material.certificate, *material.parents)
-        )
+        return self._load(name or self.default_authority()).chain_pem
 
     # ------------------------------------------------------------------ issuance
 
@@ -472,8 +475,7 @@ class CertificateAuthority:
             record = _record_for(cert, name, template.profile, actor.identity, now)
             try:
                 with unit_of_work(self.db, write=True) as s:
-                    authority_id = AuthorityRepository(s).id_of(name)
-                    CertificateRepository(s).add(record, authority_id)
+                    CertificateRepository(s).add(record, loaded.authority_id)
                     AuditRepository(s).add(
                         _event(
                             actor,
@@ -502,7 +504,7 @@ class CertificateAuthority:
         return IssuedCertificate(
             record=record,
             certificate_pem=pem,
-            chain_pem=self.chain_pem(name),
+            chain_pem=loaded.chain_pem,
             private_key_pem=private_key_pem(private_key) if private_key is not None else None,
             pkcs12=p12,
         )
