@@ -459,6 +459,7 @@ class CertificateAuthority:
         *,
         private_key: SigningKey | None = None,
         pkcs12_passphrase: bytes | None = None,
+        renews: CertificateRecord | None = None,
     ) -> IssuedCertificate:
         name = request.authority or self.default_authority()
         loaded = self._load(name)
@@ -475,14 +476,22 @@ class CertificateAuthority:
             record = _record_for(cert, name, template.profile, actor.identity, now)
             try:
                 with unit_of_work(self.db, write=True) as s:
-                    CertificateRepository(s).add(record, loaded.authority_id)
+                    certs = CertificateRepository(s)
+                    certs.add(record, loaded.authority_id)
+                    details: dict[str, object] = {
+                        "profile": record.profile,
+                        "names": list(record.sans),
+                    }
+                    if renews is not None:
+                        certs.set_successor(renews.serial, loaded.authority_id, record.serial)
+                        details["renews"] = renews.serial
                     AuditRepository(s).add(
                         _event(
                             actor,
-                            "certificate.issue",
+                            "certificate.renew" if renews else "certificate.issue",
                             f"{name}/{record.serial}",
                             now,
-                            {"profile": record.profile, "names": list(record.sans)},
+                            details,
                         )
                     )
             except IntegrityError:
@@ -508,6 +517,42 @@ class CertificateAuthority:
             private_key_pem=private_key_pem(private_key) if private_key is not None else None,
             pkcs12=p12,
         )
+
+    def renew(
+        self,
+        serial: str,
+        actor: Actor,
+        *,
+        csr: bytes | str | None = None,
+        authority: str | None = None,
+        validity_days: int | None = None,
+    ) -> IssuedCertificate:
+        """Issue a successor with the same names, profile and authority, for the same public key
+        or the key of ``csr``; the old record links to it. Policy applies as to any issuance."""
+        old = self.get_certificate(serial, authority)
+        if old.profile in ("ca", "ocsp-responder"):
+            raise BadRequest(f"{old.profile} certificates are renewed by the service, not here")
+        if old.status is CertStatus.REVOKED:
+            raise Conflict(f"certificate {old.serial} is revoked and cannot be renewed")
+        names = tuple(parse_name(n) for n in old.sans)
+        if csr is not None:
+            parsed = parse_csr(csr)
+            if parsed.names and set(parsed.names) != set(names):
+                raise BadRequest("a renewal keeps the names; the CSR asks for other names")
+            public_key, key_type = parsed.public_key, parsed.key_type
+        else:
+            public_key = x509.load_der_x509_certificate(old.der).public_key()
+            key_type = key_type_of(public_key)
+        request = IssuanceRequest(
+            public_key=public_key,
+            key_type=key_type,
+            common_name=old.common_name,
+            names=names,
+            profile=old.profile,
+            validity_days=validity_days,
+            authority=old.authority,
+        )
+        return self._issue(request, actor, renews=old)
 
     # ------------------------------------------------------------------ lookups
 

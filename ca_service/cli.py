@@ -374,6 +374,81 @@ def _write_issued(issued: IssuedCertificate, prefix: Path | None) -> list[Path]:
     return written
 
 
+@cli.command()
+@click.argument("serials", nargs=-1)
+@click.option("--all-due", is_flag=True, help="Renew every valid certificate that is due.")
+@click.option("--force", is_flag=True, help="Renew even with more than a third of its life left.")
+@click.option(
+    "--csr",
+    "csr_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="New key: a CSR with the same names (one serial only).",
+)
+@click.option("--days", type=int, help="Validity in days (default: the profile's).")
+@click.option(
+    "--out-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("."),
+    show_default=True,
+    help="Where to write <name>.<serial>.crt and chain files.",
+)
+@handle_errors
+def renew(
+    serials: tuple[str, ...],
+    all_due: bool,
+    force: bool,
+    csr_file: Path | None,
+    days: int | None,
+    out_dir: Path,
+) -> None:
+    """Renew certificates: same names, profile and key (or --csr's key); the old record links
+    to the new one. A certificate with more than a third of its life left is skipped."""
+    if bool(serials) == all_due:
+        raise BadRequest("name one or more serials, or --all-due")
+    if csr_file and len(serials) != 1:
+        raise BadRequest("--csr renews exactly one serial")
+    ca = _authority()
+    ca.load_keys()
+    now = ca.clock.now()
+    if all_due:
+        db = ca.db
+        with unit_of_work(db) as s:
+            records, _ = CertificateRepository(s).list(
+                CertificateFilter(status=CertStatus.VALID, limit=10000), now
+            )
+        targets = [
+            r for r in records if r.profile not in ("ca", "ocsp-responder") and not r.successor
+        ]
+    else:
+        targets = [ca.get_certificate(serial) for serial in serials]
+    renewed = skipped = 0
+    for record in targets:
+        life = record.not_after - record.not_before
+        if not force and record.not_after - now > life / 3:
+            skipped += 1
+            if not all_due:
+                click.echo(
+                    f"{record.serial}: skipped, {(record.not_after - now).days} days left "
+                    "(more than a third of its life; --force to renew anyway)"
+                )
+            continue
+        issued = ca.renew(
+            record.serial,
+            _actor(),
+            csr=csr_file.read_bytes() if csr_file else None,
+            authority=record.authority,
+            validity_days=days,
+        )
+        stem = (record.common_name or record.serial).replace("*", "_wildcard")
+        written = _write_issued(issued, out_dir / f"{stem}.{issued.record.serial[:12]}")
+        renewed += 1
+        click.echo(
+            f"{record.serial}: renewed as {issued.record.serial} "
+            f"(valid until {issued.record.not_after:%Y-%m-%d}); wrote {written[0]}"
+        )
+    click.echo(f"renewed {renewed}, skipped {skipped}", err=True)
+
+
 # ---------------------------------------------------------------------------- list / show
 
 
@@ -395,6 +470,7 @@ def _record_json(r: CertificateRecord, now: dt.datetime | None = None) -> dict[s
         "fingerprint_sha256": r.fingerprint_sha256,
         "requester": r.requester,
         "created_at": r.created_at.isoformat(),
+        "successor": r.successor,
     }
 
 

@@ -185,6 +185,8 @@ class CertificateRecord:
     der: bytes
     requester: str
     created_at: dt.datetime
+    # Serial of the certificate that renewed this one, if any.
+    successor: str | None = None
 
     def status_at(self, now: dt.datetime) -> CertStatus:
         if self.status is CertStatus.VALID and self.not_after <= now:

@@ -84,6 +84,7 @@ class CertificateRow(Base):
     der: Mapped[bytes] = mapped_column(LargeBinary)
     requester: Mapped[str] = mapped_column(String(255))
     created_at: Mapped[dt.datetime] = mapped_column(UTC_DATETIME)
+    successor_serial: Mapped[str | None] = mapped_column(String(42))
 
 
 class CRLRow(Base):

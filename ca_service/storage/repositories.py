@@ -176,6 +176,7 @@ class CertificateRepository:
             der=row.der,
             requester=row.requester,
             created_at=_utc(row.created_at),
+            successor=row.successor_serial,
         )
 
     def add(self, record: CertificateRecord, authority_id: int) -> None:
@@ -220,6 +221,17 @@ class CertificateRepository:
             .with_for_update()
         )
         return self.s.scalar(query)
+
+    def set_successor(self, serial: str, authority_id: int, successor: str) -> None:
+        row = self.s.scalar(
+            select(CertificateRow)
+            .where(CertificateRow.serial == serial, CertificateRow.authority_id == authority_id)
+            .with_for_update()
+        )
+        if row is None:
+            raise NotFound(f"no certificate with serial {serial}")
+        row.successor_serial = successor
+        self.s.flush()
 
     def set_revocation(
         self,

@@ -65,6 +65,10 @@ CERTIFICATE_PROPS: dict[str, Any] = {
     "fingerprint_sha256": {"type": "string"},
     "requester": {"type": "string"},
     "created_at": {"type": "string", "format": "date-time"},
+    "successor": {
+        "type": ["string", "null"],
+        "description": "Serial of the certificate that renewed this one",
+    },
 }
 
 SCHEMAS: dict[str, Any] = {

@@ -34,6 +34,7 @@ def certificate(r: CertificateRecord, now: dt.datetime, *, pem: bool = False) ->
         "fingerprint_sha256": r.fingerprint_sha256,
         "requester": r.requester,
         "created_at": iso(r.created_at),
+        "successor": r.successor,
     }
     if pem:
         cert = x509.load_der_x509_certificate(r.der)
