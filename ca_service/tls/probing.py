@@ -289,7 +289,7 @@ def probe(
         )
     if protocol == "TLSv1.2" and cipher not in _AEAD_TLS12:
         report.notes.append(f"TLS 1.2 cipher {cipher} is not ECDHE with an AEAD cipher")
-    report.notes.append("OCSP is not checked (no OCSP responder in ca-service yet)")
+    report.notes.append("OCSP was not queried; revocation comes from CRLs only")
     return report
 
 
