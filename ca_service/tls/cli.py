@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 import click
+from cryptography import x509
 
 from ca_service.config import Settings, load_settings
 from ca_service.errors import NotFound
@@ -65,7 +66,14 @@ def _local_trust() -> tuple[list[str], list[bytes]]:
         records = ca.list_authorities()
         if not records:
             raise NotFound("no certificate authority exists yet: run 'ca-service init' or --ca")
-        roots = [ca.chain_pem(r.name)[0] for r in records if r.is_root]
+        # Self-signed certificates from every authority's chain: our roots, and the external
+        # root above an imported intermediate when its chain was given.
+        roots: dict[str, str] = {}
+        for r in records:
+            for pem in ca.chain_pem(r.name):
+                cert = x509.load_pem_x509_certificate(pem.encode())
+                if cert.issuer == cert.subject:
+                    roots.setdefault(pem, pem)
         crls = []
         for r in records:
             stored = ca.current_crl(r.name)
@@ -73,7 +81,7 @@ def _local_trust() -> tuple[list[str], list[bytes]]:
                 crls.append(stored.der)
     finally:
         ca.db.dispose()
-    return roots, crls
+    return list(roots), crls
 
 
 @click.command()
