@@ -204,7 +204,6 @@ def init(
             intermediate_days=intermediate_days,
         )
     else:
-        click.echo(f"creating root and issuing CA {name!r} ({key_type}) ...", err=True)
         spec = HierarchySpec(
             name=name,
             key_type=KeyType(key_type),
@@ -214,6 +213,8 @@ def init(
             intermediate_days=intermediate_days,
             constraints=NameConstraintsSpec.parse(permit, exclude),
         )
+        # Only after the options are checked, so that a bad option is the one line printed.
+        click.echo(f"creating root and issuing CA {name!r} ({key_type}) ...", err=True)
         records = ca.create_hierarchy(spec, _actor())
     ca.load_keys()
     for record in records:

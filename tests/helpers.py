@@ -2,24 +2,27 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import sqlalchemy as sa
+from click.testing import CliRunner, Result
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import NameOID
 
 from ca_service.authority import CertificateAuthority
+from ca_service.cli import cli
 from ca_service.clock import Clock
 from ca_service.config import Settings
 from ca_service.domain import KeyType
 from ca_service.storage.db import Database
 from ca_service.wiring import build_authority
 
-from .conftest import make_settings, new_ca, run
+from .conftest import PASSPHRASE, make_settings, new_ca, run
 
 BIN = Path(sys.executable).parent
 LINT_CERT = BIN / "lint_pkix_cert"
@@ -227,3 +230,35 @@ def crl_worker(args: tuple[str, str, str, int]) -> list[int]:
         return [ca.generate_crl().number for _ in range(n)]
     finally:
         ca.db.dispose()
+
+
+# ---------------------------------------------------------------------------- the CLI
+
+
+def cli_env(settings: Settings, **env: str | None) -> dict[str, str | None]:
+    """CA_* variables for ``settings`` (and none inherited from the test run's environment)."""
+    base: dict[str, str | None] = {k: None for k in os.environ if k.startswith("CA_")}
+    base |= {
+        "CA_DATA_DIR": str(settings.data_dir),
+        "CA_DATABASE_URL": settings.resolved_database_url,
+        "CA_KEY_PASSPHRASE": PASSPHRASE.decode(),
+    }
+    return base | env
+
+
+def cli_run(settings: Settings, args: list[str], **env: str | None) -> Result:
+    """``ca-service ARGS`` in-process; an exception that escaped the CLI fails the test."""
+    result = CliRunner().invoke(cli, args, env=cli_env(settings, **env))
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise AssertionError(f"the CLI raised {result.exception!r}") from result.exception
+    assert "Traceback" not in result.output
+    return result
+
+
+def one_error_line(result: Result) -> str:
+    """The single 'error: ...' line a failed command prints on stderr."""
+    assert result.exit_code != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ")
+    return lines[0]

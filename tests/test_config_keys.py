@@ -8,19 +8,17 @@ import stat
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from ca_service.authority import CertificateAuthority
-from ca_service.cli import cli
-from ca_service.config import Settings, load_settings
+from ca_service.config import load_settings
 from ca_service.crypto.keys import public_key_matches
 from ca_service.errors import ConfigError
 from ca_service.wiring import build_authority
 
 from .conftest import ADMIN, PASSPHRASE, make_settings
-from .helpers import all_stored_bytes, secret_fragments, tree_bytes
+from .helpers import all_stored_bytes, cli_run, one_error_line, secret_fragments, tree_bytes
 
 
 def _key_files(ca: CertificateAuthority) -> list[Path]:
@@ -147,26 +145,13 @@ def test_secrets_are_refused_in_the_toml_file(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------- through the CLI
 
 
-def _cli(settings: Settings, args: list[str], **env: str | None) -> tuple[int, str, str]:
-    base: dict[str, str | None] = {k: None for k in os.environ if k.startswith("CA_")}
-    base |= {
-        "CA_DATA_DIR": str(settings.data_dir),
-        "CA_DATABASE_URL": settings.resolved_database_url,
-        "CA_KEY_PASSPHRASE": PASSPHRASE.decode(),
-    }
-    result = CliRunner().invoke(cli, args, env=base | env)
-    return result.exit_code, result.stdout, result.stderr
-
-
 def test_cli_wrong_or_missing_passphrase_exit_3(ca: CertificateAuthority) -> None:
     for env in ({"CA_KEY_PASSPHRASE": "wrong-pass-XYZ"}, {"CA_KEY_PASSPHRASE": None}):
         for args in (["issue", "--cn", "a.example.test"], ["crl"], ["init", "--name", "second"]):
-            code, out, err = _cli(ca.settings, args, **env)
-            assert code == 3, (args, out, err)
-            lines = err.strip().splitlines()
-            assert len(lines) == 1 and lines[0].startswith("error: ")
-            assert "passphrase" in lines[0]
-            assert "Traceback" not in out + err and "wrong-pass-XYZ" not in out + err
+            result = cli_run(ca.settings, args, **env)
+            assert result.exit_code == 3, (args, result.output)
+            assert "passphrase" in one_error_line(result)
+            assert "wrong-pass-XYZ" not in result.output
     # A failed init with the wrong passphrase adds nothing: no authority, no key file.
     assert [a.name for a in ca.list_authorities()] == ["default-root", "default"]
     assert len(_key_files(ca)) == 2
@@ -174,10 +159,10 @@ def test_cli_wrong_or_missing_passphrase_exit_3(ca: CertificateAuthority) -> Non
 
 def test_cli_init_never_prints_key_material(tmp_path: Path) -> None:
     settings = make_settings(tmp_path)
-    code, out, err = _cli(settings, ["init"])
-    assert code == 0, err
-    assert "PRIVATE KEY" not in out + err
-    assert PASSPHRASE.decode() not in out + err
+    result = cli_run(settings, ["init"])
+    assert result.exit_code == 0, result.output
+    assert "PRIVATE KEY" not in result.output
+    assert PASSPHRASE.decode() not in result.output
     keys = list((settings.data_dir / "keys").iterdir())
     assert len(keys) == 2
     for path in keys:
