@@ -275,13 +275,45 @@ def certificate_count(live: LiveServer) -> int:
 _LINTED: set[bytes] = set()
 
 
+def lint_crl_bytes(data: bytes) -> str:
+    """``lint_crl lint -t CRL -p PKIX -s WARNING`` on a DER or PEM CRL: '' when clean.
+
+    pkilint's own CLI entry point, run in this process (a subprocess per CRL costs 0.3 s);
+    call it from the main thread only, as it redirects stdout. Identical bytes are linted once.
+    """
+    import contextlib
+    import gc
+    import io
+    import tempfile
+    import warnings
+
+    from pkilint.bin import lint_crl
+
+    digest = hashlib.sha256(data).digest()
+    if digest in _LINTED:
+        return ""
+    out = io.StringIO()
+    with tempfile.NamedTemporaryFile(suffix=".crl") as f:
+        f.write(data)
+        f.flush()
+        args = ["lint", "-t", "CRL", "-p", "PKIX", "-s", "WARNING", f.name]
+        with warnings.catch_warnings():
+            # The CLI leaves its argparse file open; let it close here, quietly.
+            warnings.simplefilter("ignore", ResourceWarning)
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+                code = lint_crl.main(args)
+            gc.collect()
+    findings = out.getvalue().strip()
+    if code != 0 and not findings:
+        findings = f"lint_crl exited {code}"
+    if not findings:
+        _LINTED.add(digest)
+    return findings
+
+
 def fetch_crl(live: LiveServer, path: str = "/crl", **kwargs: Any) -> Any:
     """GET a CRL (DER or PEM), check its headers, lint it with pkilint; the parsed CRL."""
-    import tempfile
-
     from cryptography import x509
-
-    from .helpers import lint_crl
 
     reply = live.request("GET", path, **kwargs)
     assert reply.status == 200, reply.body[:300]
@@ -289,14 +321,8 @@ def fetch_crl(live: LiveServer, path: str = "/crl", **kwargs: Any) -> Any:
         assert header in reply.headers, (path, reply.headers)
     pem = reply.body.startswith(b"-----BEGIN")
     assert reply.content_type == ("application/x-pem-file" if pem else "application/pkix-crl")
-    digest = hashlib.sha256(reply.body).digest()
-    if digest not in _LINTED:  # the same bytes need linting once
-        with tempfile.NamedTemporaryFile(suffix=".pem" if pem else ".crl") as f:
-            f.write(reply.body)
-            f.flush()
-            findings = lint_crl(Path(f.name))
-        assert findings == "", f"{path}: pkilint findings:\n{findings}"
-        _LINTED.add(digest)
+    findings = lint_crl_bytes(reply.body)
+    assert findings == "", f"{path}: pkilint findings:\n{findings}"
     return x509.load_pem_x509_crl(reply.body) if pem else x509.load_der_x509_crl(reply.body)
 
 
