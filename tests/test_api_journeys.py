@@ -21,6 +21,7 @@ from .live import (
     create_token,
     fetch_crl,
     issue,
+    list_all,
 )
 
 PEM_CHAIN = "application/pem-certificate-chain"
@@ -179,3 +180,49 @@ def test_ci_token_within_its_policy_then_revoked_and_rejected_by_openssl(
 
     shown = live.request("GET", f"/api/v1/certificates/{ok.json['serial']}", token=ci)
     assert shown.json["status"] == "revoked"
+
+
+def test_listing_filters_and_pagination(live: LiveServer) -> None:
+    tag = "lst-" + format(len(list_all(live, "/api/v1/certificates")), "x")
+    serials = [
+        issue(live, common_name=f"{tag}-{i}.list.example.test", validity_days=10 + i).json["serial"]
+        for i in range(5)
+    ]
+    revoke = live.request(
+        "POST",
+        f"/api/v1/certificates/{serials[0]}/revoke",
+        token=live.admin_token,
+        body={"reason": "superseded"},
+    )
+    assert revoke.status == 200
+    reader, _ = create_token(live, "reader", name="lister")
+
+    named = list_all(live, f"/api/v1/certificates?q={tag}", token=reader)
+    assert [c["serial"] for c in named] == serials[::-1]  # newest first
+    revoked = list_all(live, f"/api/v1/certificates?q={tag}&status=revoked", token=reader)
+    assert [c["serial"] for c in revoked] == [serials[0]]
+    valid = list_all(live, f"/api/v1/certificates?q={tag}&status=valid", token=reader)
+    assert {c["serial"] for c in valid} == set(serials[1:])
+    assert list_all(live, f"/api/v1/certificates?q={tag}&status=expired", token=reader) == []
+
+    # expires_before: the ones with 10 and 11 days, not those with 12 days and more.
+    cutoff = named[-1]["not_after"]  # serials[0], 10 days
+    third = next(c for c in named if c["serial"] == serials[2])["not_after"]
+    early = list_all(live, f"/api/v1/certificates?q={tag}&expires_before={third}", token=reader)
+    assert {c["serial"] for c in early} == set(serials[:2]), (cutoff, third)
+
+    assert len(list_all(live, f"/api/v1/certificates?q={tag}&authority=default")) == 5
+    assert list_all(live, f"/api/v1/certificates?q={tag}&authority=default-root") == []
+
+    # Pages of two, following next_cursor, give the same five once each.
+    seen: list[str] = []
+    cursor = None
+    for _ in range(10):
+        url = f"/api/v1/certificates?q={tag}&limit=2" + (f"&cursor={cursor}" if cursor else "")
+        page = live.request("GET", url, token=reader).json
+        assert len(page["items"]) <= 2
+        seen += [c["serial"] for c in page["items"]]
+        cursor = page["next_cursor"]
+        if not cursor:
+            break
+    assert seen == serials[::-1]
