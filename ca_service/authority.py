@@ -16,9 +16,11 @@ import secrets
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import NameOID
 from sqlalchemy.exc import IntegrityError
@@ -69,6 +71,7 @@ from ca_service.storage.repositories import (
 )
 
 SERIAL_ATTEMPTS = 4
+PKCS12_KEYS = (rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey, ed25519.Ed25519PrivateKey)
 
 
 @dataclass(frozen=True)
@@ -478,7 +481,7 @@ class CertificateAuthority:
                 with unit_of_work(self.db, write=True) as s:
                     certs = CertificateRepository(s)
                     certs.add(record, loaded.authority_id)
-                    details: dict[str, object] = {
+                    details: dict[str, Any] = {
                         "profile": record.profile,
                         "names": list(record.sans),
                     }
@@ -503,6 +506,7 @@ class CertificateAuthority:
         pem = cert.public_bytes(serialization.Encoding.PEM).decode()
         p12 = None
         if private_key is not None and pkcs12_passphrase:
+            assert isinstance(private_key, PKCS12_KEYS)
             p12 = pkcs12.serialize_key_and_certificates(
                 (record.common_name or record.serial).encode(),
                 private_key,
@@ -847,7 +851,7 @@ def _event(
     action: str,
     target: str | None,
     at: dt.datetime,
-    details: dict[str, object] | None,
+    details: dict[str, Any] | None,
 ) -> AuditEvent:
     return AuditEvent(
         at=at,
@@ -856,5 +860,5 @@ def _event(
         target=target,
         request_id=actor.request_id,
         client_address=actor.client_address,
-        details=details,  # type: ignore[arg-type]
+        details=details,
     )

@@ -8,6 +8,7 @@ import ipaddress
 from dataclasses import dataclass, field
 
 from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 
 from ca_service.errors import BadRequest
 
@@ -132,7 +133,7 @@ class Actor:
 class IssuanceRequest:
     """A parsed, not yet approved request: the names and key the caller wants certified."""
 
-    public_key: x509.CertificatePublicKeyTypes
+    public_key: CertificatePublicKeyTypes
     key_type: KeyType
     common_name: str | None
     names: tuple[SubjectName, ...]
@@ -150,7 +151,7 @@ class ApprovedTemplate:
     subject: x509.Name
     common_name: str | None
     names: tuple[SubjectName, ...]
-    public_key: x509.CertificatePublicKeyTypes
+    public_key: CertificatePublicKeyTypes
     key_type: KeyType
     profile: str
     not_before: dt.datetime

@@ -6,6 +6,7 @@ import ipaddress
 from dataclasses import dataclass
 
 from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.x509.oid import ExtensionOID, NameOID
 
 from ca_service.crypto.keys import key_type_of
@@ -18,7 +19,7 @@ MAX_CSR_BYTES = 64 * 1024
 
 @dataclass(frozen=True)
 class ParsedCSR:
-    public_key: x509.CertificatePublicKeyTypes
+    public_key: CertificatePublicKeyTypes
     key_type: KeyType
     common_name: str | None
     names: tuple[SubjectName, ...]

@@ -58,7 +58,7 @@ def key_type_of(public_key: object) -> KeyType:
     raise BadRequest("unsupported public key algorithm; use ECDSA P-256/P-384, RSA or Ed25519")
 
 
-def signature_hash(key_type: KeyType) -> hashes.HashAlgorithm | None:
+def signature_hash(key_type: KeyType) -> hashes.SHA256 | hashes.SHA384 | None:
     """The hash a CA of this key type signs with: SHA-384 for P-384, none for Ed25519."""
     if key_type is KeyType.ED25519:
         return None

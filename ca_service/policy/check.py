@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from ca_service.crypto.names import make_name
@@ -108,7 +109,7 @@ def leaf_key_usages(key_type: KeyType) -> tuple[str, ...]:
 
 def responder_template(
     authority: AuthorityView,
-    public_key: x509.CertificatePublicKeyTypes,
+    public_key: CertificatePublicKeyTypes,
     key_type: KeyType,
     now: dt.datetime,
     serial: int,

@@ -6,6 +6,7 @@ import datetime as dt
 import ipaddress
 
 from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.x509.oid import AuthorityInformationAccessOID
 
 from ca_service.crypto.keys import SigningKey, signature_hash
@@ -131,7 +132,7 @@ def sign_root(
 
 
 def sign_intermediate(
-    public_key: x509.CertificatePublicKeyTypes,
+    public_key: CertificatePublicKeyTypes,
     subject: x509.Name,
     parent: CAMaterial,
     serial: int,

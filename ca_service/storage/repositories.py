@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -283,7 +284,7 @@ class CertificateRepository:
         next_cursor = rows[flt.limit - 1][2] if len(rows) > flt.limit else None
         return records, next_cursor
 
-    def revoked_unexpired(self, authority: str, now: dt.datetime) -> list[RevokedEntry]:
+    def revoked_unexpired(self, authority: str, now: dt.datetime) -> builtins.list[RevokedEntry]:
         query = (
             select(
                 CertificateRow.serial, CertificateRow.revoked_at, CertificateRow.revocation_reason
@@ -300,7 +301,7 @@ class CertificateRepository:
         return [
             RevokedEntry(
                 serial=int(serial, 16),
-                revoked_at=_utc(revoked_at),
+                revoked_at=_utc(revoked_at or now),  # never None for a revoked row
                 reason=RevocationReason(reason) if reason else None,
             )
             for serial, revoked_at, reason in self.s.execute(query)

@@ -51,17 +51,22 @@ def issue_certificate() -> Response:
     )
     ca = authority()
     actor = actor_for_request()
-    common = {
-        "profile": body.get("profile") or "server",
-        "validity_days": body.get("validity_days"),
-        "authority": body.get("authority"),
-    }
+    profile: str = body.get("profile") or "server"
+    validity_days: int | None = body.get("validity_days")
+    issuing: str | None = body.get("authority")
     if body.get("csr") is not None:
         if body.get("common_name") is not None or body.get("key_type") is not None:
             raise BadRequest(
                 "with a csr, the names and key come from the CSR; drop common_name and key_type"
             )
-        result = ca.issue_from_csr(body["csr"], actor, extra_names=body.get("sans") or (), **common)
+        result = ca.issue_from_csr(
+            body["csr"],
+            actor,
+            extra_names=body.get("sans") or (),
+            profile=profile,
+            validity_days=validity_days,
+            authority=issuing,
+        )
     else:
         if not body.get("common_name") and not body.get("sans"):
             raise BadRequest("send a csr, or common_name and/or sans for a key generated here")
@@ -70,7 +75,9 @@ def issue_certificate() -> Response:
             common_name=body.get("common_name"),
             names=body.get("sans") or (),
             key_type=KeyType.parse(body.get("key_type") or "ecdsa-p256"),
-            **common,
+            profile=profile,
+            validity_days=validity_days,
+            authority=issuing,
         )
     location = url_for("api.get_certificate", serial=result.record.serial)
     if _wants_pem():

@@ -15,7 +15,7 @@ NULL_STR = {"type": ["string", "null"]}
 NULL_TIME = {"type": ["string", "null"], "format": "date-time"}
 STR_LIST = {"type": "array", "items": {"type": "string"}}
 NULL_STR_LIST = {"type": ["array", "null"], "items": {"type": "string"}}
-BEARER = [{"bearer": []}]
+BEARER: list[dict[str, list[str]]] = [{"bearer": []}]
 
 
 def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
