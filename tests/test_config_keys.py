@@ -12,7 +12,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from ca_service.authority import CertificateAuthority
-from ca_service.config import load_settings
+from ca_service.config import Settings, load_settings
 from ca_service.crypto.keys import public_key_matches
 from ca_service.errors import ConfigError
 from ca_service.wiring import build_authority
@@ -59,14 +59,20 @@ def test_ca_keys_never_in_the_database_in_clear(ca: CertificateAuthority) -> Non
     assert PASSPHRASE not in stored and PASSPHRASE not in on_disk
 
 
-def test_wrong_passphrase_stops_with_a_clear_message(ca: CertificateAuthority) -> None:
-    other = build_authority(ca.settings.with_overrides(key_passphrase=b"not-the-passphrase"))
+def _load_fails(settings: Settings, match: str) -> ConfigError:
+    """Open the CA afresh (as a restarted service) and expect loading its keys to stop it."""
+    fresh = build_authority(settings)
     try:
-        with pytest.raises(ConfigError, match="cannot decrypt the CA key") as info:
-            other.load_keys()
-        assert "not-the-passphrase" not in str(info.value)
+        with pytest.raises(ConfigError, match=match) as info:
+            fresh.load_keys()
     finally:
-        other.db.dispose()
+        fresh.db.dispose()
+    return info.value
+
+
+def test_wrong_passphrase_stops_with_a_clear_message(ca: CertificateAuthority) -> None:
+    wrong = ca.settings.with_overrides(key_passphrase=b"not-the-passphrase")
+    assert "not-the-passphrase" not in str(_load_fails(wrong, "cannot decrypt the CA key"))
 
 
 def test_missing_passphrase_stops_at_start(ca: CertificateAuthority) -> None:
@@ -77,12 +83,7 @@ def test_missing_passphrase_stops_at_start(ca: CertificateAuthority) -> None:
 def test_key_file_readable_by_others_is_refused(ca: CertificateAuthority) -> None:
     path = _key_files(ca)[0]
     os.chmod(path, 0o644)
-    fresh = build_authority(ca.settings)
-    try:
-        with pytest.raises(ConfigError, match="readable by others"):
-            fresh.load_keys()
-    finally:
-        fresh.db.dispose()
+    _load_fails(ca.settings, "readable by others")
 
 
 def test_unencrypted_key_file_is_refused(ca: CertificateAuthority) -> None:
@@ -95,12 +96,7 @@ def test_unencrypted_key_file_is_refused(ca: CertificateAuthority) -> None:
             serialization.NoEncryption(),
         )
     )
-    fresh = build_authority(ca.settings)
-    try:
-        with pytest.raises(ConfigError, match="not encrypted"):
-            fresh.load_keys()
-    finally:
-        fresh.db.dispose()
+    _load_fails(ca.settings, "not encrypted")
 
 
 # ---------------------------------------------------------------------------- settings
