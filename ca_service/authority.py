@@ -14,7 +14,8 @@ import hashlib
 import re
 import secrets
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import NameOID
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from ca_service.clock import Clock, SystemClock
 from ca_service.config import Settings
@@ -60,6 +62,7 @@ from ca_service.signing.material import CAMaterial
 from ca_service.signing.ocsp import signer_info
 from ca_service.signing.serials import parse_serial, random_serial, serial_hex
 from ca_service.storage.db import Database, unit_of_work
+from ca_service.storage.models import CertificateRow
 from ca_service.storage.ocsp_repository import OCSPRepository, ResponderRecord, SerialStatus
 from ca_service.storage.repositories import (
     AuditEvent,
@@ -585,11 +588,7 @@ class CertificateAuthority:
         certificate on hold may be revoked for good."""
         target = self.get_certificate(serial, authority)
         now = self.clock.now()
-        with unit_of_work(self.db, write=True) as s:
-            repo = CertificateRepository(s)
-            row = repo.find_for_update(target.serial, target.authority)
-            if row is None:
-                raise NotFound(f"no certificate with serial {serial}")
+        with self._locked_row(target) as (s, repo, row):
             current = CertStatus(row.status)
             current_reason = (
                 RevocationReason(row.revocation_reason) if row.revocation_reason else None
@@ -621,11 +620,7 @@ class CertificateAuthority:
         """Lift certificateHold: the certificate is valid again and leaves the next CRL."""
         target = self.get_certificate(serial, authority)
         now = self.clock.now()
-        with unit_of_work(self.db, write=True) as s:
-            repo = CertificateRepository(s)
-            row = repo.find_for_update(target.serial, target.authority)
-            if row is None:
-                raise NotFound(f"no certificate with serial {serial}")
+        with self._locked_row(target) as (s, repo, row):
             if (
                 row.status != CertStatus.REVOKED.value
                 or row.revocation_reason != RevocationReason.CERTIFICATE_HOLD.value
@@ -643,6 +638,19 @@ class CertificateAuthority:
             )
         self._refresh_crl_quietly(target.authority)
         return record
+
+    @contextmanager
+    def _locked_row(
+        self, target: CertificateRecord
+    ) -> Iterator[tuple[Session, CertificateRepository, CertificateRow]]:
+        """A write transaction holding the lock on ``target``'s row, so that concurrent
+        revocations of one certificate are decided one after the other."""
+        with unit_of_work(self.db, write=True) as s:
+            repo = CertificateRepository(s)
+            row = repo.find_for_update(target.serial, target.authority)
+            if row is None:
+                raise NotFound(f"no certificate with serial {target.serial}")
+            yield s, repo, row
 
     def _refresh_crl_quietly(self, authority: str) -> None:
         # The revocation is committed whatever happens here; a CRL that failed now is made on the

@@ -29,3 +29,8 @@ class FixedClock:
 
     def advance(self, delta: dt.timedelta) -> None:
         self.at = self.at + delta
+
+
+def as_utc(value: dt.datetime) -> dt.datetime:
+    """A stored time as aware UTC: SQLite returns naive values and psycopg fixed offsets."""
+    return value.astimezone(dt.UTC) if value.tzinfo else value.replace(tzinfo=dt.UTC)

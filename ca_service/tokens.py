@@ -18,7 +18,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from ca_service.clock import Clock, SystemClock
+from ca_service.clock import Clock, SystemClock, as_utc
 from ca_service.domain import Actor, CallerPolicy
 from ca_service.errors import BadRequest, NotFound, Unauthorized
 from ca_service.policy.names import validate_pattern
@@ -74,9 +74,7 @@ class TokenRecord:
 
 
 def _utc(value: dt.datetime | None) -> dt.datetime | None:
-    if value is None:
-        return None
-    return value.astimezone(dt.UTC) if value.tzinfo else value.replace(tzinfo=dt.UTC)
+    return None if value is None else as_utc(value)
 
 
 def _hash(secret: str) -> str:

@@ -9,12 +9,9 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from ca_service.clock import as_utc
 from ca_service.domain import CertStatus, RevocationReason
 from ca_service.storage.models import AuthorityRow, CertificateRow, OCSPResponderRow
-
-
-def _utc(value: dt.datetime) -> dt.datetime:
-    return value.astimezone(dt.UTC) if value.tzinfo else value.replace(tzinfo=dt.UTC)
 
 
 @dataclass(frozen=True)
@@ -53,8 +50,8 @@ class OCSPRepository:
             row.serial,
             row.cert_der,
             row.key_file,
-            _utc(row.not_before),
-            _utc(row.not_after),
+            as_utc(row.not_before),
+            as_utc(row.not_after),
         )
 
     def add_responder(self, authority_id: int, record: ResponderRecord, now: dt.datetime) -> None:
@@ -86,7 +83,7 @@ class OCSPRepository:
         return {
             serial: SerialStatus(
                 CertStatus(status),
-                _utc(revoked_at) if revoked_at else None,
+                as_utc(revoked_at) if revoked_at else None,
                 RevocationReason(reason) if reason else None,
             )
             for serial, status, revoked_at, reason in rows

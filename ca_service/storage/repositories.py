@@ -12,6 +12,7 @@ from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from ca_service.clock import as_utc
 from ca_service.domain import (
     AuthorityRecord,
     CertificateRecord,
@@ -24,8 +25,7 @@ from ca_service.storage.models import AuditRow, AuthorityRow, CertificateRow, CR
 
 
 def _utc(value: dt.datetime) -> dt.datetime:
-    # SQLite returns naive datetimes even for timezone=True columns; every stored time is UTC.
-    return value.astimezone(dt.UTC) if value.tzinfo else value.replace(tzinfo=dt.UTC)
+    return as_utc(value)
 
 
 def _opt_utc(value: dt.datetime | None) -> dt.datetime | None:
