@@ -208,10 +208,14 @@ def new_ca(data_dir: Path, db_url: str, key_type: KeyType) -> CertificateAuthori
 
 
 def open_ca(data_dir: Path, db_url: str) -> CertificateAuthority:
-    """The CA of an existing store, as a server worker or a child process opens it."""
+    """The CA of an existing store, as ``ca-service serve`` opens it (pending migrations applied).
+
+    Applying them matters in a shared work tree: a migration added while a long run is going
+    would otherwise stop the child processes of later steps.
+    """
     from ca_service.wiring import build_authority
 
-    ca = build_authority(bench_settings(data_dir, db_url))
+    ca = build_authority(bench_settings(data_dir, db_url), apply_migrations=True)
     ca.load_keys()
     return ca
 

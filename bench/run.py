@@ -14,7 +14,7 @@ import shlex
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -146,9 +146,12 @@ def main(argv: list[str] | None = None) -> int:
     group.add_argument("--quick", action="store_true", help="under 2 minutes, smaller sizes")
     group.add_argument("--tiny", action="store_true", help="seconds; for the smoke test")
     parser.add_argument("--only", action="append", choices=SCENARIOS, help="repeatable")
+    parser.add_argument("--db", action="append", choices=("sqlite", "postgresql"), help="subset")
     parser.add_argument("--out", type=Path, default=REPO / "bench", help="where results go")
     args = parser.parse_args(argv)
     mode = MODES["quick" if args.quick else "tiny" if args.tiny else "full"]
+    if args.db:
+        mode = replace(mode, dbs=tuple(db for db in mode.dbs if db in args.db))
     command = "python -m bench.run " + shlex.join(sys.argv[1:] if argv is None else argv)
     run(mode, set(args.only or SCENARIOS), args.out, command.strip())
     return 0
