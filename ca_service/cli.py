@@ -612,6 +612,8 @@ def release_hold(serial: str, authority: str | None) -> None:
 @handle_errors
 def crl(authority: str | None, fmt: str, out: Path | None) -> None:
     """Sign a fresh CRL for an authority and write it."""
+    if fmt == "der" and out is None:
+        raise BadRequest("DER is binary: pass --out FILE")
     ca = _authority()
     stored = ca.generate_crl(authority)
     data = stored.der
@@ -625,8 +627,6 @@ def crl(authority: str | None, fmt: str, out: Path | None) -> None:
             f"(next update {stored.next_update:%Y-%m-%d %H:%M} UTC)",
             err=True,
         )
-    elif fmt == "der":
-        raise BadRequest("DER is binary: pass --out FILE")
     else:
         click.echo(data.decode(), nl=False)
 
@@ -698,12 +698,20 @@ def set_default(name: str) -> None:
 @click.option("--bind", help="HOST:PORT to listen on (default 127.0.0.1:8000, or CA_BIND).")
 @click.option("--workers", type=click.IntRange(1, 64), help="gunicorn worker processes.")
 @click.option("--timeout", type=click.IntRange(1, 3600), help="Worker timeout in seconds.")
+@click.option(
+    "--tls",
+    is_flag=True,
+    default=None,
+    help="Serve HTTPS with a server certificate from the default authority (or CA_TLS=true).",
+)
 @handle_errors
-def serve(bind: str | None, workers: int | None, timeout: int | None) -> None:
+def serve(bind: str | None, workers: int | None, timeout: int | None, tls: bool | None) -> None:
     """Run the HTTP API under gunicorn; on first start, create the CA and an admin token."""
     for key, value in (("CA_BIND", bind), ("CA_WORKERS", workers), ("CA_TIMEOUT", timeout)):
         if value is not None:
             os.environ[key] = str(value)
+    if tls:
+        os.environ["CA_TLS"] = "true"
     settings = load_settings()
     ca = build_authority(settings, apply_migrations=True)
     if not ca.list_authorities():
@@ -722,13 +730,29 @@ def serve(bind: str | None, workers: int | None, timeout: int | None) -> None:
         click.echo(f"  {plain}")
         click.echo(f"  (token id {record.id}; revoke with 'ca-service token revoke {record.id}')")
         click.echo("=" * 72)
+    scheme = "http"
+    if settings.tls:
+        from ca_service.tls.serving import ensure_server_certificate, tls_directory
+
+        cert, _ = ensure_server_certificate(
+            ca, settings.tls_hostnames, tls_directory(settings), days=settings.tls_cert_days
+        )
+        scheme = "https"
+        click.echo(
+            f"HTTPS certificate for {', '.join(settings.tls_hostnames)} valid until "
+            f"{cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC; client certificates: "
+            f"{settings.tls_client_auth}",
+            err=True,
+        )
     ca.db.dispose()
     conf = Path(__file__).resolve().parents[1] / "config" / "gunicorn.conf.py"
-    click.echo(f"serving on http://{settings.bind} ({settings.workers} workers)", err=True)
+    click.echo(f"serving on {scheme}://{settings.bind} ({settings.workers} workers)", err=True)
     sys.stdout.flush()
     args = [sys.executable, "-m", "gunicorn", "ca_service.wsgi:app"]
     if conf.is_file():
         args[3:3] = ["-c", str(conf)]
+    elif settings.tls:
+        raise ConfigError(f"--tls needs the gunicorn configuration {conf}, which is missing")
     else:
         args[3:3] = [
             "--bind",

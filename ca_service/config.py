@@ -15,7 +15,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from ca_service.errors import ConfigError
+from cryptography import x509
+
+from ca_service.errors import CAError, ConfigError
 from ca_service.policy.profiles import Profile, load_profiles
 
 ENV_PREFIX = "CA_"
@@ -35,10 +37,37 @@ _PLAIN_KEYS = {
     "ocsp_next_update_minutes",
     "ocsp_responder_days",
     "ocsp_sign_with_ca",
+    "tls",
+    "tls_hostnames",
+    "tls_cert_days",
+    "tls_client_auth",
 }
+_ROLES = ("admin", "issuer", "reader")
+_MTLS_KINDS = ("subject", "san", "profile", "extension")
+_CLIENT_AUTH = ("off", "optional", "required")
 # Secret keys: environment only (value or *_FILE), never the TOML file.
 _SECRET_KEYS = {"key_passphrase"}
 _ENV_ONLY = {"config_file"}
+
+
+@dataclass(frozen=True)
+class MTLSRule:
+    """One ``[[mtls]]`` rule: a client certificate that matches gets ``role`` and the policy.
+
+    ``kind``/``value`` come from ``match = "<kind>:<value>"``: ``subject`` (the RFC 4514 subject,
+    exactly), ``san`` (a name pattern as in token policies: host, *.domain, CIDR, *@domain; any
+    SAN of the certificate matching it), ``profile`` (client or peer) or ``extension`` (a dotted
+    OID the certificate carries). Validated at start like every other setting.
+    """
+
+    kind: str
+    value: str
+    role: str
+    allowed_names: tuple[str, ...] | None = None
+    profiles: tuple[str, ...] | None = None
+    max_validity_days: int | None = None
+    authorities: tuple[str, ...] | None = None
+    allow_wildcards: bool = False
 
 
 @dataclass(frozen=True)
@@ -62,6 +91,15 @@ class Settings:
     # Sign OCSP answers with the CA key itself instead of a delegated responder.
     ocsp_sign_with_ca: bool = False
     profiles: Mapping[str, Profile] = field(default_factory=lambda: load_profiles(None))
+    # HTTPS (`serve --tls`): the server certificate is issued by the default authority for these
+    # names, for tls_cert_days, and renewed when two thirds of its life have passed.
+    tls: bool = False
+    tls_hostnames: tuple[str, ...] = ("localhost", "127.0.0.1")
+    tls_cert_days: int = 30
+    # Client certificates: off (never asked), optional (asked; a token also works), required.
+    tls_client_auth: str = "optional"
+    # Ordered [[mtls]] rules mapping a client certificate to a role and policy; first match wins.
+    mtls_rules: tuple[MTLSRule, ...] = ()
 
     @property
     def resolved_database_url(self) -> str:
@@ -86,11 +124,13 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     env = dict(os.environ if environ is None else environ)
     values: dict[str, Any] = {}
     profiles_raw: dict[str, Any] | None = None
+    mtls_raw: Any = None
 
     config_file = env.get("CA_CONFIG_FILE")
     if config_file:
         file_values = _read_toml(Path(config_file))
         profiles_raw = file_values.pop("profiles", None)
+        mtls_raw = file_values.pop("mtls", None)
         for key in file_values:
             if key not in _PLAIN_KEYS:
                 hint = " (secrets belong in the environment)" if key in _SECRET_KEYS else ""
@@ -107,7 +147,10 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             values[key] = env[ENV_PREFIX + key.upper()]
 
     passphrase = _secret(env, "key_passphrase")
-    return _build(values, passphrase, profiles_raw)
+    settings = _build(values, passphrase, profiles_raw)
+    if mtls_raw is not None:
+        settings = replace(settings, mtls_rules=_mtls_rules(mtls_raw, settings))
+    return settings
 
 
 def _secret(env: Mapping[str, str], key: str) -> bytes | None:
@@ -185,6 +228,17 @@ def _build(values: dict[str, Any], passphrase: bytes | None, profiles_raw: Any) 
             kwargs[key] = _int_in_range(key, values[key], low, high)
     if "ocsp_sign_with_ca" in values:
         kwargs["ocsp_sign_with_ca"] = _bool("ocsp_sign_with_ca", values["ocsp_sign_with_ca"])
+    if "tls" in values:
+        kwargs["tls"] = _bool("tls", values["tls"])
+    if "tls_hostnames" in values:
+        kwargs["tls_hostnames"] = _hostnames(values["tls_hostnames"])
+    if "tls_cert_days" in values:
+        kwargs["tls_cert_days"] = _int_in_range("tls_cert_days", values["tls_cert_days"], 1, 397)
+    if "tls_client_auth" in values:
+        mode = str(values["tls_client_auth"]).strip().lower()
+        if mode not in _CLIENT_AUTH:
+            raise ConfigError("tls_client_auth must be off, optional or required")
+        kwargs["tls_client_auth"] = mode
     if profiles_raw is not None and not isinstance(profiles_raw, dict):
         raise ConfigError("[profiles] must be a table of tables")
     kwargs["profiles"] = load_profiles(profiles_raw)
@@ -210,3 +264,106 @@ def _bool(key: str, value: Any) -> bool:
     if text in ("0", "false", "no", "off"):
         return False
     raise ConfigError(f"{key} must be true or false")
+
+
+def _hostnames(value: Any) -> tuple[str, ...]:
+    """A comma-separated string (environment) or a list (TOML) of DNS names and IP addresses."""
+    from ca_service.crypto.names import parse_name
+
+    items = value if isinstance(value, list) else str(value).split(",")
+    names = tuple(str(item).strip() for item in items if str(item).strip())
+    if not names:
+        raise ConfigError("tls_hostnames needs at least one host name or IP address")
+    for name in names:
+        try:
+            parsed = parse_name(name)
+        except CAError as exc:
+            raise ConfigError(f"tls_hostnames: {exc.detail}") from None
+        if parsed.kind.value not in ("dns", "ip"):
+            raise ConfigError(f"tls_hostnames: {name!r} is not a DNS name or IP address")
+    return names
+
+
+def _mtls_rules(raw: Any, settings: Settings) -> tuple[MTLSRule, ...]:
+    """Parse and check ``[[mtls]]`` tables now, so a typo stops the service at start."""
+    from ca_service.policy.names import validate_pattern
+
+    if not isinstance(raw, list) or not all(isinstance(t, dict) for t in raw):
+        raise ConfigError("mtls must be an array of tables ([[mtls]])")
+    fields = {
+        "match",
+        "role",
+        "allowed_names",
+        "profiles",
+        "max_validity_days",
+        "authorities",
+        "allow_wildcards",
+    }
+    rules = []
+    for index, table in enumerate(raw, 1):
+        where = f"[[mtls]] #{index}"
+        unknown = sorted(set(table) - fields)
+        if unknown:
+            raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}")
+        kind, sep, value = str(table.get("match", "")).partition(":")
+        kind, value = kind.strip().lower(), value.strip()
+        if not sep or kind not in _MTLS_KINDS or not value:
+            raise ConfigError(
+                f"{where}: match must be 'subject:<RFC 4514>', 'san:<pattern>', "
+                "'profile:<client|peer>' or 'extension:<OID>'"
+            )
+        try:
+            if kind == "san":
+                value = validate_pattern(value)
+            elif kind == "profile" and value not in ("client", "peer"):
+                raise ConfigError(f"{where}: only client and peer certificates authenticate")
+            elif kind == "extension":
+                x509.ObjectIdentifier(value)
+            elif kind == "subject":
+                value = x509.Name.from_rfc4514_string(value).rfc4514_string()
+        except (CAError, ValueError) as exc:
+            if isinstance(exc, ConfigError):
+                raise
+            raise ConfigError(f"{where}: bad match {table.get('match')!r}: {exc}") from None
+        role = str(table.get("role", "")).strip().lower()
+        if role not in _ROLES:
+            raise ConfigError(f"{where}: role must be admin, issuer or reader")
+        lists: dict[str, tuple[str, ...] | None] = {}
+        for key in ("allowed_names", "profiles", "authorities"):
+            item = table.get(key)
+            if item is not None and (
+                not isinstance(item, list) or not all(isinstance(v, str) for v in item)
+            ):
+                raise ConfigError(f"{where}: {key} must be a list of strings")
+            lists[key] = tuple(item) if item is not None else None
+        if role == "admin" and any(v is not None for v in lists.values()):
+            raise ConfigError(f"{where}: admin is unrestricted; a policy applies to issuer rules")
+        if role == "issuer" and not lists["allowed_names"]:
+            raise ConfigError(f"{where}: an issuer rule needs allowed_names")
+        try:
+            names = lists["allowed_names"]
+            if names is not None:
+                names = tuple(validate_pattern(n) for n in names)
+        except CAError as exc:
+            raise ConfigError(f"{where}: allowed_names: {exc.detail}") from None
+        for profile in lists["profiles"] or ():
+            if profile not in settings.profiles:
+                raise ConfigError(f"{where}: unknown profile {profile!r}")
+        days = table.get("max_validity_days")
+        if days is not None:
+            days = _int_in_range(f"{where}: max_validity_days", days, 1, 3650)
+        rules.append(
+            MTLSRule(
+                kind=kind,
+                value=value,
+                role=role,
+                allowed_names=names,
+                profiles=lists["profiles"],
+                max_validity_days=days,
+                authorities=lists["authorities"],
+                allow_wildcards=_bool(
+                    f"{where}: allow_wildcards", table.get("allow_wildcards", False)
+                ),
+            )
+        )
+    return tuple(rules)

@@ -22,3 +22,19 @@ accesslog = "-"
 errorlog = "-"
 loglevel = _settings.log_level.lower()
 proc_name = "ca-service"
+
+if _settings.tls:
+    # HTTPS: `ca-service serve --tls` (or CA_TLS=true). The certificate bundle exists before
+    # gunicorn starts (serve issues it); each worker then builds its contexts from it and checks
+    # for renewal in a thread. See ca_service/tls/serving.py.
+    from ca_service.tls import serving as _serving
+
+    # Makes gunicorn speak TLS; the file holds the encrypted key, the leaf and intermediates.
+    certfile = str(_serving.bundle_path(_settings))
+
+    def ssl_context(config, default_ssl_context_factory):  # noqa: ANN001, ANN201
+        """Called by gunicorn per connection: the newest context of this worker."""
+        return _serving.installed().context()
+
+    def post_worker_init(worker):  # noqa: ANN001, ANN201
+        _serving.start_worker(worker.wsgi, _settings)

@@ -7,7 +7,7 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify, request, url_for
 
-from ca_service.domain import CertStatus, IssuedCertificate, KeyType, RevocationReason
+from ca_service.domain import Actor, CertStatus, IssuedCertificate, KeyType, RevocationReason
 from ca_service.errors import BadRequest, Forbidden
 from ca_service.storage.db import unit_of_work
 from ca_service.storage.repositories import (
@@ -17,8 +17,9 @@ from ca_service.storage.repositories import (
 )
 from ca_service.tokens import Role, build_policy
 from ca_service.web import serialize
-from ca_service.web.auth import actor_for_request, principal, require, tokens
+from ca_service.web.auth import actor_for_request, principal, refuse, require, tokens
 from ca_service.web.body import decode_cursor, encode_cursor, int_arg, json_object
+from ca_service.web.mtls import is_self
 from ca_service.web.services import authority
 
 api = Blueprint("api", __name__, url_prefix="/api/v1")
@@ -79,10 +80,15 @@ def issue_certificate() -> Response:
             validity_days=validity_days,
             authority=issuing,
         )
+    return _created(result)
+
+
+def _created(result: IssuedCertificate) -> Response:
+    """201 with the new certificate (PEM when asked for) and its Location."""
     location = url_for("api.get_certificate", serial=result.record.serial)
     if _wants_pem():
         return _pem_response(result, 201, location)
-    response = jsonify(serialize.issued(result, ca.clock.now()))
+    response = jsonify(serialize.issued(result, authority().clock.now()))
     response.status_code = 201
     response.headers["Location"] = location
     return response
@@ -170,6 +176,41 @@ def revoke_certificate(serial: str) -> Response:
         raise Forbidden("an issuer token may revoke only the certificates it issued")
     updated = ca.revoke(record.serial, reason, actor_for_request(), authority=record.authority)
     return jsonify(serialize.certificate(updated, ca.clock.now()))
+
+
+@api.post("/certificates/<serial>/renew")
+@require(None)
+def renew_certificate(serial: str) -> Response:
+    """A successor with the same names and profile, for a new CSR's key or the same key.
+
+    Allowed to the certificate itself over mutual TLS (a client may renew its own credential
+    before it expires, whatever its mapped role), to admins, and to the issuer that issued it.
+    """
+    body = json_object({"csr": str, "validity_days": int, "authority": str})
+    ca = authority()
+    who = principal()
+    record = ca.get_certificate(serial, body.get("authority"))
+    actor = actor_for_request()
+    if is_self(who, record):
+        # The core keeps names, profile and authority; only the profile's limits apply.
+        actor = Actor(who.identity, actor.request_id, actor.client_address)
+    elif who.role is not Role.ADMIN and (
+        who.role is not Role.ISSUER or record.requester != who.identity
+    ):
+        exc = Forbidden(
+            "a certificate may be renewed by itself over mutual TLS, an admin, "
+            "or the issuer that issued it"
+        )
+        refuse(who.identity, exc)
+        raise exc
+    result = ca.renew(
+        record.serial,
+        actor,
+        csr=body.get("csr"),
+        authority=record.authority,
+        validity_days=body.get("validity_days"),
+    )
+    return _created(result)
 
 
 @api.get("/authorities")

@@ -1,4 +1,5 @@
-"""Bearer-token authentication and role checks for the HTTP layer."""
+"""Authentication (a bearer token, or a client certificate over HTTPS) and role checks for the
+HTTP layer. A request with an Authorization header is judged by its token alone."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from flask import current_app, g, request
 
 from ca_service.errors import CAError, Forbidden, Unauthorized
 from ca_service.tokens import Role, TokenRecord, TokenService
+from ca_service.web.mtls import CertificatePrincipal, authenticate_certificate, peer_certificate_der
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -20,24 +22,32 @@ def tokens() -> TokenService:
     return service
 
 
-def principal() -> TokenRecord:
+Principal = TokenRecord | CertificatePrincipal
+
+
+def principal() -> Principal:
     record = g.get("principal")
-    assert isinstance(record, TokenRecord), "route is missing @require"
+    assert isinstance(record, TokenRecord | CertificatePrincipal), "route is missing @require"
     return record
 
 
-def _authenticate() -> TokenRecord:
+def _authenticate() -> Principal:
     header = request.headers.get("Authorization", "")
     scheme, _, credentials = header.partition(" ")
     if not header:
+        der = peer_certificate_der()
+        if der is not None:
+            return authenticate_certificate(der)
         raise Unauthorized("this endpoint needs an 'Authorization: Bearer <token>' header")
     if scheme.lower() != "bearer" or not credentials.strip():
         raise Unauthorized("malformed Authorization header; expected 'Bearer <token>'")
     return tokens().authenticate(credentials)
 
 
-def require(role: Role) -> Callable[[F], F]:
-    """Authenticate the caller and check its role; every refusal is written to the audit log."""
+def require(role: Role | None) -> Callable[[F], F]:
+    """Authenticate the caller and check its role; every refusal is written to the audit log.
+    ``None``: any authenticated caller, and the view decides (e.g. a certificate renewing
+    itself, which needs no role)."""
 
     def decorator(view: F) -> F:
         @wraps(view)
@@ -46,10 +56,11 @@ def require(role: Role) -> Callable[[F], F]:
             try:
                 record = _authenticate()
                 identity = record.identity
-                if not record.role.allows(role):
+                if role is not None and (record.role is None or not record.role.allows(role)):
                     raise Forbidden(f"this endpoint needs the {role.value} role")
             except (Unauthorized, Forbidden) as exc:
-                refuse(identity, exc)
+                # A refused client certificate is named by its serial, not as "anonymous".
+                refuse(g.get("auth_identity") or identity, exc)
                 raise
             g.principal = record
             return view(*args, **kwargs)

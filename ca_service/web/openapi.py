@@ -154,6 +154,20 @@ SCHEMAS: dict[str, Any] = {
         },
         "additionalProperties": False,
     },
+    "RenewRequest": {
+        "type": "object",
+        "description": "All optional. Without csr the successor certifies the same public key.",
+        "properties": {
+            "csr": {
+                "type": "string",
+                "description": "PKCS#10 request, PEM, for a new key; its names, if any, must be "
+                "the certificate's",
+            },
+            "validity_days": {"type": "integer", "minimum": 1},
+            "authority": {"type": "string", "description": "When the serial is ambiguous"},
+        },
+        "additionalProperties": False,
+    },
     "CertificatePage": {
         "type": "object",
         "required": ["items", "next_cursor"],
@@ -392,6 +406,34 @@ PATHS: dict[str, Any] = {
             },
         }
     },
+    "/api/v1/certificates/{serial}/renew": {
+        "post": {
+            "summary": "Renew a certificate: a successor with the same names and profile",
+            "description": "For a new CSR's key, or the same public key. Allowed to the "
+            "certificate itself over mutual TLS (HTTPS with that client certificate and no "
+            "Authorization header; no role needed), to admins, and to the issuer token that "
+            "issued it. The old record's successor is the new serial. A revoked certificate "
+            "cannot be renewed (409); as a client certificate it is refused at once (401).",
+            "tags": ["certificates"],
+            "security": [*BEARER, {"mutualTLS": []}],
+            "parameters": [SERIAL_PARAM],
+            "requestBody": {
+                "required": False,
+                "content": {"application/json": {"schema": _ref("RenewRequest")}},
+            },
+            "responses": {
+                "201": {
+                    "description": "The successor, issued and stored",
+                    "headers": {"Location": {"schema": {"type": "string"}}},
+                    "content": {
+                        "application/json": {"schema": _ref("IssuedCertificate")},
+                        **_PEM_CHAIN_CONTENT,
+                    },
+                },
+                **_errors(400, 401, 403, 404, 409, 413, 415),
+            },
+        }
+    },
     "/api/v1/authorities": {
         "get": {
             "summary": "The authorities this service holds",
@@ -607,10 +649,18 @@ def document() -> dict[str, Any]:
             "application/problem+json (RFC 9457).",
         },
         "servers": [{"url": "/"}],
-        "security": BEARER,
+        # Over HTTPS (`serve --tls`) a client certificate of this CA may stand in for a token.
+        "security": [*BEARER, {"mutualTLS": []}],
         "paths": PATHS,
         "components": {
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer"},
+                "mutualTLS": {
+                    "type": "mutualTLS",
+                    "description": "HTTPS with a client or peer certificate of this CA; the "
+                    "[[mtls]] rules of the configuration map it to a role and policy.",
+                },
+            },
             "schemas": SCHEMAS,
             "responses": {
                 "Problem": {
