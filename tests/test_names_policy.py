@@ -298,3 +298,9 @@ def test_validate_pattern(pattern: str, normal: str) -> None:
     assert validate_pattern(pattern) == normal
     with pytest.raises(BadRequest):
         validate_pattern("  ")
+
+
+@pytest.mark.parametrize("pattern", ["*.*.example.test", "a.*.example.test", "*example.test"])
+def test_pattern_with_inner_wildcard_is_refused(pattern: str) -> None:
+    with pytest.raises(BadRequest, match="leftmost label"):
+        validate_pattern(pattern)

@@ -83,6 +83,8 @@ def validate_pattern(pattern: str) -> str:
     except ValueError:
         pass
     body = text[2:] if text.startswith("*.") else text
+    if "*" in body:
+        raise BadRequest(f"name pattern {text!r}: '*' may only be the whole leftmost label")
     return ("*." if text.startswith("*.") else "") + normalize_dns(body)
 
 
