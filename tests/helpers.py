@@ -13,6 +13,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import NameOID
+from OpenSSL import SSL
 
 from ca_service.authority import CertificateAuthority
 from ca_service.cli import cli
@@ -262,3 +263,13 @@ def one_error_line(result: Result) -> str:
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("error: ")
     return lines[0]
+
+
+def legacy_client(version: int) -> SSL.Context:
+    """A client that speaks only TLS 1.0 or 1.1; OpenSSL 3 needs security level 0 for that."""
+    ctx = SSL.Context(SSL.TLS_METHOD)
+    ctx.set_min_proto_version(version)
+    ctx.set_max_proto_version(version)
+    ctx.set_cipher_list(b"DEFAULT:@SECLEVEL=0")
+    ctx.set_verify(SSL.VERIFY_NONE)
+    return ctx

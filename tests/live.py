@@ -10,6 +10,7 @@ import os
 import re
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -105,6 +106,17 @@ class LiveServer:
     proc: subprocess.Popen[bytes]
     log_path: Path
     checked: int = field(default=0)
+    # HTTPS (`serve --tls`): the root the client trusts, taken from the store, not the server.
+    root_pem: str | None = None
+
+    def https_context(self, client_cert: Path | None = None) -> ssl.SSLContext:
+        """A stdlib client context trusting only our root; ``client_cert`` is a PEM file with
+        the key and certificate for mutual TLS."""
+        assert self.root_pem is not None, "not a TLS server"
+        ctx = ssl.create_default_context(cadata=self.root_pem)
+        if client_cert is not None:
+            ctx.load_cert_chain(client_cert)
+        return ctx
 
     def request(
         self,
@@ -116,6 +128,7 @@ class LiveServer:
         raw: bytes | None = None,
         headers: dict[str, str] | None = None,
         check_spec: bool = True,
+        client_cert: Path | None = None,
     ) -> Reply:
         hdrs = dict(headers or {})
         data = raw
@@ -124,7 +137,14 @@ class LiveServer:
             hdrs.setdefault("Content-Type", "application/json")
         if token is not None:
             hdrs["Authorization"] = f"Bearer {token}"
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+        conn: http.client.HTTPConnection
+        if self.root_pem is not None:
+            conn = http.client.HTTPSConnection(
+                "127.0.0.1", self.port, timeout=60, context=self.https_context(client_cert)
+            )
+        else:
+            assert client_cert is None, "client certificates need a TLS server"
+            conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
         try:
             conn.request(method, path, body=data, headers=hdrs)
             resp = conn.getresponse()
@@ -151,8 +171,14 @@ class LiveServer:
 
 
 def start_server(
-    data_dir: Path, database_url: str, *, workers: int = 2, extra_env: dict[str, str] | None = None
+    data_dir: Path,
+    database_url: str,
+    *,
+    workers: int = 2,
+    extra_env: dict[str, str] | None = None,
+    tls: bool = False,
 ) -> LiveServer:
+    """Start `ca-service serve` (with ``tls``: `serve --tls`) and wait until /healthz answers."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("CA_")}
     env.update(
@@ -171,8 +197,12 @@ def start_server(
     log_path = data_dir.parent / f"serve-{port}.log"
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
-            [CA_SERVICE, "serve"], env=env, stdout=log, stderr=subprocess.STDOUT
+            [CA_SERVICE, "serve", *(["--tls"] if tls else [])],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
+    root_pem = None
     deadline = time.monotonic() + 90
     token = None
     while time.monotonic() < deadline:
@@ -182,12 +212,28 @@ def start_server(
             token = m.group(1) if m else None
         if proc.poll() is not None:
             raise RuntimeError(f"ca-service serve exited {proc.returncode}:\n{text}")
-        if token is not None:
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+        if tls and root_pem is None and "serving on https://" in text:
+            root_pem = _root_from_store(env)
+        if token is not None and (root_pem is not None or not tls):
+            conn: http.client.HTTPConnection
+            if root_pem is not None:
+                context = ssl.create_default_context(cadata=root_pem)
+                conn = http.client.HTTPSConnection("127.0.0.1", port, timeout=2, context=context)
+            else:
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
             try:
                 conn.request("GET", "/healthz")
                 if conn.getresponse().status == 200:
-                    return LiveServer(f"http://127.0.0.1:{port}", port, token, env, proc, log_path)
+                    scheme = "https" if tls else "http"
+                    return LiveServer(
+                        f"{scheme}://127.0.0.1:{port}",
+                        port,
+                        token,
+                        env,
+                        proc,
+                        log_path,
+                        root_pem=root_pem,
+                    )
             except OSError:
                 pass
             finally:
@@ -195,6 +241,18 @@ def start_server(
         time.sleep(0.2)
     proc.kill()
     raise RuntimeError(f"ca-service serve did not become healthy:\n{log_path.read_text()}")
+
+
+def _root_from_store(env: dict[str, str]) -> str:
+    """The default authority's root as the store holds it: what a client should trust."""
+    from ca_service.config import load_settings
+    from ca_service.wiring import build_authority
+
+    ca = build_authority(load_settings(env))
+    try:
+        return ca.chain_pem()[-1]
+    finally:
+        ca.db.dispose()
 
 
 # ---------------------------------------------------------------------------- API test helpers

@@ -41,6 +41,7 @@ from ca_service.tls import (
 from ca_service.tls.contexts import TLS12_CIPHERS
 
 from .conftest import ADMIN, make_settings, new_ca, run
+from .helpers import legacy_client
 
 NAME = "service.test"
 IO_TIMEOUT = 5.0
@@ -334,16 +335,6 @@ def test_certificate_from_another_ca_fails(tls_ca: CertificateAuthority, tmp_pat
     ):
         talk(client, server.port)
     assert refused.value.code == SSL.X509VerificationCodes.ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY
-
-
-def legacy_client(version: int) -> SSL.Context:
-    """A client that speaks only TLS 1.0 or 1.1; OpenSSL 3 needs security level 0 for that."""
-    ctx = SSL.Context(SSL.TLS_METHOD)
-    ctx.set_min_proto_version(version)
-    ctx.set_max_proto_version(version)
-    ctx.set_cipher_list(b"DEFAULT:@SECLEVEL=0")
-    ctx.set_verify(SSL.VERIFY_NONE)
-    return ctx
 
 
 @pytest.mark.parametrize(
