@@ -289,7 +289,7 @@ def test_server_certificate_renews_at_two_thirds_without_a_restart(tmp_path: Pat
     old = ca.get_certificate(f"{first:x}")
     new = ca.get_certificate(f"{second:x}")
     assert old.successor == new.serial  # renewed through the core, linked
-    assert new.not_before == clock.now() and new.profile == "server"
+    assert new.created_at == clock.now() and new.profile == "server"  # the injected time
     assert set(new.sans) == set(old.sans) == {"dns:localhost", "ip:127.0.0.1"}
     assert new.requester == "system:tls"
     assert new.fingerprint_sha256 != old.fingerprint_sha256
