@@ -300,3 +300,47 @@ def test_renewal_by_token_admin_or_the_issuer_that_issued_it(
     )
     assert again.status == 201
     assert_problem(live.request("POST", path, token=issuer, body={"bogus": 1}), 400)
+
+
+# ---------------------------------------------------------------------------- settings
+
+
+@pytest.mark.parametrize(
+    ("rule", "message"),
+    [
+        ('match = "cn:ops"\nrole = "reader"', "match must be"),
+        ('match = "profile:server"\nrole = "reader"', "only client and peer"),
+        ('match = "san:*.a.test"\nrole = "root"', "role must be"),
+        ('match = "san:*.a.test"\nrole = "issuer"', "needs allowed_names"),
+        ('match = "san:*.a.test"\nrole = "admin"\nprofiles = ["client"]', "unrestricted"),
+        ('match = "extension:not-an-oid"\nrole = "reader"', "bad match"),
+        ('match = "san:*.a.test"\nrole = "reader"\ncolour = 1', "unknown key"),
+    ],
+)
+def test_bad_mtls_rules_stop_the_service_at_start(tmp_path: Path, rule: str, message: str) -> None:
+    from ca_service.config import load_settings
+    from ca_service.errors import ConfigError
+
+    config = tmp_path / "c.toml"
+    config.write_text(f"[[mtls]]\n{rule}\n")
+    with pytest.raises(ConfigError, match=message):
+        load_settings({"CA_CONFIG_FILE": str(config)})
+
+
+def test_tls_settings_from_the_environment() -> None:
+    from ca_service.config import MTLSRule, load_settings
+    from ca_service.errors import ConfigError
+
+    settings = load_settings(
+        {
+            "CA_TLS": "true",
+            "CA_TLS_HOSTNAMES": "api.internal, 10.0.0.5",
+            "CA_TLS_CLIENT_AUTH": "off",
+        }
+    )
+    assert settings.tls and settings.tls_hostnames == ("api.internal", "10.0.0.5")
+    assert settings.tls_client_auth == "off" and settings.mtls_rules == ()
+    for bad in ({"CA_TLS_CLIENT_AUTH": "maybe"}, {"CA_TLS_HOSTNAMES": "a@b.test"}):
+        with pytest.raises(ConfigError):
+            load_settings(bad)
+    assert MTLSRule("san", "*.a.test", "reader").allowed_names is None
