@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import socket
 import sys
+import threading
+import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -273,3 +276,45 @@ def legacy_client(version: int) -> SSL.Context:
     ctx.set_cipher_list(b"DEFAULT:@SECLEVEL=0")
     ctx.set_verify(SSL.VERIFY_NONE)
     return ctx
+
+
+class LoopbackServer:
+    """A one-thread server on 127.0.0.1 for handshake tests; subclasses say what ``handle``
+    does with each accepted socket. Bounded: ``max_connections`` or ``lifetime`` seconds,
+    whichever comes first, and stopped on leaving the ``with`` block."""
+
+    def __init__(self, *, max_connections: int = 4, lifetime: float = 30.0) -> None:
+        self.max_connections = max_connections
+        self.lifetime = lifetime
+        self._stop = threading.Event()
+        self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._listener.bind(("127.0.0.1", 0))
+        self._listener.listen(8)
+        self._listener.settimeout(0.2)
+        self.port: int = self._listener.getsockname()[1]
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+
+    def __enter__(self) -> LoopbackServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=self.lifetime + 2)
+        self._listener.close()
+
+    def _serve(self) -> None:
+        deadline = time.monotonic() + self.lifetime
+        accepted = 0
+        while accepted < self.max_connections and not self._stop.is_set():
+            if time.monotonic() > deadline:
+                break
+            try:
+                sock, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            accepted += 1
+            self.handle(sock)
+
+    def handle(self, sock: socket.socket) -> None:
+        raise NotImplementedError

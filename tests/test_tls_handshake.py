@@ -41,7 +41,7 @@ from ca_service.tls import (
 from ca_service.tls.contexts import TLS12_CIPHERS
 
 from .conftest import ADMIN, make_settings, new_ca, run
-from .helpers import legacy_client
+from .helpers import LoopbackServer, legacy_client
 
 NAME = "service.test"
 IO_TIMEOUT = 5.0
@@ -66,49 +66,26 @@ def ssl_error_text(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-class TLSServer:
+class TLSServer(LoopbackServer):
     """A one-thread TLS echo server: answers 'pong' to a line, records every handshake."""
 
     def __init__(
         self, ctx: SSL.Context, *, max_connections: int = 4, lifetime: float = 30.0
     ) -> None:
+        super().__init__(max_connections=max_connections, lifetime=lifetime)
         self.ctx = ctx
-        self.max_connections = max_connections
-        self.lifetime = lifetime
         self.outcomes: list[Outcome] = []
         self._cond = threading.Condition()
-        self._stop = threading.Event()
-        self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._listener.bind(("127.0.0.1", 0))
-        self._listener.listen(8)
-        self._listener.settimeout(0.2)
-        self.port: int = self._listener.getsockname()[1]
-        self._thread = threading.Thread(target=self._serve, daemon=True)
 
     def __enter__(self) -> TLSServer:
-        self._thread.start()
+        super().__enter__()
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=IO_TIMEOUT + 2)
-        self._listener.close()
-
-    def _serve(self) -> None:
-        deadline = time.monotonic() + self.lifetime
-        accepted = 0
-        while accepted < self.max_connections and not self._stop.is_set():
-            if time.monotonic() > deadline:
-                break
-            try:
-                sock, _ = self._listener.accept()
-            except TimeoutError:
-                continue
-            accepted += 1
-            outcome = self._handle(sock)
-            with self._cond:
-                self.outcomes.append(outcome)
-                self._cond.notify_all()
+    def handle(self, sock: socket.socket) -> None:
+        outcome = self._handle(sock)
+        with self._cond:
+            self.outcomes.append(outcome)
+            self._cond.notify_all()
 
     def _handle(self, sock: socket.socket) -> Outcome:
         sock.settimeout(IO_TIMEOUT)
