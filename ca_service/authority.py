@@ -588,7 +588,7 @@ class CertificateAuthority:
         certificate on hold may be revoked for good."""
         target = self.get_certificate(serial, authority)
         now = self.clock.now()
-        with self._locked_row(target) as (s, repo, row):
+        with self._locked_row(target) as (s, repo, row, seen_number):
             current = CertStatus(row.status)
             current_reason = (
                 RevocationReason(row.revocation_reason) if row.revocation_reason else None
@@ -611,7 +611,7 @@ class CertificateAuthority:
                     {"reason": reason.value},
                 )
             )
-        self._refresh_crl_quietly(target.authority)
+        self._refresh_crl_quietly(target.authority, seen_number)
         return record
 
     def release_hold(
@@ -620,7 +620,7 @@ class CertificateAuthority:
         """Lift certificateHold: the certificate is valid again and leaves the next CRL."""
         target = self.get_certificate(serial, authority)
         now = self.clock.now()
-        with self._locked_row(target) as (s, repo, row):
+        with self._locked_row(target) as (s, repo, row, seen_number):
             if (
                 row.status != CertStatus.REVOKED.value
                 or row.revocation_reason != RevocationReason.CERTIFICATE_HOLD.value
@@ -636,46 +636,57 @@ class CertificateAuthority:
                     None,
                 )
             )
-        self._refresh_crl_quietly(target.authority)
+        self._refresh_crl_quietly(target.authority, seen_number)
         return record
 
     @contextmanager
     def _locked_row(
         self, target: CertificateRecord
-    ) -> Iterator[tuple[Session, CertificateRepository, CertificateRow]]:
-        """A write transaction holding the lock on ``target``'s row, so that concurrent
-        revocations of one certificate are decided one after the other."""
+    ) -> Iterator[tuple[Session, CertificateRepository, CertificateRow, int]]:
+        """A write transaction holding the lock on the authority's row (which orders it against
+        CRL generation: any CRL numbered above the yielded number is made after this commits)
+        and on ``target``'s row (so revocations of one certificate are decided in turn)."""
         with unit_of_work(self.db, write=True) as s:
+            seen_number = AuthorityRepository(s).lock_crl_number(target.authority)
             repo = CertificateRepository(s)
             row = repo.find_for_update(target.serial, target.authority)
             if row is None:
                 raise NotFound(f"no certificate with serial {target.serial}")
-            yield s, repo, row
+            yield s, repo, row, seen_number
 
-    def _refresh_crl_quietly(self, authority: str) -> None:
-        # The revocation is committed whatever happens here; a CRL that failed now is made on the
-        # next fetch, since current_crl() regenerates any CRL older than the last change.
+    def _refresh_crl_quietly(self, authority: str, seen_number: int) -> None:
+        # The revocation is committed whatever happens here; should this fail, the next fetch
+        # makes the CRL (current_crl regenerates a missing or half-aged one).
         with contextlib.suppress(CAError):
-            self.generate_crl(authority)
+            self.generate_crl(authority, unless_beyond=seen_number)
 
-    # ------------------------------------------------------------------ CRLs
-
-    def generate_crl(self, authority: str | None = None) -> StoredCRL:
+    def generate_crl(
+        self, authority: str | None = None, *, unless_beyond: int | None = None
+    ) -> StoredCRL:
         """Sign a new CRL. The number comes from an atomic UPDATE whose row lock is held until
-        commit, so concurrent generators of one authority are ordered and numbers never repeat."""
+        commit, so concurrent generators of one authority are ordered and numbers never repeat.
+
+        ``unless_beyond``: a revocation passes the CRL number it saw under the same lock; if a
+        CRL numbered above it exists already, that CRL was made after the revocation committed
+        and lists it, so a burst of revocations yields one CRL, not one each.
+        """
         name = authority or self.default_authority()
         loaded = self._load(name)
         with unit_of_work(self.db, write=True) as s:
             repo = AuthorityRepository(s)
+            crls = CRLRepository(s)
+            if unless_beyond is not None:
+                current = repo.lock_crl_number(name)
+                latest = crls.latest(name) if current > unless_beyond else None
+                if latest is not None and latest.number > unless_beyond:
+                    return latest
             number = repo.next_crl_number(name)
             now = self.clock.now()
-            entries = CertificateRepository(s).revoked_unexpired(name, now)
             next_update = now + dt.timedelta(hours=self.settings.crl_next_update_hours)
-            crl = sign_crl(loaded.material, number, now, next_update, entries)
-            stored = StoredCRL(
-                name, number, now, next_update, crl.public_bytes(serialization.Encoding.DER)
-            )
-            CRLRepository(s).save(repo.id_of(name), stored)
+            rows = CertificateRepository(s).revoked_rows(loaded.authority_id, now)
+            der = sign_crl(loaded.material, number, now, next_update, rows)
+            stored = StoredCRL(name, number, now, next_update, der)
+            crls.save(loaded.authority_id, stored)
         return stored
 
     def current_crl(

@@ -1,15 +1,69 @@
-"""Signing CRLs. The entries and the number are decided by the caller; this only encodes."""
+"""Signing CRLs. The entries and the number are decided by the caller; this only encodes.
+
+The CertificateList is written with crypto.der and signed with the CA key through
+`cryptography`; before it is returned, `cryptography` parses it and checks its signature, so a
+CRL that any conforming parser would reject is never published. Entries stream in as raw rows
+(hex serial, revocation time, reason name): at a million entries there is no per-entry object.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Iterable
 
 from cryptography import x509
 
-from ca_service.crypto.keys import signature_hash
-from ca_service.domain import RevocationReason, RevokedEntry
+from ca_service.crypto import der
+from ca_service.domain import RevocationReason
+from ca_service.signing import algorithms
 from ca_service.signing.material import CAMaterial
+
+# A stored revocation: (lower-case hex serial, revocation time as datetime or SQLite text in UTC,
+# RevocationReason value or None).
+RevokedRow = tuple[str, dt.datetime | str, str | None]
+
+_REASON_CODES = {
+    RevocationReason.UNSPECIFIED.value: None,  # RFC 5280 5.3.1: SHOULD be absent, not encoded
+    RevocationReason.KEY_COMPROMISE.value: 1,
+    RevocationReason.CA_COMPROMISE.value: 2,
+    RevocationReason.AFFILIATION_CHANGED.value: 3,
+    RevocationReason.SUPERSEDED.value: 4,
+    RevocationReason.CESSATION_OF_OPERATION.value: 5,
+    RevocationReason.CERTIFICATE_HOLD.value: 6,
+    RevocationReason.PRIVILEGE_WITHDRAWN.value: 9,
+    RevocationReason.AA_COMPROMISE.value: 10,
+}
+# crlEntryExtensions holding only reasonCode (2.5.29.21), non-critical, per reason.
+_REASON_EXTENSIONS = {
+    name: (
+        der.sequence(
+            der.sequence(
+                der.tlv(0x06, bytes.fromhex("551d15")),
+                der.tlv(0x04, der.tlv(0x0A, bytes((code,)))),
+            )
+        )
+        if code is not None
+        else b""
+    )
+    for name, code in _REASON_CODES.items()
+}
+
+
+def _entries(rows: Iterable[RevokedRow]) -> bytes:
+    times: dict[dt.datetime | str, bytes] = {}
+    out = bytearray()
+    for serial, revoked_at, reason in rows:
+        when = times.get(revoked_at)
+        if when is None:
+            when = (
+                der.time_from_text(revoked_at)
+                if isinstance(revoked_at, str)
+                else der.time_value(revoked_at)
+            )
+            times[revoked_at] = when
+        body = der.integer_from_hex(serial) + when + (_REASON_EXTENSIONS[reason] if reason else b"")
+        out += b"\x30" + der.length(len(body)) + body
+    return bytes(out)
 
 
 def sign_crl(
@@ -17,33 +71,32 @@ def sign_crl(
     number: int,
     this_update: dt.datetime,
     next_update: dt.datetime,
-    entries: Sequence[RevokedEntry],
-) -> x509.CertificateRevocationList:
-    revoked = [_entry(e) for e in entries]
-    # One builder with the whole list: chaining add_revoked_certificate copies the list each call
-    # and turns 100k entries into a quadratic build.
-    builder = x509.CertificateRevocationListBuilder(
-        issuer_name=ca.certificate.subject,
-        last_update=this_update,
-        next_update=next_update,
-        extensions=[
-            x509.Extension(
-                x509.AuthorityKeyIdentifier.oid,
-                False,
-                x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca.ski),
-            ),
-            x509.Extension(x509.CRLNumber.oid, False, x509.CRLNumber(number)),
-        ],
-        revoked_certificates=revoked,
+    rows: Iterable[RevokedRow],
+) -> bytes:
+    """The DER CRL: v2, AKI and CRL number extensions, entries in the order given."""
+    algorithm = algorithms.algorithm_identifier(ca.key_type)
+    aki = x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca.ski).public_bytes()
+    extensions = der.sequence(
+        der.sequence(der.tlv(0x06, bytes.fromhex("551d23")), der.tlv(0x04, aki)),
+        der.sequence(
+            der.tlv(0x06, bytes.fromhex("551d14")),
+            der.tlv(0x04, x509.CRLNumber(number).public_bytes()),
+        ),
     )
-    return builder.sign(ca.key, signature_hash(ca.key_type))
-
-
-def _entry(entry: RevokedEntry) -> x509.RevokedCertificate:
-    builder = x509.RevokedCertificateBuilder(
-        serial_number=entry.serial, revocation_date=entry.revoked_at
+    entries = _entries(rows)
+    tbs = der.sequence(
+        der.integer(1),  # v2
+        algorithm,
+        ca.certificate.subject.public_bytes(),
+        der.time_value(this_update),
+        der.time_value(next_update),
+        der.tlv(0x30, entries) if entries else b"",
+        der.explicit(0, extensions),
     )
-    # RFC 5280 5.3.1: the reason code "unspecified" SHOULD be absent rather than encoded.
-    if entry.reason is not None and entry.reason is not RevocationReason.UNSPECIFIED:
-        builder = builder.add_extension(x509.CRLReason(entry.reason.flag), False)
-    return builder.build()
+    del entries
+    signature = algorithms.sign(ca.key, ca.key_type, tbs)
+    crl_der = der.sequence(tbs, algorithm, der.bit_string(signature))
+    parsed = x509.load_der_x509_crl(crl_der)
+    if not parsed.is_signature_valid(ca.certificate.public_key()):  # type: ignore[arg-type]
+        raise RuntimeError("the CRL just signed does not verify; refusing to publish it")
+    return crl_der

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import builtins
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, func, or_, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -128,6 +128,15 @@ class AuthorityRepository:
             update(AuthorityRow).where(AuthorityRow.id == target.id).values(is_default=True)
         )
         self.s.flush()
+
+    def lock_crl_number(self, name: str) -> int:
+        """Lock the authority's row for this transaction and return its last CRL number."""
+        number = self.s.execute(
+            select(AuthorityRow.crl_number).where(AuthorityRow.name == name).with_for_update()
+        ).scalar_one_or_none()
+        if number is None:
+            raise NotFound(f"no authority named {name!r}")
+        return int(number)
 
     def next_crl_number(self, name: str) -> int:
         """Atomically take the next CRL number; the row lock orders concurrent callers."""
@@ -306,6 +315,34 @@ class CertificateRepository:
             )
             for serial, revoked_at, reason in self.s.execute(query)
         ]
+
+    def revoked_rows(
+        self, authority_id: int, now: dt.datetime, batch: int = 50_000
+    ) -> Iterator[tuple[str, dt.datetime | str, str | None]]:
+        """Revoked, unexpired entries of one authority as raw driver rows, streamed.
+
+        Raw on purpose: at a million entries, ORM rows and DateTime processing cost seconds.
+        SQLite yields the stored UTC text, PostgreSQL aware datetimes; signing.crl takes both.
+        """
+        query = text(
+            "SELECT serial, revoked_at, revocation_reason FROM certificates "
+            "WHERE authority_id = :authority AND status = :status AND not_after > :now"
+        )
+        is_sqlite = self.s.get_bind().dialect.name == "sqlite"
+        # SQLite compares the stored text; it must be in the stored format, naive UTC.
+        bound_now: object = (
+            now.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S.%f") if is_sqlite else now
+        )
+        result = (
+            self.s.connection()
+            .execution_options(yield_per=batch)
+            .execute(
+                query,
+                {"authority": authority_id, "status": CertStatus.REVOKED.value, "now": bound_now},
+            )
+        )
+        for row in result:
+            yield row[0], row[1], row[2]
 
     def count(self, authority: str | None = None) -> int:
         query = select(func.count(CertificateRow.id))
