@@ -6,7 +6,9 @@ ourselves. Why processes: one CPython process tops out near a few thousand reque
 GIL, so concurrency is spread over up to ``os.cpu_count()`` processes, each with threads.
 
 Every run is bounded twice: by ``max_requests`` and by ``max_seconds``. Only loopback hosts are
-accepted. This module imports nothing of ca_service, so spawned workers start fast.
+accepted. Workers are forked (Linux): a spawned worker re-imports the ``__main__`` module, which
+under ``python -m bench.run`` is the whole bench and ca_service, ~2-3 s per run on a loaded
+2-core machine; the bench's main process holds no threads when it forks.
 """
 
 from __future__ import annotations
@@ -178,7 +180,7 @@ def run_load(
     nproc = max(1, min(processes or (os.cpu_count() or 1), concurrency))
     base, extra = divmod(max_requests, concurrency)
     quotas = [base + (1 if i < extra else 0) for i in range(concurrency)]
-    ctx = mp.get_context("spawn")
+    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
     ready, results = ctx.Queue(), ctx.Queue()
     go = ctx.Event()
     start_at = ctx.Value("d", 0.0)

@@ -46,18 +46,32 @@ class Mode:
     http_concurrencies: tuple[int, ...]
     http_seconds: float
     max_requests: int
+    http_key_types: tuple[KeyType, ...]
+    http_repeats: int
+    fetch_concurrency: int
+    revocations: int
+    ocsp_certificates: int
+    store_http: bool
+
+    @property
+    def http_plan(self) -> http_scenarios.HttpPlan:
+        return http_scenarios.HttpPlan(
+            self.http_concurrencies, self.http_seconds, self.max_requests, self.http_repeats,
+            self.fetch_concurrency, self.revocations, self.ocsp_certificates,
+        )  # fmt: skip
 
 
+ECDSA, RSA = KeyType.ECDSA_P256, KeyType.RSA_2048
 MODES = {
     "full": Mode("full", ("sqlite", "postgresql"), 3, (20_000, 5.0),
                  (("ecdsa", "nodb"), ("ecdsa", "sqlite"), ("rsa", "sqlite")), (1, 8, 32), 6.0, 5,
                  (10_000, 100_000, 1_000_000), 150.0, 180.0, (500, 6.0), (3000, 6.0),
-                 (1, 8, 32), 8.0, 200_000),
+                 (1, 8, 32), 6.0, 200_000, (ECDSA, RSA), 3, 8, 200, 20, True),
     "quick": Mode("quick", ("sqlite", "postgresql"), 1, (3000, 2.0), (("ecdsa", "sqlite"),),
                   (8,), 3.0, 0, (10_000, 100_000), 30.0, 60.0, (100, 2.0), (300, 2.0), (8,), 3.0,
-                  50_000),
+                  50_000, (ECDSA,), 3, 8, 40, 10, True),
     "tiny": Mode("tiny", ("sqlite",), 1, (50, 1.0), (), (1,), 1.0, 0, (1_000, 2_000), 10.0, 30.0,
-                 (20, 0.5), (20, 0.5), (1,), 1.0, 200),
+                 (20, 0.5), (20, 0.5), (1,), 1.0, 200, (ECDSA,), 1, 1, 4, 2, False),
 }  # fmt: skip
 
 
@@ -72,7 +86,6 @@ def run(mode: Mode, only: set[str], out_dir: Path, command: str) -> dict[str, An
         "references": {},
         "store": {},
         "http": {},
-        "ocsp": {"status": "absent", "reason": "no OCSP responder in ca-service yet"},
     }
     pg_error = pg_reachable() if "postgresql" in mode.dbs else None
     dbs = [db for db in mode.dbs if db != "postgresql" or pg_error is None]
@@ -109,22 +122,22 @@ def run(mode: Mode, only: set[str], out_dir: Path, command: str) -> dict[str, An
                         crl_timeout_s=mode.crl_timeout_s,
                         lookup_count=mode.lookups[0], lookup_seconds=mode.lookups[1],
                         issue_count=mode.issuance[0], issue_seconds=mode.issuance[1],
+                        http_plan=mode.http_plan if mode.store_http and "http" in only else None,
                     )  # fmt: skip
                 except Exception as exc:  # record and go on: one failure must not hide the rest
                     results["store"][db] = {"status": "error", "reason": repr(exc)}
     if "http" in only:
         for db in dbs:
             results["http"][db] = {}
-            for key_type in (KeyType.ECDSA_P256, KeyType.RSA_2048):
+            for key_type in mode.http_key_types:
                 with (
                     tempfile.TemporaryDirectory(prefix=f"ca-bench-http-{db}-") as tmp,
                     database_url(db, Path(tmp)) as url,
                 ):
                     try:
                         results["http"][db][key_type.value] = http_scenarios.http_family(
-                            db, key_type, url, Path(tmp) / "data", csr,
-                            concurrencies=mode.http_concurrencies,
-                            seconds=mode.http_seconds, max_requests=mode.max_requests,
+                            db, key_type, url, Path(tmp) / "data", csr, mode.http_plan,
+                            extras=key_type is ECDSA,
                         )  # fmt: skip
                     except Exception as exc:
                         results["http"][db][key_type.value] = {
@@ -147,13 +160,25 @@ def main(argv: list[str] | None = None) -> int:
     group.add_argument("--tiny", action="store_true", help="seconds; for the smoke test")
     parser.add_argument("--only", action="append", choices=SCENARIOS, help="repeatable")
     parser.add_argument("--db", action="append", choices=("sqlite", "postgresql"), help="subset")
-    parser.add_argument("--out", type=Path, default=REPO / "bench", help="where results go")
+    parser.add_argument(
+        "--out", type=Path, help="where results go (default bench/, quick: bench/quick/)"
+    )
+    parser.add_argument(
+        "--render", action="store_true", help="only rewrite RESULTS.md from --out/results.json"
+    )
     args = parser.parse_args(argv)
     mode = MODES["quick" if args.quick else "tiny" if args.tiny else "full"]
+    out = args.out or (REPO / "bench" / ("quick" if args.quick else ""))
+    if args.render:
+        results = json.loads((out / "results.json").read_text())
+        results["targets"] = report.evaluate(results)
+        (out / "results.json").write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
+        (out / "RESULTS.md").write_text(report.markdown(results))
+        return 0
     if args.db:
         mode = replace(mode, dbs=tuple(db for db in mode.dbs if db in args.db))
     command = "python -m bench.run " + shlex.join(sys.argv[1:] if argv is None else argv)
-    run(mode, set(args.only or SCENARIOS), args.out, command.strip())
+    run(mode, set(args.only or SCENARIOS), out, command.strip())
     return 0
 
 

@@ -7,6 +7,7 @@ search and in-process issuance, which are compared with the same measurements on
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import random
@@ -16,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from bench import http_scenarios as hs
 from bench.common import (
     ADMIN,
     bounded_loop,
@@ -104,8 +106,15 @@ def store_family(
     lookup_seconds: float,
     issue_count: int,
     issue_seconds: float,
+    http_plan: hs.HttpPlan | None = None,
 ) -> dict[str, Any]:
-    """Grow one store of ``kind`` through ``sizes`` revoked rows, measuring at every step."""
+    """Grow one store of ``kind`` through ``sizes`` revoked rows, measuring at every step.
+
+    With ``http_plan`` one ``ca-service serve`` runs on this store for the whole growth (the bulk
+    loader writes underneath it): HTTP issuance on the empty store, then at each step up to 100k
+    the CRL fetch rate and revocation-to-CRL/OCSP latency, and at the last step HTTP search,
+    fetch by serial and issuance again.
+    """
     progress(f"store {kind}: creating the CA (ECDSA P-256)")
     ca = new_ca(data_dir, db_url, KeyType.ECDSA_P256)
     csr = leaf_csr_pem()
@@ -113,7 +122,51 @@ def store_family(
     out: dict[str, Any] = {"db": kind, "crl": {}, "populate": {}, "lookups": {}}
     progress(f"store {kind}: in-process issuance on the (almost) empty store")
     out["issuance_empty"] = issuance_inprocess(ca, csr, issue_count, issue_seconds)
+    with contextlib.ExitStack() as stack:
+        server = None
+        if http_plan is not None and hs.api_absent_reason() is None:
+            server = stack.enter_context(hs.start_server(data_dir, db_url))
+            progress(f"store {kind}: HTTP issuance on the (almost) empty store")
+            out["http"] = {"issue_empty": _http_issue(server, csr, http_plan), "steps": {}}
+        _grow(kind, ca, db_url, data_dir, csr, pop, sizes, out, server, http_plan,
+              populate_budget_s=populate_budget_s, crl_timeout_s=crl_timeout_s,
+              lookup_count=lookup_count, lookup_seconds=lookup_seconds)  # fmt: skip
+    progress(f"store {kind}: in-process issuance with {pop.rows:,} stored certificates")
+    out["stored_rows"] = pop.rows
+    out["issuance_full"] = issuance_inprocess(ca, csr, issue_count, issue_seconds)
+    empty, full = out["issuance_empty"]["per_s"], out["issuance_full"]["per_s"]
+    out["issuance_full_vs_empty"] = round(full / empty, 3) if empty else None
+    ca.db.dispose()
+    return out
+
+
+def _http_issue(server: hs.Server, csr: bytes, plan: hs.HttpPlan) -> dict[str, Any]:
+    c = plan.fetch_concurrency
+    got = hs.issuance(
+        server, {"csr": csr.decode()}, [c], plan.seconds, plan.max_requests, plan.repeats
+    )
+    return got.get(f"c{c}", got)
+
+
+def _grow(
+    kind: str,
+    ca: CertificateAuthority,
+    db_url: str,
+    data_dir: Path,
+    csr: bytes,
+    pop: Population,
+    sizes: Sequence[int],
+    out: dict[str, Any],
+    server: hs.Server | None,
+    plan: hs.HttpPlan | None,
+    *,
+    populate_budget_s: float,
+    crl_timeout_s: float,
+    lookup_count: int,
+    lookup_seconds: float,
+) -> None:
     deadline = time.monotonic() + populate_budget_s
+    probes = 0  # certificates the HTTP revocation probes added to the CRL
     for size in sizes:
         want = size - pop.rows
         progress(f"store {kind}: populating to {size:,} revoked rows (have {pop.rows:,})")
@@ -134,7 +187,11 @@ def store_family(
             }
         progress(f"store {kind}: generate_crl with {pop.rows:,} revoked (child process)")
         result = crl_in_child(db_url, data_dir, crl_timeout_s, breakdown=True)
-        out["crl"][label] = {**out["crl"].get(label, {}), **result, "revoked_rows": pop.rows}
+        out["crl"][label] = {
+            **out["crl"].get(label, {}),
+            **result,
+            "revoked_rows": pop.rows + probes,
+        }
         last = size == sizes[-1] or pop.rows < size
         progress(f"store {kind}: fetch by serial and name search with {pop.rows:,} rows")
         # The scaling curve at every step, the full budget only at the last one.
@@ -142,12 +199,25 @@ def store_family(
             "rows": pop.rows,
             **lookups(ca, pop, lookup_count, lookup_seconds if last else lookup_seconds / 3),
         }
+        if server is not None and plan is not None:
+            step: dict[str, Any] = {"rows": pop.rows}
+            if pop.rows <= 100_000:
+                # A 1M CRL would be regenerated inside the revoke request (tens of seconds)
+                # and loaded by every worker: measured in the child above instead.
+                progress(f"store {kind}: HTTP CRL fetch and revocation latency at {pop.rows:,}")
+                step["crl_fetch"] = hs._guard(
+                    hs.crl_fetch, server, plan.fetch_concurrency, plan.seconds,
+                    plan.max_requests, plan.repeats,
+                )  # fmt: skip
+                step["revocation_visibility"] = hs._guard(hs.revocation_visibility, server, csr)
+                probes += 1
+            if last:
+                progress(f"store {kind}: HTTP search, fetch and issuance with {pop.rows:,} rows")
+                step["lookups"] = hs._guard(
+                    hs.lookups, server, pop.sample_names, pop.sample_serials, lookup_seconds,
+                    lookup_count,
+                )  # fmt: skip
+                step["issue_full"] = hs._guard(_http_issue, server, csr, plan)
+            out["http"]["steps"][label] = step
         if last:
             break
-    progress(f"store {kind}: in-process issuance with {pop.rows:,} stored certificates")
-    out["stored_rows"] = pop.rows
-    out["issuance_full"] = issuance_inprocess(ca, csr, issue_count, issue_seconds)
-    empty, full = out["issuance_empty"]["per_s"], out["issuance_full"]["per_s"]
-    out["issuance_full_vs_empty"] = round(full / empty, 3) if empty else None
-    ca.db.dispose()
-    return out
