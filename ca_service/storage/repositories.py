@@ -333,13 +333,11 @@ class CertificateRepository:
         bound_now: object = (
             now.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S.%f") if is_sqlite else now
         )
-        result = (
-            self.s.connection()
-            .execution_options(yield_per=batch)
-            .execute(
-                query,
-                {"authority": authority_id, "status": CertStatus.REVOKED.value, "now": bound_now},
-            )
+        # Options for this statement only: set on the connection, they would outlive it.
+        result = self.s.connection().execute(
+            query,
+            {"authority": authority_id, "status": CertStatus.REVOKED.value, "now": bound_now},
+            execution_options={"yield_per": batch},
         )
         for row in result:
             yield row[0], row[1], row[2]
