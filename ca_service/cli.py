@@ -6,6 +6,7 @@ usage errors (click's own), 3 for configuration or start-up problems.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import getpass
 import json
@@ -477,7 +478,10 @@ def _record_json(r: CertificateRecord, now: dt.datetime | None = None) -> dict[s
 
 @cli.command("list")
 @click.option("--status", type=click.Choice([s.value for s in CertStatus]))
-@click.option("--name", help="Substring of the common name or a SAN.")
+@click.option(
+    "--name",
+    help="Case-insensitive substring of the common name or a SAN (kind:value, e.g. dns:www).",
+)
 @click.option(
     "--expiring-within",
     type=click.IntRange(0, None),
@@ -509,8 +513,17 @@ def list_(
         else None,
         limit=limit,
     )
+    records: list[CertificateRecord] = []
     with unit_of_work(db) as s:
-        records, _ = CertificateRepository(s).list(flt, now)
+        repo = CertificateRepository(s)
+        # A short --name is searched window by window (pages may come back short): go on
+        # until the limit is reached or the listing ends, so the command misses nothing.
+        while True:
+            page, cursor = repo.list(flt, now)
+            records += page
+            if cursor is None or len(records) >= limit:
+                break
+            flt = dataclasses.replace(flt, after_id=cursor, limit=limit - len(records))
     if as_json:
         click.echo(json.dumps([_record_json(r, now) for r in records], indent=2))
         return

@@ -10,7 +10,7 @@ from alembic import context
 from sqlalchemy import create_engine
 
 from ca_service.config import load_settings
-from ca_service.storage.models import Base
+from ca_service.storage.models import Base, include_object
 
 config = context.config
 target_metadata = Base.metadata
@@ -22,6 +22,7 @@ def run_migrations_online() -> None:
         context.configure(
             connection=connection,
             target_metadata=target_metadata,
+            include_object=include_object,
             render_as_batch=connection.dialect.name == "sqlite",
         )
         with context.begin_transaction():
@@ -33,6 +34,7 @@ def run_migrations_online() -> None:
         context.configure(
             connection=conn,
             target_metadata=target_metadata,
+            include_object=include_object,
             render_as_batch=conn.dialect.name == "sqlite",
         )
         with context.begin_transaction():

@@ -8,7 +8,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select, text, update
+from sqlalchemy import and_, column, func, literal_column, or_, select, table, text, true, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -21,7 +21,19 @@ from ca_service.domain import (
     RevokedEntry,
 )
 from ca_service.errors import Conflict, NotFound
-from ca_service.storage.models import AuditRow, AuthorityRow, CertificateRow, CRLRow
+from ca_service.storage.models import (
+    SEARCH_FTS_TABLE,
+    AuditRow,
+    AuthorityRow,
+    CertificateRow,
+    CRLRow,
+)
+
+# Name search (CertificateFilter.name): terms this long use the trigram index; shorter ones are
+# matched over windows of this many rows, newest first, one window per page.
+MIN_INDEXED_TERM = 3
+SHORT_TERM_WINDOW = 20_000
+_FTS = table(SEARCH_FTS_TABLE, column("rowid"))
 
 
 def _utc(value: dt.datetime) -> dt.datetime:
@@ -275,23 +287,63 @@ class CertificateRepository:
             )
         elif flt.status is CertStatus.REVOKED:
             query = query.where(CertificateRow.status == CertStatus.REVOKED.value)
-        if flt.name:
-            pattern = "%" + _like_escape(flt.name.lower()) + "%"
-            query = query.where(
-                or_(
-                    func.lower(CertificateRow.common_name).like(pattern, escape="\\"),
-                    CertificateRow.sans.like(pattern, escape="\\"),
-                )
-            )
         if flt.expires_before:
             query = query.where(CertificateRow.not_after < flt.expires_before)
         if flt.after_id is not None:
             query = query.where(CertificateRow.id < flt.after_id)
-        query = query.order_by(CertificateRow.id.desc()).limit(flt.limit + 1)
-        rows = self.s.execute(query).all()
+        window_floor = None
+        if flt.name:
+            query, window_floor = self._name_filter(query, flt.name, flt.after_id)
+        else:
+            query = query.order_by(CertificateRow.id.desc())
+        rows = self.s.execute(query.limit(flt.limit + 1)).all()
         records = [self._to_record(row, name) for row, name, _ in rows[: flt.limit]]
-        next_cursor = rows[flt.limit - 1][2] if len(rows) > flt.limit else None
+        if len(rows) > flt.limit:
+            next_cursor: int | None = rows[flt.limit - 1][2]
+        else:
+            # A short-term search looked at one window of rows: the next page goes on below it.
+            next_cursor = window_floor
         return records, next_cursor
+
+    def _name_filter(self, query: Any, name: str, after_id: int | None) -> tuple[Any, int | None]:
+        """Add the name search and the newest-first order to ``query``.
+
+        The semantics are those of ``LIKE '%term%'`` on the lower-cased common name and SAN
+        text, whatever the path: a term of MIN_INDEXED_TERM characters or more is looked up in
+        the trigram index of migration 0005 (PostgreSQL: GIN pg_trgm, which LIKE uses by itself;
+        SQLite: the FTS5 table, driven newest-first so that LIMIT stops it early) and the LIKE
+        confirms each candidate. A shorter term has no trigram: it is matched over one window of
+        SHORT_TERM_WINDOW rows below the cursor, and the returned floor of that window is the
+        next page's cursor (the page may then hold fewer rows than asked for, even none).
+        """
+        pattern = "%" + _like_escape(name.lower()) + "%"
+        query = query.where(
+            or_(
+                func.lower(CertificateRow.common_name).like(pattern, escape="\\"),
+                func.lower(CertificateRow.sans).like(pattern, escape="\\"),
+            )
+        )
+        if len(name) < MIN_INDEXED_TERM or "\x00" in name:
+            floor = self.s.scalar(
+                select(CertificateRow.id)
+                .where(CertificateRow.id < after_id if after_id is not None else true())
+                .order_by(CertificateRow.id.desc())
+                .offset(SHORT_TERM_WINDOW - 1)
+                .limit(1)
+            )
+            if floor is not None:
+                query = query.where(CertificateRow.id >= floor)
+            return query.order_by(CertificateRow.id.desc()), floor
+        if self.s.get_bind().dialect.name != "sqlite":
+            return query.order_by(CertificateRow.id.desc()), None
+        # FTS5 phrase of the whole term: its trigrams in a row, i.e. the substring, case-folded.
+        phrase = '"' + name.lower().replace('"', '""') + '"'
+        query = query.join(_FTS, _FTS.c.rowid == CertificateRow.id).where(
+            literal_column(SEARCH_FTS_TABLE).op("MATCH")(phrase)
+        )
+        if after_id is not None:
+            query = query.where(_FTS.c.rowid < after_id)
+        return query.order_by(_FTS.c.rowid.desc()), None
 
     def revoked_unexpired(self, authority: str, now: dt.datetime) -> builtins.list[RevokedEntry]:
         query = (

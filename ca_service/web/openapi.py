@@ -350,7 +350,15 @@ PATHS: dict[str, Any] = {
                     "valid, revoked or expired",
                     {"type": "string", "enum": ["valid", "revoked", "expired"]},
                 ),
-                _query("q", "Substring of the common name or a SAN"),
+                _query(
+                    "q",
+                    "Case-insensitive substring of the common name or of a SAN written as"
+                    " kind:value (dns:, ip:, email:, uri:); % _ and \\ are plain characters."
+                    " Terms of 3 or more characters search every certificate through an index."
+                    " Shorter terms search one window of 20,000 certificates, newest first, per"
+                    " request: a page may then hold fewer items than limit, even none, while"
+                    " next_cursor is set; follow next_cursor until it is null to see every match.",
+                ),
                 _query(
                     "expires_before", "ISO 8601 time", {"type": "string", "format": "date-time"}
                 ),
