@@ -49,20 +49,42 @@ _REASON_EXTENSIONS = {
 }
 
 
+_DIGITS_ONLY = str.maketrans("", "", "- :")
+
+
 def _entries(rows: Iterable[RevokedRow]) -> bytes:
-    times: dict[dt.datetime | str, bytes] = {}
+    """The DER of every entry, concatenated. This loop runs once per revoked certificate, so it
+    is written flat: a serial of at most 21 octets and a whole entry under 128 octets always
+    take single-octet lengths."""
+    times: dict[dt.datetime, bytes] = {}
+    reasons = _REASON_EXTENSIONS
+    fromhex = bytes.fromhex
+    digits_only = _DIGITS_ONLY
     out = bytearray()
     for serial, revoked_at, reason in rows:
-        when = times.get(revoked_at)
-        if when is None:
-            when = (
-                der.time_from_text(revoked_at)
-                if isinstance(revoked_at, str)
-                else der.time_value(revoked_at)
-            )
-            times[revoked_at] = when
-        body = der.integer_from_hex(serial) + when + (_REASON_EXTENSIONS[reason] if reason else b"")
-        out += b"\x30" + der.length(len(body)) + body
+        body = fromhex(serial if not len(serial) & 1 else "0" + serial)
+        if body[0] == 0 and len(body) > 1:
+            body = body.lstrip(b"\x00") or b"\x00"
+        if body[0] & 0x80:
+            body = b"\x00" + body
+        if len(body) > 21:
+            raise ValueError(f"serial {serial} is longer than 20 octets")
+        if isinstance(revoked_at, str):
+            # SQLite's stored UTC text 'YYYY-MM-DD HH:MM:SS...': its digits are the UTCTime.
+            if revoked_at < "2050":
+                when = b"\x17\x0d" + revoked_at[2:19].translate(digits_only).encode() + b"Z"
+            else:
+                when = der.time_from_text(revoked_at)
+        else:
+            cached = times.get(revoked_at)
+            if cached is None:
+                cached = times[revoked_at] = der.time_value(revoked_at)
+            when = cached
+        extension = reasons[reason] if reason else b""
+        out += bytes((0x30, 2 + len(body) + len(when) + len(extension), 0x02, len(body)))
+        out += body
+        out += when
+        out += extension
     return bytes(out)
 
 
