@@ -8,7 +8,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, column, func, literal_column, or_, select, table, text, true, update
+from sqlalchemy import and_, column, func, literal_column, or_, select, table, true, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
