@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import base64
 import email.utils
 import hashlib
 import threading
 from dataclasses import dataclass
 
-from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from flask import Blueprint, Response, jsonify, request
 from sqlalchemy import text
@@ -24,12 +24,23 @@ PKIX_CERT = "application/pkix-cert"
 PEM = "application/x-pem-file"
 
 
-@dataclass(frozen=True)
+@dataclass
 class _CachedCRL:
     crl: StoredCRL
-    pem: bytes
     etag: str
     last_modified: str
+    _pem: bytes | None = None
+
+    @property
+    def pem(self) -> bytes:
+        # Made on first demand only: at a million entries the PEM is another 60 MB.
+        if self._pem is None:
+            body = base64.encodebytes(self.crl.der).replace(b"\n", b"")
+            lines = [body[i : i + 64] for i in range(0, len(body), 64)]
+            self._pem = (
+                b"-----BEGIN X509 CRL-----\n" + b"\n".join(lines) + b"\n-----END X509 CRL-----\n"
+            )
+        return self._pem
 
 
 class CRLCache:
@@ -50,7 +61,6 @@ class CRLCache:
         assert fresh is not None
         item = _CachedCRL(
             crl=fresh,
-            pem=x509.load_der_x509_crl(fresh.der).public_bytes(serialization.Encoding.PEM),
             etag=f'"{fresh.authority}-{fresh.number}-{hashlib.sha256(fresh.der).hexdigest()[:16]}"',
             last_modified=email.utils.format_datetime(fresh.this_update, usegmt=True),
         )
