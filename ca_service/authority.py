@@ -14,6 +14,7 @@ import hashlib
 import re
 import secrets
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -74,6 +75,7 @@ from ca_service.storage.repositories import (
 )
 
 SERIAL_ATTEMPTS = 4
+DEFAULT_TTL = 5.0  # seconds
 PKCS12_KEYS = (rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey, ed25519.Ed25519PrivateKey)
 
 
@@ -126,6 +128,7 @@ class CertificateAuthority:
         self.serials = serials
         self._loaded: dict[str, _Loaded] = {}
         self._ocsp_signers: dict[str, OCSPSigner] = {}
+        self._default: tuple[float, str] | None = None
         self._issuer_hashes: dict[tuple[str, bytes, bytes], str] = {}
         self._lock = threading.Lock()
 
@@ -341,14 +344,22 @@ class CertificateAuthority:
                 raise BadRequest(f"{name!r} is a root; the default must be an issuing authority")
             repo.set_default(name)
             AuditRepository(s).add(_event(actor, "authority.default", name, self.clock.now(), None))
+        self._default = None
 
     def default_authority(self) -> str:
+        """The authority a request without one goes to. Read from the store at most every few
+        seconds: it is asked on every issuance and changes once in a blue moon (another process
+        changing it is seen within DEFAULT_TTL)."""
         if self.settings.default_authority:
             return self.settings.default_authority
+        cached = self._default
+        if cached is not None and time.monotonic() - cached[0] < DEFAULT_TTL:
+            return cached[1]
         with unit_of_work(self.db) as s:
             record = AuthorityRepository(s).default()
         if record is None:
             raise NotFound("no certificate authority exists yet; run 'ca-service init'")
+        self._default = (time.monotonic(), record.name)
         return record.name
 
     def load_keys(self) -> list[str]:
