@@ -408,3 +408,24 @@ def test_openapi_states_the_short_term_window() -> None:
     ]
     assert f"{repositories.SHORT_TERM_WINDOW:,}" in q["description"]
     assert f"{repositories.MIN_INDEXED_TERM} or more" in q["description"]
+
+
+def test_rare_and_common_terms_after_analyze(store: Store) -> None:
+    """With planner statistics, PostgreSQL picks its path per term from the sampled names."""
+    store.insert([(f"u{i:03d}-uniq.example.test", [f"dns:u{i:03d}.alt.test"]) for i in range(400)])
+    store.insert([(f"bulk{i}.common.test", ["dns:shared.common.test"]) for i in range(150)])
+    store.insert(
+        [(f"late{i}.common.test", ["dns:u123x.alt.test"]) for i in range(3)], status="revoked"
+    )
+    if not store.sqlite:
+        store.execute("ANALYZE certificates")
+        with unit_of_work(store.db) as s:
+            sample = CertificateRepository(s)._name_sample()
+        assert sample.is_rare("u123-uniq.example.test") and not sample.is_rare("common.test")
+        # The index is given the least common 8 characters, not the shared domain.
+        assert sample.rarest_slice("u123-uniq.example.test").startswith("u123")
+    for term in ("u123-uniq.example.test", "u12", "u123", "common.test", "uniq.example.te"):
+        for combo in ({}, {"status": CertStatus.REVOKED}, {"authority": "beta"}):
+            want = store.expected(term, **combo)  # type: ignore[arg-type]
+            assert store.ids(term, limit=7, **combo) == want, (term, combo)
+    assert len(store.ids("u123")) == 4 and len(store.ids("common.test")) == 153

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import builtins
 import datetime as dt
+import itertools
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import and_, column, func, literal_column, or_, select, table, true, update
+from sqlalchemy import and_, column, func, literal_column, or_, select, table, text, true, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -23,6 +25,7 @@ from ca_service.domain import (
 from ca_service.errors import Conflict, NotFound
 from ca_service.storage.models import (
     SEARCH_FTS_TABLE,
+    SEARCH_PG_INDEXES,
     AuditRow,
     AuthorityRow,
     CertificateRow,
@@ -34,6 +37,54 @@ from ca_service.storage.models import (
 MIN_INDEXED_TERM = 3
 SHORT_TERM_WINDOW = 20_000
 _FTS = table(SEARCH_FTS_TABLE, column("rowid"))
+# How many characters of a long term the trigram index is asked for (6 trigrams: every trigram
+# of a pattern costs a posting list, and a common one is long), and the sample of stored names
+# that picks the least common slice: its size (SQLite) and how long it is kept per database.
+INDEX_SLICE = 8
+SAMPLE_ROWS = 2000
+SAMPLE_SECONDS = 600.0
+# A term found in at least this share of the sampled names is "common": newest-first by primary
+# key fills a page after about limit / share rows; a rarer one is fetched whole through the index.
+PG_COMMON_SHARE = 0.01
+
+
+class _NameSample:
+    """Per expression (common name, SANs), the planner's sample of the stored lower-case text."""
+
+    def __init__(self, taken: float, columns: Sequence[Sequence[str]]) -> None:
+        self.taken = taken
+        self.columns = [list(c) for c in columns if c]
+        self.counts: dict[str, int] = {}
+        for value in itertools.chain.from_iterable(self.columns):
+            for trigram in {value[i : i + 3] for i in range(len(value) - 2)}:
+                self.counts[trigram] = self.counts.get(trigram, 0) + 1
+
+    def is_rare(self, term: str) -> bool:
+        """False without a sample (a new or never analyzed table): the planner decides."""
+        if not self.columns:
+            return False
+        share = max(sum(term in v for v in values) / len(values) for values in self.columns)
+        return share < PG_COMMON_SHARE
+
+    def rarest_slice(self, term: str) -> str:
+        """The INDEX_SLICE characters of ``term`` whose trigrams are rarest in the sample.
+
+        A trigram index (GIN or FTS5) reads the posting list of every trigram of the pattern,
+        and one that nearly every row has (those of ".example.test") is long: a whole host name
+        spent 100+ ms (PostgreSQL) or 50+ ms (SQLite) there at a million rows.
+        """
+        if len(term) <= INDEX_SLICE:
+            return term
+
+        def weight(start: int) -> int:
+            part = term[start : start + INDEX_SLICE]
+            return sum(self.counts.get(part[i : i + 3], 0) for i in range(len(part) - 2))
+
+        best = min(range(len(term) - INDEX_SLICE + 1), key=weight)
+        return term[best : best + INDEX_SLICE]
+
+
+_SAMPLES: dict[str, _NameSample] = {}
 
 
 def _utc(value: dt.datetime) -> dt.datetime:
@@ -310,19 +361,24 @@ class CertificateRepository:
 
         The semantics are those of ``LIKE '%term%'`` on the lower-cased common name and SAN
         text, whatever the path: a term of MIN_INDEXED_TERM characters or more is looked up in
-        the trigram index of migration 0005 (PostgreSQL: GIN pg_trgm, which LIKE uses by itself;
-        SQLite: the FTS5 table, driven newest-first so that LIMIT stops it early) and the LIKE
-        confirms each candidate. A shorter term has no trigram: it is matched over one window of
+        the trigram index of migration 0005 by its least common slice (PostgreSQL: GIN pg_trgm
+        through LIKE, all matches of a rare term then the newest, a common term newest-first by
+        primary key; SQLite: the FTS5 table, driven newest-first so that LIMIT stops it early)
+        and the whole term confirms each candidate. A shorter term has no trigram: it is matched
+        over one window of
         SHORT_TERM_WINDOW rows below the cursor, and the returned floor of that window is the
         next page's cursor (the page may then hold fewer rows than asked for, even none).
         """
-        pattern = "%" + _like_escape(name.lower()) + "%"
-        query = query.where(
-            or_(
-                func.lower(CertificateRow.common_name).like(pattern, escape="\\"),
-                func.lower(CertificateRow.sans).like(pattern, escape="\\"),
+        term = name.lower()
+        is_sqlite = self.s.get_bind().dialect.name == "sqlite"
+        if is_sqlite or len(name) < MIN_INDEXED_TERM:
+            pattern = "%" + _like_escape(term) + "%"
+            query = query.where(
+                or_(
+                    func.lower(CertificateRow.common_name).like(pattern, escape="\\"),
+                    func.lower(CertificateRow.sans).like(pattern, escape="\\"),
+                )
             )
-        )
         if len(name) < MIN_INDEXED_TERM or "\x00" in name:
             floor = self.s.scalar(
                 select(CertificateRow.id)
@@ -334,16 +390,68 @@ class CertificateRepository:
             if floor is not None:
                 query = query.where(CertificateRow.id >= floor)
             return query.order_by(CertificateRow.id.desc()), floor
-        if self.s.get_bind().dialect.name != "sqlite":
+        if not is_sqlite:
+            sample = self._name_sample()
+            # The index gets the term's least common slice (LIKE, which GIN serves); strpos, which
+            # it does not, checks the whole term on the few rows that come back.
+            slice_ = "%" + _like_escape(sample.rarest_slice(term)) + "%"
+            query = query.where(
+                or_(
+                    *(
+                        and_(
+                            func.lower(col).like(slice_, escape="\\"),
+                            func.strpos(func.lower(col), term) > 0,
+                        )
+                        for col in (CertificateRow.common_name, CertificateRow.sans)
+                    )
+                )
+            )
+            if sample.is_rare(term):
+                # All matches through the index, then the newest: "id + 0" keeps the planner
+                # from walking the primary key newest-first through rows that do not match.
+                return query.order_by((CertificateRow.id + literal_column("0")).desc()), None
+            # A common term (or no statistics yet): newest-first stops at the page size.
             return query.order_by(CertificateRow.id.desc()), None
-        # FTS5 phrase of the whole term: its trigrams in a row, i.e. the substring, case-folded.
-        phrase = '"' + name.lower().replace('"', '""') + '"'
+        # FTS5 phrase of the term's least common slice: its trigrams in a row, i.e. that
+        # substring, case-folded; the LIKE above then checks the whole term.
+        slice_ = self._name_sample().rarest_slice(term)
+        phrase = '"' + slice_.replace('"', '""') + '"'
         query = query.join(_FTS, _FTS.c.rowid == CertificateRow.id).where(
             literal_column(SEARCH_FTS_TABLE).op("MATCH")(phrase)
         )
         if after_id is not None:
             query = query.where(_FTS.c.rowid < after_id)
         return query.order_by(_FTS.c.rowid.desc()), None
+
+    def _name_sample(self) -> _NameSample:
+        """Stored names, lower-cased, per column (common name, SANs), cached per database.
+
+        PostgreSQL: the planner's own sample (pg_stats of the two trigram indexes, refreshed
+        by ANALYZE). SQLite, which keeps none: the newest SAMPLE_ROWS rows.
+        """
+        key = str(self.s.get_bind().engine.url)
+        cached = _SAMPLES.get(key)
+        if cached and time.monotonic() - cached.taken < SAMPLE_SECONDS:
+            return cached
+        if self.s.get_bind().dialect.name == "sqlite":
+            rows = self.s.execute(
+                select(func.lower(CertificateRow.common_name), func.lower(CertificateRow.sans))
+                .order_by(CertificateRow.id.desc())
+                .limit(SAMPLE_ROWS)
+            ).all()
+            columns = [[r[0] for r in rows if r[0]], [r[1] for r in rows]]
+        else:
+            stats = self.s.execute(
+                text(
+                    "SELECT histogram_bounds::text::text[], most_common_vals::text::text[]"
+                    " FROM pg_stats WHERE schemaname = current_schema() AND tablename = ANY(:names)"
+                ),
+                {"names": sorted(SEARCH_PG_INDEXES)},
+            ).all()
+            columns = [[*(h or ()), *(m or ())] for h, m in stats]
+        sample = _NameSample(time.monotonic(), columns)
+        _SAMPLES[key] = sample
+        return sample
 
     def revoked_unexpired(self, authority: str, now: dt.datetime) -> builtins.list[RevokedEntry]:
         query = (
