@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import sqlite3
 import threading
 from pathlib import Path
 
@@ -42,13 +43,7 @@ def test_sigterm_finishes_requests_in_flight(tmp_path: Path) -> None:
     assert all(r.status == 201 for r in replies), [r.status for r in replies]
     assert "Traceback" not in server.log()
 
-    # Every certificate answered is in the store, seen by a fresh server on the same data.
-    again = start_server(tmp_path / "data", f"sqlite:///{tmp_path / 'ca.db'}", workers=1)
-    try:
-        for reply in replies:
-            got = again.request(
-                "GET", f"/api/v1/certificates/{reply.json['serial']}", token=server.admin_token
-            )
-            assert got.status == 200
-    finally:
-        assert again.stop() == 0
+    # Every certificate answered is in the store.
+    with sqlite3.connect(tmp_path / "ca.db") as db:
+        stored = {row[0] for row in db.execute("SELECT serial FROM certificates")}
+    assert {r.json["serial"] for r in replies} <= stored
