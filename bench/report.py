@@ -12,9 +12,9 @@ from typing import Any
 
 # Causes found by profiling (see README "Findings"); shown next to a missed target.
 CAUSES = {
-    "crl": "generate_crl is linear in Python work per entry: the revoked_unexpired query (ORM "
-    "row + DateTime processing + RevokedEntry per row) and one RevokedCertificateBuilder per "
-    "entry; signing is a small part (see breakdown columns)",
+    "crl": "generate_crl is linear in per-entry work: reading the rows from the store (driver "
+    "cursor) and writing each entry's DER in Python; the signature and the parse-and-verify "
+    "check are a small part (see breakdown columns)",
     "search": "name search is LIKE '%term%' on lower(common_name) and sans: no index can serve "
     "a leading wildcard, so a rare name scans the whole table (needs pg_trgm / FTS5 or "
     "exact/suffix match on an indexed column)",

@@ -224,10 +224,3 @@ class IssuedCertificate:
     @property
     def fullchain_pem(self) -> str:
         return self.certificate_pem + "".join(self.chain_pem)
-
-
-@dataclass(frozen=True)
-class RevokedEntry:
-    serial: int
-    revoked_at: dt.datetime
-    reason: RevocationReason | None

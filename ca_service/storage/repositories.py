@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import builtins
 import datetime as dt
 import itertools
 import time
@@ -32,7 +31,6 @@ from ca_service.domain import (
     CertificateRecord,
     CertStatus,
     RevocationReason,
-    RevokedEntry,
 )
 from ca_service.errors import Conflict, NotFound
 from ca_service.storage.models import (
@@ -467,29 +465,6 @@ class CertificateRepository:
         _SAMPLES[key] = sample
         return sample
 
-    def revoked_unexpired(self, authority: str, now: dt.datetime) -> builtins.list[RevokedEntry]:
-        query = (
-            select(
-                CertificateRow.serial, CertificateRow.revoked_at, CertificateRow.revocation_reason
-            )
-            .join(AuthorityRow, AuthorityRow.id == CertificateRow.authority_id)
-            .where(
-                and_(
-                    AuthorityRow.name == authority,
-                    CertificateRow.status == CertStatus.REVOKED.value,
-                    CertificateRow.not_after > now,
-                )
-            )
-        )
-        return [
-            RevokedEntry(
-                serial=int(serial, 16),
-                revoked_at=_utc(revoked_at or now),  # never None for a revoked row
-                reason=RevocationReason(reason) if reason else None,
-            )
-            for serial, revoked_at, reason in self.s.execute(query)
-        ]
-
     def revoked_rows(
         self, authority_id: int, now: dt.datetime, batch: int = 50_000
     ) -> Iterator[tuple[str, dt.datetime | str, str | None]]:
@@ -572,24 +547,28 @@ class CRLRepository:
         return int(row[0]), _utc(row[1]), _utc(row[2])
 
     def save(self, authority_id: int, crl: StoredCRL) -> None:
-        """Keep the CRL unless a higher-numbered one is stored already (another process won)."""
-        row = self.s.get(CRLRow, authority_id, with_for_update=True)
-        if row is None:
-            self.s.add(
-                CRLRow(
-                    authority_id=authority_id,
-                    number=crl.number,
-                    this_update=crl.this_update,
-                    next_update=crl.next_update,
-                    der=crl.der,
-                )
+        """Keep the CRL unless a higher-numbered one is stored already (another process won).
+
+        Plain UPDATE/INSERT: loading the stored row first would read the old CRL's body, tens
+        of megabytes at a million entries, only to overwrite it.
+        """
+        values = {
+            "number": crl.number,
+            "this_update": crl.this_update,
+            "next_update": crl.next_update,
+            "der": crl.der,
+        }
+        exists = self.s.scalar(
+            select(CRLRow.number).where(CRLRow.authority_id == authority_id).with_for_update()
+        )
+        if exists is None:
+            self.s.execute(insert(CRLRow).values(authority_id=authority_id, **values))
+        else:
+            self.s.execute(
+                update(CRLRow)
+                .where(CRLRow.authority_id == authority_id, CRLRow.number < crl.number)
+                .values(**values)
             )
-        elif row.number < crl.number:
-            row.number = crl.number
-            row.this_update = crl.this_update
-            row.next_update = crl.next_update
-            row.der = crl.der
-        self.s.flush()
 
 
 @dataclass(frozen=True)
