@@ -7,8 +7,9 @@ the bench does, drives the scenario's load and records every gunicorn worker wit
 ``py-spy record --subprocesses`` (raw collapsed stacks, idle threads excluded). Prints the
 inclusive share of the busiest functions (a function's share is the fraction of the workers'
 busy samples whose stack contains it) and the top self-time frames, and keeps the raw stacks and
-an SVG flame graph in ``--out``. Not part of ``bench.run``: it is how the causes in
-bench/PROFILES.md were measured.
+the summary in ``--out``. Shares are of the samples of threads inside ``wsgi_app`` (serving a
+request); with ``--idle`` those include waits (SQLite lock backoff, fsync, network). Not part
+of ``bench.run``: it is how the causes in bench/PROFILES.md were measured.
 """
 
 from __future__ import annotations
@@ -60,6 +61,9 @@ def analyze(raw: Path, top: int = 30) -> dict[str, object]:
             for f in stack.split(";")
             if "(" in f and not f.startswith(("process ", "thread ("))
         ]
+        # Only threads serving a request: with --idle, threads waiting for one are noise.
+        if not any(".wsgi_app (" in f for f in frames):
+            continue
         total += count
         for name in set(frames):
             inclusive[name] += count
@@ -81,12 +85,15 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--rows", type=int, default=0, help="bulk-load this many revoked rows")
+    parser.add_argument(
+        "--idle", action="store_true", help="also sample waiting threads (locks, fsync, sleeps)"
+    )
     parser.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "ca-bench-prof")
     args = parser.parse_args()
     if shutil.which("py-spy") is None:
         raise SystemExit("py-spy is not installed (pip install py-spy)")
     args.out.mkdir(parents=True, exist_ok=True)
-    tag = f"{args.db}-{args.scenario}-c{args.concurrency}-{args.rows}"
+    tag = f"{args.db}-{args.scenario}-c{args.concurrency}-{args.rows}{'-idle' if args.idle else ''}"
     csr = leaf_csr_pem()
     with (
         tempfile.TemporaryDirectory(prefix="ca-bench-prof-") as tmp,
@@ -131,7 +138,7 @@ def main() -> int:
             spy = subprocess.Popen(
                 ["py-spy", "record", "--subprocesses", "--pid", str(server.pid), "--rate", "200",
                  "--duration", str(int(args.seconds)), "--format", "raw", "--output", str(raw),
-                 "--nonblocking"],
+                 "--nonblocking", *(["--idle"] if args.idle else [])],
                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
             )  # fmt: skip
             time.sleep(1.0)
