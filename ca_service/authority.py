@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import hashlib
+import os
 import re
 import secrets
 import threading
@@ -18,6 +19,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from cryptography import x509
@@ -698,7 +700,34 @@ class CertificateAuthority:
             der = sign_crl(loaded.material, number, now, next_update, rows)
             stored = StoredCRL(name, number, now, next_update, der)
             crls.save(loaded.authority_id, stored)
+        self._touch_crl_stamp(name)
         return stored
+
+    def _crl_stamp_path(self, name: str) -> Path:
+        return self.settings.data_dir / "crl-stamps" / name
+
+    def crl_stamp(self, name: str) -> int:
+        """Changes whenever a process on this host publishes a CRL of ``name`` (0: never).
+
+        Lets a server holding a CRL in memory know with one stat() that it is still current,
+        instead of asking the store on every fetch. Each publication replaces the file, so the
+        inode changes even when two fall in one tick of the file-system clock.
+        """
+        try:
+            st = self._crl_stamp_path(name).stat()
+        except OSError:
+            return 0
+        return hash((st.st_ino, st.st_mtime_ns))
+
+    def _touch_crl_stamp(self, name: str) -> None:
+        path = self._crl_stamp_path(name)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            tmp = path.with_name(f".{name}.{secrets.token_hex(4)}")
+            tmp.write_text(secrets.token_hex(8))
+            os.replace(tmp, path)
+        except OSError:
+            pass  # servers then find the new CRL at their next periodic check
 
     def current_crl(
         self, authority: str | None = None, *, known_number: int | None = None

@@ -6,13 +6,13 @@ import base64
 import email.utils
 import hashlib
 import threading
+import time
 from dataclasses import dataclass
 
 from cryptography.hazmat.primitives import serialization
 from flask import Blueprint, Response, jsonify, request
 from sqlalchemy import text
 
-from ca_service.errors import NotFound
 from ca_service.storage.db import unit_of_work
 from ca_service.storage.repositories import StoredCRL
 from ca_service.web.services import authority
@@ -29,6 +29,8 @@ class _CachedCRL:
     crl: StoredCRL
     etag: str
     last_modified: str
+    stamp: int = 0
+    checked: float = 0.0
     _pem: bytes | None = None
 
     @property
@@ -44,8 +46,15 @@ class _CachedCRL:
 
 
 class CRLCache:
-    """The current CRL of each authority, in memory. Each fetch asks the store only for the
-    number of the current CRL; the body is read again only when another one was published."""
+    """The current CRL of each authority, in memory, checked cheaply on every fetch.
+
+    Every generation of a CRL touches a stamp file in the data directory (see
+    CertificateAuthority.crl_stamp), so a fetch costs one stat() while nothing was published;
+    when the stamp moves, or at least every RECHECK seconds (for processes on other hosts), the
+    store is asked for the number of the current CRL, and the body is read only if it changed.
+    """
+
+    RECHECK = 1.0  # seconds
 
     def __init__(self) -> None:
         self._items: dict[str, _CachedCRL] = {}
@@ -53,16 +62,23 @@ class CRLCache:
 
     def get(self, name: str) -> _CachedCRL:
         ca = authority()
+        stamp = ca.crl_stamp(name)
+        now = time.monotonic()
         with self._lock:
             cached = self._items.get(name)
+        if cached is not None and cached.stamp == stamp and now - cached.checked < self.RECHECK:
+            return cached
         fresh = ca.current_crl(name, known_number=cached.crl.number if cached else None)
         if fresh is None and cached is not None:
+            cached.stamp, cached.checked = stamp, now
             return cached
         assert fresh is not None
         item = _CachedCRL(
             crl=fresh,
             etag=f'"{fresh.authority}-{fresh.number}-{hashlib.sha256(fresh.der).hexdigest()[:16]}"',
             last_modified=email.utils.format_datetime(fresh.this_update, usegmt=True),
+            stamp=stamp,
+            checked=now,
         )
         with self._lock:
             self._items[name] = item
@@ -113,8 +129,8 @@ def authority_crl_pem(name: str) -> Response:
 
 
 def _known(name: str) -> str:
-    if name not in {a.name for a in authority().list_authorities()}:
-        raise NotFound(f"no authority named {name!r}")
+    """``name`` if this service holds such an authority (loaded once per process)."""
+    authority().material(name)  # NotFound when there is none
     return name
 
 
