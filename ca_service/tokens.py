@@ -16,7 +16,7 @@ import secrets
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 
 from ca_service.clock import Clock, SystemClock, as_utc
 from ca_service.domain import Actor, CallerPolicy
@@ -108,7 +108,11 @@ def policy_from_json(data: dict[str, Any] | None, role: Role) -> CallerPolicy:
     )
 
 
-def _to_record(row: TokenRow) -> TokenRecord:
+_TOKEN_BY_ID = select(TokenRow.__table__).where(TokenRow.__table__.c.id == bindparam("id"))
+
+
+def _to_record(row: Any) -> TokenRecord:
+    """From an ORM row or a Core row of api_tokens (both have the columns as attributes)."""
     role = Role(row.role)
     created_at = _utc(row.created_at)
     assert created_at is not None
@@ -213,7 +217,8 @@ class TokenService:
             raise Unauthorized("malformed bearer token")
         token_id, secret = match.groups()
         with unit_of_work(self.db) as s:
-            row = s.get(TokenRow, token_id)
+            # A plain SELECT rather than an ORM get: this runs on every authenticated request.
+            row = s.connection().execute(_TOKEN_BY_ID, {"id": token_id}).one_or_none()
             record = _to_record(row) if row is not None else None
             stored_hash = row.secret_sha256 if row is not None else _hash("")
         # Compare even when the id is unknown, so timing does not reveal which ids exist.
