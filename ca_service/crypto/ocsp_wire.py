@@ -206,11 +206,3 @@ def spki_bits(cert: x509.Certificate) -> bytes:
     )
     spki, _ = decoder.decode(spki_der, asn1Spec=rfc5280.SubjectPublicKeyInfo())
     return bytes(spki["subjectPublicKey"].asOctets())
-
-
-def signature_algorithm_der(oid: str, null_params: bool) -> bytes:
-    algorithm = rfc5280.AlgorithmIdentifier()
-    algorithm["algorithm"] = univ.ObjectIdentifier(oid)
-    if null_params:
-        algorithm["parameters"] = encoder.encode(univ.Null(""))
-    return bytes(encoder.encode(algorithm))
