@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 
@@ -37,3 +38,17 @@ def sign(key: SigningKey, key_type: KeyType, data: bytes) -> bytes:
     if isinstance(key, ed25519.Ed25519PrivateKey):
         return key.sign(data)
     raise TypeError("unsupported signing key")
+
+
+def verify(certificate: x509.Certificate, key_type: KeyType, signature: bytes, data: bytes) -> None:
+    """Check a signature made by ``sign`` with the certificate's public key; raises if invalid."""
+    public_key = certificate.public_key()
+    if isinstance(public_key, ec.EllipticCurvePublicKey):
+        digest = hashes.SHA384() if key_type is KeyType.ECDSA_P384 else hashes.SHA256()
+        public_key.verify(signature, data, ec.ECDSA(digest))
+    elif isinstance(public_key, rsa.RSAPublicKey):
+        public_key.verify(signature, data, padding.PKCS1v15(), hashes.SHA256())
+    elif isinstance(public_key, ed25519.Ed25519PublicKey):
+        public_key.verify(signature, data)
+    else:
+        raise TypeError("unsupported public key")
