@@ -323,7 +323,7 @@ class CertificateAuthority:
                             _record_for(cert, issuer, "ca", actor.identity, now),
                             repo.id_of(issuer),
                         )
-                    audit.add(_event(actor, action, name, now, {"subject": record.subject}))
+                    audit.add(AuditEvent.of(actor, action, name, now, {"subject": record.subject}))
                     records.append(record)
                 if repo.default() is None:
                     repo.set_default(records[-1].name)
@@ -345,7 +345,9 @@ class CertificateAuthority:
             if record.is_root:
                 raise BadRequest(f"{name!r} is a root; the default must be an issuing authority")
             repo.set_default(name)
-            AuditRepository(s).add(_event(actor, "authority.default", name, self.clock.now(), None))
+            AuditRepository(s).add(
+                AuditEvent.of(actor, "authority.default", name, self.clock.now(), None)
+            )
         self._default = None
 
     def default_authority(self) -> str:
@@ -505,7 +507,7 @@ class CertificateAuthority:
                         certs.set_successor(renews.serial, loaded.authority_id, record.serial)
                         details["renews"] = renews.serial
                     AuditRepository(s).add(
-                        _event(
+                        AuditEvent.of(
                             actor,
                             "certificate.renew" if renews else "certificate.issue",
                             f"{name}/{record.serial}",
@@ -616,7 +618,7 @@ class CertificateAuthority:
                     )
             record = repo.set_revocation(row, CertStatus.REVOKED, now, reason)
             AuditRepository(s).add(
-                _event(
+                AuditEvent.of(
                     actor,
                     "certificate.revoke",
                     f"{target.authority}/{target.serial}",
@@ -641,7 +643,7 @@ class CertificateAuthority:
                 raise Conflict(f"certificate {target.serial} is not on hold")
             record = repo.set_revocation(row, CertStatus.VALID, None, None)
             AuditRepository(s).add(
-                _event(
+                AuditEvent.of(
                     actor,
                     "certificate.release_hold",
                     f"{target.authority}/{target.serial}",
@@ -841,7 +843,7 @@ class CertificateAuthority:
                 )
                 repo.add_responder(authority_id, responder, now)
                 AuditRepository(s).add(
-                    _event(
+                    AuditEvent.of(
                         Actor("system:ocsp"),
                         "ocsp.responder.issue",
                         f"{name}/{record.serial}",
@@ -902,22 +904,4 @@ def _record_for(
         der=cert.public_bytes(serialization.Encoding.DER),
         requester=requester[:255],
         created_at=now,
-    )
-
-
-def _event(
-    actor: Actor,
-    action: str,
-    target: str | None,
-    at: dt.datetime,
-    details: dict[str, Any] | None,
-) -> AuditEvent:
-    return AuditEvent(
-        at=at,
-        actor=actor.identity[:255],
-        action=action,
-        target=target,
-        request_id=actor.request_id,
-        client_address=actor.client_address,
-        details=details,
     )

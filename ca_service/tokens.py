@@ -197,14 +197,12 @@ class TokenService:
             s.add(row)
             s.flush()
             AuditRepository(s).add(
-                AuditEvent(
-                    at=now,
-                    actor=actor.identity,
-                    action="token.create",
-                    target=f"token:{token_id}",
-                    request_id=actor.request_id,
-                    client_address=actor.client_address,
-                    details={"role": role.value, "name": name},
+                AuditEvent.of(
+                    actor,
+                    "token.create",
+                    f"token:{token_id}",
+                    now,
+                    {"role": role.value, "name": name},
                 )
             )
             record = _to_record(row)
@@ -243,15 +241,7 @@ class TokenService:
             if row.revoked_at is None:
                 row.revoked_at = now
                 AuditRepository(s).add(
-                    AuditEvent(
-                        at=now,
-                        actor=actor.identity,
-                        action="token.revoke",
-                        target=f"token:{token_id}",
-                        request_id=actor.request_id,
-                        client_address=actor.client_address,
-                        details=None,
-                    )
+                    AuditEvent.of(actor, "token.revoke", f"token:{token_id}", now)
                 )
             s.flush()
             return _to_record(row)
@@ -267,14 +257,12 @@ class TokenService:
         """Audit a refused authorization; the refusal itself is the action recorded."""
         with unit_of_work(self.db, write=True) as s:
             AuditRepository(s).add(
-                AuditEvent(
-                    at=self.clock.now(),
-                    actor=identity[:255],
-                    action="auth.refused",
-                    target=target[:255],
-                    request_id=request_id,
-                    client_address=client_address,
-                    details={"reason": reason[:200]},
+                AuditEvent.of(
+                    Actor(identity, request_id, client_address),
+                    "auth.refused",
+                    target,
+                    self.clock.now(),
+                    {"reason": reason[:200]},
                 )
             )
 

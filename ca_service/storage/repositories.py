@@ -27,6 +27,7 @@ from sqlalchemy.orm import Session
 
 from ca_service.clock import as_utc
 from ca_service.domain import (
+    Actor,
     AuthorityRecord,
     CertificateRecord,
     CertStatus,
@@ -591,6 +592,26 @@ class AuditEvent:
     client_address: str | None
     details: dict[str, Any] | None
     id: int | None = None
+
+    @classmethod
+    def of(
+        cls,
+        actor: Actor,
+        action: str,
+        target: str | None,
+        at: dt.datetime,
+        details: dict[str, Any] | None = None,
+    ) -> AuditEvent:
+        """An event by ``actor``, with the request context the actor carries."""
+        return cls(
+            at=at,
+            actor=actor.identity[:255],
+            action=action,
+            target=target[:255] if target else None,
+            request_id=actor.request_id,
+            client_address=actor.client_address,
+            details=details,
+        )
 
 
 class AuditRepository:
