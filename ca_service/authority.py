@@ -705,6 +705,17 @@ class CertificateAuthority:
         self._touch_crl_stamp(name)
         return stored
 
+    def refresh_crls(self) -> dict[str, int]:
+        """Make sure every authority's CRL is current (none yet, or half its life gone: a new
+        one), so CRLs are republished before nextUpdate even when nobody fetches them.
+        Returns the current CRL number of each authority."""
+        numbers: dict[str, int] = {}
+        for record in self.list_authorities():
+            crl = self.current_crl(record.name)
+            assert crl is not None  # no known_number given: always a CRL
+            numbers[record.name] = crl.number
+        return numbers
+
     def _crl_stamp_path(self, name: str) -> Path:
         return self.settings.data_dir / "crl-stamps" / name
 
