@@ -16,7 +16,7 @@ import secrets
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import bindparam, select
+from sqlalchemy import bindparam, func, select
 
 from ca_service.clock import Clock, SystemClock, as_utc
 from ca_service.domain import Actor, CallerPolicy
@@ -268,4 +268,4 @@ class TokenService:
 
     def count(self) -> int:
         with unit_of_work(self.db) as s:
-            return len(s.scalars(select(TokenRow.id)).all())
+            return int(s.scalar(select(func.count()).select_from(TokenRow)) or 0)

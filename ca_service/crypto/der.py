@@ -36,15 +36,6 @@ def integer(value: int) -> bytes:
     return tlv(0x02, body)
 
 
-def integer_from_hex(text: str) -> bytes:
-    """INTEGER from a stored lower-case hex serial, without a detour through int."""
-    digits = text if len(text) % 2 == 0 else "0" + text
-    body = bytes.fromhex(digits).lstrip(b"\x00") or b"\x00"
-    if body[0] >= 0x80:
-        body = b"\x00" + body
-    return tlv(0x02, body)
-
-
 def time_value(value: dt.datetime) -> bytes:
     """RFC 5280 4.1.2.5: UTCTime through 2049, GeneralizedTime from 2050, always in UTC."""
     utc = value.astimezone(dt.UTC) if value.tzinfo else value

@@ -512,14 +512,6 @@ class CertificateRepository:
         finally:
             cursor.close()
 
-    def count(self, authority: str | None = None) -> int:
-        query = select(func.count(CertificateRow.id))
-        if authority:
-            query = query.join(AuthorityRow, AuthorityRow.id == CertificateRow.authority_id).where(
-                AuthorityRow.name == authority
-            )
-        return int(self.s.scalar(query) or 0)
-
 
 @dataclass(frozen=True)
 class StoredCRL:
