@@ -8,15 +8,16 @@ store does not hold.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import hashlib
+import logging
 import os
 import re
 import secrets
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,7 +56,7 @@ from ca_service.domain import (
     KeyType,
     RevocationReason,
 )
-from ca_service.errors import BadRequest, CAError, ConfigError, Conflict, NotFound, PolicyRejected
+from ca_service.errors import BadRequest, ConfigError, Conflict, NotFound, PolicyRejected
 from ca_service.policy.check import AuthorityView, check, responder_template
 from ca_service.policy.names import NameConstraintsSpec
 from ca_service.signing.crl import sign_crl
@@ -75,6 +76,8 @@ from ca_service.storage.repositories import (
     CRLRepository,
     StoredCRL,
 )
+
+log = logging.getLogger("ca_service.authority")
 
 SERIAL_ATTEMPTS = 4
 DEFAULT_TTL = 5.0  # seconds
@@ -131,6 +134,9 @@ class CertificateAuthority:
         self._loaded: dict[str, _Loaded] = {}
         self._ocsp_signers: dict[str, OCSPSigner] = {}
         self._default: tuple[float, str] | None = None
+        self._crl_sizes: dict[str, int] = {}  # bytes of the last CRL this process signed
+        self._crl_executor: ThreadPoolExecutor | None = None
+        self._crl_background_from = 0
         self._issuer_hashes: dict[tuple[str, bytes, bytes], str] = {}
         self._lock = threading.Lock()
 
@@ -669,11 +675,29 @@ class CertificateAuthority:
                 raise NotFound(f"no certificate with serial {target.serial}")
             yield s, repo, row, seen_number
 
+    def publish_crls_in_background(self, from_bytes: int) -> None:
+        """For servers: after a revocation, a CRL whose last edition was at least ``from_bytes``
+        long is re-signed by a background thread, so the revoking request does not wait the
+        seconds a CRL of a million entries takes (OCSP shows the revocation at once anyway).
+        One thread per process; revocations that pile up meanwhile share one new CRL."""
+        self._crl_background_from = from_bytes
+        if self._crl_executor is None:
+            self._crl_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="crl")
+
     def _refresh_crl_quietly(self, authority: str, seen_number: int) -> None:
-        # The revocation is committed whatever happens here; should this fail, the next fetch
-        # makes the CRL (current_crl regenerates a missing or half-aged one).
-        with contextlib.suppress(CAError):
+        executor = self._crl_executor
+        if executor is not None and self._crl_sizes.get(authority, 0) >= self._crl_background_from:
+            executor.submit(self._regenerate_after_revocation, authority, seen_number)
+        else:
+            self._regenerate_after_revocation(authority, seen_number)
+
+    def _regenerate_after_revocation(self, authority: str, seen_number: int) -> None:
+        # The revocation is committed whatever happens here, so nothing may escape to the
+        # caller as a failure of the revocation. The scheduler re-signs the CRL at half-life.
+        try:
             self.generate_crl(authority, unless_beyond=seen_number)
+        except Exception:
+            log.exception("the CRL of %s was not re-signed after a revocation", authority)
 
     def generate_crl(
         self, authority: str | None = None, *, unless_beyond: int | None = None
@@ -702,6 +726,7 @@ class CertificateAuthority:
             der = sign_crl(loaded.material, number, now, next_update, rows)
             stored = StoredCRL(name, number, now, next_update, der)
             crls.save(loaded.authority_id, stored)
+        self._crl_sizes[name] = len(der)
         self._touch_crl_stamp(name)
         return stored
 

@@ -1,7 +1,8 @@
 """WSGI entry point for gunicorn or any WSGI server: ``ca_service.wsgi:app``.
 
 Each process that imports it (every gunicorn worker) also keeps the CRLs current in the
-background, so they are republished before nextUpdate even when nobody fetches them.
+background, so they are republished before nextUpdate even when nobody fetches them, and
+re-signs large CRLs after a revocation outside the revoking request.
 """
 
 from __future__ import annotations
@@ -9,5 +10,10 @@ from __future__ import annotations
 from ca_service.scheduler import start_crl_refresher
 from ca_service.web.app import create_app
 
+# A CRL of 2 MB or more (about 45,000 entries) is re-signed after a revocation in the background.
+BACKGROUND_CRL_BYTES = 2_000_000
+
 app = create_app()
-_stop_crl_refresher = start_crl_refresher(app.extensions["ca_authority"])
+_ca = app.extensions["ca_authority"]
+_ca.publish_crls_in_background(BACKGROUND_CRL_BYTES)
+_stop_crl_refresher = start_crl_refresher(_ca)

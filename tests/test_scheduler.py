@@ -6,12 +6,16 @@ import datetime as dt
 import time
 from pathlib import Path
 
+from cryptography import x509
+
 from ca_service.clock import FixedClock
+from ca_service.domain import RevocationReason
 from ca_service.scheduler import start_crl_refresher
 from ca_service.storage.db import unit_of_work
 from ca_service.storage.repositories import CRLRepository
 
-from .helpers import module_ca
+from .conftest import ADMIN
+from .helpers import make_key, module_ca
 
 
 def test_refresh_republishes_each_crl_at_half_life(tmp_path: Path) -> None:
@@ -46,3 +50,41 @@ def test_background_refresher_runs_and_stops(tmp_path: Path) -> None:
             raise AssertionError("the refresher did not publish a new CRL within 20 s")
     finally:
         stop.set()
+
+
+def test_large_crls_are_re_signed_in_the_background_after_a_revocation(tmp_path: Path) -> None:
+    ca = module_ca(tmp_path)
+    issued = ca.issue_with_new_key(ADMIN, common_name="bg.example.test")
+    before = ca.generate_crl("default").number
+    ca.publish_crls_in_background(0)  # every CRL counts as large
+    ca.revoke(issued.record.serial, RevocationReason.KEY_COMPROMISE, ADMIN)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        with unit_of_work(ca.db) as s:
+            latest = CRLRepository(s).latest("default")
+        if latest is not None and latest.number > before:
+            break
+        time.sleep(0.05)
+    else:
+        raise AssertionError("no new CRL within 20 s of the revocation")
+    crl = x509.load_der_x509_crl(latest.der)
+    assert crl.get_revoked_certificate_by_serial_number(int(issued.record.serial, 16))
+
+
+def test_a_failed_crl_after_a_revocation_does_not_undo_or_fail_it(tmp_path: Path) -> None:
+    ca = module_ca(tmp_path)
+    issued = ca.issue_with_new_key(ADMIN, common_name="keep.example.test")
+    # Make the CRL impossible to sign: the authority's key file disappears from the keystore
+    # cache and the disk. The revocation must still commit and report success.
+    loaded = ca._load("default")
+    ca._loaded["default"] = type(loaded)(
+        material=type(loaded.material)(
+            loaded.material.name, loaded.material.certificate, make_key("rsa2048"),
+            loaded.material.key_type, loaded.material.parents,
+        ),
+        view=loaded.view, record=loaded.record, authority_id=loaded.authority_id,
+        chain_pem=loaded.chain_pem,
+    )  # fmt: skip
+    record = ca.revoke(issued.record.serial, RevocationReason.SUPERSEDED, ADMIN)
+    assert record.status.value == "revoked"
+    assert ca.get_certificate(issued.record.serial).revocation_reason is RevocationReason.SUPERSEDED
