@@ -12,6 +12,7 @@ import secrets
 import shutil
 import subprocess
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -142,21 +143,29 @@ def drop_pg_schema(schema: str) -> None:
     admin.dispose()
 
 
+@contextmanager
+def live_server(backend: str, base: Path, *, workers: int = 2) -> Iterator[LiveServer]:
+    """A real `ca-service serve` on loopback over a fresh SQLite file or PostgreSQL schema."""
+    from .live import start_server
+
+    schema = None
+    if backend == "sqlite":
+        url = f"sqlite:///{base / 'ca.db'}"
+    else:
+        url, schema = make_pg_schema()
+    server = start_server(base / "data", url, workers=workers)
+    try:
+        yield server
+    finally:
+        server.stop()
+        if schema:
+            drop_pg_schema(schema)
+
+
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def live(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[LiveServer]:
     """A real `ca-service serve` (gunicorn, 2 workers) on loopback, per module and backend."""
-    from .live import start_server
-
-    base = tmp_path_factory.mktemp(f"live-{request.param}")
-    schema = None
-    if request.param == "sqlite":
-        url = f"sqlite:///{base / 'ca.db'}"
-    else:
-        url, schema = make_pg_schema()
-    server = start_server(base / "data", url)
-    yield server
-    server.stop()
-    if schema:
-        drop_pg_schema(schema)
+    with live_server(request.param, tmp_path_factory.mktemp(f"live-{request.param}")) as server:
+        yield server

@@ -17,14 +17,13 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from .conftest import drop_pg_schema, make_pg_schema
+from .conftest import live_server
 from .live import (
     LiveServer,
     create_token,
     fetch_crl,
     lint_crl_bytes,
     list_all,
-    start_server,
 )
 
 THREADS = 8
@@ -37,16 +36,8 @@ def busy(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[LiveServer]:
     base = tmp_path_factory.mktemp(f"busy-{request.param}")
-    schema = None
-    if request.param == "sqlite":
-        url = f"sqlite:///{base / 'ca.db'}"
-    else:
-        url, schema = make_pg_schema()
-    server = start_server(base / "data", url, workers=4)
-    yield server
-    server.stop()
-    if schema:
-        drop_pg_schema(schema)
+    with live_server(request.param, base, workers=4) as server:
+        yield server
 
 
 @dataclass
