@@ -758,25 +758,12 @@ def serve(bind: str | None, workers: int | None, timeout: int | None, tls: bool 
             err=True,
         )
     ca.db.dispose()
-    conf = Path(__file__).resolve().parents[1] / "config" / "gunicorn.conf.py"
     click.echo(f"serving on {scheme}://{settings.bind} ({settings.workers} workers)", err=True)
     sys.stdout.flush()
-    args = [sys.executable, "-m", "gunicorn", "ca_service.wsgi:app"]
-    if conf.is_file():
-        args[3:3] = ["-c", str(conf)]
-    elif settings.tls:
-        raise ConfigError(f"--tls needs the gunicorn configuration {conf}, which is missing")
-    else:
-        args[3:3] = [
-            "--bind",
-            settings.bind,
-            "--workers",
-            str(settings.workers),
-            "--timeout",
-            str(settings.timeout),
-            "--worker-class",
-            "gthread",
-        ]
+    # The gunicorn settings are a module of this package (found wherever it is installed),
+    # read from the same CA_* environment this process has set above.
+    conf = "python:ca_service.gunicorn_conf"
+    args = [sys.executable, "-m", "gunicorn", "-c", conf, "ca_service.wsgi:app"]
     # exec: gunicorn's master becomes this process, so SIGTERM reaches it for a graceful stop.
     os.execv(sys.executable, args)  # noqa: S606 (fixed argv, no shell)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+from importlib import resources
 
 from alembic import command
 from alembic.config import Config
@@ -12,17 +12,19 @@ from alembic.script import ScriptDirectory
 from ca_service.errors import ConfigError
 from ca_service.storage.db import Database
 
-MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
+# The migrations ship inside the package, so an installed wheel (pip, pipx, a container) has
+# them wherever site-packages is; nothing is looked up beside a source tree.
+MIGRATIONS_PACKAGE = "ca_service.migrations"
 
 
 def _config() -> Config:
-    if not (MIGRATIONS_DIR / "env.py").is_file():
-        raise ConfigError(
-            f"migrations not found at {MIGRATIONS_DIR}; install ca-service from its source "
-            "tree (pip install -e .)"
-        )
+    location = resources.files(MIGRATIONS_PACKAGE)
+    if not location.joinpath("env.py").is_file():
+        raise ConfigError(f"migrations not found in {location}; this installation is incomplete")
     cfg = Config()
-    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    # Alembic reads the scripts from disk: a zipped install would need extracting first, and
+    # setuptools installs this package unzipped, so the path is the package's own directory.
+    cfg.set_main_option("script_location", str(location))
     return cfg
 
 

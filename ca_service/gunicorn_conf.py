@@ -1,8 +1,12 @@
 """gunicorn settings for ca-service, read from the same CA_* settings as the service.
 
-`ca-service serve` runs gunicorn with this file; to run gunicorn yourself:
-    gunicorn -c config/gunicorn.conf.py ca_service.wsgi:app
+`ca-service serve` runs gunicorn with this module, which ships inside the package; to run
+gunicorn yourself:
+    gunicorn -c python:ca_service.gunicorn_conf ca_service.wsgi:app
+gunicorn reads every module-level name that is one of its settings and ignores the rest.
 """
+
+from typing import Any
 
 from ca_service.config import load_settings
 
@@ -32,9 +36,9 @@ if _settings.tls:
     # Makes gunicorn speak TLS; the file holds the encrypted key, the leaf and intermediates.
     certfile = str(_serving.bundle_path(_settings))
 
-    def ssl_context(config, default_ssl_context_factory):  # noqa: ANN001, ANN201
+    def ssl_context(config: Any, default_ssl_context_factory: Any) -> Any:
         """Called by gunicorn per connection: the newest context of this worker."""
         return _serving.installed().context()
 
-    def post_worker_init(worker):  # noqa: ANN001, ANN201
+    def post_worker_init(worker: Any) -> None:
         _serving.start_worker(worker.wsgi, _settings)

@@ -1,0 +1,1 @@
+"""Alembic revision scripts (loaded by Alembic from their files, never imported by name)."""
