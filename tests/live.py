@@ -177,8 +177,12 @@ def start_server(
     workers: int = 2,
     extra_env: dict[str, str] | None = None,
     tls: bool = False,
+    command: str = CA_SERVICE,
+    cwd: Path | None = None,
 ) -> LiveServer:
-    """Start `ca-service serve` (with ``tls``: `serve --tls`) and wait until /healthz answers."""
+    """Start `ca-service serve` (with ``tls``: `serve --tls`) and wait until /healthz answers.
+
+    ``command`` is the ``ca-service`` to run (another installation's, say), from ``cwd``."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("CA_")}
     env.update(
@@ -197,8 +201,9 @@ def start_server(
     log_path = data_dir.parent / f"serve-{port}.log"
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
-            [CA_SERVICE, "serve", *(["--tls"] if tls else [])],
+            [command, "serve", *(["--tls"] if tls else [])],
             env=env,
+            cwd=cwd,
             stdout=log,
             stderr=subprocess.STDOUT,
         )
