@@ -7,9 +7,9 @@
 from __future__ import annotations
 
 from alembic import context
-from sqlalchemy import create_engine
 
 from ca_service.config import load_settings
+from ca_service.storage.db import Database
 from ca_service.storage.models import Base, include_object
 
 config = context.config
@@ -28,9 +28,9 @@ def run_migrations_online() -> None:
         with context.begin_transaction():
             context.run_migrations()
         return
-    url = load_settings().resolved_database_url
-    engine = create_engine(url)
-    with engine.connect() as conn:
+    # Through Database, so that a file it creates has the same pragmas and private mode.
+    db = Database(load_settings().resolved_database_url)
+    with db.engine.connect() as conn:
         context.configure(
             connection=conn,
             target_metadata=target_metadata,
@@ -39,7 +39,7 @@ def run_migrations_online() -> None:
         )
         with context.begin_transaction():
             context.run_migrations()
-    engine.dispose()
+    db.dispose()
 
 
 if context.is_offline_mode():

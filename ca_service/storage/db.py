@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
+import stat
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -12,6 +14,8 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session
+
+log = logging.getLogger(__name__)
 
 
 class Database:
@@ -40,6 +44,8 @@ class Database:
             database = self.engine.url.database
             if database and database != ":memory:":
                 self._lock_path = Path(database + ".writelock")
+                if not self.engine.url.query.get("uri"):
+                    _make_private(database)
         self.write_engine: Engine = self.engine.execution_options(ca_write=True)
         self._thread_lock = threading.RLock()
         self._lock_file: tuple[int, int] | None = None  # (pid, fd)
@@ -74,6 +80,38 @@ class Database:
             fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o600)
             self._lock_file = (pid, fd)
         return self._lock_file[1]
+
+
+def _make_private(database: str) -> None:
+    """Create the SQLite file as 0600 before SQLite does, and tighten one made readable earlier.
+
+    SQLite creates a missing database with 0644 (less the umask), and gives its -wal and -shm
+    files the mode of the main file: so the main file's mode, set here once, decides all three.
+    The database holds token hashes, the audit log and every certificate's owner; like the keys,
+    it is for the service's user alone. A zero-length file is a valid, empty SQLite database.
+    """
+    try:
+        fd = os.open(database, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        for path in (database, database + "-wal", database + "-shm"):
+            _tighten(path)
+        return
+    except OSError:
+        return  # no such directory, or not ours: SQLite's own open gives the error
+    os.close(fd)
+
+
+def _tighten(path: str) -> None:
+    """Drop group and other access from a file of ours (one made before ca-service did this)."""
+    try:
+        st = os.stat(path)
+        mode = stat.S_IMODE(st.st_mode)
+        if st.st_uid != os.geteuid() or not mode & 0o077:
+            return
+        os.chmod(path, mode & 0o700)
+    except OSError:
+        return  # gone meanwhile, or not ours to change
+    log.warning("%s was open to other users (mode %04o); now %04o", path, mode, mode & 0o700)
 
 
 def _configure_sqlite(engine: Engine) -> None:
