@@ -26,6 +26,11 @@ accesslog = "-"
 errorlog = "-"
 loglevel = _settings.log_level.lower()
 proc_name = "ca-service"
+# No control socket (gunicorn 25.1+): its default, ~/.gunicorn/gunicorn.ctl or
+# $XDG_RUNTIME_DIR/gunicorn.ctl, is one path for every instance a user runs, so a second server
+# takes it over and stopping either removes it for both. ca-service has no use for it; stop or
+# reload a server with signals to its PID. Older gunicorn ignores the unknown name.
+control_socket_disable = True
 
 if _settings.tls:
     # HTTPS: `ca-service serve --tls` (or CA_TLS=true). The certificate bundle exists before
