@@ -4,11 +4,12 @@ A wheel, a plain `pip install .` and `pipx install .` each go into a fresh virtu
 checkout, and the installed `ca-service` runs from a directory outside it too: so nothing may be
 found beside the source tree (the migrations once were, and `init` stopped with "migrations not
 found at .../site-packages/migrations"). Dependencies come from the package index through pip's
-cache; the virtualenv with the wheel is shared by the tests of this module.
+cache; the wheel's virtualenv is shared by the wheel and the `pip install .` test.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -16,6 +17,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography import x509
@@ -122,9 +124,27 @@ def _copy_source(dest: Path) -> Path:
     return dest
 
 
+def _installed_from(install: Install, cwd: Path) -> dict[str, Any]:
+    """pip's record of what it installed ca-service from (PEP 610 direct_url.json)."""
+    code = (
+        "import importlib.metadata as m;"
+        "print(m.distribution('ca-service').read_text('direct_url.json'))"
+    )
+    out = _run([install.python, "-c", code], cwd=cwd).strip().splitlines()[-1]
+    record: dict[str, Any] = json.loads(out)
+    return record
+
+
+@dataclass
+class Venv:
+    install: Install
+    wheel: Path
+
+
 @pytest.fixture(scope="module")
-def wheel_install(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Install]:
-    """A wheel built from the source, installed with its dependencies into a fresh venv."""
+def venv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Venv]:
+    """A wheel built from the source, installed with its dependencies into a fresh venv. The
+    tests reinstall ca-service itself (never its dependencies) with what each is about."""
     base = _outside_checkout(tmp_path_factory.mktemp("wheel"))
     source = _copy_source(base / "ca-service")
     dist = base / "dist"
@@ -132,15 +152,21 @@ def wheel_install(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Install]
     (wheel,) = dist.glob("ca_service-*.whl")
     python = _new_venv(base / "venv")
     _run([python, "-m", "pip", "install", "-q", wheel], cwd=base)
-    yield Install(base / "venv" / "bin" / "ca-service", python)
+    yield Venv(Install(base / "venv" / "bin" / "ca-service", python), wheel)
 
 
-def test_wheel_installs_and_serves_from_outside_the_checkout(
-    wheel_install: Install, tmp_path: Path
-) -> None:
+def _reinstall(venv: Venv, what: str | Path, cwd: Path) -> Install:
+    pip = [venv.install.python, "-m", "pip", "install", "-q", "--force-reinstall", "--no-deps"]
+    _run([*pip, what], cwd=cwd)
+    return venv.install
+
+
+def test_wheel_installs_and_serves_from_outside_the_checkout(venv: Venv, tmp_path: Path) -> None:
     work = _outside_checkout(tmp_path)
-    _init_upgrade_issue(wheel_install, work)
-    _assert_installed_in(wheel_install, wheel_install.python.parents[1], work)
+    install = _reinstall(venv, venv.wheel, work)
+    assert _installed_from(install, work)["url"] == venv.wheel.as_uri()
+    _init_upgrade_issue(install, work)
+    _assert_installed_in(install, install.python.parents[1], work)
 
     # `serve` on a free loopback port over the same SQLite store; one issuance over HTTP.
     data = work / "data"
@@ -148,7 +174,7 @@ def test_wheel_installs_and_serves_from_outside_the_checkout(
         data,
         f"sqlite:///{data / 'ca.db'}",
         workers=1,
-        command=str(wheel_install.ca_service),
+        command=str(install.ca_service),
         cwd=work,
         extra_env={"CA_KEY_PASSPHRASE": PASSPHRASE, "PYTHONPATH": ""},
     )
@@ -172,16 +198,18 @@ def test_wheel_installs_and_serves_from_outside_the_checkout(
     assert '"POST /api/v1/certificates HTTP/1.1" 201' in server.log(), server.log()[-4000:]
 
 
-def test_plain_pip_install_works(tmp_path: Path) -> None:
-    """`pip install .` (not editable) from the source tree, into a venv of its own."""
+def test_plain_pip_install_works(venv: Venv, tmp_path: Path) -> None:
+    """`pip install .` (not editable) from a source tree, into the venv of the wheel (whose
+    dependencies it shares)."""
     work = _outside_checkout(tmp_path)
     source = _copy_source(work / "ca-service")
-    python = _new_venv(work / "venv")
-    _run([python, "-m", "pip", "install", "-q", "."], cwd=source)
-    install = Install(work / "venv" / "bin" / "ca-service", python)
+    install = _reinstall(venv, ".", source)
     (work / "run").mkdir()
+    record = _installed_from(install, work / "run")
+    assert record["url"] == source.as_uri()
+    assert not record.get("dir_info", {}).get("editable", False)
     _init_upgrade_issue(install, work / "run")
-    _assert_installed_in(install, work / "venv", work / "run")
+    _assert_installed_in(install, install.python.parents[1], work / "run")
 
 
 def test_pipx_install_works(tmp_path: Path) -> None:
