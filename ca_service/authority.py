@@ -750,7 +750,7 @@ class CertificateAuthority:
         if reason is RevocationReason.CERTIFICATE_HOLD:
             raise BadRequest(
                 "an authority cannot be put on hold: its revocation is final; "
-                "choose another reason",
+                "choose another reason (rule: authority.revoke.hold)",
                 rule="authority.revoke.hold",
             )
         cert = x509.load_der_x509_certificate(record.cert_der)
@@ -1086,7 +1086,7 @@ def _refuse_if_revoked(repo: AuthorityRepository, name: str, fingerprint: str) -
         at, reason = revoked
         raise Conflict(
             f"authority {name!r} was revoked ({reason}) at {at:%Y-%m-%d %H:%M:%S} UTC and "
-            "issues no more certificates",
+            "issues no more certificates (rule: authority.revoked)",
             rule="authority.revoked",
         )
 
