@@ -380,7 +380,8 @@ def test_revoking_an_issuing_ca_is_an_admin_action_that_lists_stops_and_shows(
             assert rc == 1 and "index=1" in out and "REVOKED" in out, f"{mode}: {out}"
 
     # It issues nothing more, through any door: a clear 409, nothing written.
-    count = len(live.request("GET", "/api/v1/certificates?authority=second", token=live.admin_token).json["items"])  # fmt: skip
+    listing = "/api/v1/certificates?authority=second"
+    count = len(live.request("GET", listing, token=live.admin_token).json["items"])
     refused_issue = live.request(
         "POST",
         "/api/v1/certificates",
@@ -395,7 +396,7 @@ def test_revoking_an_issuing_ca_is_an_admin_action_that_lists_stops_and_shows(
     by_cli = cli(live, "issue", "--cn", "cli.second.example.test", "--authority", "second",
                  "--out", str(tmp_path / "cli"))  # fmt: skip
     assert by_cli.returncode == 1 and "authority.revoked" in by_cli.stderr, by_cli.stderr
-    after = live.request("GET", "/api/v1/certificates?authority=second", token=live.admin_token)
+    after = live.request("GET", listing, token=live.admin_token)
     assert len(after.json["items"]) == count
     # The default authority is untouched, and so is readiness (it is not the default).
     issue(live, common_name="still.default.example.test")
@@ -404,7 +405,7 @@ def test_revoking_an_issuing_ca_is_an_admin_action_that_lists_stops_and_shows(
 
 
 def test_cli_authority_revoke_asks_then_revokes(live: LiveServer, tmp_path: Path) -> None:
-    inter, root = new_hierarchy(live, "third")
+    inter, _ = new_hierarchy(live, "third")
     asked = cli(live, "authority", "revoke", "third", "--reason", "keyCompromise")
     assert asked.returncode != 0 and "Aborted" in asked.stderr
     assert authorities(live)["third"]["status"] == "valid"
@@ -420,4 +421,5 @@ def test_cli_authority_revoke_asks_then_revokes(live: LiveServer, tmp_path: Path
     crl = fetch_crl(live, "/ca/third-root/crl")
     assert crl.get_revoked_certificate_by_serial_number(inter.serial_number) is not None
     audit = live.request("GET", "/api/v1/audit?action=authority.revoke", token=live.admin_token)
-    assert any(e["target"] == "third" and e["actor"].startswith("cli:") for e in audit.json["items"])
+    events = audit.json["items"]
+    assert any(e["target"] == "third" and e["actor"].startswith("cli:") for e in events)
