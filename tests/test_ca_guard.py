@@ -20,7 +20,15 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import AuthorityInformationAccessOID
 
-from .conftest import run
+from ca_service.authority import CertificateAuthority
+from ca_service.domain import CertStatus, RevocationReason
+from ca_service.errors import PolicyRejected
+from ca_service.signing.serials import serial_hex
+from ca_service.storage.db import unit_of_work
+from ca_service.storage.repositories import CertificateRepository
+
+from .conftest import ADMIN, run
+from .external_ca import external_ca_files
 from .live import CA_SERVICE, LiveServer, assert_problem, create_token, fetch_crl, issue
 
 JAVA_SOURCE = r"""
@@ -423,3 +431,46 @@ def test_cli_authority_revoke_asks_then_revokes(live: LiveServer, tmp_path: Path
     audit = live.request("GET", "/api/v1/audit?action=authority.revoke", token=live.admin_token)
     events = audit.json["items"]
     assert any(e["target"] == "third" and e["actor"].startswith("cli:") for e in events)
+
+
+# ---------------------------------------------------------------------------- in the core
+
+
+def test_a_root_never_lists_itself_even_when_its_row_says_revoked(
+    ca: CertificateAuthority,
+) -> None:
+    """What the old leaf endpoint left behind: the root's own row (stored under itself) marked
+    revoked, and the root's CRL listing the root. The row is set as that code set it."""
+    root = ca.material("default-root").certificate
+    serial = serial_hex(root.serial_number)
+    with unit_of_work(ca.db, write=True) as s:
+        repo = CertificateRepository(s)
+        row = repo.find_for_update(serial, "default-root")
+        assert row is not None
+        repo.set_revocation(row, CertStatus.REVOKED, ca.clock.now(), RevocationReason.UNSPECIFIED)
+    crl = x509.load_der_x509_crl(ca.generate_crl("default-root").der)
+    assert crl.get_revoked_certificate_by_serial_number(root.serial_number) is None
+    with pytest.raises(PolicyRejected) as refused:
+        ca.revoke_authority("default-root", RevocationReason.KEY_COMPROMISE, ADMIN)
+    assert refused.value.rule == "authority.revoke.root"
+
+
+def test_an_imported_intermediate_is_revoked_at_its_issuer_and_its_chain_has_no_local_root(
+    ca: CertificateAuthority, tmp_path: Path
+) -> None:
+    cert, key, root = external_ca_files(tmp_path, 86400)
+    ca.import_authority(
+        "outside", cert.read_bytes(), key.read_bytes(), None, root.read_bytes(), ADMIN
+    )
+    ca.import_authority("bare", cert.read_bytes(), key.read_bytes(), None, None, ADMIN)
+    with pytest.raises(PolicyRejected) as refused:
+        ca.revoke_authority("outside", RevocationReason.KEY_COMPROMISE, ADMIN)
+    assert refused.value.rule == "authority.revoke.external_issuer"
+    with_root = ca.issue_with_new_key(ADMIN, common_name="o.example.test", authority="outside")
+    assert pem_certs("".join(with_root.chain_pem)) == pem_certs(cert.read_bytes())
+    assert with_root.root_pem is not None
+    assert pem_certs(with_root.root_pem) == pem_certs(root.read_bytes())
+    bare = ca.issue_with_new_key(ADMIN, common_name="b.example.test", authority="bare")
+    assert pem_certs("".join(bare.chain_pem)) == pem_certs(cert.read_bytes())
+    assert bare.root_pem is None
+    assert bare.fullchain_pem == bare.certificate_pem + bare.chain_pem[0]

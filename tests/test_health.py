@@ -6,7 +6,6 @@ refuses, and (PostgreSQL) the database going away behind a TCP proxy on loopback
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import socket
 import subprocess
 import threading
@@ -16,12 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from .conftest import PG_URL, drop_pg_schema, live_server, make_pg_schema
+from .external_ca import external_ca_files
 from .live import CA_SERVICE, LiveServer, Reply, assert_problem, start_server
 
 
@@ -79,46 +75,6 @@ def own_live(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[LiveSer
         yield server
 
 
-def _short_lived_intermediate(directory: Path, seconds: int) -> tuple[Path, Path, Path]:
-    """An external root and an intermediate under it that expires in ``seconds``: PEM files."""
-    now = dt.datetime.now(dt.UTC)
-    root_key = ec.generate_private_key(ec.SECP256R1())
-    key = ec.generate_private_key(ec.SECP256R1())
-    root_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Brief External Root")])
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Brief Issuing CA")])
-
-    def ca_cert(subject: x509.Name, public: Any, days: float, path_length: int) -> x509.Certificate:
-        builder = (
-            x509.CertificateBuilder()
-            .subject_name(subject)
-            .issuer_name(root_name)
-            .public_key(public)
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=5))
-            .not_valid_after(now + dt.timedelta(days=days))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=path_length), True)
-            .add_extension(
-                x509.KeyUsage(True, False, False, False, False, True, True, False, False), True
-            )
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), False)
-        )
-        return builder.sign(root_key, hashes.SHA256())
-
-    root = ca_cert(root_name, root_key.public_key(), 30, 1)
-    inter = ca_cert(name, key.public_key(), seconds / 86400, 0)
-    files = (directory / "brief.pem", directory / "brief.key", directory / "brief-root.pem")
-    files[0].write_bytes(inter.public_bytes(serialization.Encoding.PEM))
-    files[1].write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    files[2].write_bytes(root.public_bytes(serialization.Encoding.PEM))
-    return files
-
-
 def test_not_ready_for_an_unreadable_key_a_revoked_or_an_expired_default_ca(
     own_live: LiveServer, tmp_path: Path
 ) -> None:
@@ -167,7 +123,7 @@ def test_not_ready_for_an_unreadable_key_a_revoked_or_an_expired_default_ca(
     assert readyz_until(live, 200).json["authority"] == "keyed"
 
     # An expired default: an imported intermediate that lives a few seconds.
-    cert, key, chain = _short_lived_intermediate(tmp_path, 12)
+    cert, key, chain = external_ca_files(tmp_path, 12)
     cli(live, "init", "--name", "brief", "--import-cert", str(cert), "--import-key", str(key),
         "--import-chain", str(chain))  # fmt: skip
     cli(live, "set-default", "brief")
