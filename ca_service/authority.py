@@ -898,6 +898,10 @@ class CertificateAuthority:
                 current = repo.lock_crl_number(name)
                 latest = crls.latest(name) if current > unless_beyond else None
                 if latest is not None and latest.number > unless_beyond:
+                    # Made and committed by another process, which touches the stamp only
+                    # after its commit: touch it here too, so no server answers from a cache
+                    # older than this revocation in between.
+                    self._touch_crl_stamp(name)
                     return latest
             number = repo.next_crl_number(name)
             now = self.clock.now()
