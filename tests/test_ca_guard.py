@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.x509 import ocsp
 from cryptography.x509.oid import AuthorityInformationAccessOID
 
 from ca_service.authority import CertificateAuthority
@@ -29,6 +30,7 @@ from ca_service.storage.repositories import CertificateRepository
 
 from .conftest import ADMIN, run
 from .external_ca import external_ca_files
+from .helpers import BIN, lint_cert, write
 from .live import CA_SERVICE, LiveServer, assert_problem, create_token, fetch_crl, issue
 
 JAVA_SOURCE = r"""
@@ -140,13 +142,15 @@ def ocsp_status(
     live: LiveServer, openssl: str, d: Path, cert: x509.Certificate, issuer: x509.Certificate,
     root: x509.Certificate,
 ) -> str:  # fmt: skip
-    """What `openssl ocsp` says of ``cert`` (good / revoked / unknown), the answer verified."""
+    """What `openssl ocsp` says of ``cert`` (good / revoked / unknown), the answer verified;
+    the DER answer is left in ``d / "q-resp.der"``."""
     (d / "q-cert.pem").write_bytes(pem(cert))
     (d / "q-issuer.pem").write_bytes(pem(issuer))
     (d / "q-root.pem").write_bytes(pem(root))
     result = run(
         [openssl, "ocsp", "-issuer", str(d / "q-issuer.pem"), "-cert", str(d / "q-cert.pem"),
-         "-url", f"{live.base_url}/ocsp", "-CAfile", str(d / "q-root.pem")]
+         "-url", f"{live.base_url}/ocsp", "-CAfile", str(d / "q-root.pem"),
+         "-respout", str(d / "q-resp.der")]
     )  # fmt: skip
     out = result.stdout + result.stderr
     assert result.returncode == 0 and "Response verify OK" in out, out
@@ -239,6 +243,16 @@ def test_intermediate_names_ocsp_crl_and_issuer_and_ocsp_answers_for_it(
     served = live.request("GET", "/ca/default-root/ca.cer")
     assert x509.load_der_x509_certificate(served.body) == root
     assert ocsp_status(live, openssl, tmp_path, inter, root, root) == "good"
+    # Signed by a delegated responder of the root; answer and responder lint clean.
+    answer = (tmp_path / "q-resp.der").read_bytes()
+    (responder,) = ocsp.load_der_ocsp_response(answer).certificates
+    responder.verify_directly_issued_by(root)
+    lint = run(
+        [str(BIN / "lint_ocsp_response"), "lint", "-s", "WARNING", str(tmp_path / "q-resp.der")]
+    )
+    assert lint.returncode == 0 and lint.stdout.strip() == "", lint.stdout + lint.stderr
+    assert lint_cert(write(tmp_path / "responder.pem", pem(responder))) == ""
+    assert lint_cert(write(tmp_path / "inter.pem", pem(inter))) == ""
     # The root is its own anchor: nothing above it speaks for it, and its root.pem is itself.
     own = live.request("GET", "/ca/default-root/root.pem")
     assert pem_certs(own.body) == [root]
