@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import NameOID
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from ca_service.clock import Clock, SystemClock
@@ -56,7 +57,14 @@ from ca_service.domain import (
     KeyType,
     RevocationReason,
 )
-from ca_service.errors import BadRequest, ConfigError, Conflict, NotFound, PolicyRejected
+from ca_service.errors import (
+    BadRequest,
+    CAError,
+    ConfigError,
+    Conflict,
+    NotFound,
+    PolicyRejected,
+)
 from ca_service.policy.check import AuthorityView, check, responder_template
 from ca_service.policy.names import NameConstraintsSpec
 from ca_service.signing.crl import sign_crl
@@ -116,6 +124,39 @@ class _Loaded:
     authority_id: int
     chain_pem: tuple[str, ...]
 
+    @cached_property
+    def fingerprint(self) -> str:
+        """SHA-256 of the authority's certificate: the key of its row under its issuer."""
+        return fingerprint_sha256(self.material.certificate)
+
+    @cached_property
+    def root_pem(self) -> str | None:
+        """The self-signed certificate that ends the chain, if the chain reaches one."""
+        top = (self.material.certificate, *self.material.parents)[-1]
+        return self.chain_pem[-1] if top.issuer == top.subject else None
+
+    @cached_property
+    def intermediates_pem(self) -> tuple[str, ...]:
+        """The authority and the CAs above it, without the root: what a server sends."""
+        return self.chain_pem[:-1] if self.root_pem is not None else self.chain_pem
+
+
+@dataclass(frozen=True)
+class Readiness:
+    """Whether this process can do its work, and if not, each reason in a user-safe sentence."""
+
+    problems: tuple[str, ...]
+    # database, keys: "ok" or what is wrong; authority: the default issuing CA's name; chain:
+    # that CA and each above it, with its status (valid, revoked, expired).
+    checks: dict[str, Any]
+    # True when a retry may succeed without an operator (the database was away).
+    transient: bool = False
+    authorities: int = 0
+
+    @property
+    def ready(self) -> bool:
+        return not self.problems
+
 
 class CertificateAuthority:
     def __init__(
@@ -173,7 +214,7 @@ class CertificateAuthority:
         )
         root_material = CAMaterial(root_name, root_cert, root_key, spec.key_type)
         inter_key = generate_private_key(spec.key_type)
-        crl_url, issuers_url, _ = self.urls(root_name)
+        crl_url, issuers_url, ocsp_url = self.urls(root_name)
         inter_cert = sign_intermediate(
             inter_key.public_key(),
             spec.intermediate_subject or _default_subject(f"{spec.name} Issuing CA"),
@@ -184,6 +225,7 @@ class CertificateAuthority:
             spec.constraints,
             crl_url,
             issuers_url,
+            ocsp_url,
         )
         return self._register(
             [
@@ -254,7 +296,7 @@ class CertificateAuthority:
         root_name = f"{name}-root"
         root_material = CAMaterial(root_name, cert, key, key_type)
         inter_key = generate_private_key(key_type)
-        crl_url, issuers_url, _ = self.urls(root_name)
+        crl_url, issuers_url, ocsp_url = self.urls(root_name)
         inter_cert = sign_intermediate(
             inter_key.public_key(),
             _default_subject(f"{name} Issuing CA"),
@@ -265,6 +307,7 @@ class CertificateAuthority:
             NameConstraintsSpec(),
             crl_url,
             issuers_url,
+            ocsp_url,
         )
         return self._register(
             [
@@ -425,6 +468,13 @@ class CertificateAuthority:
         """The authority's certificate and the ones above it, up to the root, as PEM."""
         return self._load(name or self.default_authority()).chain_pem
 
+    def issuer_chain(self, name: str | None = None) -> tuple[tuple[str, ...], str | None]:
+        """For certificates ``name`` issued: the intermediates a server sends after its own
+        certificate (``name`` and the CAs above it, without the root), and the root (None when
+        this service does not hold it)."""
+        loaded = self._load(name or self.default_authority())
+        return loaded.intermediates_pem, loaded.root_pem
+
     # ------------------------------------------------------------------ issuance
 
     def issue_from_csr(
@@ -503,6 +553,7 @@ class CertificateAuthority:
             record = _record_for(cert, name, template.profile, actor.identity, now)
             try:
                 with unit_of_work(self.db, write=True) as s:
+                    _refuse_if_revoked(AuthorityRepository(s), name, loaded.fingerprint)
                     certs = CertificateRepository(s)
                     certs.add(record, loaded.authority_id)
                     details: dict[str, Any] = {
@@ -541,9 +592,10 @@ class CertificateAuthority:
         return IssuedCertificate(
             record=record,
             certificate_pem=pem,
-            chain_pem=loaded.chain_pem,
+            chain_pem=loaded.intermediates_pem,
             private_key_pem=private_key_pem(private_key) if private_key is not None else None,
             pkcs12=p12,
+            root_pem=loaded.root_pem,
         )
 
     def renew(
@@ -606,8 +658,10 @@ class CertificateAuthority:
         authority: str | None = None,
     ) -> CertificateRecord:
         """Revoke (or put on hold). Same reason again: no-op. Another reason: conflict, but a
-        certificate on hold may be revoked for good."""
+        certificate on hold may be revoked for good. An authority's own certificate is refused:
+        see revoke_authority."""
         target = self.get_certificate(serial, authority)
+        self._refuse_authority_certificate(target)
         now = self.clock.now()
         with self._locked_row(target) as (s, repo, row, seen_number):
             current = CertStatus(row.status)
@@ -640,6 +694,7 @@ class CertificateAuthority:
     ) -> CertificateRecord:
         """Lift certificateHold: the certificate is valid again and leaves the next CRL."""
         target = self.get_certificate(serial, authority)
+        self._refuse_authority_certificate(target)
         now = self.clock.now()
         with self._locked_row(target) as (s, repo, row, seen_number):
             if (
@@ -659,6 +714,131 @@ class CertificateAuthority:
             )
         self._refresh_crl_quietly(target.authority, seen_number)
         return record
+
+    def _refuse_authority_certificate(self, target: CertificateRecord) -> None:
+        """A CA's own certificate is not revoked like a leaf: revoking an issuing CA stops all
+        its issuance and invalidates everything it issued, so it is a separate, explicit admin
+        action; and a root listed in its own CRL means nothing to anyone."""
+        for record in self.list_authorities():
+            if record.cert_der == target.der:
+                raise PolicyRejected(
+                    f"certificate {target.serial} is the certificate of authority "
+                    f"{record.name!r}; a CA is revoked with 'ca-service authority revoke' or "
+                    f"POST /api/v1/authorities/{record.name}/revoke (admin), never as a leaf",
+                    rule="revoke.authority_certificate",
+                )
+
+    def revoke_authority(
+        self, name: str, reason: RevocationReason, actor: Actor
+    ) -> AuthorityRecord:
+        """Revoke an issuing CA: its certificate enters its issuer's CRL and OCSP answers, and
+        it issues nothing more (checked against the store at every issuance, in every process).
+        Same reason again: no-op. It cannot be undone, so certificateHold is refused, and a root
+        is refused: nothing above it can say it is revoked (remove it from the trust stores)."""
+        record = self.get_authority(name)
+        if record.is_root:
+            raise PolicyRejected(
+                f"{name!r} is a root: it cannot be listed in its own CRL; withdraw it by "
+                "removing it from the trust stores",
+                rule="authority.revoke.root",
+            )
+        if record.parent is None:
+            raise PolicyRejected(
+                f"{name!r} was imported and its issuer is not held here; revoke it at its issuer",
+                rule="authority.revoke.external_issuer",
+            )
+        if reason is RevocationReason.CERTIFICATE_HOLD:
+            raise BadRequest(
+                "an authority cannot be put on hold: its revocation is final; "
+                "choose another reason (rule: authority.revoke.hold)",
+                rule="authority.revoke.hold",
+            )
+        cert = x509.load_der_x509_certificate(record.cert_der)
+        target = self.get_certificate(serial_hex(cert.serial_number), record.parent)
+        now = self.clock.now()
+        with self._locked_row(target) as (s, repo, row, seen_number):
+            if row.status == CertStatus.REVOKED.value:
+                if row.revocation_reason == reason.value:
+                    return AuthorityRepository(s).get(name)
+                raise Conflict(
+                    f"authority {name!r} is already revoked ({row.revocation_reason}); it "
+                    f"cannot be revoked again as {reason}"
+                )
+            repo.set_revocation(row, CertStatus.REVOKED, now, reason)
+            AuditRepository(s).add(
+                AuditEvent.of(
+                    actor,
+                    "authority.revoke",
+                    name,
+                    now,
+                    {"reason": reason.value, "issuer": record.parent, "serial": target.serial},
+                )
+            )
+            updated = AuthorityRepository(s).get(name)
+        self._refresh_crl_quietly(record.parent, seen_number)
+        return updated
+
+    def get_authority(self, name: str) -> AuthorityRecord:
+        with unit_of_work(self.db) as s:
+            return AuthorityRepository(s).get(name)
+
+    def readiness(self) -> Readiness:
+        """Can this process issue? The store answers, every CA key is loaded, and the default
+        issuing authority is neither revoked nor expired, nor is any CA above it. Other
+        authorities are reported (revoked, expired) but do not make the service unready:
+        one may be kept revoked on purpose, for its CRL and OCSP."""
+        try:
+            return self._readiness()
+        except SQLAlchemyError as exc:
+            log.warning("readiness: the database does not answer: %s", type(exc).__name__)
+            return Readiness(
+                ("the database is unreachable or its schema is missing",),
+                {"database": "unreachable"},
+                transient=True,
+            )
+
+    def _readiness(self) -> Readiness:
+        checks: dict[str, Any] = {}
+        records = {r.name: r for r in self.list_authorities()}
+        checks["database"] = "ok"
+        problems: list[str] = []
+        try:
+            self.load_keys()
+            checks["keys"] = "ok"
+        except CAError as exc:
+            # The detail may name files: the log has it, the anonymous answer does not.
+            log.error("readiness: a CA key cannot be loaded: %s", exc.detail)
+            checks["keys"] = "not loaded"
+            problems.append("a CA key cannot be loaded (the server log says which and why)")
+        now = self.clock.now()
+        try:
+            default = self.default_authority()
+        except NotFound:
+            checks["authority"] = None
+            problems.append("no issuing authority exists yet")
+            return Readiness(tuple(problems), checks)
+        record: AuthorityRecord | None = records.get(default)
+        if record is None:
+            checks["authority"] = None
+            problems.append(f"the default authority {default!r} does not exist")
+            return Readiness(tuple(problems), checks)
+        checks["authority"] = default
+        chain: list[dict[str, str]] = []
+        checks["chain"] = chain
+        while record is not None:
+            status = record.status_at(now)
+            if status is CertStatus.REVOKED:
+                problems.append(
+                    f"authority {record.name!r} is revoked ({record.revocation_reason}) since "
+                    f"{record.revoked_at:%Y-%m-%d %H:%M:%S} UTC"
+                )
+            elif status is CertStatus.EXPIRED:
+                problems.append(
+                    f"authority {record.name!r} expired at {record.not_after:%Y-%m-%d %H:%M:%S} UTC"
+                )
+            chain.append({"name": record.name, "status": status.value})
+            record = records.get(record.parent) if record.parent else None
+        return Readiness(tuple(problems), checks, authorities=len(records))
 
     @contextmanager
     def _locked_row(
@@ -718,11 +898,21 @@ class CertificateAuthority:
                 current = repo.lock_crl_number(name)
                 latest = crls.latest(name) if current > unless_beyond else None
                 if latest is not None and latest.number > unless_beyond:
+                    # Made and committed by another process, which touches the stamp only
+                    # after its commit: touch it here too, so no server answers from a cache
+                    # older than this revocation in between.
+                    self._touch_crl_stamp(name)
                     return latest
             number = repo.next_crl_number(name)
             now = self.clock.now()
             next_update = now + dt.timedelta(hours=self.settings.crl_next_update_hours)
-            rows = CertificateRepository(s).revoked_rows(loaded.authority_id, now)
+            own = serial_hex(loaded.material.certificate.serial_number)
+            # A root is stored under itself; whatever its row says, a CA never lists itself.
+            rows = (
+                r
+                for r in CertificateRepository(s).revoked_rows(loaded.authority_id, now)
+                if r[0] != own
+            )
             der = sign_crl(loaded.material, number, now, next_update, rows)
             stored = StoredCRL(name, number, now, next_update, der)
             crls.save(loaded.authority_id, stored)
@@ -891,6 +1081,18 @@ class CertificateAuthority:
             self.keystore.remove(key_file)
             raise
         return responder
+
+
+def _refuse_if_revoked(repo: AuthorityRepository, name: str, fingerprint: str) -> None:
+    """Inside an issuance's transaction: refuse when the issuing CA's certificate is revoked."""
+    revoked = repo.revocation_of_certificate(fingerprint, share_lock=True)
+    if revoked is not None:
+        at, reason = revoked
+        raise Conflict(
+            f"authority {name!r} was revoked ({reason}) at {at:%Y-%m-%d %H:%M:%S} UTC and "
+            "issues no more certificates (rule: authority.revoked)",
+            rule="authority.revoked",
+        )
 
 
 def _rotate_at(record: ResponderRecord) -> dt.datetime:

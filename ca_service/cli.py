@@ -237,6 +237,7 @@ def _parse_subject(text: str | None) -> x509.Name | None:
 
 
 def _print_authorities(records: list[AuthorityRecord]) -> None:
+    now = dt.datetime.now(dt.UTC)
     for r in records:
         cert = x509.load_der_x509_certificate(r.cert_der)
         kind = "root" if r.is_root else "issuing"
@@ -244,6 +245,10 @@ def _print_authorities(records: list[AuthorityRecord]) -> None:
         click.echo(f"{r.name}{default}: {kind} CA, {r.key_type}")
         click.echo(f"  subject:     {r.subject}")
         click.echo(f"  valid:       {r.not_before:%Y-%m-%d} to {r.not_after:%Y-%m-%d}")
+        status = r.status_at(now).value
+        if r.revoked_at is not None:
+            status += f" ({r.revocation_reason}) at {r.revoked_at:%Y-%m-%d %H:%M:%S} UTC"
+        click.echo(f"  status:      {status}")
         click.echo(f"  serial:      {cert.serial_number:x}")
         fp = cert.fingerprint(hashes.SHA256()).hex()
         click.echo(f"  sha256:      {fp}")
@@ -280,7 +285,8 @@ def _print_authorities(records: list[AuthorityRecord]) -> None:
     "--out",
     "out_prefix",
     type=click.Path(path_type=Path),
-    help="Write PREFIX.crt, PREFIX.chain.pem, PREFIX.fullchain.pem (and PREFIX.key). "
+    help="Write PREFIX.crt, PREFIX.chain.pem (intermediates), PREFIX.fullchain.pem (certificate "
+    "and intermediates), PREFIX.root.pem (and PREFIX.key). "
     "Default: the CN or serial, in the current directory.",
 )
 @click.option(
@@ -351,11 +357,14 @@ def _write_issued(issued: IssuedCertificate, prefix: Path | None) -> list[Path]:
     stem = prefix or Path(
         (issued.record.common_name or issued.record.serial).replace("*", "_wildcard")
     )
+    # As certbot names them: chain = the intermediates (no root), fullchain = leaf + chain.
     files: list[tuple[Path, bytes, int]] = [
         (stem.with_name(stem.name + ".crt"), issued.certificate_pem.encode(), 0o644),
         (stem.with_name(stem.name + ".chain.pem"), "".join(issued.chain_pem).encode(), 0o644),
         (stem.with_name(stem.name + ".fullchain.pem"), issued.fullchain_pem.encode(), 0o644),
     ]
+    if issued.root_pem is not None:
+        files.append((stem.with_name(stem.name + ".root.pem"), issued.root_pem.encode(), 0o644))
     if issued.private_key_pem:
         files.append((stem.with_name(stem.name + ".key"), issued.private_key_pem.encode(), 0o600))
     if issued.pkcs12:
@@ -671,6 +680,7 @@ def authorities(as_json: bool) -> None:
     """List the authorities this service holds."""
     ca = _authority()
     records = ca.list_authorities()
+    now = ca.clock.now()
     if as_json:
         click.echo(
             json.dumps(
@@ -683,6 +693,11 @@ def authorities(as_json: bool) -> None:
                         "subject": r.subject,
                         "key_type": r.key_type,
                         "not_after": r.not_after.isoformat(),
+                        "status": r.status_at(now).value,
+                        "revoked_at": r.revoked_at.isoformat() if r.revoked_at else None,
+                        "revocation_reason": r.revocation_reason.value
+                        if r.revocation_reason
+                        else None,
                     }
                     for r in records
                 ],
@@ -693,6 +708,39 @@ def authorities(as_json: bool) -> None:
     if not records:
         click.echo("no authorities yet; run 'ca-service init'")
     _print_authorities(records)
+
+
+@cli.group("authority")
+def authority_group() -> None:
+    """Actions on one authority (the list is 'ca-service authorities')."""
+
+
+@authority_group.command("revoke")
+@click.argument("name")
+@click.option(
+    "--reason",
+    type=click.Choice([r for r in REASONS if r != "certificateHold"], case_sensitive=False),
+    required=True,
+    help="RFC 5280 reason; cACompromise when its key is lost or exposed.",
+)
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@handle_errors
+def authority_revoke(name: str, reason: str, yes: bool) -> None:
+    """Revoke the issuing CA NAME for good: it enters its root's CRL and OCSP answers, it issues
+    nothing more, and every certificate it issued stops validating."""
+    ca = _authority()
+    ca.load_keys()
+    if not yes:
+        click.confirm(
+            f"Revoke authority {name!r} ({reason})? It issues nothing more and every certificate "
+            "it issued stops validating. This cannot be undone",
+            abort=True,
+        )
+    r = ca.revoke_authority(name, RevocationReason.parse(reason), _actor())
+    click.echo(
+        f"authority {r.name}: revoked ({r.revocation_reason}) at "
+        f"{r.revoked_at:%Y-%m-%d %H:%M:%S} UTC; listed in the CRL of {r.parent}"
+    )
 
 
 @cli.command("set-default")

@@ -209,18 +209,38 @@ class AuthorityRecord:
     key_file: str
     name_constraints: dict[str, list[str]] | None
     external_chain_pem: str | None
+    # The revocation of the authority's own certificate, as its issuer's store holds it: one
+    # source of truth for the issuer's CRL, OCSP, issuance and readiness.
+    revoked_at: dt.datetime | None = None
+    revocation_reason: RevocationReason | None = None
+
+    def status_at(self, now: dt.datetime) -> CertStatus:
+        if self.revoked_at is not None:
+            return CertStatus.REVOKED
+        if self.not_after <= now:
+            return CertStatus.EXPIRED
+        return CertStatus.VALID
 
 
 @dataclass(frozen=True)
 class IssuedCertificate:
-    """What issuance hands back, only after the record is committed."""
+    """What issuance hands back, only after the record is committed.
+
+    ``chain_pem`` follows the convention of certbot and step: the intermediates a server sends
+    after its certificate, without the root, which clients hold already (sending it only costs
+    bytes, and a client that trusted it from the wire would trust anything). ``root_pem`` is the
+    self-signed root above them, or None when this service does not hold it (an imported
+    intermediate without its chain).
+    """
 
     record: CertificateRecord
     certificate_pem: str
     chain_pem: tuple[str, ...]
     private_key_pem: str | None = None
     pkcs12: bytes | None = None
+    root_pem: str | None = None
 
     @property
     def fullchain_pem(self) -> str:
+        """The certificate and its intermediates: what a TLS server is configured with."""
         return self.certificate_pem + "".join(self.chain_pem)

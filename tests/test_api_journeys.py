@@ -68,13 +68,20 @@ def test_developer_gets_a_certificate_for_a_csr(
     cert = x509.load_pem_x509_certificate(data["certificate"].encode())
     assert _public_der(cert) == _public_der(key)
     assert format(cert.serial_number, "x") == data["serial"].lstrip("0").lower()
-    assert data["chain"].count("BEGIN CERTIFICATE") == 2
+    # The ecosystem's convention (certbot, step): chain = the intermediates without the root,
+    # fullchain = certificate + chain (what a server sends), root = the anchor above them.
+    root_pem = live.request("GET", "/ca/root.pem").body.decode()
+    (issuing,) = x509.load_pem_x509_certificates(data["chain"].encode())
+    assert issuing.subject == cert.issuer and issuing.issuer != issuing.subject
+    assert data["fullchain"] == data["certificate"] + data["chain"]
+    assert data["root"] == root_pem
     assert _verify(openssl, live, tmp_path, data["certificate"]) == 0
 
     shown = live.request("GET", reply.headers["location"], token=dev)
     assert shown.status == 200
     assert shown.json["certificate"] == data["certificate"]
-    assert shown.json["chain"] == data["chain"]
+    for field in ("chain", "fullchain", "root"):
+        assert shown.json[field] == data[field], field
     as_pem = live.request(
         "GET", reply.headers["location"], token=dev, headers={"Accept": PEM_CHAIN}
     )
@@ -87,7 +94,8 @@ def test_developer_gets_a_certificate_for_a_csr(
     assert again.headers["location"].startswith("/api/v1/certificates/")
     assert b"PRIVATE KEY" not in again.body
     certs = x509.load_pem_x509_certificates(again.body)
-    assert len(certs) == 3 and _public_der(certs[0]) == _public_der(key)
+    assert len(certs) == 2 and _public_der(certs[0]) == _public_der(key)
+    assert certs[1].subject == certs[0].issuer and certs[1].issuer != certs[1].subject
 
 
 def test_developer_gets_a_certificate_with_a_key_made_by_the_service(
@@ -121,7 +129,8 @@ def test_developer_gets_a_certificate_with_a_key_made_by_the_service(
     assert bundle.content_type == "application/x-pem-file"
     key2 = serialization.load_pem_private_key(bundle.body, None)
     certs = x509.load_pem_x509_certificates(bundle.body)
-    assert len(certs) == 3 and _public_der(certs[0]) == _public_der(key2)
+    # Key, certificate and the intermediate: what a server is configured with, no root.
+    assert len(certs) == 2 and _public_der(certs[0]) == _public_der(key2)
 
 
 def test_ci_token_within_its_policy_then_revoked_and_rejected_by_openssl(

@@ -242,14 +242,20 @@ def test_issue_generated_key_writes_files(inited: Settings, tmp_path: Path) -> N
               "--days", "30", "--out", str(out), "--p12-passphrase-file", str(p12pass))  # fmt: skip
     assert "issued" in text and "PRIVATE KEY" not in text
     files = {p.name: p for p in out.parent.iterdir()}
-    assert set(files) == {"svc.crt", "svc.chain.pem", "svc.fullchain.pem", "svc.key", "svc.p12"}
+    assert set(files) == {
+        "svc.crt", "svc.chain.pem", "svc.fullchain.pem", "svc.root.pem", "svc.key", "svc.p12"
+    }  # fmt: skip
     assert stat.S_IMODE(files["svc.key"].stat().st_mode) == 0o600
     assert stat.S_IMODE(files["svc.p12"].stat().st_mode) == 0o600
     cert = x509.load_pem_x509_certificate(files["svc.crt"].read_bytes())
     key = serialization.load_pem_private_key(files["svc.key"].read_bytes(), password=None)
     assert key.public_key() == cert.public_key()
-    fullchain = pem_certs(files["svc.fullchain.pem"].read_text())
-    assert fullchain[0] == cert and len(fullchain) == 3
+    # As certbot writes them: chain = the intermediate only, fullchain = leaf + chain, and the
+    # root in a file of its own.
+    inter, root = pem_certs(ok(inited, "export", "chain"))
+    assert pem_certs(files["svc.chain.pem"].read_text()) == [inter]
+    assert pem_certs(files["svc.fullchain.pem"].read_text()) == [cert, inter]
+    assert pem_certs(files["svc.root.pem"].read_text()) == [root]
     _, p12_cert, _ = pkcs12.load_key_and_certificates(files["svc.p12"].read_bytes(), b"p12-secret")
     assert p12_cert == cert
     san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value

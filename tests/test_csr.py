@@ -149,9 +149,12 @@ def test_generated_key_returned_with_pkcs12_and_never_stored(
     p12_key, p12_cert, p12_chain = pkcs12.load_key_and_certificates(issued.pkcs12, b"p12-secret")
     assert p12_cert == cert
     assert public_key_matches(p12_key, cert.public_key())  # type: ignore[arg-type]
-    assert [c.public_bytes(serialization.Encoding.PEM).decode() for c in p12_chain] == list(
-        issued.chain_pem
-    )
+    # The PKCS#12 bag carries the whole path, root included (as openssl pkcs12 -chain does).
+    assert issued.root_pem is not None
+    assert [c.public_bytes(serialization.Encoding.PEM).decode() for c in p12_chain] == [
+        *issued.chain_pem,
+        issued.root_pem,
+    ]
 
     stored = all_stored_bytes(ca.db) + tree_bytes(ca.settings.data_dir)
     for fragment in secret_fragments(key):

@@ -229,6 +229,18 @@ def test_root_and_intermediate_shape_and_lint(
         assert ku.critical and ku.value.key_cert_sign and ku.value.crl_sign
     assert (root.not_valid_after_utc - root.not_valid_before_utc).days in (3650, 3651)
     assert (inter.not_valid_after_utc - inter.not_valid_before_utc).days in (1825, 1826)
+    # The intermediate says where its own status is published, as a leaf does (issue 9): the
+    # root's CRL, the root's certificate, and the OCSP responder; and still lints clean.
+    aia = {
+        (d.access_method, d.access_location.value)
+        for d in _ext(inter, x509.AuthorityInformationAccess).value
+    }
+    assert aia == {
+        (AuthorityInformationAccessOID.CA_ISSUERS, f"{PUBLIC}/ca/default-root/ca.cer"),
+        (AuthorityInformationAccessOID.OCSP, f"{PUBLIC}/ocsp"),
+    }
+    dp = _ext(inter, x509.CRLDistributionPoints).value
+    assert [n.value for n in dp[0].full_name] == [f"{PUBLIC}/ca/default-root/crl"]
     rc, out = openssl_verify(openssl, root_path, inter_path, None, "-x509_strict")
     assert rc == 0, out
     assert lint_cert(root_path) == ""

@@ -190,9 +190,11 @@ def test_foreign_client_certificate_is_refused_in_the_handshake_and_audited(
         ADMIN, common_name="a.ops.example.test", profile="client"
     )
     foreign_ca.db.dispose()
-    cert = _pem_file(tmp_path, "foreign", foreign.private_key_pem or "", foreign)
+    # Sent with its whole path, root included: a chain that ends in a root this service does
+    # not hold.
+    whole_path = foreign.fullchain_pem + (foreign.root_pem or "")
+    cert = _pem_file(tmp_path, "foreign", foreign.private_key_pem or "", whole_path)
     _refused_in_handshake(live, cert)
-    # Its chain ends in a root this service does not hold.
     event = _await_audit(live, "tls:client-certificate", "self-signed certificate in certificate")
     assert event["target"] == "TLS handshake" and event["client_address"] == "127.0.0.1"
 

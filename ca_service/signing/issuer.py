@@ -141,8 +141,15 @@ def sign_intermediate(
     constraints: NameConstraintsSpec,
     crl_url: str,
     ca_issuers_url: str,
+    ocsp_url: str,
 ) -> x509.Certificate:
-    """An issuing CA with pathLen 0, optionally name-constrained, signed by ``parent``."""
+    """An issuing CA with pathLen 0, optionally name-constrained, signed by ``parent``.
+
+    It says where its own status is published as a leaf does: the parent's CRL, the parent's
+    certificate, and the OCSP responder that answers for the parent's children. A validator
+    that checks every certificate of a path by OCSP only (Java's PKIX with ocsp.enable and CRL
+    distribution points off) rejects the whole path when the intermediate names no responder.
+    """
     builder = (
         x509.CertificateBuilder(
             issuer_name=parent.certificate.subject,
@@ -159,7 +166,7 @@ def sign_intermediate(
             x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(parent.ski), False
         )
         .add_extension(_crl_distribution_points(crl_url), False)
-        .add_extension(_aia(ca_issuers_url, None), False)
+        .add_extension(_aia(ca_issuers_url, ocsp_url), False)
     )
     if not constraints.empty:
         builder = builder.add_extension(_name_constraints(constraints), True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import itertools
 import time
 from collections.abc import Iterator, Sequence
@@ -121,6 +122,7 @@ class AuthorityRepository:
 
     def _to_record(self, row: AuthorityRow) -> AuthorityRecord:
         parent = self.s.get(AuthorityRow, row.parent_id) if row.parent_id else None
+        revoked = self.revocation_of_certificate(hashlib.sha256(row.cert_der).hexdigest())
         return AuthorityRecord(
             name=row.name,
             parent=parent.name if parent else None,
@@ -134,7 +136,34 @@ class AuthorityRepository:
             key_file=row.key_file,
             name_constraints=row.name_constraints or None,
             external_chain_pem=row.external_chain_pem,
+            revoked_at=revoked[0] if revoked else None,
+            revocation_reason=revoked[1] if revoked else None,
         )
+
+    def revocation_of_certificate(
+        self, fingerprint_sha256: str, *, share_lock: bool = False
+    ) -> tuple[dt.datetime, RevocationReason | None] | None:
+        """When and why the certificate with this fingerprint was revoked; None if it is not.
+
+        An authority's own certificate is stored under its issuer, so this is the status the
+        issuer's CRL and OCSP publish. ``share_lock`` (FOR SHARE on PostgreSQL; SQLite's write
+        transactions are serial anyway) makes a revocation of that certificate wait for this
+        transaction, and this transaction wait for one in progress: issuance that checks it
+        commits either before the revocation or not at all.
+        """
+        query = select(CertificateRow.revoked_at, CertificateRow.revocation_reason).where(
+            CertificateRow.fingerprint_sha256 == fingerprint_sha256,
+            CertificateRow.status == CertStatus.REVOKED.value,
+        )
+        if share_lock:
+            query = query.with_for_update(read=True)
+        found = self.s.execute(query).first()
+        if found is None:
+            return None
+        at, reason = found
+        # Every revocation stores its time; a row without one is still revoked, never valid.
+        when = _utc(at) if at is not None else dt.datetime.fromtimestamp(0, dt.UTC)
+        return when, RevocationReason(reason) if reason else None
 
     def add(
         self,

@@ -155,13 +155,11 @@ def _parse_time(text: str, name: str) -> dt.datetime:
 def get_certificate(serial: str) -> Response:
     ca = authority()
     record = ca.get_certificate(serial, request.args.get("authority") or None)
-    if _wants_pem():
-        chain = ca.chain_pem(record.authority) if record.profile != "ca" else ()
-        pem = serialize.certificate(record, ca.clock.now(), pem=True)["certificate"]
-        return Response(pem + "".join(chain), mimetype=PEM_CHAIN)
     data = serialize.certificate(record, ca.clock.now(), pem=True)
-    data["chain"] = "".join(ca.chain_pem(record.authority))
-    return jsonify(data)
+    chain, root = ca.issuer_chain(record.authority)
+    if _wants_pem():
+        return Response(data["certificate"] + "".join(chain), mimetype=PEM_CHAIN)
+    return jsonify(serialize.with_chain(data, data["certificate"], chain, root))
 
 
 @api.post("/certificates/<serial>/revoke")
@@ -216,7 +214,20 @@ def renew_certificate(serial: str) -> Response:
 @api.get("/authorities")
 @require(Role.READER)
 def list_authorities() -> Response:
-    return jsonify({"items": [serialize.authority(a) for a in authority().list_authorities()]})
+    ca = authority()
+    now = ca.clock.now()
+    return jsonify({"items": [serialize.authority(a, now) for a in ca.list_authorities()]})
+
+
+@api.post("/authorities/<name>/revoke")
+@require(Role.ADMIN)
+def revoke_authority(name: str) -> Response:
+    """Revoke an issuing CA: an explicit admin action, never the leaf endpoint (see the core)."""
+    body = json_object({"reason": str}, required=("reason",))
+    reason = RevocationReason.parse(body["reason"])
+    ca = authority()
+    record = ca.revoke_authority(name, reason, actor_for_request())
+    return jsonify(serialize.authority(record, ca.clock.now()))
 
 
 @api.post("/tokens")

@@ -11,10 +11,10 @@ from dataclasses import dataclass
 
 from cryptography.hazmat.primitives import serialization
 from flask import Blueprint, Response, jsonify, request
-from sqlalchemy import text
 
-from ca_service.storage.db import unit_of_work
+from ca_service.errors import NotFound
 from ca_service.storage.repositories import StoredCRL
+from ca_service.web.problems import problem
 from ca_service.web.services import authority
 
 public = Blueprint("public", __name__)
@@ -151,6 +151,15 @@ def default_root() -> Response:
     return _pem_response(authority().chain_pem()[-1])
 
 
+@public.get("/ca/<name>/root.pem")
+def authority_root(name: str) -> Response:
+    """The root above an authority (the root's own certificate, for a root)."""
+    _, root = authority().issuer_chain(_known(name))
+    if root is None:
+        raise NotFound(f"the root above {name!r} is not held by this service")
+    return _pem_response(root)
+
+
 @public.get("/ca/<name>/chain.pem")
 def authority_chain(name: str) -> Response:
     return _pem_response("".join(authority().chain_pem(_known(name))))
@@ -165,15 +174,30 @@ def authority_certificate(name: str) -> Response:
     return response
 
 
+@public.get("/livez")
+def livez() -> Response:
+    """The process answers. Nothing else is asked, so a liveness probe never restarts a
+    service whose database is away (readiness says that, and restarting would not help)."""
+    return jsonify({"status": "ok"})
+
+
+@public.get("/readyz")
 @public.get("/healthz")
-def healthz() -> Response:
+def readyz() -> Response:
+    """Ready to issue: the store answers, the keys are loaded, and the default issuing CA (and
+    every CA above it) is neither revoked nor expired. 503 problem+json saying what is not."""
     ca = authority()
-    try:
-        with unit_of_work(ca.db) as s:
-            s.execute(text("SELECT 1"))
-        names = ca.load_keys()
-    except Exception:
-        response = jsonify({"status": "unavailable", "database": "unreachable"})
-        response.status_code = 503
-        return response
-    return jsonify({"status": "ok", "database": "ok", "authorities": len(names)})
+    state = ca.readiness()
+    if state.ready:
+        return jsonify({"status": "ok", **state.checks, "authorities": state.authorities})
+    response = problem(
+        503,
+        "not-ready",
+        "Not ready",
+        "; ".join(state.problems),
+        problems=list(state.problems),
+        checks=state.checks,
+    )
+    if state.transient:
+        response.headers["Retry-After"] = "5"
+    return response

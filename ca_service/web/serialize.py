@@ -42,16 +42,29 @@ def certificate(r: CertificateRecord, now: dt.datetime, *, pem: bool = False) ->
     return data
 
 
+def with_chain(
+    data: dict[str, Any], certificate_pem: str, chain: tuple[str, ...], root: str | None
+) -> dict[str, Any]:
+    """The PEM fields of a certificate answer, as certbot and step name them: ``chain`` the
+    intermediates a server sends (no root), ``fullchain`` the certificate and ``chain``,
+    ``root`` the trust anchor above them (null when this service does not hold it)."""
+    data["certificate"] = certificate_pem
+    data["chain"] = "".join(chain)
+    data["fullchain"] = certificate_pem + data["chain"]
+    data["root"] = root
+    return data
+
+
 def issued(result: IssuedCertificate, now: dt.datetime) -> dict[str, Any]:
-    data = certificate(result.record, now)
-    data["certificate"] = result.certificate_pem
-    data["chain"] = "".join(result.chain_pem)
+    data = with_chain(
+        certificate(result.record, now), result.certificate_pem, result.chain_pem, result.root_pem
+    )
     if result.private_key_pem is not None:
         data["private_key"] = result.private_key_pem
     return data
 
 
-def authority(r: AuthorityRecord) -> dict[str, Any]:
+def authority(r: AuthorityRecord, now: dt.datetime) -> dict[str, Any]:
     return {
         "name": r.name,
         "parent": r.parent,
@@ -62,6 +75,9 @@ def authority(r: AuthorityRecord) -> dict[str, Any]:
         "not_before": iso(r.not_before),
         "not_after": iso(r.not_after),
         "name_constraints": r.name_constraints,
+        "status": r.status_at(now).value,
+        "revoked_at": iso(r.revoked_at),
+        "revocation_reason": r.revocation_reason.value if r.revocation_reason else None,
     }
 
 
