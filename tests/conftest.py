@@ -42,12 +42,32 @@ def _pg_available() -> str | None:
         _pg_checked = True
         try:
             engine = sa.create_engine(PG_URL, connect_args={"connect_timeout": 5})
-            with engine.connect() as conn:
+            with engine.begin() as conn:
                 conn.execute(sa.text("select 1"))
+                _pin_pg_trgm(conn)
             engine.dispose()
         except Exception as exc:  # any driver error means "not available"
             _pg_error = f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
     return _pg_error
+
+
+def _pin_pg_trgm(conn: sa.Connection) -> None:
+    """Keep pg_trgm in `public`, outside every per-test schema.
+
+    Migration 0005 creates the extension in the first schema of the search path when it is
+    missing: a test schema. Dropping that schema would then drop the extension under every other
+    test (or test process) using it at the time.
+    """
+    where = conn.execute(
+        sa.text(
+            "SELECT n.nspname FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace"
+            " WHERE e.extname = 'pg_trgm'"
+        )
+    ).scalar()
+    if where is None:
+        conn.execute(sa.text("CREATE EXTENSION IF NOT EXISTS pg_trgm SCHEMA public"))
+    elif where != "public":
+        conn.execute(sa.text("ALTER EXTENSION pg_trgm SET SCHEMA public"))
 
 
 def require_postgres() -> None:
