@@ -8,6 +8,7 @@ store does not hold.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import logging
@@ -82,6 +83,9 @@ log = logging.getLogger("ca_service.authority")
 SERIAL_ATTEMPTS = 4
 DEFAULT_TTL = 5.0  # seconds
 PKCS12_KEYS = (rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey, ed25519.Ed25519PrivateKey)
+# The public key of a request whose key pair is generated only after policy approved it; it is
+# replaced in the approved template and never signed (a fixed, valid Ed25519 point).
+_KEY_NOT_YET_MADE = ed25519.Ed25519PrivateKey.from_private_bytes(bytes(32)).public_key()
 
 
 @dataclass(frozen=True)
@@ -465,11 +469,11 @@ class CertificateAuthority:
     ) -> IssuedCertificate:
         """Generate the key pair here and return it once with the certificate; it is not stored."""
         parsed_names = tuple(parse_name(n) for n in names)
-        # Policy first with the public half of a throwaway check is impossible without the key,
-        # so the key is made first; it lives only in this call and in the returned object.
-        key = generate_private_key(key_type)
+        # Policy reads the key type, never the key: it approves the request before the key is
+        # made, so a refused RSA-4096 request costs no key generation. The key then lives only
+        # in this call and in the returned object.
         request = IssuanceRequest(
-            public_key=key.public_key(),
+            public_key=_KEY_NOT_YET_MADE,
             key_type=key_type,
             common_name=common_name,
             names=parsed_names,
@@ -477,17 +481,21 @@ class CertificateAuthority:
             validity_days=validity_days,
             authority=authority,
         )
-        return self._issue(request, actor, private_key=key, pkcs12_passphrase=pkcs12_passphrase)
+        return self._issue(request, actor, new_key=True, pkcs12_passphrase=pkcs12_passphrase)
 
     def _issue(
         self,
         request: IssuanceRequest,
         actor: Actor,
         *,
-        private_key: SigningKey | None = None,
+        new_key: bool = False,
         pkcs12_passphrase: bytes | None = None,
         renews: CertificateRecord | None = None,
     ) -> IssuedCertificate:
+        """``new_key``: generate the key pair once policy has approved the request (whose
+        public key is then only a stand-in) and return it with the certificate."""
+        assert new_key == (request.public_key is _KEY_NOT_YET_MADE)
+        private_key: SigningKey | None = None
         name = request.authority or self.default_authority()
         loaded = self._load(name)
         if loaded.record.is_root:
@@ -499,6 +507,9 @@ class CertificateAuthority:
             template = check(
                 request, self.settings.profiles, loaded.view, actor.policy, now, self.serials()
             )
+            if new_key:
+                private_key = private_key or generate_private_key(request.key_type)
+                template = dataclasses.replace(template, public_key=private_key.public_key())
             cert = sign_leaf(template, loaded.material)
             record = _record_for(cert, name, template.profile, actor.identity, now)
             try:
