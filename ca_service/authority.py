@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 import hashlib
+import inspect
 import logging
 import os
 import re
@@ -19,10 +21,10 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -57,9 +59,18 @@ from ca_service.domain import (
     KeyType,
     RevocationReason,
 )
-from ca_service.errors import BadRequest, ConfigError, Conflict, NotFound, PolicyRejected
+from ca_service.errors import (
+    BadRequest,
+    CAError,
+    ConfigError,
+    Conflict,
+    Forbidden,
+    NotFound,
+    PolicyRejected,
+)
 from ca_service.policy.check import AuthorityView, check, responder_template
 from ca_service.policy.names import NameConstraintsSpec
+from ca_service.refusals import RefusalLog
 from ca_service.signing.crl import sign_crl
 from ca_service.signing.issuer import sign_intermediate, sign_leaf, sign_root
 from ca_service.signing.keystore import FileKeystore
@@ -86,6 +97,60 @@ PKCS12_KEYS = (rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey, ed25519.Ed25519Pri
 # The public key of a request whose key pair is generated only after policy approved it; it is
 # replaced in the approved template and never signed (a fixed, valid Ed25519 point).
 _KEY_NOT_YET_MADE = ed25519.Ed25519PrivateKey.from_private_bytes(bytes(32)).public_key()
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _audits_refusals(
+    attempted: str, target: Callable[[CertificateAuthority, dict[str, Any]], str]
+) -> Callable[
+    [Callable[Concatenate[CertificateAuthority, P], R]],
+    Callable[Concatenate[CertificateAuthority, P], R],
+]:
+    """A refusal escaping the method (a policy rule, or a caller acting on a certificate that
+    is not its own) is audited once, with its rule, in a transaction of its own (the refused
+    action has written nothing), whichever front end called: API, CLI or mutual TLS."""
+
+    def decorate(
+        method: Callable[Concatenate[CertificateAuthority, P], R],
+    ) -> Callable[Concatenate[CertificateAuthority, P], R]:
+        signature = inspect.signature(method)
+
+        @functools.wraps(method)
+        def wrapper(ca: CertificateAuthority, /, *args: P.args, **kwargs: P.kwargs) -> R:
+            try:
+                return method(ca, *args, **kwargs)
+            except (PolicyRejected, Forbidden) as exc:
+                arguments = signature.bind(ca, *args, **kwargs).arguments
+                actor = arguments["actor"]
+                assert isinstance(actor, Actor)
+                ca.refusals.record(actor, target(ca, arguments), exc, attempted=attempted)
+                raise
+
+        return wrapper
+
+    return decorate
+
+
+def _issuing_target(ca: CertificateAuthority, arguments: dict[str, Any]) -> str:
+    """The authority asked to issue (refusals of an issuance have no serial yet)."""
+    if arguments.get("authority"):
+        return str(arguments["authority"])
+    try:
+        return ca.default_authority()
+    except CAError:
+        return "(default)"
+
+
+def _certificate_target(_: CertificateAuthority, arguments: dict[str, Any]) -> str:
+    """authority/serial, as certificate events name their target."""
+    serial = str(arguments["serial"])
+    with suppress(CAError):
+        serial = _normalize_serial(serial)
+    authority = arguments.get("authority")
+    return f"{authority}/{serial}" if authority else serial
 
 
 @dataclass(frozen=True)
@@ -143,6 +208,7 @@ class CertificateAuthority:
         self._crl_background_from = 0
         self._issuer_hashes: dict[tuple[str, bytes, bytes], str] = {}
         self._lock = threading.Lock()
+        self.refusals = RefusalLog(db, lambda: self.clock.now())
 
     # ------------------------------------------------------------------ authorities
 
@@ -431,6 +497,7 @@ class CertificateAuthority:
 
     # ------------------------------------------------------------------ issuance
 
+    @_audits_refusals("certificate.issue", _issuing_target)
     def issue_from_csr(
         self,
         csr: bytes | str,
@@ -455,6 +522,7 @@ class CertificateAuthority:
         )
         return self._issue(request, actor)
 
+    @_audits_refusals("certificate.issue", _issuing_target)
     def issue_with_new_key(
         self,
         actor: Actor,
@@ -557,6 +625,7 @@ class CertificateAuthority:
             pkcs12=p12,
         )
 
+    @_audits_refusals("certificate.renew", _certificate_target)
     def renew(
         self,
         serial: str,
@@ -608,6 +677,7 @@ class CertificateAuthority:
 
     # ------------------------------------------------------------------ revocation
 
+    @_audits_refusals("certificate.revoke", _certificate_target)
     def revoke(
         self,
         serial: str,
@@ -615,10 +685,17 @@ class CertificateAuthority:
         actor: Actor,
         *,
         authority: str | None = None,
+        requester_only: bool = False,
     ) -> CertificateRecord:
         """Revoke (or put on hold). Same reason again: no-op. Another reason: conflict, but a
-        certificate on hold may be revoked for good."""
+        certificate on hold may be revoked for good. ``requester_only``: the actor may revoke
+        only the certificates it requested (an issuer, not an admin)."""
         target = self.get_certificate(serial, authority)
+        if requester_only and target.requester != actor.identity:
+            raise Forbidden(
+                "an issuer token may revoke only the certificates it issued",
+                rule="caller.own_certificates",
+            )
         now = self.clock.now()
         with self._locked_row(target) as (s, repo, row, seen_number):
             current = CertStatus(row.status)
@@ -646,6 +723,7 @@ class CertificateAuthority:
         self._refresh_crl_quietly(target.authority, seen_number)
         return record
 
+    @_audits_refusals("certificate.release_hold", _certificate_target)
     def release_hold(
         self, serial: str, actor: Actor, *, authority: str | None = None
     ) -> CertificateRecord:

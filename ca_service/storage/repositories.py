@@ -652,8 +652,9 @@ class AuditRepository:
     def __init__(self, session: Session) -> None:
         self.s = session
 
-    def add(self, event: AuditEvent) -> None:
-        self.s.connection().execute(
+    def add(self, event: AuditEvent) -> int:
+        """Append ``event``; returns its id."""
+        result = self.s.connection().execute(
             _AUDIT_INSERT,
             {
                 "at": event.at,
@@ -665,6 +666,14 @@ class AuditRepository:
                 "details": event.details,
             },
         )
+        key = result.inserted_primary_key
+        assert key is not None
+        return int(key[0])
+
+    def set_details(self, event_id: int, details: dict[str, Any]) -> None:
+        """Replace the details of one event: only a counted refusal is ever updated in place
+        (ca_service.refusals), every other event is written once."""
+        self.s.execute(update(AuditRow).where(AuditRow.id == event_id).values(details=details))
 
     def list(
         self,
