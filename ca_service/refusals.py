@@ -63,7 +63,7 @@ class _Bucket:
     targets: dict[str, int] = field(default_factory=dict)
     event_id: int | None = None
     written: int = 0  # the count the stored event carries
-    written_at: float = 0.0  # time.monotonic() of that write
+    written_at: float = -1e9  # time.monotonic() of the last write or attempt
 
     def add(self, reason: str, target: str) -> None:
         self.count += 1
@@ -154,9 +154,11 @@ class RefusalLog:
                 bucket = _Bucket(at, window, key[2], key[1], target[:255], request_id)
                 self._buckets[key] = bucket
             bucket.add(reason, target)
-            due = bucket.event_id is None or (
-                time.monotonic() - bucket.written_at >= self.flush_seconds
-            )
+            # A new bucket is written at once; after that, at most one attempt per flush period
+            # (claimed here, so concurrent requests do not queue behind one slow write).
+            due = time.monotonic() - bucket.written_at >= self.flush_seconds
+            if due:
+                bucket.written_at = time.monotonic()
         if due:
             self._write_quietly(bucket)
         with self._lock:
