@@ -44,7 +44,10 @@ from ca_service.policy.names import NameConstraintsSpec
 from ca_service.signing.issuer import sign_leaf
 from ca_service.signing.serials import random_serial
 
-CFSSL_PEER = Path(os.environ.get("CA_BENCH_CFSSL_PEER", "/work/shared/peers/cfssl"))
+# The directory with the CFSSL peer's setup_cfssl.sh and make_certdb.sh (not part of this
+# repository); without it the CFSSL reference is reported absent.
+_PEER = os.environ.get("CA_BENCH_CFSSL_PEER")
+CFSSL_PEER = Path(_PEER) if _PEER else None
 
 
 def openssl_speed(seconds: int) -> dict[str, Any]:
@@ -139,9 +142,11 @@ def cfssl_setup(workdir: Path) -> str | None:
     for tool in ("cfssl", "cfssljson", "sqlite3"):
         if shutil.which(tool) is None:
             return f"{tool} not installed (apt-get install -y golang-cfssl sqlite3)"
+    if CFSSL_PEER is None:
+        return "CA_BENCH_CFSSL_PEER is not set (the directory of setup_cfssl.sh, make_certdb.sh)"
     script = CFSSL_PEER / "setup_cfssl.sh"
     if not script.exists():
-        return f"{script} not found"
+        return "setup_cfssl.sh not found in CA_BENCH_CFSSL_PEER"
     env = {**os.environ, "CFSSL_WORK": str(workdir)}
     proc = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -188,6 +193,7 @@ def cfssl_scenario(
         ]
         if store == "sqlite":
             env = {**os.environ, "CFSSL_WORK": str(workdir)}
+            assert CFSSL_PEER is not None  # checked by the setup
             subprocess.run(["bash", str(CFSSL_PEER / "make_certdb.sh")], env=env, check=True)
             argv += ["-db-config", "db-config.json"]
         log = (workdir / f"serve_{tag}.log").open("w")

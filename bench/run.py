@@ -147,10 +147,39 @@ def run(mode: Mode, only: set[str], out_dir: Path, command: str) -> dict[str, An
     results["elapsed_s"] = round(time.monotonic() - started, 1)
     results["targets"] = report.evaluate(results)
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "results.json").write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
-    (out_dir / "RESULTS.md").write_text(report.markdown(results))
+    (out_dir / "results.json").write_text(
+        scrub(json.dumps(results, indent=1, sort_keys=True)) + "\n"
+    )
+    (out_dir / "RESULTS.md").write_text(scrub(report.markdown(results)))
     progress(f"done in {results['elapsed_s']:.0f} s: {out_dir / 'RESULTS.md'}")
     return results
+
+
+def _portable(argv: list[str]) -> list[str]:
+    """The command line as results.json records it: a path names no directory of this machine
+    (an --out inside the repository relative to it, anywhere else as OUT)."""
+    out: list[str] = []
+    for i, arg in enumerate(argv):
+        if (i > 0 and argv[i - 1] == "--out") or arg.startswith("--out="):
+            value = arg.split("=", 1)[1] if arg.startswith("--out=") else arg
+            path = Path(value).resolve()
+            shown = str(path.relative_to(REPO)) if path.is_relative_to(REPO) else "OUT"
+            arg = f"--out={shown}" if arg.startswith("--out=") else shown
+        out.append(arg)
+    return out
+
+
+def scrub(text: str) -> str:
+    """``text`` without this machine's paths (error reasons quote file names): the repository,
+    the home and the temporary directory become placeholders."""
+    for path, name in (
+        (str(REPO), "<repo>"),
+        (tempfile.gettempdir(), "<tmp>"),
+        (str(Path.home()), "~"),
+    ):
+        if path and path != "/":
+            text = text.replace(path, name)
+    return text
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -172,12 +201,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.render:
         results = json.loads((out / "results.json").read_text())
         results["targets"] = report.evaluate(results)
-        (out / "results.json").write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
-        (out / "RESULTS.md").write_text(report.markdown(results))
+        (out / "results.json").write_text(
+            scrub(json.dumps(results, indent=1, sort_keys=True)) + "\n"
+        )
+        (out / "RESULTS.md").write_text(scrub(report.markdown(results)))
         return 0
     if args.db:
         mode = replace(mode, dbs=tuple(db for db in mode.dbs if db in args.db))
-    command = "python -m bench.run " + shlex.join(sys.argv[1:] if argv is None else argv)
+    command = "python -m bench.run " + shlex.join(_portable(sys.argv[1:] if argv is None else argv))
     run(mode, set(args.only or SCENARIOS), out, command.strip())
     return 0
 

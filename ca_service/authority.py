@@ -8,8 +8,11 @@ store does not hold.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+import functools
 import hashlib
+import inspect
 import logging
 import os
 import re
@@ -18,11 +21,11 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -62,11 +65,13 @@ from ca_service.errors import (
     CAError,
     ConfigError,
     Conflict,
+    Forbidden,
     NotFound,
     PolicyRejected,
 )
 from ca_service.policy.check import AuthorityView, check, responder_template
 from ca_service.policy.names import NameConstraintsSpec
+from ca_service.refusals import RefusalLog
 from ca_service.signing.crl import sign_crl
 from ca_service.signing.issuer import sign_intermediate, sign_leaf, sign_root
 from ca_service.signing.keystore import FileKeystore
@@ -90,6 +95,63 @@ log = logging.getLogger("ca_service.authority")
 SERIAL_ATTEMPTS = 4
 DEFAULT_TTL = 5.0  # seconds
 PKCS12_KEYS = (rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey, ed25519.Ed25519PrivateKey)
+# The public key of a request whose key pair is generated only after policy approved it; it is
+# replaced in the approved template and never signed (a fixed, valid Ed25519 point).
+_KEY_NOT_YET_MADE = ed25519.Ed25519PrivateKey.from_private_bytes(bytes(32)).public_key()
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _audits_refusals(
+    attempted: str, target: Callable[[CertificateAuthority, dict[str, Any]], str]
+) -> Callable[
+    [Callable[Concatenate[CertificateAuthority, P], R]],
+    Callable[Concatenate[CertificateAuthority, P], R],
+]:
+    """A refusal escaping the method (a policy rule, or a caller acting on a certificate that
+    is not its own) is audited once, with its rule, in a transaction of its own (the refused
+    action has written nothing), whichever front end called: API, CLI or mutual TLS."""
+
+    def decorate(
+        method: Callable[Concatenate[CertificateAuthority, P], R],
+    ) -> Callable[Concatenate[CertificateAuthority, P], R]:
+        signature = inspect.signature(method)
+
+        @functools.wraps(method)
+        def wrapper(ca: CertificateAuthority, /, *args: P.args, **kwargs: P.kwargs) -> R:
+            try:
+                return method(ca, *args, **kwargs)
+            except (PolicyRejected, Forbidden) as exc:
+                arguments = signature.bind(ca, *args, **kwargs).arguments
+                actor = arguments["actor"]
+                assert isinstance(actor, Actor)
+                ca.refusals.record(actor, target(ca, arguments), exc, attempted=attempted)
+                raise
+
+        return wrapper
+
+    return decorate
+
+
+def _issuing_target(ca: CertificateAuthority, arguments: dict[str, Any]) -> str:
+    """The authority asked to issue (refusals of an issuance have no serial yet)."""
+    if arguments.get("authority"):
+        return str(arguments["authority"])
+    try:
+        return ca.default_authority()
+    except CAError:
+        return "(default)"
+
+
+def _certificate_target(_: CertificateAuthority, arguments: dict[str, Any]) -> str:
+    """authority/serial, as certificate events name their target."""
+    serial = str(arguments["serial"])
+    with suppress(CAError):
+        serial = _normalize_serial(serial)
+    authority = arguments.get("authority")
+    return f"{authority}/{serial}" if authority else serial
 
 
 @dataclass(frozen=True)
@@ -180,6 +242,7 @@ class CertificateAuthority:
         self._crl_background_from = 0
         self._issuer_hashes: dict[tuple[str, bytes, bytes], str] = {}
         self._lock = threading.Lock()
+        self.refusals = RefusalLog(db, lambda: self.clock.now())
 
     # ------------------------------------------------------------------ authorities
 
@@ -477,6 +540,7 @@ class CertificateAuthority:
 
     # ------------------------------------------------------------------ issuance
 
+    @_audits_refusals("certificate.issue", _issuing_target)
     def issue_from_csr(
         self,
         csr: bytes | str,
@@ -501,6 +565,7 @@ class CertificateAuthority:
         )
         return self._issue(request, actor)
 
+    @_audits_refusals("certificate.issue", _issuing_target)
     def issue_with_new_key(
         self,
         actor: Actor,
@@ -515,11 +580,11 @@ class CertificateAuthority:
     ) -> IssuedCertificate:
         """Generate the key pair here and return it once with the certificate; it is not stored."""
         parsed_names = tuple(parse_name(n) for n in names)
-        # Policy first with the public half of a throwaway check is impossible without the key,
-        # so the key is made first; it lives only in this call and in the returned object.
-        key = generate_private_key(key_type)
+        # Policy reads the key type, never the key: it approves the request before the key is
+        # made, so a refused RSA-4096 request costs no key generation. The key then lives only
+        # in this call and in the returned object.
         request = IssuanceRequest(
-            public_key=key.public_key(),
+            public_key=_KEY_NOT_YET_MADE,
             key_type=key_type,
             common_name=common_name,
             names=parsed_names,
@@ -527,17 +592,21 @@ class CertificateAuthority:
             validity_days=validity_days,
             authority=authority,
         )
-        return self._issue(request, actor, private_key=key, pkcs12_passphrase=pkcs12_passphrase)
+        return self._issue(request, actor, new_key=True, pkcs12_passphrase=pkcs12_passphrase)
 
     def _issue(
         self,
         request: IssuanceRequest,
         actor: Actor,
         *,
-        private_key: SigningKey | None = None,
+        new_key: bool = False,
         pkcs12_passphrase: bytes | None = None,
         renews: CertificateRecord | None = None,
     ) -> IssuedCertificate:
+        """``new_key``: generate the key pair once policy has approved the request (whose
+        public key is then only a stand-in) and return it with the certificate."""
+        assert new_key == (request.public_key is _KEY_NOT_YET_MADE)
+        private_key: SigningKey | None = None
         name = request.authority or self.default_authority()
         loaded = self._load(name)
         if loaded.record.is_root:
@@ -549,6 +618,9 @@ class CertificateAuthority:
             template = check(
                 request, self.settings.profiles, loaded.view, actor.policy, now, self.serials()
             )
+            if new_key:
+                private_key = private_key or generate_private_key(request.key_type)
+                template = dataclasses.replace(template, public_key=private_key.public_key())
             cert = sign_leaf(template, loaded.material)
             record = _record_for(cert, name, template.profile, actor.identity, now)
             try:
@@ -598,6 +670,7 @@ class CertificateAuthority:
             root_pem=loaded.root_pem,
         )
 
+    @_audits_refusals("certificate.renew", _certificate_target)
     def renew(
         self,
         serial: str,
@@ -649,6 +722,7 @@ class CertificateAuthority:
 
     # ------------------------------------------------------------------ revocation
 
+    @_audits_refusals("certificate.revoke", _certificate_target)
     def revoke(
         self,
         serial: str,
@@ -656,11 +730,18 @@ class CertificateAuthority:
         actor: Actor,
         *,
         authority: str | None = None,
+        requester_only: bool = False,
     ) -> CertificateRecord:
         """Revoke (or put on hold). Same reason again: no-op. Another reason: conflict, but a
         certificate on hold may be revoked for good. An authority's own certificate is refused:
-        see revoke_authority."""
+        see revoke_authority. ``requester_only``: the actor may revoke only the certificates it
+        requested (an issuer, not an admin)."""
         target = self.get_certificate(serial, authority)
+        if requester_only and target.requester != actor.identity:
+            raise Forbidden(
+                "an issuer token may revoke only the certificates it issued",
+                rule="caller.own_certificates",
+            )
         self._refuse_authority_certificate(target)
         now = self.clock.now()
         with self._locked_row(target) as (s, repo, row, seen_number):
@@ -689,6 +770,7 @@ class CertificateAuthority:
         self._refresh_crl_quietly(target.authority, seen_number)
         return record
 
+    @_audits_refusals("certificate.release_hold", _certificate_target)
     def release_hold(
         self, serial: str, actor: Actor, *, authority: str | None = None
     ) -> CertificateRecord:
@@ -728,6 +810,7 @@ class CertificateAuthority:
                     rule="revoke.authority_certificate",
                 )
 
+    @_audits_refusals("authority.revoke", lambda _, arguments: str(arguments["name"]))
     def revoke_authority(
         self, name: str, reason: RevocationReason, actor: Actor
     ) -> AuthorityRecord:

@@ -13,7 +13,7 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from functools import wraps
 from pathlib import Path
 from typing import Any, TypeVar
@@ -48,6 +48,8 @@ log = logging.getLogger("ca_service.cli")
 
 KEY_TYPES = [k.value for k in KeyType]
 REASONS = [r.value for r in RevocationReason]
+# renew --all-due reads the certificates that may be due this many at a time.
+RENEW_PAGE_SIZE = 1000
 
 
 def _actor() -> Actor:
@@ -403,6 +405,13 @@ def _write_issued(issued: IssuedCertificate, prefix: Path | None) -> list[Path]:
     show_default=True,
     help="Where to write <name>.<serial>.crt and chain files.",
 )
+@click.option(
+    "--page-size",
+    type=click.IntRange(1, 100_000),
+    default=RENEW_PAGE_SIZE,
+    hidden=True,
+    help="Certificates read per query with --all-due.",
+)
 @handle_errors
 def renew(
     serials: tuple[str, ...],
@@ -411,6 +420,7 @@ def renew(
     csr_file: Path | None,
     days: int | None,
     out_dir: Path,
+    page_size: int,
 ) -> None:
     """Renew certificates: same names, profile and key (or --csr's key); the old record links
     to the new one. A certificate with more than a third of its life left is skipped."""
@@ -421,15 +431,9 @@ def renew(
     ca = _authority()
     ca.load_keys()
     now = ca.clock.now()
+    targets: Iterable[CertificateRecord]
     if all_due:
-        db = ca.db
-        with unit_of_work(db) as s:
-            records, _ = CertificateRepository(s).list(
-                CertificateFilter(status=CertStatus.VALID, limit=10000), now
-            )
-        targets = [
-            r for r in records if r.profile not in ("ca", "ocsp-responder") and not r.successor
-        ]
+        targets = _renewal_candidates(ca, now, page_size)
     else:
         targets = [ca.get_certificate(serial) for serial in serials]
     renewed = skipped = 0
@@ -458,6 +462,24 @@ def renew(
             f"(valid until {issued.record.not_after:%Y-%m-%d}); wrote {written[0]}"
         )
     click.echo(f"renewed {renewed}, skipped {skipped}", err=True)
+
+
+def _renewal_candidates(
+    ca: CertificateAuthority, now: dt.datetime, page_size: int
+) -> Iterator[CertificateRecord]:
+    """Every certificate ``renew --all-due`` should consider, the most due first, a page per
+    read transaction (none is held while renewing); those issued by this run are left out."""
+    with unit_of_work(ca.db) as s:
+        up_to_id = CertificateRepository(s).last_id()
+    after = None
+    while True:
+        with unit_of_work(ca.db) as s:
+            page, after = CertificateRepository(s).renewal_candidates(
+                now, up_to_id=up_to_id, after=after, limit=page_size
+            )
+        yield from page
+        if after is None:
+            return
 
 
 # ---------------------------------------------------------------------------- list / show

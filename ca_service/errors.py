@@ -13,6 +13,8 @@ class CAError(Exception):
 
     code = "error"
     title = "Error"
+    # Set once the refusal is in the audit log, so that the layers it passes record it once.
+    audited = False
 
     def __init__(self, detail: str, *, rule: str | None = None) -> None:
         super().__init__(detail)

@@ -22,6 +22,7 @@ from ca_service.clock import Clock, SystemClock, as_utc
 from ca_service.domain import Actor, CallerPolicy
 from ca_service.errors import BadRequest, NotFound, Unauthorized
 from ca_service.policy.names import validate_pattern
+from ca_service.refusals import RefusalLog
 from ca_service.storage.db import Database, unit_of_work
 from ca_service.storage.models import TokenRow
 from ca_service.storage.repositories import AuditEvent, AuditRepository
@@ -160,9 +161,13 @@ def build_policy(
 
 
 class TokenService:
-    def __init__(self, db: Database, clock: Clock | None = None) -> None:
+    def __init__(
+        self, db: Database, clock: Clock | None = None, refusals: RefusalLog | None = None
+    ) -> None:
         self.db = db
         self.clock = clock or SystemClock()
+        # Shared with the authority, so that one process counts unauthenticated requests once.
+        self.refusals = refusals or RefusalLog(db, lambda: self.clock.now())
 
     def create(
         self,
@@ -254,17 +259,9 @@ class TokenService:
         request_id: str | None,
         client_address: str | None,
     ) -> None:
-        """Audit a refused authorization; the refusal itself is the action recorded."""
-        with unit_of_work(self.db, write=True) as s:
-            AuditRepository(s).add(
-                AuditEvent.of(
-                    Actor(identity, request_id, client_address),
-                    "auth.refused",
-                    target,
-                    self.clock.now(),
-                    {"reason": reason[:200]},
-                )
-            )
+        """Audit a refusal before anyone is authenticated (a client certificate refused in the
+        TLS handshake): counted per client address and minute, see ca_service.refusals."""
+        self.refusals.unauthenticated(identity, target, reason, request_id, client_address)
 
     def count(self) -> int:
         with unit_of_work(self.db) as s:

@@ -7,6 +7,8 @@ re-signs large CRLs after a revocation outside the revoking request.
 
 from __future__ import annotations
 
+import atexit
+
 from ca_service.scheduler import start_crl_refresher
 from ca_service.web.app import create_app
 
@@ -17,3 +19,5 @@ app = create_app()
 _ca = app.extensions["ca_authority"]
 _ca.publish_crls_in_background(BACKGROUND_CRL_BYTES)
 _stop_crl_refresher = start_crl_refresher(_ca)
+# Counts of unauthenticated refusals not yet written (at most a second's worth) go in at exit.
+atexit.register(_ca.refusals.flush)

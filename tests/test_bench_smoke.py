@@ -8,6 +8,7 @@ HTTP family (SQLite, ECDSA CA, c=1, against a real ``ca-service serve``) produce
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 
 from bench import run
@@ -61,3 +62,27 @@ def test_tiny_run_writes_results(tmp_path: Path) -> None:
         assert _positive(visible[key]), visible
     assert {t["status"] for t in saved["targets"]} <= {"met", "missed", "not measured"}
     assert results["elapsed_s"] == saved["elapsed_s"]
+
+
+def test_results_name_no_directory_of_the_machine(tmp_path: Path) -> None:
+    """An --out elsewhere is recorded as OUT, one in the repository relative to it, and paths
+    in error reasons are replaced; the committed results and READMEs carry no machine path."""
+    assert run._portable(["--quick", "--out", str(tmp_path)]) == ["--quick", "--out", "OUT"]
+    assert run._portable([f"--out={run.REPO / 'bench' / 'quick'}"]) == ["--out=bench/quick"]
+    reason = f"FileNotFoundError: {run.REPO / 'x.py'} and {Path(tempfile.gettempdir()) / 'y'}"
+    assert run.scrub(reason) == "FileNotFoundError: <repo>/x.py and <tmp>/y"
+
+    # Built here, so that this file does not name them itself.
+    machine = [str(run.REPO), str(Path.home()) + "/", tempfile.gettempdir() + "/", "/" + "work/"]
+    bench = run.REPO / "bench"
+    files = [
+        run.REPO / "README.md",
+        *bench.glob("*.md"),
+        *bench.glob("*.py"),
+        *bench.glob("*.json"),
+    ]
+    files += [*(bench / "quick").glob("*")]
+    for path in files:
+        text = path.read_text()
+        for fragment in machine:
+            assert fragment not in text, f"{path.relative_to(run.REPO)} names {fragment}"

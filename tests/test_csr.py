@@ -21,6 +21,8 @@ from ca_service.crypto.keys import public_key_matches
 from ca_service.domain import KeyType, RevocationReason
 from ca_service.errors import BadRequest, CAError, NotFound, PolicyRejected
 from ca_service.policy.names import NameConstraintsSpec
+from ca_service.storage.db import unit_of_work
+from ca_service.storage.repositories import AuditRepository
 
 from .conftest import ADMIN, new_ca
 from .helpers import (
@@ -228,7 +230,12 @@ def test_refused_request_clear_error_and_no_record(
             assert info.value.rule
         with pytest.raises(error):
             ca.issue_with_new_key(ADMIN, common_name="ok.example.test", names=names, **kwargs)
-        assert counts(ca.db) == before
+        # Nothing issued; a policy refusal is itself audited, once per attempt, with its rule.
+        refusals = 2 if error is PolicyRejected else 0
+        assert counts(ca.db) == (before[0], before[1] + refusals)
+        with unit_of_work(ca.db) as s:
+            events = AuditRepository(s).list(action="policy.refused")
+        assert [(e.details or {})["rule"] for e in events] == [info.value.rule] * refusals
     finally:
         ca.db.dispose()
 

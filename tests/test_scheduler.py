@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import time
 from pathlib import Path
 
+import pytest
 from cryptography import x509
 
 from ca_service.clock import FixedClock
@@ -71,9 +73,12 @@ def test_large_crls_are_re_signed_in_the_background_after_a_revocation(tmp_path:
     assert crl.get_revoked_certificate_by_serial_number(int(issued.record.serial, 16))
 
 
-def test_a_failed_crl_after_a_revocation_does_not_undo_or_fail_it(tmp_path: Path) -> None:
+def test_a_failed_crl_after_a_revocation_does_not_undo_or_fail_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     ca = module_ca(tmp_path)
     issued = ca.issue_with_new_key(ADMIN, common_name="keep.example.test")
+    before = ca.generate_crl("default").number
     # Make the CRL impossible to sign: the authority's key file disappears from the keystore
     # cache and the disk. The revocation must still commit and report success.
     loaded = ca._load("default")
@@ -85,6 +90,15 @@ def test_a_failed_crl_after_a_revocation_does_not_undo_or_fail_it(tmp_path: Path
         view=loaded.view, record=loaded.record, authority_id=loaded.authority_id,
         chain_pem=loaded.chain_pem,
     )  # fmt: skip
-    record = ca.revoke(issued.record.serial, RevocationReason.SUPERSEDED, ADMIN)
+    with caplog.at_level(logging.ERROR, logger="ca_service.authority"):
+        record = ca.revoke(issued.record.serial, RevocationReason.SUPERSEDED, ADMIN)
     assert record.status.value == "revoked"
     assert ca.get_certificate(issued.record.serial).revocation_reason is RevocationReason.SUPERSEDED
+    # The re-sign was attempted and failed (the signature check refused the wrong key), was
+    # logged with its cause, and published nothing: the stored CRL is still the one from before.
+    [failed] = [r for r in caplog.records if "not re-signed after a revocation" in r.message]
+    assert failed.exc_info is not None and failed.levelno == logging.ERROR
+    assert "does not verify" in str(failed.exc_info[1])
+    with unit_of_work(ca.db) as s:
+        header = CRLRepository(s).latest_header("default")
+    assert header is not None and header[0] == before

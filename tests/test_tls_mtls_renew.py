@@ -103,11 +103,14 @@ def _audit(live: LiveServer, actor: str | None = None) -> list[dict[str, Any]]:
 
 
 def _await_audit(live: LiveServer, actor: str, text: str) -> dict[str, Any]:
-    """The refusal event of ``actor`` whose reason contains ``text``. The TLS layer records a
-    handshake refusal while the client already sees the alert, so look a bounded few times."""
+    """The refusal event of ``actor`` with a reason containing ``text``. The TLS layer records a
+    handshake refusal while the client already sees the alert, and unauthenticated refusals are
+    counted per minute (their later reasons written within a second), so look a few times."""
     for _ in range(40):
         for event in _audit(live, actor):
-            if text in (event.get("details") or {}).get("reason", ""):
+            details = event.get("details") or {}
+            reasons = [details.get("reason", ""), *details.get("reasons", {})]
+            if any(text in reason for reason in reasons):
                 return event
         time.sleep(0.1)
     raise AssertionError(f"no auth.refused for {actor} with {text!r}: {_audit(live, actor)[:5]}")

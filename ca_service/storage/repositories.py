@@ -370,6 +370,48 @@ class CertificateRepository:
         assert authority is not None
         return self._to_record(row, authority.name)
 
+    def last_id(self) -> int:
+        """The id of the newest certificate (0: none), an upper bound that a long walk over the
+        table can fix at its start, so rows it adds itself are not walked again."""
+        return int(self.s.scalar(select(func.max(CertificateRow.id))) or 0)
+
+    def renewal_candidates(
+        self,
+        now: dt.datetime,
+        *,
+        up_to_id: int,
+        after: tuple[dt.datetime, int] | None = None,
+        limit: int = 1000,
+    ) -> tuple[list[CertificateRecord], tuple[dt.datetime, int] | None]:
+        """A page of valid, unexpired leaf certificates that have no successor yet, the soonest
+        to expire (the most due) first, and the keyset cursor of the next page (or None).
+
+        Ordered by (not_after, id), so a page never depends on how many rows came before it
+        and renewals made between pages (which give the old row a successor and add new rows
+        above ``up_to_id``) neither skip nor repeat a certificate.
+        """
+        query = self._query().where(
+            CertificateRow.status == CertStatus.VALID.value,
+            CertificateRow.not_after > now,
+            CertificateRow.successor_serial.is_(None),
+            CertificateRow.profile.not_in(("ca", "ocsp-responder")),
+            CertificateRow.id <= up_to_id,
+        )
+        if after is not None:
+            not_after, after_id = after
+            query = query.where(
+                or_(
+                    CertificateRow.not_after > not_after,
+                    and_(CertificateRow.not_after == not_after, CertificateRow.id > after_id),
+                )
+            )
+        query = query.order_by(CertificateRow.not_after, CertificateRow.id).limit(limit + 1)
+        rows = self.s.execute(query).all()
+        page = rows[:limit]
+        records = [self._to_record(row, name) for row, name in page]
+        cursor = (page[-1][0].not_after, page[-1][0].id) if len(rows) > limit else None
+        return records, cursor
+
     def list(
         self, flt: CertificateFilter, now: dt.datetime
     ) -> tuple[list[CertificateRecord], int | None]:
@@ -639,8 +681,9 @@ class AuditRepository:
     def __init__(self, session: Session) -> None:
         self.s = session
 
-    def add(self, event: AuditEvent) -> None:
-        self.s.connection().execute(
+    def add(self, event: AuditEvent) -> int:
+        """Append ``event``; returns its id."""
+        result = self.s.connection().execute(
             _AUDIT_INSERT,
             {
                 "at": event.at,
@@ -652,6 +695,14 @@ class AuditRepository:
                 "details": event.details,
             },
         )
+        key = result.inserted_primary_key
+        assert key is not None
+        return int(key[0])
+
+    def set_details(self, event_id: int, details: dict[str, Any]) -> None:
+        """Replace the details of one event: only a counted refusal is ever updated in place
+        (ca_service.refusals), every other event is written once."""
+        self.s.execute(update(AuditRow).where(AuditRow.id == event_id).values(details=details))
 
     def list(
         self,

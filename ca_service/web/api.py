@@ -17,7 +17,7 @@ from ca_service.storage.repositories import (
 )
 from ca_service.tokens import Role, build_policy
 from ca_service.web import serialize
-from ca_service.web.auth import actor_for_request, principal, refuse, require, tokens
+from ca_service.web.auth import actor_for_request, principal, require, tokens
 from ca_service.web.body import decode_cursor, encode_cursor, int_arg, json_object
 from ca_service.web.mtls import is_self
 from ca_service.web.services import authority
@@ -170,9 +170,13 @@ def revoke_certificate(serial: str) -> Response:
     ca = authority()
     who = principal()
     record = ca.get_certificate(serial, body.get("authority"))
-    if who.role is not Role.ADMIN and record.requester != who.identity:
-        raise Forbidden("an issuer token may revoke only the certificates it issued")
-    updated = ca.revoke(record.serial, reason, actor_for_request(), authority=record.authority)
+    updated = ca.revoke(
+        record.serial,
+        reason,
+        actor_for_request(),
+        authority=record.authority,
+        requester_only=who.role is not Role.ADMIN,
+    )
     return jsonify(serialize.certificate(updated, ca.clock.now()))
 
 
@@ -195,12 +199,11 @@ def renew_certificate(serial: str) -> Response:
     elif who.role is not Role.ADMIN and (
         who.role is not Role.ISSUER or record.requester != who.identity
     ):
-        exc = Forbidden(
+        raise Forbidden(
             "a certificate may be renewed by itself over mutual TLS, an admin, "
-            "or the issuer that issued it"
+            "or the issuer that issued it",
+            rule="caller.own_certificates",
         )
-        refuse(who.identity, exc)
-        raise exc
     result = ca.renew(
         record.serial,
         actor,

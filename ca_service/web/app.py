@@ -36,7 +36,7 @@ def create_app(
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions["ca_authority"] = ca
-    app.extensions["ca_tokens"] = TokenService(ca.db, ca.clock)
+    app.extensions["ca_tokens"] = TokenService(ca.db, ca.clock, ca.refusals)
     app.extensions["ca_settings"] = settings
 
     @app.before_request

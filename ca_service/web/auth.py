@@ -9,7 +9,8 @@ from typing import Any, TypeVar
 
 from flask import current_app, g, request
 
-from ca_service.errors import CAError, Forbidden, Unauthorized
+from ca_service.domain import Actor
+from ca_service.errors import CAError, Forbidden, PolicyRejected, Unauthorized
 from ca_service.tokens import Role, TokenRecord, TokenService
 from ca_service.web.mtls import CertificatePrincipal, authenticate_certificate, peer_certificate_der
 
@@ -45,7 +46,8 @@ def _authenticate() -> Principal:
 
 
 def require(role: Role | None) -> Callable[[F], F]:
-    """Authenticate the caller and check its role; every refusal is written to the audit log.
+    """Authenticate the caller and check its role. Every refusal of the request, here or in
+    the view (a role, a rule, a certificate that is not the caller's), is audited once.
     ``None``: any authenticated caller, and the view decides (e.g. a certificate renewing
     itself, which needs no role)."""
 
@@ -57,13 +59,15 @@ def require(role: Role | None) -> Callable[[F], F]:
                 record = _authenticate()
                 identity = record.identity
                 if role is not None and (record.role is None or not record.role.allows(role)):
-                    raise Forbidden(f"this endpoint needs the {role.value} role")
-            except (Unauthorized, Forbidden) as exc:
+                    raise Forbidden(
+                        f"this endpoint needs the {role.value} role", rule="caller.role"
+                    )
+                g.principal = record
+                return view(*args, **kwargs)
+            except (Unauthorized, Forbidden, PolicyRejected) as exc:
                 # A refused client certificate is named by its serial, not as "anonymous".
                 refuse(g.get("auth_identity") or identity, exc)
                 raise
-            g.principal = record
-            return view(*args, **kwargs)
 
         return wrapper  # type: ignore[return-value]
 
@@ -71,13 +75,10 @@ def require(role: Role | None) -> Callable[[F], F]:
 
 
 def refuse(identity: str, exc: CAError) -> None:
-    tokens().record_refusal(
-        identity,
-        f"{request.method} {request.path}",
-        exc.detail,
-        g.get("request_id"),
-        request.remote_addr,
-    )
+    """Audit the refusal of this request (ca_service.refusals: once, however many layers see
+    it; counted per client address and minute while nobody is authenticated)."""
+    actor = Actor(identity, g.get("request_id"), request.remote_addr)
+    tokens().refusals.record(actor, f"{request.method} {request.path}", exc)
 
 
 def actor_for_request() -> Any:

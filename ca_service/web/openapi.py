@@ -625,7 +625,8 @@ PATHS: dict[str, Any] = {
                 _query("actor", "e.g. token:<id>"),
                 _query(
                     "action",
-                    "e.g. certificate.issue, certificate.revoke, token.create, auth.refused",
+                    "e.g. certificate.issue, certificate.revoke, token.create, auth.refused, "
+                    "policy.refused",
                 ),
                 _query(
                     "limit", "Page size (1-500)", {"type": "integer", "minimum": 1, "maximum": 500}
