@@ -647,6 +647,27 @@ PATHS: dict[str, Any] = {
 }
 
 
+# Answers any operation may give besides its own: a URL (path or query) with a NUL or an unpaired
+# surrogate, or a body over the size limit, is refused before any view runs (400, 413); and while
+# the database is unreachable, anything that needs it answers 503 with Retry-After.
+UNAVAILABLE = {"$ref": "#/components/responses/Unavailable"}
+COMMON_RESPONSES: dict[str, Any] = {"400": PROBLEM, "413": PROBLEM, "503": UNAVAILABLE}
+
+
+def _with_common_responses(paths: dict[str, Any]) -> dict[str, Any]:
+    """Every operation with COMMON_RESPONSES added where it documents no answer of its own."""
+    out: dict[str, Any] = {}
+    for path, item in paths.items():
+        out[path] = {}
+        for method, op in item.items():
+            responses = dict(op["responses"])
+            for status, response in COMMON_RESPONSES.items():
+                if responses.get(status, PROBLEM) == PROBLEM:
+                    responses[status] = response
+            out[path][method] = {**op, "responses": responses}
+    return out
+
+
 def document() -> dict[str, Any]:
     return {
         "openapi": "3.1.0",
@@ -659,7 +680,7 @@ def document() -> dict[str, Any]:
         "servers": [{"url": "/"}],
         # Over HTTPS (`serve --tls`) a client certificate of this CA may stand in for a token.
         "security": [*BEARER, {"mutualTLS": []}],
-        "paths": PATHS,
+        "paths": _with_common_responses(PATHS),
         "components": {
             "securitySchemes": {
                 "bearer": {"type": "http", "scheme": "bearer"},
@@ -674,7 +695,14 @@ def document() -> dict[str, Any]:
                 "Problem": {
                     "description": "An error (RFC 9457)",
                     "content": {"application/problem+json": {"schema": _ref("Problem")}},
-                }
+                },
+                "Unavailable": {
+                    "description": "The database is unavailable for now (a restart, a "
+                    "failover); nothing was changed, and the request may be retried after "
+                    "Retry-After seconds. Also: the service is not ready (no Retry-After).",
+                    "headers": {"Retry-After": {"schema": {"type": "integer", "minimum": 1}}},
+                    "content": {"application/problem+json": {"schema": _ref("Problem")}},
+                },
             },
         },
     }
