@@ -121,7 +121,8 @@ def json_object(
             raise BadRequest(f"the field {name!r} is required")
     for name, value in data.items():
         if value is None:
-            continue
+            # Leave an optional field out to mean "not given"; null is not a value of any field.
+            raise BadRequest(f"the field {name!r} must not be null; leave it out instead")
         expected = fields[name]
         # bool is an int in Python; JSON true is never a valid number here.
         if isinstance(value, bool) and expected is not bool and bool not in _as_tuple(expected):
@@ -157,7 +158,7 @@ def decode_cursor(text: str | None) -> int | None:
 
 def int_arg(name: str, default: int, low: int, high: int) -> int:
     text = request.args.get(name)
-    if text is None or text == "":
+    if text is None:
         return default
     try:
         value = int(text)
