@@ -608,7 +608,7 @@ PATHS: dict[str, Any] = {
                         }
                     },
                 },
-                **_errors(413, 503),
+                **_errors(404, 413, 503),
             },
         }
     },
@@ -675,7 +675,8 @@ def document() -> dict[str, Any]:
             "title": "ca-service",
             "version": __version__,
             "description": "A self-hosted certificate authority. Errors are "
-            "application/problem+json (RFC 9457).",
+            "application/problem+json (RFC 9457), including 404 for a path not listed here and "
+            "405 (with an Allow header) for a method a path does not list.",
         },
         "servers": [{"url": "/"}],
         # Over HTTPS (`serve --tls`) a client certificate of this CA may stand in for a token.
