@@ -20,6 +20,7 @@ import pytest
 import sqlalchemy as sa
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509 import ocsp
 
 from .helpers import csr_der
 from .live import (
@@ -163,6 +164,19 @@ CASES = [
     Case("nul-crl-pem", "GET", "/ca/a%00b/crl.pem", "none", detail="path"),
     Case("nul-chain", "GET", "/ca/a%00b/chain.pem", "none", detail="path"),
     Case("nul-ca-cer", "GET", "/ca/a%00b/ca.cer", "none", detail="path"),
+    # Found by schemathesis: typed parameters given empty, and null fields, were ignored.
+    Case("empty-expires-before", "GET", f"{CERTS}?expires_before=", "reader"),
+    Case("empty-status", "GET", f"{CERTS}?status=", "reader"),
+    Case("empty-limit", "GET", f"{CERTS}?limit=", "reader", detail="limit"),
+    Case(
+        "null-authority",
+        "POST",
+        f"{CERTS}/0a/revoke",
+        "issuer",
+        body={"reason": "superseded", "authority": None},
+        detail="null",
+    ),
+    Case("null-name", "POST", CERTS, "issuer", body={"common_name": None}, detail="null"),
     # InvalidVersion from cryptography, which load_csr did not catch.
     Case("csr-version-1", "POST", CERTS, "issuer", body={"csr": _csr_version_1()}, detail="CSR"),
 ]
@@ -207,6 +221,18 @@ def test_bad_input_is_a_4xx_problem_and_writes_nothing(
     if case.detail:
         assert case.detail in problem["detail"], problem
     assert (_rows(live), server_tracebacks(live)) == before, live.log()[-3000:]
+
+
+def test_ocsp_get_with_a_newline_is_a_malformed_request(live: LiveServer) -> None:
+    """werkzeug's path converter stopped at %0A: a 404 where any other garbage gets an OCSP
+    malformedRequest answer (found by schemathesis)."""
+    for path in ("/ocsp/MEMwQT%0A", "/ocsp/%0A", "/ocsp/T.%C3%A0E%0A0%C2%93"):
+        reply = live.request("GET", path)
+        assert reply.status == 200, (path, reply.body[:200])
+        assert reply.content_type == "application/ocsp-response"
+        assert ocsp.load_der_ocsp_response(reply.body).response_status is (
+            ocsp.OCSPResponseStatus.MALFORMED_REQUEST
+        )
 
 
 def test_nul_token_name_is_not_stored(live: LiveServer) -> None:

@@ -8,6 +8,7 @@ import email.utils
 import hashlib
 
 from flask import Blueprint, Response, current_app, request
+from flask.blueprints import BlueprintSetupState
 from werkzeug.exceptions import RequestEntityTooLarge, UnsupportedMediaType
 from werkzeug.routing import PathConverter
 
@@ -30,7 +31,10 @@ class _AnyText(PathConverter):
     regex = r"[^/][\s\S]*?"
 
 
-ocsp.record_once(lambda state: state.app.url_map.converters.setdefault("ocsp_request", _AnyText))
+@ocsp.record_once
+def _register_converter(state: BlueprintSetupState) -> None:
+    # Before the routes below are added to the app's URL map, which needs the converter.
+    state.app.url_map.converters.setdefault("ocsp_request", _AnyText)
 
 
 def responder() -> OCSPResponder:
