@@ -35,7 +35,7 @@ from ca_service.domain import (
     KeyType,
     RevocationReason,
 )
-from ca_service.errors import BadRequest, CAError, ConfigError
+from ca_service.errors import BadRequest, CAError, ConfigError, Unavailable
 from ca_service.policy.names import NameConstraintsSpec
 from ca_service.storage import migrate
 from ca_service.storage.db import Database, unit_of_work
@@ -95,7 +95,7 @@ def handle_errors(func: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
-        except ConfigError as exc:
+        except (ConfigError, Unavailable) as exc:
             _fail(exc.detail, 3)
         except CAError as exc:
             _fail(exc.detail, 1)

@@ -69,3 +69,15 @@ class ConfigError(CAError):
 
     code = "config"
     title = "Configuration error"
+
+
+class Unavailable(CAError):
+    """A dependency (the database) is away for now; the same request may succeed if retried.
+
+    ``detail`` names the driver's reason for operators (the CLI prints it); the HTTP layer shows
+    callers a generic text and a Retry-After instead, since the reason names internal hosts.
+    """
+
+    code = "unavailable"
+    title = "Service unavailable"
+    retry_after = 2  # seconds: a PostgreSQL restart or failover takes about one

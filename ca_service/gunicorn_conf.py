@@ -9,8 +9,12 @@ gunicorn reads every module-level name that is one of its settings and ignores t
 from typing import Any
 
 from ca_service.config import load_settings
+from ca_service.web import server_hooks as _hooks
 
 _settings = load_settings()
+# A body over the limit: 413 and Connection: close. gunicorn's own 400/414/431: problem+json.
+pre_request = _hooks.closing_oversized_bodies(_settings.max_body_bytes)
+_hooks.install_problem_error_pages()
 
 bind = [_settings.bind]
 workers = _settings.workers

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 import sqlalchemy as sa
+from hypothesis import settings as hypothesis_settings
 
 from ca_service.authority import CertificateAuthority, HierarchySpec
 from ca_service.config import Settings
@@ -26,6 +27,20 @@ from ca_service.wiring import build_authority
 
 if TYPE_CHECKING:
     from .live import LiveServer
+
+# Property tests: in CI the same examples every run (derandomized, no example database), so a
+# red build is reproducible and a green one is not luck; locally they explore at random, and a
+# failure found there is kept as an @example. HYPOTHESIS_PROFILE=ci reproduces CI locally.
+hypothesis_settings.register_profile(
+    "ci",
+    derandomize=True,
+    database=None,
+    print_blob=True,
+)
+hypothesis_settings.register_profile("dev", print_blob=True)
+hypothesis_settings.load_profile(
+    os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if os.environ.get("CI") == "true" else "dev")
+)
 
 PG_URL = os.environ.get("CA_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 PASSPHRASE = b"test-passphrase-not-secret"

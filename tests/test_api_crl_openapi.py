@@ -43,7 +43,13 @@ def test_openapi_document_is_valid_openapi_31(live: LiveServer) -> None:
         for op in ops.values():
             for status, response in op["responses"].items():
                 if int(status) >= 400 and "$ref" in response:
-                    assert response["$ref"] == "#/components/responses/Problem"
+                    name = response["$ref"].rsplit("/", 1)[1]
+                    content = served["components"]["responses"][name]["content"]
+                    assert content == {
+                        "application/problem+json": {
+                            "schema": {"$ref": "#/components/schemas/Problem"}
+                        }
+                    }
 
 
 def test_docs_page_lists_every_operation(live: LiveServer) -> None:

@@ -27,7 +27,10 @@ class ParsedCSR:
 
 def load_csr(data: bytes | str) -> x509.CertificateSigningRequest:
     """Decode PEM or DER; any failure is one BadRequest, never a library traceback."""
-    raw = data.encode() if isinstance(data, str) else data
+    try:
+        raw = data.encode() if isinstance(data, str) else data
+    except UnicodeEncodeError:  # an unpaired surrogate: no PEM or DER has one
+        raise BadRequest("the CSR is not a valid PKCS#10 request in PEM or DER") from None
     if not raw or not raw.strip():
         raise BadRequest("the CSR is empty")
     if len(raw) > MAX_CSR_BYTES:
@@ -36,7 +39,8 @@ def load_csr(data: bytes | str) -> x509.CertificateSigningRequest:
         if raw.lstrip().startswith(b"-----BEGIN"):
             return x509.load_pem_x509_csr(raw.strip())
         return x509.load_der_x509_csr(raw)
-    except ValueError:
+    except (ValueError, x509.InvalidVersion):
+        # InvalidVersion (a version other than v1, i.e. 0) is not a ValueError in cryptography.
         raise BadRequest("the CSR is not a valid PKCS#10 request in PEM or DER") from None
 
 

@@ -13,7 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import ExceptionContext
 from sqlalchemy.orm import Session
+
+from ca_service.errors import BadRequest, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +42,7 @@ class Database:
             # that one request, which the client may retry.
             kwargs.update(pool_size=8, max_overflow=8, pool_recycle=3600)
         self.engine: Engine = create_engine(url, **kwargs)
+        event.listen(self.engine, "handle_error", _translate_driver_error)
         self._lock_path: Path | None = None
         if self.is_sqlite:
             _configure_sqlite(self.engine)
@@ -112,6 +117,32 @@ def _tighten(path: str) -> None:
     except OSError:
         return  # gone meanwhile, or not ours to change
     log.warning("%s was open to other users (mode %04o); now %04o", path, mode, mode & 0o700)
+
+
+def _translate_driver_error(ctx: ExceptionContext) -> None:
+    """Turn the driver errors a caller can cause or wait out into domain errors, for every
+    statement, connect and commit of the engine (SQLAlchemy still invalidates a dropped
+    connection and, on a disconnect, the pool first).
+
+    - A lost or refused connection, or any other OperationalError (server shutting down,
+      SQLite busy past its timeout, a deadlock, a cancelled statement): ``Unavailable``, so that
+      a database restart reads "retry shortly" (503), not "internal error".
+    - A DataError (a value the column type refuses: NUL in PostgreSQL text, a number out of
+      range): ``BadRequest``. The web edge refuses such input first; this is the backstop.
+
+    Errors that mean a bug or a conflict (IntegrityError, ProgrammingError) pass unchanged.
+    """
+    original = ctx.sqlalchemy_exception
+    reason = _first_line(ctx.original_exception)
+    if ctx.is_disconnect or isinstance(original, sa_exc.OperationalError):
+        raise Unavailable(f"the database is unreachable or refused the operation: {reason}")
+    if isinstance(original, sa_exc.DataError):
+        raise BadRequest("a value in the request cannot be stored (out of range or not text)")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _configure_sqlite(engine: Engine) -> None:

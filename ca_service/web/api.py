@@ -111,15 +111,16 @@ def _pem_response(result: IssuedCertificate, status: int, location: str) -> Resp
 def list_certificates() -> Response:
     ca = authority()
     now = ca.clock.now()
+    # A typed parameter given empty is refused like any other invalid value, not ignored.
     status_text = request.args.get("status")
     status = None
-    if status_text:
+    if status_text is not None:
         try:
             status = CertStatus(status_text)
         except ValueError:
             raise BadRequest("status must be valid, revoked or expired") from None
     expires_before = None
-    if request.args.get("expires_before"):
+    if request.args.get("expires_before") is not None:
         expires_before = _parse_time(request.args["expires_before"], "expires_before")
     q = request.args.get("q") or None
     if q is not None and len(q) > 255:

@@ -7,12 +7,14 @@ import re
 import secrets
 
 from flask import Flask, Response, g, request
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from ca_service.authority import CertificateAuthority
 from ca_service.config import Settings, load_settings
 from ca_service.tokens import TokenService
 from ca_service.web import problems
 from ca_service.web.api import api
+from ca_service.web.body import check_url
 from ca_service.web.docs import docs
 from ca_service.web.ocsp import ocsp
 from ca_service.web.public import public
@@ -43,6 +45,14 @@ def create_app(
     def _request_context() -> None:
         supplied = request.headers.get("X-Request-Id", "")
         g.request_id = supplied if _REQUEST_ID.match(supplied) else secrets.token_hex(8)
+
+    @app.before_request
+    def _check_input() -> None:
+        # Once for every endpoint, before any view (or authentication) reads the input.
+        length = request.content_length
+        if length is not None and length > settings.max_body_bytes:
+            raise RequestEntityTooLarge()
+        check_url()
 
     @app.after_request
     def _headers(response: Response) -> Response:

@@ -8,7 +8,9 @@ import email.utils
 import hashlib
 
 from flask import Blueprint, Response, current_app, request
+from flask.blueprints import BlueprintSetupState
 from werkzeug.exceptions import RequestEntityTooLarge, UnsupportedMediaType
+from werkzeug.routing import PathConverter
 
 from ca_service.crypto.ocsp_wire import unsuccessful
 from ca_service.ocsp import OCSPAnswer, OCSPResponder
@@ -20,6 +22,19 @@ OCSP_REQUEST = "application/ocsp-request"
 OCSP_RESPONSE = "application/ocsp-response"
 # A request for 64 certificates is under 6 KiB; anything far larger is not an OCSP request.
 MAX_OCSP_REQUEST = 16 * 1024
+
+
+class _AnyText(PathConverter):
+    """The rest of the path, newlines included: werkzeug's ``path`` stops at one, which made a
+    GET with %0A in it a 404 instead of the malformedRequest answer any other garbage gets."""
+
+    regex = r"[^/][\s\S]*?"
+
+
+@ocsp.record_once
+def _register_converter(state: BlueprintSetupState) -> None:
+    # Before the routes below are added to the app's URL map, which needs the converter.
+    state.app.url_map.converters.setdefault("ocsp_request", _AnyText)
 
 
 def responder() -> OCSPResponder:
@@ -42,7 +57,7 @@ def ocsp_post() -> Response:
     return _response(responder().respond(data), cache=False)
 
 
-@ocsp.get("/ocsp/<path:encoded>")
+@ocsp.get("/ocsp/<ocsp_request:encoded>")
 def ocsp_get(encoded: str) -> Response:
     """RFC 6960 appendix A.1: the DER request, base64 and URL-encoded, as the last path part."""
     if len(encoded) > MAX_OCSP_REQUEST:

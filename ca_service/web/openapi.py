@@ -730,7 +730,7 @@ PATHS: dict[str, Any] = {
                         }
                     },
                 },
-                **_errors(413, 503),
+                **_errors(404, 413, 503),
             },
         }
     },
@@ -777,6 +777,27 @@ PATHS: dict[str, Any] = {
 }
 
 
+# Answers any operation may give besides its own: a URL (path or query) with a NUL or an unpaired
+# surrogate, or a body over the size limit, is refused before any view runs (400, 413); and while
+# the database is unreachable, anything that needs it answers 503 with Retry-After.
+UNAVAILABLE = {"$ref": "#/components/responses/Unavailable"}
+COMMON_RESPONSES: dict[str, Any] = {"400": PROBLEM, "413": PROBLEM, "503": UNAVAILABLE}
+
+
+def _with_common_responses(paths: dict[str, Any]) -> dict[str, Any]:
+    """Every operation with COMMON_RESPONSES added where it documents no answer of its own."""
+    out: dict[str, Any] = {}
+    for path, item in paths.items():
+        out[path] = {}
+        for method, op in item.items():
+            responses = dict(op["responses"])
+            for status, response in COMMON_RESPONSES.items():
+                if responses.get(status, PROBLEM) == PROBLEM:
+                    responses[status] = response
+            out[path][method] = {**op, "responses": responses}
+    return out
+
+
 def document() -> dict[str, Any]:
     return {
         "openapi": "3.1.0",
@@ -784,12 +805,13 @@ def document() -> dict[str, Any]:
             "title": "ca-service",
             "version": __version__,
             "description": "A self-hosted certificate authority. Errors are "
-            "application/problem+json (RFC 9457).",
+            "application/problem+json (RFC 9457), including 404 for a path not listed here and "
+            "405 (with an Allow header) for a method a path does not list.",
         },
         "servers": [{"url": "/"}],
         # Over HTTPS (`serve --tls`) a client certificate of this CA may stand in for a token.
         "security": [*BEARER, {"mutualTLS": []}],
-        "paths": PATHS,
+        "paths": _with_common_responses(PATHS),
         "components": {
             "securitySchemes": {
                 "bearer": {"type": "http", "scheme": "bearer"},
@@ -804,7 +826,14 @@ def document() -> dict[str, Any]:
                 "Problem": {
                     "description": "An error (RFC 9457)",
                     "content": {"application/problem+json": {"schema": _ref("Problem")}},
-                }
+                },
+                "Unavailable": {
+                    "description": "The database is unavailable for now (a restart, a "
+                    "failover); nothing was changed, and the request may be retried after "
+                    "Retry-After seconds. Also: the service is not ready (no Retry-After).",
+                    "headers": {"Retry-After": {"schema": {"type": "integer", "minimum": 1}}},
+                    "content": {"application/problem+json": {"schema": _ref("Problem")}},
+                },
             },
         },
     }

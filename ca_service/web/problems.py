@@ -21,6 +21,7 @@ from ca_service.errors import (
     NotFound,
     PolicyRejected,
     Unauthorized,
+    Unavailable,
 )
 
 log = logging.getLogger("ca_service.web")
@@ -36,6 +37,7 @@ _STATUS: list[tuple[type[CAError], int]] = [
     (Unauthorized, 401),
     (Forbidden, 403),
     (ConfigError, 503),
+    (Unavailable, 503),
 ]
 
 _HTTP_CODES = {
@@ -79,6 +81,17 @@ def register(app: Flask) -> None:
         if isinstance(exc, ConfigError):
             log.error("service misconfigured: %s (request %s)", exc.detail, g.get("request_id"))
             return problem(503, "unavailable", "Service unavailable", "the service is not ready")
+        if isinstance(exc, Unavailable):
+            # Expected during a database restart: one line, no traceback, nothing written.
+            log.warning("request %s: %s", g.get("request_id"), exc.detail)
+            response = problem(
+                503,
+                exc.code,
+                exc.title,
+                "the database is unavailable for now; retry the request shortly",
+            )
+            response.headers["Retry-After"] = str(exc.retry_after)
+            return response
         return problem(status, exc.code, exc.title, exc.detail, rule=exc.rule)
 
     @app.errorhandler(HTTPException)
