@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import NameOID
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from ca_service.clock import Clock, SystemClock
@@ -68,6 +68,7 @@ from ca_service.errors import (
     Forbidden,
     NotFound,
     PolicyRejected,
+    Unavailable,
 )
 from ca_service.policy.check import AuthorityView, check, responder_template
 from ca_service.policy.names import NameConstraintsSpec
@@ -872,8 +873,8 @@ class CertificateAuthority:
         one may be kept revoked on purpose, for its CRL and OCSP."""
         try:
             return self._readiness()
-        except SQLAlchemyError as exc:
-            log.warning("readiness: the database does not answer: %s", type(exc).__name__)
+        except Unavailable as exc:
+            log.warning("readiness: the database does not answer: %s", exc.detail)
             return Readiness(
                 ("the database is unreachable or its schema is missing",),
                 {"database": "unreachable"},
