@@ -799,6 +799,13 @@ def token() -> None:
 @click.option("--authority", "authorities", multiple=True, help="Allowed authority. Repeatable.")
 @click.option("--allow-wildcards", is_flag=True)
 @click.option(
+    "--subject",
+    "subjects",
+    multiple=True,
+    help="Allowed subject value besides a CN repeating a SAN (issuer): ATTR=glob, e.g. "
+    "CN=build-*. Repeatable.",
+)
+@click.option(
     "--expires", type=click.IntRange(1, 3650), metavar="DAYS", help="Token lifetime in days."
 )
 @handle_errors
@@ -810,6 +817,7 @@ def token_create(
     max_days: int | None,
     authorities: tuple[str, ...],
     allow_wildcards: bool,
+    subjects: tuple[str, ...],
     expires: int | None,
 ) -> None:
     """Create a token and print it once."""
@@ -822,6 +830,7 @@ def token_create(
         max_validity_days=max_days,
         authorities=list(authorities) or None,
         allow_wildcards=allow_wildcards,
+        subjects=list(subjects) or None,
     )
     expires_at = ca.clock.now() + dt.timedelta(days=expires) if expires else None
     plain, record = TokenService(ca.db).create(name, r, policy, _actor(), expires_at=expires_at)

@@ -14,7 +14,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from ca_service.crypto.names import make_name
+from ca_service.crypto.names import make_name, refuse_unprintable
 from ca_service.domain import (
     ApprovedTemplate,
     CallerPolicy,
@@ -24,7 +24,13 @@ from ca_service.domain import (
     SubjectName,
 )
 from ca_service.errors import BadRequest, CAError, PolicyRejected
-from ca_service.policy.names import NameConstraintsSpec, first_unmatched
+from ca_service.policy.names import (
+    SUBJECT_ATTRIBUTES,
+    NameConstraintsSpec,
+    first_unmatched,
+    is_public_suffix,
+    subject_value_allowed,
+)
 from ca_service.policy.profiles import Profile
 
 # RFC 5280 ub-common-name; longer values are rejected by strict parsers.
@@ -80,6 +86,7 @@ def check(
     subject = x509.Name(
         [x509.NameAttribute(NameOID.COMMON_NAME, common_name)] if common_name else []
     )
+    _check_subject(subject, names, caller)
     return ApprovedTemplate(
         authority=authority.name,
         serial=serial,
@@ -148,11 +155,12 @@ def _subject_names(
     names: list[SubjectName] = list(request.names)
     common_name = request.common_name.strip() if request.common_name else None
     if common_name:
+        assert request.common_name is not None
+        # The raw value: strip() would remove U+0085, U+00A0, U+2028 and U+2029 silently.
+        refuse_unprintable(request.common_name.strip(" "), "the common name")
         if len(common_name) > MAX_COMMON_NAME:
             raise BadRequest(f"the common name is longer than {MAX_COMMON_NAME} characters")
-        if any(ord(c) < 32 or ord(c) == 127 for c in common_name):
-            raise BadRequest("the common name contains control characters")
-        cn_name = _name_from_common_name(common_name)
+        cn_name = _name_from_common_name(common_name, profile)
         if cn_name is not None:
             # The CN is kept in the subject for old clients, but only the SAN is authoritative.
             common_name = cn_name.value
@@ -176,14 +184,49 @@ def _subject_names(
     return common_name, unique
 
 
-def _name_from_common_name(common_name: str) -> SubjectName | None:
-    """A CN that reads as a host name or IP is a name; anything else is a display name."""
+def _name_from_common_name(common_name: str, profile: Profile) -> SubjectName | None:
+    """A CN that reads as a host name or IP is a name; anything else is a display name.
+
+    Where a profile does not need a host name (``client``), only an IP or a dotted name is
+    taken for one: a single word such as ``Bob`` is a person's or a team's name, kept as given.
+    """
     for kind in (NameKind.IP, NameKind.DNS):
         try:
-            return make_name(kind, common_name)
+            name = make_name(kind, common_name)
         except CAError:
             continue
+        if kind is NameKind.DNS and not profile.require_dns_or_ip and "." not in name.value:
+            return None
+        return name
     return None
+
+
+def _check_subject(
+    subject: x509.Name, names: tuple[SubjectName, ...], caller: CallerPolicy
+) -> None:
+    """Every attribute value of the subject the certificate will carry, against the caller.
+
+    Runs over the final subject, not the request's fields, so that any attribute a request can
+    ever set is checked. A CN that repeats one of the certificate's SANs was checked with them;
+    any other value needs an ``allowed_subjects`` pattern once the caller's names are restricted
+    (a subject is an identity: mTLS rules and relying parties match on it).
+    """
+    sans = {n.value for n in names}
+    short = {oid: attr for attr, oid in SUBJECT_ATTRIBUTES.items()}
+    for attribute in subject:
+        value = attribute.value
+        assert isinstance(value, str)
+        label = f"{short.get(attribute.oid, attribute.oid.dotted_string)}={value}"
+        refuse_unprintable(value, f"the subject value {label!r}")
+        if not caller.restricts_names:
+            continue
+        if attribute.oid == NameOID.COMMON_NAME and value in sans:
+            continue
+        if not subject_value_allowed(attribute.oid, value, caller.allowed_subjects or ()):
+            raise PolicyRejected(
+                f"subject {label!r} is outside the subjects this caller may request",
+                rule="caller.allowed_subjects",
+            )
 
 
 def _check_names(
@@ -198,7 +241,15 @@ def _check_names(
         raise PolicyRejected(
             f"wildcard name {wildcards[0].value!r} is not allowed", rule=f"{who}.wildcards"
         )
+    for wildcard in wildcards:
+        # Even for an admin: no one registrant owns the names below a public suffix.
+        if is_public_suffix(wildcard.value[2:]):
+            raise PolicyRejected(
+                f"wildcard name {wildcard.value!r} covers a public suffix or a top-level domain",
+                rule="names.public_suffix_wildcard",
+            )
     for name in names:
+        refuse_unprintable(name.value, f"the name {str(name)!r}")
         why = authority.constraints.violation(name)
         if why:
             raise PolicyRejected(why, rule="authority.name_constraints")

@@ -14,6 +14,7 @@ from ca_service.tokens import TokenService
 from ca_service.web import problems
 from ca_service.web.api import api
 from ca_service.web.docs import docs
+from ca_service.web.mtls import check_rule_authorities
 from ca_service.web.ocsp import ocsp
 from ca_service.web.public import public
 from ca_service.wiring import build_authority
@@ -31,6 +32,7 @@ def create_app(
     logging.getLogger("alembic").setLevel(logging.WARNING)
     ca = authority or build_authority(settings)
     ca.load_keys()
+    check_rule_authorities(settings.mtls_rules, {a.name for a in ca.list_authorities()})
 
     app = Flask("ca_service")
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes

@@ -19,7 +19,7 @@ from ca_service.config import MTLSRule
 from ca_service.crypto.keys import fingerprint_sha256
 from ca_service.crypto.names import parse_name
 from ca_service.domain import Actor, CallerPolicy, CertificateRecord, CertStatus
-from ca_service.errors import Unauthorized
+from ca_service.errors import ConfigError, Unauthorized
 from ca_service.policy.names import matches_pattern
 from ca_service.signing.serials import serial_hex
 from ca_service.storage.db import unit_of_work
@@ -96,8 +96,21 @@ def authenticate_certificate(der: bytes) -> CertificatePrincipal:
         max_validity_days=rule.max_validity_days,
         authorities=list(rule.authorities) if rule.authorities else None,
         allow_wildcards=rule.allow_wildcards,
+        subjects=list(rule.allowed_subjects) if rule.allowed_subjects else None,
     )
     return CertificatePrincipal(record, role, policy)
+
+
+def check_rule_authorities(rules: tuple[MTLSRule, ...], authorities: set[str]) -> None:
+    """At start: every ``issued_by`` names an authority of the store (a typo would make a bound
+    rule match nothing, silently)."""
+    for index, rule in enumerate(rules, 1):
+        if rule.issued_by is not None and rule.issued_by not in authorities:
+            known = ", ".join(sorted(authorities)) or "none yet"
+            raise ConfigError(
+                f"[[mtls]] #{index}: issued_by {rule.issued_by!r} is not an authority of this "
+                f"service (known: {known})"
+            )
 
 
 def first_matching_rule(
@@ -111,6 +124,10 @@ def first_matching_rule(
 
 
 def _matches(rule: MTLSRule, cert: x509.Certificate, record: CertificateRecord) -> bool:
+    if rule.issued_by is not None and record.authority != rule.issued_by:
+        return False
+    if rule.certificate_profile is not None and record.profile != rule.certificate_profile:
+        return False
     if rule.kind == "subject":
         return cert.subject.rfc4514_string() == rule.value
     if rule.kind == "san":
