@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from ca_service.authority import CertificateAuthority, HierarchySpec
-from ca_service.config import Settings, load_settings
+from ca_service.config import Settings, check_mtls_authorities, load_settings
 from ca_service.domain import (
     Actor,
     AuthorityRecord,
@@ -733,6 +733,8 @@ def serve(bind: str | None, workers: int | None, timeout: int | None, tls: bool 
         ca.load_keys()
         ca.generate_crl("default")
     ca.load_keys()
+    # Here too, so that a bad rule is one line on stderr, not a worker that fails to boot.
+    check_mtls_authorities(settings.mtls_rules, {a.name for a in ca.list_authorities()})
     service = TokenService(ca.db)
     if service.count() == 0:
         plain, record = service.create(

@@ -313,6 +313,18 @@ def _hostnames(value: Any) -> tuple[str, ...]:
     return names
 
 
+def check_mtls_authorities(rules: tuple[MTLSRule, ...], authorities: set[str]) -> None:
+    """At start, once the store is open: every ``issued_by`` names one of its authorities (a
+    typo would leave a bound rule matching nothing, silently)."""
+    for index, rule in enumerate(rules, 1):
+        if rule.issued_by is not None and rule.issued_by not in authorities:
+            known = ", ".join(sorted(authorities)) or "none yet"
+            raise ConfigError(
+                f"[[mtls]] #{index}: issued_by {rule.issued_by!r} is not an authority of this "
+                f"service (known: {known})"
+            )
+
+
 def _mtls_rules(raw: Any, settings: Settings) -> tuple[MTLSRule, ...]:
     """Parse and check ``[[mtls]]`` tables now, so a typo stops the service at start."""
     from ca_service.policy.names import validate_pattern, validate_subject_pattern

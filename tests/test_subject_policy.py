@@ -38,9 +38,7 @@ from .live import LiveServer, Reply, assert_problem, create_token, db_engine, se
 NOW = dt.datetime(2031, 5, 1, 8, 0, tzinfo=dt.UTC)
 PUBLIC_KEY = ec.generate_private_key(ec.SECP256R1()).public_key()
 CI = CallerPolicy(allowed_names=("*.ci.example.test",))
-VIEW = AuthorityView(
-    "default", NOW + dt.timedelta(days=900), NameConstraintsSpec(), "u", "u", None
-)
+VIEW = AuthorityView("default", NOW + dt.timedelta(days=900), NameConstraintsSpec(), "u", "u", None)
 # The names the issue quotes as issued to a restricted issuer (with a SAN inside its policy).
 HOSTILE_CNS = [
     "Ops Team",
@@ -117,7 +115,10 @@ def test_a_cn_that_repeats_a_checked_san_needs_no_subject_pattern() -> None:
     caller = CallerPolicy(allowed_names=("*.ci.example.test", "*@ci.example.test"))
     template = approve(req("email:ops@ci.example.test", cn="a.ci.example.test"), caller)
     assert template.common_name == "a.ci.example.test"
-    assert [str(n) for n in template.names] == ["dns:a.ci.example.test", "email:ops@ci.example.test"]
+    assert [str(n) for n in template.names] == [
+        "dns:a.ci.example.test",
+        "email:ops@ci.example.test",
+    ]
     template = approve(req("email:ops@ci.example.test", cn="ops@ci.example.test"), caller)
     assert template.common_name == "ops@ci.example.test"
     # The same text in the CN without the SAN repeats nothing: it needs a subject pattern.
@@ -188,11 +189,7 @@ def test_every_subject_attribute_of_the_template_was_checked() -> None:
             x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, "Admins"),
         ]
     )
-    csr = (
-        x509.CertificateSigningRequestBuilder()
-        .subject_name(subject)
-        .sign(key, hashes.SHA256())
-    )
+    csr = x509.CertificateSigningRequestBuilder().subject_name(subject).sign(key, hashes.SHA256())
     parsed = parse_csr(csr.public_bytes(serialization.Encoding.PEM))
     request = IssuanceRequest(
         parsed.public_key, parsed.key_type, parsed.common_name, parsed.names, "client"

@@ -170,7 +170,7 @@ def _normal_authority(authority: str, scheme: str, original: str) -> str:
     if hostport.startswith("["):
         host, bracket, rest = hostport.partition("]")
         host += bracket
-        if rest and not rest.startswith(":"):
+        if not bracket or (rest and not rest.startswith(":")):
             raise BadRequest(f"URI {original!r} is not a valid URI")
         port = rest[1:]
         try:

@@ -14,7 +14,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from ca_service.crypto.names import make_name, refuse_unprintable
+from ca_service.crypto.names import make_name, normalize_uri, refuse_unprintable
 from ca_service.domain import (
     ApprovedTemplate,
     CallerPolicy,
@@ -250,6 +250,9 @@ def _check_names(
             )
     for name in names:
         refuse_unprintable(name.value, f"the name {str(name)!r}")
+        if name.kind is NameKind.URI:
+            # Patterns compare text: only a normal URI means what its text says.
+            normalize_uri(name.value)
         why = authority.constraints.violation(name)
         if why:
             raise PolicyRejected(why, rule="authority.name_constraints")

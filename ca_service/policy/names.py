@@ -133,11 +133,17 @@ def validate_pattern(pattern: str) -> str:
 def _validate_uri_pattern(text: str) -> str:
     """The normal form of a URI pattern; '*' only as the whole last path segment, so that
     ``spiffe://cluster/ns/ci/*`` never matches ``spiffe://cluster/ns/ci-admin/...``."""
-    prefix = text[:-1] if text.endswith("/*") else text
-    if "*" in prefix:
-        raise BadRequest(f"URI pattern {text!r}: '*' may only be the last path segment, after '/'")
-    normal = uri_normal_form(prefix)
-    return normal + "*" if prefix != text else normal
+    below = text.endswith("/*")
+    base = text[:-2] if below else text
+    if "*" in base or "://" not in base:
+        raise BadRequest(
+            f"URI pattern {text!r}: write scheme://host[/path], with '*' only as the last path "
+            "segment, after '/'"
+        )
+    normal = uri_normal_form(base)
+    if not below:
+        return normal
+    return normal + ("*" if normal.endswith("/") else "/*")
 
 
 def validate_subject_pattern(pattern: str) -> str:

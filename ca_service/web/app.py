@@ -9,12 +9,11 @@ import secrets
 from flask import Flask, Response, g, request
 
 from ca_service.authority import CertificateAuthority
-from ca_service.config import Settings, load_settings
+from ca_service.config import Settings, check_mtls_authorities, load_settings
 from ca_service.tokens import TokenService
 from ca_service.web import problems
 from ca_service.web.api import api
 from ca_service.web.docs import docs
-from ca_service.web.mtls import check_rule_authorities
 from ca_service.web.ocsp import ocsp
 from ca_service.web.public import public
 from ca_service.wiring import build_authority
@@ -32,7 +31,7 @@ def create_app(
     logging.getLogger("alembic").setLevel(logging.WARNING)
     ca = authority or build_authority(settings)
     ca.load_keys()
-    check_rule_authorities(settings.mtls_rules, {a.name for a in ca.list_authorities()})
+    check_mtls_authorities(settings.mtls_rules, {a.name for a in ca.list_authorities()})
 
     app = Flask("ca_service")
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes

@@ -19,7 +19,7 @@ from ca_service.config import MTLSRule
 from ca_service.crypto.keys import fingerprint_sha256
 from ca_service.crypto.names import parse_name
 from ca_service.domain import Actor, CallerPolicy, CertificateRecord, CertStatus
-from ca_service.errors import ConfigError, Unauthorized
+from ca_service.errors import Unauthorized
 from ca_service.policy.names import matches_pattern
 from ca_service.signing.serials import serial_hex
 from ca_service.storage.db import unit_of_work
@@ -100,17 +100,6 @@ def authenticate_certificate(der: bytes) -> CertificatePrincipal:
     )
     return CertificatePrincipal(record, role, policy)
 
-
-def check_rule_authorities(rules: tuple[MTLSRule, ...], authorities: set[str]) -> None:
-    """At start: every ``issued_by`` names an authority of the store (a typo would make a bound
-    rule match nothing, silently)."""
-    for index, rule in enumerate(rules, 1):
-        if rule.issued_by is not None and rule.issued_by not in authorities:
-            known = ", ".join(sorted(authorities)) or "none yet"
-            raise ConfigError(
-                f"[[mtls]] #{index}: issued_by {rule.issued_by!r} is not an authority of this "
-                f"service (known: {known})"
-            )
 
 
 def first_matching_rule(
