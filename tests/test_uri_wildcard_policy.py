@@ -1,5 +1,6 @@
 """Issue 9 item 3: URIs are normalised before they are matched, and no wildcard covers a public
-suffix. Pure policy tests (mutation testing runs these); through a real server: test_names_live.py."""
+suffix. Pure policy tests (mutation testing runs these); via a real server: test_names_live.py.
+"""
 
 from __future__ import annotations
 

@@ -25,7 +25,6 @@ from ca_service.domain import (
 )
 from ca_service.errors import BadRequest, CAError, PolicyRejected
 from ca_service.policy.names import (
-    SUBJECT_ATTRIBUTES,
     NameConstraintsSpec,
     first_unmatched,
     is_public_suffix,
@@ -79,6 +78,7 @@ def check(
             rule="profile.key_types",
         )
 
+    _refuse_unprintable(request)
     common_name, names = _subject_names(request, profile)
     _check_names(names, profile, authority, caller)
     not_before, not_after = _validity(request, profile, authority, caller, now)
@@ -155,9 +155,6 @@ def _subject_names(
     names: list[SubjectName] = list(request.names)
     common_name = request.common_name.strip() if request.common_name else None
     if common_name:
-        assert request.common_name is not None
-        # The raw value: strip() would remove U+0085, U+00A0, U+2028 and U+2029 silently.
-        refuse_unprintable(request.common_name.strip(" "), "the common name")
         if len(common_name) > MAX_COMMON_NAME:
             raise BadRequest(f"the common name is longer than {MAX_COMMON_NAME} characters")
         cn_name = _name_from_common_name(common_name, profile)
@@ -182,6 +179,16 @@ def _subject_names(
             rule="profile.require_dns_or_ip",
         )
     return common_name, unique
+
+
+def _refuse_unprintable(request: IssuanceRequest) -> None:
+    """Every text the certificate can take from the request, for every caller: the raw CN
+    (before strip(), which would drop U+0085, U+00A0, U+2028 and U+2029 silently) and each SAN.
+    The subject is built from these alone, so each of its values is covered too."""
+    if request.common_name is not None:
+        refuse_unprintable(request.common_name, "the common name")
+    for name in request.names:
+        refuse_unprintable(name.value, f"the name {str(name)!r}")
 
 
 def _name_from_common_name(common_name: str, profile: Profile) -> SubjectName | None:
@@ -211,20 +218,19 @@ def _check_subject(
     any other value needs an ``allowed_subjects`` pattern once the caller's names are restricted
     (a subject is an identity: mTLS rules and relying parties match on it).
     """
+    if not caller.restricts_names:
+        return
     sans = {n.value for n in names}
-    short = {oid: attr for attr, oid in SUBJECT_ATTRIBUTES.items()}
     for attribute in subject:
         value = attribute.value
         assert isinstance(value, str)
-        label = f"{short.get(attribute.oid, attribute.oid.dotted_string)}={value}"
-        refuse_unprintable(value, f"the subject value {label!r}")
-        if not caller.restricts_names:
-            continue
-        if attribute.oid == NameOID.COMMON_NAME and value in sans:
-            continue
-        if not subject_value_allowed(attribute.oid, value, caller.allowed_subjects or ()):
+        repeats_san = attribute.oid == NameOID.COMMON_NAME and value in sans
+        if not repeats_san and not subject_value_allowed(
+            attribute.oid, value, caller.allowed_subjects or ()
+        ):
             raise PolicyRejected(
-                f"subject {label!r} is outside the subjects this caller may request",
+                f"subject {attribute.rfc4514_string()!r} is outside the subjects this caller "
+                "may request",
                 rule="caller.allowed_subjects",
             )
 
@@ -249,7 +255,6 @@ def _check_names(
                 rule="names.public_suffix_wildcard",
             )
     for name in names:
-        refuse_unprintable(name.value, f"the name {str(name)!r}")
         if name.kind is NameKind.URI:
             # Patterns compare text: only a normal URI means what its text says.
             normalize_uri(name.value)

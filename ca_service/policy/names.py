@@ -24,7 +24,12 @@ from dataclasses import dataclass, field
 from cryptography.x509.oid import NameOID, ObjectIdentifier
 from publicsuffixlist import PublicSuffixList
 
-from ca_service.crypto.names import normalize_dns, refuse_unprintable, uri_normal_form
+from ca_service.crypto.names import (
+    normalize_dns,
+    normalize_email,
+    refuse_unprintable,
+    uri_normal_form,
+)
 from ca_service.domain import NameKind, SubjectName
 from ca_service.errors import BadRequest
 
@@ -59,10 +64,11 @@ def _is_within(name: str, domain: str) -> bool:
 
 
 def matches_pattern(name: SubjectName, pattern: str) -> bool:
-    pattern = pattern.strip()
+    """Whether a normalised name matches one pattern as ``validate_pattern`` returns it (patterns
+    are normalised once, when a token or rule is made, so matching compares normal forms)."""
     if name.kind is NameKind.IP:
         try:
-            network = ipaddress.ip_network(pattern, strict=False)
+            network = ipaddress.ip_network(pattern)
         except ValueError:
             return False
         address = ipaddress.ip_address(name.value)
@@ -79,19 +85,11 @@ def matches_pattern(name: SubjectName, pattern: str) -> bool:
         if local in ("*", ""):
             return name_domain == domain.lower()
         return name.value.lower() == pattern.lower()
-    # DNS
-    if "@" in pattern or "://" in pattern or "/" in pattern:
-        return False
-    pattern = pattern.lower().rstrip(".")
-    value = name.value
+    # DNS. A wildcard name "*.b.test" ends with ".b.test" too, so it needs "*.b.test" or a
+    # pattern above it, never "a.b.test". Other kinds of pattern cannot end a DNS name.
     if pattern.startswith("*."):
-        suffix = pattern[2:]
-        if value.startswith("*."):
-            # A wildcard name covers every name one label below its base.
-            base = value[2:]
-            return base == suffix or base.endswith("." + suffix)
-        return value.endswith("." + suffix)
-    return value == pattern
+        return name.value.endswith(pattern[1:])
+    return name.value == pattern
 
 
 def first_unmatched(names: Iterable[SubjectName], patterns: Sequence[str]) -> SubjectName | None:
@@ -109,11 +107,13 @@ def validate_pattern(pattern: str) -> str:
     if "://" in text:
         return _validate_uri_pattern(text)
     if "@" in text:
-        _local, _, domain = text.rpartition("@")
-        normalize_dns(domain)
-        return text
+        local, _, domain = text.rpartition("@")
+        if local:  # "*" or empty: any address at the domain; else one address, checked
+            local = normalize_email(text).rpartition("@")[0]
+        return f"{local}@{normalize_dns(domain)}"
     try:
-        return str(ipaddress.ip_network(text, strict=False))
+        # An interface's network: "10.1.2.3/8" is written down as 10.0.0.0/8.
+        return str(ipaddress.ip_interface(text).network)
     except ValueError:
         pass
     body = text[2:] if text.startswith("*.") else text
@@ -236,7 +236,7 @@ class NameConstraintsSpec:
                     continue
                 if "/" in text:
                     try:
-                        target_ip.append(str(ipaddress.ip_network(text, strict=True)))
+                        target_ip.append(str(ipaddress.ip_network(text)))
                     except ValueError as exc:
                         raise BadRequest(f"name constraint {text!r}: {exc}") from None
                     continue
@@ -250,7 +250,8 @@ class NameConstraintsSpec:
     def violation(self, name: SubjectName) -> str | None:
         """Why ``name`` falls outside these constraints, or None when it is inside."""
         if name.kind is NameKind.DNS:
-            value = name.value[2:] if name.value.startswith("*.") else name.value
+            # A wildcard "*.b.test" is within a subtree exactly when "b.test" is.
+            value = name.value
             if any(_is_within(value, d) for d in self.excluded_dns):
                 return f"{name} is in an excluded subtree"
             if self.permitted_dns and not any(_is_within(value, d) for d in self.permitted_dns):
