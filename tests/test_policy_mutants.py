@@ -22,6 +22,7 @@ from ca_service.policy.check import (
     AuthorityView,
     check,
     leaf_key_usages,
+    responder_template,
 )
 from ca_service.policy.names import (
     NameConstraintsSpec,
@@ -534,3 +535,41 @@ def test_profile_limits_at_their_boundaries() -> None:
     one = load_profiles({"server": {"default_validity_days": 1, "max_validity_days": 1}})
     assert (one["server"].default_validity_days, one["server"].max_validity_days) == (1, 1)
     assert load_profiles(None) == DEFAULT_PROFILES
+
+
+# ---------------------------------------------------------------------------- OCSP responders
+
+
+def test_a_responder_template_is_ocsp_signing_only_and_short_lived() -> None:
+    from cryptography import x509
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+
+    authority = view(not_after=NOW + dt.timedelta(days=3))
+    week = dt.timedelta(days=7)
+    template = responder_template(authority, EC_KEY, KeyType.ECDSA_P256, NOW, 77, week)
+    assert template.authority == "issuing" and template.serial == 77
+    assert template.common_name == "issuing OCSP Responder"
+    assert template.subject == x509.Name(
+        [x509.NameAttribute(x509.NameOID.COMMON_NAME, "issuing OCSP Responder")]
+    )
+    assert template.names == ()
+    assert template.public_key == EC_KEY and template.key_type is KeyType.ECDSA_P256
+    assert template.profile == "ocsp-responder"
+    assert template.not_before == NOW - BACKDATE
+    assert template.not_after == authority.not_after  # capped by the authority's own end
+    assert template.extended_key_usages == (ExtendedKeyUsageOID.OCSP_SIGNING,)
+    assert template.crl_url == authority.crl_url
+    assert template.ca_issuers_url == authority.ca_issuers_url
+    assert template.ocsp_url is None
+    assert template.key_usages == ("digital_signature",)
+    assert template.ocsp_nocheck is True
+    short = responder_template(view(), EC_KEY, KeyType.ECDSA_P256, NOW, 1, week)
+    assert short.not_after == NOW + week
+    expired = view(not_after=NOW)
+    message = detail_of(
+        lambda: responder_template(expired, EC_KEY, KeyType.ECDSA_P256, NOW, 1, week)
+    )
+    assert message == "authority 'issuing' has expired (rule: authority.expired)"
+    assert responder_template(
+        view(not_after=NOW + dt.timedelta(seconds=1)), EC_KEY, KeyType.ECDSA_P256, NOW, 1, week
+    ).not_after == NOW + dt.timedelta(seconds=1)
