@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from ca_service.authority import CertificateAuthority, HierarchySpec
-from ca_service.config import Settings, load_settings
+from ca_service.config import Settings, check_mtls_authorities, load_settings
 from ca_service.domain import (
     Actor,
     AuthorityRecord,
@@ -803,6 +803,8 @@ def serve(bind: str | None, workers: int | None, timeout: int | None, tls: bool 
         ca.load_keys()
         ca.generate_crl("default")
     ca.load_keys()
+    # Here too, so that a bad rule is one line on stderr, not a worker that fails to boot.
+    check_mtls_authorities(settings.mtls_rules, {a.name for a in ca.list_authorities()})
     service = TokenService(ca.db)
     if service.count() == 0:
         plain, record = service.create(
@@ -856,6 +858,13 @@ def token() -> None:
 @click.option("--authority", "authorities", multiple=True, help="Allowed authority. Repeatable.")
 @click.option("--allow-wildcards", is_flag=True)
 @click.option(
+    "--subject",
+    "subjects",
+    multiple=True,
+    help="Allowed subject value besides a CN repeating a SAN (issuer): ATTR=glob, e.g. "
+    "CN=build-*. Repeatable.",
+)
+@click.option(
     "--expires", type=click.IntRange(1, 3650), metavar="DAYS", help="Token lifetime in days."
 )
 @handle_errors
@@ -867,6 +876,7 @@ def token_create(
     max_days: int | None,
     authorities: tuple[str, ...],
     allow_wildcards: bool,
+    subjects: tuple[str, ...],
     expires: int | None,
 ) -> None:
     """Create a token and print it once."""
@@ -879,6 +889,7 @@ def token_create(
         max_validity_days=max_days,
         authorities=list(authorities) or None,
         allow_wildcards=allow_wildcards,
+        subjects=list(subjects) or None,
     )
     expires_at = ca.clock.now() + dt.timedelta(days=expires) if expires else None
     plain, record = TokenService(ca.db).create(name, r, policy, _actor(), expires_at=expires_at)

@@ -58,6 +58,13 @@ class MTLSRule:
     exactly), ``san`` (a name pattern as in token policies: host, *.domain, CIDR, *@domain; any
     SAN of the certificate matching it), ``profile`` (client or peer) or ``extension`` (a dotted
     OID the certificate carries). Validated at start like every other setting.
+
+    ``issued_by`` (an authority) and ``certificate_profile`` (client or peer) bind the rule to
+    the certificates one authority issues under one profile. A rule must not grant more than it
+    took to obtain a matching certificate: a SAN is checked against every issuer's
+    ``allowed_names`` and the authority's name constraints, so a ``san:`` rule may stand alone;
+    subject text, a profile or an extension says nothing of who asked for the certificate, so
+    those rules must be bound (``profile:`` to its authority, the others to both).
     """
 
     kind: str
@@ -68,6 +75,28 @@ class MTLSRule:
     max_validity_days: int | None = None
     authorities: tuple[str, ...] | None = None
     allow_wildcards: bool = False
+    issued_by: str | None = None
+    certificate_profile: str | None = None
+    allowed_subjects: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        """Refuse an unbound rule wherever one is built, not only in the TOML loader."""
+        if self.certificate_profile not in (None, "client", "peer"):
+            raise ConfigError(
+                f"mtls rule {self.kind}:{self.value}: certificate_profile must be client or peer"
+            )
+        if self.kind == "san":
+            return
+        needs_profile = self.kind != "profile" and self.certificate_profile is None
+        if self.issued_by is None or needs_profile:
+            binding = 'issued_by = "<authority>"' + (
+                ', certificate_profile = "client" or "peer"' if self.kind != "profile" else ""
+            )
+            raise ConfigError(
+                f"mtls rule {self.kind}:{self.value} matches on {self.kind} text alone, which "
+                "any caller allowed to request it could obtain from any authority: bind it with "
+                f"{binding}, or match on a SAN identity (match = \"san:<pattern>\")"
+            )
 
 
 @dataclass(frozen=True)
@@ -284,9 +313,21 @@ def _hostnames(value: Any) -> tuple[str, ...]:
     return names
 
 
+def check_mtls_authorities(rules: tuple[MTLSRule, ...], authorities: set[str]) -> None:
+    """At start, once the store is open: every ``issued_by`` names one of its authorities (a
+    typo would leave a bound rule matching nothing, silently)."""
+    for index, rule in enumerate(rules, 1):
+        if rule.issued_by is not None and rule.issued_by not in authorities:
+            known = ", ".join(sorted(authorities)) or "none yet"
+            raise ConfigError(
+                f"[[mtls]] #{index}: issued_by {rule.issued_by!r} is not an authority of this "
+                f"service (known: {known})"
+            )
+
+
 def _mtls_rules(raw: Any, settings: Settings) -> tuple[MTLSRule, ...]:
     """Parse and check ``[[mtls]]`` tables now, so a typo stops the service at start."""
-    from ca_service.policy.names import validate_pattern
+    from ca_service.policy.names import validate_pattern, validate_subject_pattern
 
     if not isinstance(raw, list) or not all(isinstance(t, dict) for t in raw):
         raise ConfigError("mtls must be an array of tables ([[mtls]])")
@@ -298,6 +339,9 @@ def _mtls_rules(raw: Any, settings: Settings) -> tuple[MTLSRule, ...]:
         "max_validity_days",
         "authorities",
         "allow_wildcards",
+        "issued_by",
+        "certificate_profile",
+        "allowed_subjects",
     }
     rules = []
     for index, table in enumerate(raw, 1):
@@ -329,7 +373,7 @@ def _mtls_rules(raw: Any, settings: Settings) -> tuple[MTLSRule, ...]:
         if role not in _ROLES:
             raise ConfigError(f"{where}: role must be admin, issuer or reader")
         lists: dict[str, tuple[str, ...] | None] = {}
-        for key in ("allowed_names", "profiles", "authorities"):
+        for key in ("allowed_names", "profiles", "authorities", "allowed_subjects"):
             item = table.get(key)
             if item is not None and (
                 not isinstance(item, list) or not all(isinstance(v, str) for v in item)
@@ -344,16 +388,26 @@ def _mtls_rules(raw: Any, settings: Settings) -> tuple[MTLSRule, ...]:
             names = lists["allowed_names"]
             if names is not None:
                 names = tuple(validate_pattern(n) for n in names)
+            subjects = lists["allowed_subjects"]
+            if subjects is not None:
+                subjects = tuple(validate_subject_pattern(n) for n in subjects)
         except CAError as exc:
-            raise ConfigError(f"{where}: allowed_names: {exc.detail}") from None
+            raise ConfigError(f"{where}: {exc.detail}") from None
+        bindings: dict[str, str | None] = {}
+        for key in ("issued_by", "certificate_profile"):
+            item = table.get(key)
+            if item is not None and (not isinstance(item, str) or not item.strip()):
+                raise ConfigError(f"{where}: {key} must be a non-empty string")
+            bindings[key] = item.strip() if item is not None else None
         for profile in lists["profiles"] or ():
             if profile not in settings.profiles:
                 raise ConfigError(f"{where}: unknown profile {profile!r}")
         days = table.get("max_validity_days")
         if days is not None:
             days = _int_in_range(f"{where}: max_validity_days", days, 1, 3650)
-        rules.append(
-            MTLSRule(
+        wildcards = _bool(f"{where}: allow_wildcards", table.get("allow_wildcards", False))
+        try:
+            rule = MTLSRule(
                 kind=kind,
                 value=value,
                 role=role,
@@ -361,9 +415,12 @@ def _mtls_rules(raw: Any, settings: Settings) -> tuple[MTLSRule, ...]:
                 profiles=lists["profiles"],
                 max_validity_days=days,
                 authorities=lists["authorities"],
-                allow_wildcards=_bool(
-                    f"{where}: allow_wildcards", table.get("allow_wildcards", False)
-                ),
+                allow_wildcards=wildcards,
+                issued_by=bindings["issued_by"],
+                certificate_profile=bindings["certificate_profile"],
+                allowed_subjects=subjects,
             )
-        )
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc.detail}") from None
+        rules.append(rule)
     return tuple(rules)

@@ -106,13 +106,22 @@ class SubjectName:
 
 @dataclass(frozen=True)
 class CallerPolicy:
-    """What one caller may ask for. ``None`` means the caller is not restricted on that axis."""
+    """What one caller may ask for. ``None`` means the caller is not restricted on that axis.
+
+    ``allowed_subjects`` (``ATTR=glob`` patterns) are the subject values a caller whose names
+    are restricted may put in a certificate besides a CN that repeats one of its checked SANs.
+    """
 
     allowed_names: tuple[str, ...] | None = None
     profiles: tuple[str, ...] | None = None
     max_validity_days: int | None = None
     authorities: tuple[str, ...] | None = None
     allow_wildcards: bool = False
+    allowed_subjects: tuple[str, ...] | None = None
+
+    @property
+    def restricts_names(self) -> bool:
+        return self.allowed_names is not None or self.allowed_subjects is not None
 
     @classmethod
     def unrestricted(cls) -> CallerPolicy:

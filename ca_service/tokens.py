@@ -21,7 +21,7 @@ from sqlalchemy import bindparam, func, select
 from ca_service.clock import Clock, SystemClock, as_utc
 from ca_service.domain import Actor, CallerPolicy
 from ca_service.errors import BadRequest, NotFound, Unauthorized
-from ca_service.policy.names import validate_pattern
+from ca_service.policy.names import validate_pattern, validate_subject_pattern
 from ca_service.refusals import RefusalLog
 from ca_service.storage.db import Database, unit_of_work
 from ca_service.storage.models import TokenRow
@@ -89,6 +89,9 @@ def policy_to_json(policy: CallerPolicy) -> dict[str, Any]:
         "max_validity_days": policy.max_validity_days,
         "authorities": list(policy.authorities) if policy.authorities is not None else None,
         "allow_wildcards": policy.allow_wildcards,
+        "allowed_subjects": (
+            list(policy.allowed_subjects) if policy.allowed_subjects is not None else None
+        ),
     }
 
 
@@ -106,6 +109,7 @@ def policy_from_json(data: dict[str, Any] | None, role: Role) -> CallerPolicy:
         max_validity_days=data.get("max_validity_days"),
         authorities=opt("authorities"),
         allow_wildcards=bool(data.get("allow_wildcards", False)),
+        allowed_subjects=opt("allowed_subjects"),
     )
 
 
@@ -137,10 +141,11 @@ def build_policy(
     max_validity_days: int | None = None,
     authorities: list[str] | None = None,
     allow_wildcards: bool = False,
+    subjects: list[str] | None = None,
 ) -> CallerPolicy:
     """Validate a token's policy when it is made, so that a typo fails then and not at use."""
     if role is Role.ADMIN:
-        if names or profiles or max_validity_days or authorities:
+        if names or profiles or max_validity_days or authorities or subjects:
             raise BadRequest("admin tokens are unrestricted; a policy applies to issuer tokens")
         return CallerPolicy.unrestricted()
     if role is Role.ISSUER and not names:
@@ -157,6 +162,7 @@ def build_policy(
         max_validity_days=max_validity_days,
         authorities=tuple(authorities) if authorities else None,
         allow_wildcards=allow_wildcards,
+        allowed_subjects=tuple(validate_subject_pattern(p) for p in subjects) if subjects else None,
     )
 
 

@@ -32,6 +32,8 @@ from .live import LiveServer, assert_problem, create_token, start_server
 RULES = """
 [[mtls]]
 match = "subject:CN=admin-bot"
+issued_by = "default"
+certificate_profile = "client"
 role = "admin"
 
 [[mtls]]

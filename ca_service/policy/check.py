@@ -14,7 +14,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from ca_service.crypto.names import make_name
+from ca_service.crypto.names import make_name, normalize_uri, refuse_unprintable
 from ca_service.domain import (
     ApprovedTemplate,
     CallerPolicy,
@@ -24,7 +24,12 @@ from ca_service.domain import (
     SubjectName,
 )
 from ca_service.errors import BadRequest, CAError, PolicyRejected
-from ca_service.policy.names import NameConstraintsSpec, first_unmatched
+from ca_service.policy.names import (
+    NameConstraintsSpec,
+    first_unmatched,
+    is_public_suffix,
+    subject_value_allowed,
+)
 from ca_service.policy.profiles import Profile
 
 # RFC 5280 ub-common-name; longer values are rejected by strict parsers.
@@ -73,6 +78,7 @@ def check(
             rule="profile.key_types",
         )
 
+    _refuse_unprintable(request)
     common_name, names = _subject_names(request, profile)
     _check_names(names, profile, authority, caller)
     not_before, not_after = _validity(request, profile, authority, caller, now)
@@ -80,6 +86,7 @@ def check(
     subject = x509.Name(
         [x509.NameAttribute(NameOID.COMMON_NAME, common_name)] if common_name else []
     )
+    _check_subject(subject, names, caller)
     return ApprovedTemplate(
         authority=authority.name,
         serial=serial,
@@ -150,9 +157,7 @@ def _subject_names(
     if common_name:
         if len(common_name) > MAX_COMMON_NAME:
             raise BadRequest(f"the common name is longer than {MAX_COMMON_NAME} characters")
-        if any(ord(c) < 32 or ord(c) == 127 for c in common_name):
-            raise BadRequest("the common name contains control characters")
-        cn_name = _name_from_common_name(common_name)
+        cn_name = _name_from_common_name(common_name, profile)
         if cn_name is not None:
             # The CN is kept in the subject for old clients, but only the SAN is authoritative.
             common_name = cn_name.value
@@ -176,14 +181,58 @@ def _subject_names(
     return common_name, unique
 
 
-def _name_from_common_name(common_name: str) -> SubjectName | None:
-    """A CN that reads as a host name or IP is a name; anything else is a display name."""
+def _refuse_unprintable(request: IssuanceRequest) -> None:
+    """Every text the certificate can take from the request, for every caller: the raw CN
+    (before strip(), which would drop U+0085, U+00A0, U+2028 and U+2029 silently) and each SAN.
+    The subject is built from these alone, so each of its values is covered too."""
+    if request.common_name is not None:
+        refuse_unprintable(request.common_name, "the common name")
+    for name in request.names:
+        refuse_unprintable(name.value, f"the name {str(name)!r}")
+
+
+def _name_from_common_name(common_name: str, profile: Profile) -> SubjectName | None:
+    """A CN that reads as a host name or IP is a name; anything else is a display name.
+
+    Where a profile does not need a host name (``client``), only an IP or a dotted name is
+    taken for one: a single word such as ``Bob`` is a person's or a team's name, kept as given.
+    """
     for kind in (NameKind.IP, NameKind.DNS):
         try:
-            return make_name(kind, common_name)
+            name = make_name(kind, common_name)
         except CAError:
             continue
+        if kind is NameKind.DNS and not profile.require_dns_or_ip and "." not in name.value:
+            return None
+        return name
     return None
+
+
+def _check_subject(
+    subject: x509.Name, names: tuple[SubjectName, ...], caller: CallerPolicy
+) -> None:
+    """Every attribute value of the subject the certificate will carry, against the caller.
+
+    Runs over the final subject, not the request's fields, so that any attribute a request can
+    ever set is checked. A CN that repeats one of the certificate's SANs was checked with them;
+    any other value needs an ``allowed_subjects`` pattern once the caller's names are restricted
+    (a subject is an identity: mTLS rules and relying parties match on it).
+    """
+    if not caller.restricts_names:
+        return
+    sans = {n.value for n in names}
+    for attribute in subject:
+        value = attribute.value
+        assert isinstance(value, str)
+        repeats_san = attribute.oid == NameOID.COMMON_NAME and value in sans
+        if not repeats_san and not subject_value_allowed(
+            attribute.oid, value, caller.allowed_subjects or ()
+        ):
+            raise PolicyRejected(
+                f"subject {attribute.rfc4514_string()!r} is outside the subjects this caller "
+                "may request",
+                rule="caller.allowed_subjects",
+            )
 
 
 def _check_names(
@@ -198,7 +247,17 @@ def _check_names(
         raise PolicyRejected(
             f"wildcard name {wildcards[0].value!r} is not allowed", rule=f"{who}.wildcards"
         )
+    for wildcard in wildcards:
+        # Even for an admin: no one registrant owns the names below a public suffix.
+        if is_public_suffix(wildcard.value[2:]):
+            raise PolicyRejected(
+                f"wildcard name {wildcard.value!r} covers a public suffix or a top-level domain",
+                rule="names.public_suffix_wildcard",
+            )
     for name in names:
+        if name.kind is NameKind.URI:
+            # Patterns compare text: only a normal URI means what its text says.
+            normalize_uri(name.value)
         why = authority.constraints.violation(name)
         if why:
             raise PolicyRejected(why, rule="authority.name_constraints")

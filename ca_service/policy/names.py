@@ -5,18 +5,57 @@ Caller patterns, as written in token policies and config:
   ``*.example.test``          any name one or more labels below example.test (not the apex)
   ``10.0.0.0/8``, ``::1``     IP addresses inside the network (or that one address)
   ``*@example.test``          any e-mail address at that domain; ``a@b.test`` exactly that one
-  ``spiffe://cluster/*``      URIs starting with the text before ``*``; without ``*`` exactly
+  ``spiffe://cluster/ns/*``   URIs below that path (the pattern ends in ``/*``); else exactly
+
+URI patterns and URI names are both in RFC 3986 normal form (URI names are refused otherwise),
+so a prefix compares what a consumer resolves: ``/ns/ci/../admin`` never reaches here.
+
+Subject patterns (``allowed_subjects``) are ``ATTR=value`` with ``*`` for any run of
+characters, e.g. ``CN=build-*``; they are compared case-sensitively with one attribute value.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from ca_service.crypto.names import normalize_dns
+from cryptography.x509.oid import NameOID, ObjectIdentifier
+from publicsuffixlist import PublicSuffixList
+
+from ca_service.crypto.names import (
+    normalize_dns,
+    normalize_email,
+    refuse_unprintable,
+    uri_normal_form,
+)
 from ca_service.domain import NameKind, SubjectName
 from ca_service.errors import BadRequest
+
+# The public suffix list, ICANN and private sections, as shipped with the package: a wildcard
+# on one of these (or on a bare TLD, which the list's default rule makes public) covers names
+# of every registrant below it.
+_PSL = PublicSuffixList()
+
+# RFC 4514 section 3 short names (plus the usual extras) for the attributes a subject may hold.
+SUBJECT_ATTRIBUTES: dict[str, ObjectIdentifier] = {
+    "CN": NameOID.COMMON_NAME,
+    "O": NameOID.ORGANIZATION_NAME,
+    "OU": NameOID.ORGANIZATIONAL_UNIT_NAME,
+    "C": NameOID.COUNTRY_NAME,
+    "ST": NameOID.STATE_OR_PROVINCE_NAME,
+    "L": NameOID.LOCALITY_NAME,
+    "STREET": NameOID.STREET_ADDRESS,
+    "DC": NameOID.DOMAIN_COMPONENT,
+    "UID": NameOID.USER_ID,
+    "SERIALNUMBER": NameOID.SERIAL_NUMBER,
+}
+
+
+def is_public_suffix(domain: str) -> bool:
+    """Whether ``domain`` (A-labels) is a public suffix or a bare TLD."""
+    return bool(_PSL.is_public(domain))
 
 
 def _is_within(name: str, domain: str) -> bool:
@@ -25,17 +64,18 @@ def _is_within(name: str, domain: str) -> bool:
 
 
 def matches_pattern(name: SubjectName, pattern: str) -> bool:
-    pattern = pattern.strip()
+    """Whether a normalised name matches one pattern as ``validate_pattern`` returns it (patterns
+    are normalised once, when a token or rule is made, so matching compares normal forms)."""
     if name.kind is NameKind.IP:
         try:
-            network = ipaddress.ip_network(pattern, strict=False)
+            network = ipaddress.ip_network(pattern)
         except ValueError:
             return False
         address = ipaddress.ip_address(name.value)
         return address.version == network.version and address in network
     if name.kind is NameKind.URI:
-        if pattern.endswith("*"):
-            return "://" in pattern and name.value.startswith(pattern[:-1])
+        if pattern.endswith("/*"):
+            return name.value.startswith(pattern[:-1])
         return name.value == pattern
     if name.kind is NameKind.EMAIL:
         if "@" not in pattern:
@@ -45,19 +85,11 @@ def matches_pattern(name: SubjectName, pattern: str) -> bool:
         if local in ("*", ""):
             return name_domain == domain.lower()
         return name.value.lower() == pattern.lower()
-    # DNS
-    if "@" in pattern or "://" in pattern or "/" in pattern:
-        return False
-    pattern = pattern.lower().rstrip(".")
-    value = name.value
+    # DNS. A wildcard name "*.b.test" ends with ".b.test" too, so it needs "*.b.test" or a
+    # pattern above it, never "a.b.test". Other kinds of pattern cannot end a DNS name.
     if pattern.startswith("*."):
-        suffix = pattern[2:]
-        if value.startswith("*."):
-            # A wildcard name covers every name one label below its base.
-            base = value[2:]
-            return base == suffix or base.endswith("." + suffix)
-        return value.endswith("." + suffix)
-    return value == pattern
+        return name.value.endswith(pattern[1:])
+    return name.value == pattern
 
 
 def first_unmatched(names: Iterable[SubjectName], patterns: Sequence[str]) -> SubjectName | None:
@@ -73,19 +105,70 @@ def validate_pattern(pattern: str) -> str:
     if not text:
         raise BadRequest("empty name pattern")
     if "://" in text:
-        return text
+        return _validate_uri_pattern(text)
     if "@" in text:
-        _local, _, domain = text.rpartition("@")
-        normalize_dns(domain)
-        return text
+        local, _, domain = text.rpartition("@")
+        if local:  # "*" or empty: any address at the domain; else one address, checked
+            local = normalize_email(text).rpartition("@")[0]
+        return f"{local}@{normalize_dns(domain)}"
     try:
-        return str(ipaddress.ip_network(text, strict=False))
+        # An interface's network: "10.1.2.3/8" is written down as 10.0.0.0/8.
+        return str(ipaddress.ip_interface(text).network)
     except ValueError:
         pass
     body = text[2:] if text.startswith("*.") else text
     if "*" in body:
         raise BadRequest(f"name pattern {text!r}: '*' may only be the whole leftmost label")
-    return ("*." if text.startswith("*.") else "") + normalize_dns(body)
+    normal = normalize_dns(body)
+    if text.startswith("*."):
+        if is_public_suffix(normal):
+            raise BadRequest(
+                f"name pattern {text!r} would allow every name below the public suffix {normal!r}",
+                rule="names.public_suffix_wildcard",
+            )
+        return "*." + normal
+    return normal
+
+
+def _validate_uri_pattern(text: str) -> str:
+    """The normal form of a URI pattern; '*' only as the whole last path segment, so that
+    ``spiffe://cluster/ns/ci/*`` never matches ``spiffe://cluster/ns/ci-admin/...``."""
+    below = text.endswith("/*")
+    base = text[:-2] if below else text
+    if "*" in base or "://" not in base:
+        raise BadRequest(
+            f"URI pattern {text!r}: write scheme://host[/path], with '*' only as the last path "
+            "segment, after '/'"
+        )
+    normal = uri_normal_form(base)
+    if not below:
+        return normal
+    return normal + ("*" if normal.endswith("/") else "/*")
+
+
+def validate_subject_pattern(pattern: str) -> str:
+    """Check an ``allowed_subjects`` pattern (``CN=build-*``) when it is configured."""
+    attribute, sep, value = pattern.strip().partition("=")
+    attribute = attribute.strip().upper()
+    if not sep or attribute not in SUBJECT_ATTRIBUTES or not value:
+        raise BadRequest(
+            f"subject pattern {pattern!r}: write ATTR=value with ATTR one of "
+            f"{', '.join(SUBJECT_ATTRIBUTES)}, for example CN=build-*"
+        )
+    refuse_unprintable(value, f"subject pattern {pattern!r}")
+    return f"{attribute}={value}"
+
+
+def subject_value_allowed(oid: ObjectIdentifier, value: str, patterns: Iterable[str]) -> bool:
+    """Whether one subject attribute value matches one of the ``ATTR=glob`` patterns."""
+    for pattern in patterns:
+        attribute, _, glob = pattern.partition("=")
+        if SUBJECT_ATTRIBUTES.get(attribute) != oid:
+            continue
+        regex = ".*".join(re.escape(part) for part in glob.split("*"))
+        if re.fullmatch(regex, value, flags=re.DOTALL):
+            return True
+    return False
 
 
 @dataclass(frozen=True)
@@ -153,7 +236,7 @@ class NameConstraintsSpec:
                     continue
                 if "/" in text:
                     try:
-                        target_ip.append(str(ipaddress.ip_network(text, strict=True)))
+                        target_ip.append(str(ipaddress.ip_network(text)))
                     except ValueError as exc:
                         raise BadRequest(f"name constraint {text!r}: {exc}") from None
                     continue
@@ -167,7 +250,8 @@ class NameConstraintsSpec:
     def violation(self, name: SubjectName) -> str | None:
         """Why ``name`` falls outside these constraints, or None when it is inside."""
         if name.kind is NameKind.DNS:
-            value = name.value[2:] if name.value.startswith("*.") else name.value
+            # A wildcard "*.b.test" is within a subtree exactly when "b.test" is.
+            value = name.value
             if any(_is_within(value, d) for d in self.excluded_dns):
                 return f"{name} is in an excluded subtree"
             if self.permitted_dns and not any(_is_within(value, d) for d in self.permitted_dns):

@@ -59,6 +59,12 @@ DEFAULT_PROFILES: dict[str, Profile] = {
     ),
 }
 
+# What a new profile of the config file gets for the keys it does not name (it must name its
+# extended_key_usages).
+NEW_PROFILE_DEFAULTS = Profile(
+    name="", extended_key_usages=(), default_validity_days=90, max_validity_days=397
+)
+
 _PROFILE_KEYS = {
     "extended_key_usages",
     "default_validity_days",
@@ -77,7 +83,7 @@ def profile_from_mapping(name: str, raw: dict[str, Any], base: Profile | None) -
     if base is None:
         if "extended_key_usages" not in raw:
             raise ConfigError(f"profile {name!r}: extended_key_usages is required")
-        base = Profile(name, (), 90, 397)
+        base = NEW_PROFILE_DEFAULTS
     ekus = tuple(raw.get("extended_key_usages", base.extended_key_usages))
     for eku in ekus:
         if eku not in EKU_BY_NAME:

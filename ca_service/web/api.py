@@ -246,6 +246,7 @@ def create_token() -> Response:
             "max_validity_days": int,
             "authorities": list,
             "allow_wildcards": bool,
+            "allowed_subjects": list,
             "expires_in_days": int,
         },
         required=("name", "role"),
@@ -258,6 +259,7 @@ def create_token() -> Response:
         max_validity_days=body.get("max_validity_days"),
         authorities=body.get("authorities"),
         allow_wildcards=bool(body.get("allow_wildcards")),
+        subjects=body.get("allowed_subjects"),
     )
     _check_policy_targets(policy.profiles, policy.authorities)
     expires_at = None

@@ -10,7 +10,7 @@ from flask import Flask, Response, g, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from ca_service.authority import CertificateAuthority
-from ca_service.config import Settings, load_settings
+from ca_service.config import Settings, check_mtls_authorities, load_settings
 from ca_service.tokens import TokenService
 from ca_service.web import problems
 from ca_service.web.api import api
@@ -33,6 +33,7 @@ def create_app(
     logging.getLogger("alembic").setLevel(logging.WARNING)
     ca = authority or build_authority(settings)
     ca.load_keys()
+    check_mtls_authorities(settings.mtls_rules, {a.name for a in ca.list_authorities()})
 
     app = Flask("ca_service")
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes

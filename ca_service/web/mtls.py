@@ -96,8 +96,10 @@ def authenticate_certificate(der: bytes) -> CertificatePrincipal:
         max_validity_days=rule.max_validity_days,
         authorities=list(rule.authorities) if rule.authorities else None,
         allow_wildcards=rule.allow_wildcards,
+        subjects=list(rule.allowed_subjects) if rule.allowed_subjects else None,
     )
     return CertificatePrincipal(record, role, policy)
+
 
 
 def first_matching_rule(
@@ -111,6 +113,10 @@ def first_matching_rule(
 
 
 def _matches(rule: MTLSRule, cert: x509.Certificate, record: CertificateRecord) -> bool:
+    if rule.issued_by is not None and record.authority != rule.issued_by:
+        return False
+    if rule.certificate_profile is not None and record.profile != rule.certificate_profile:
+        return False
     if rule.kind == "subject":
         return cert.subject.rfc4514_string() == rule.value
     if rule.kind == "san":

@@ -255,6 +255,7 @@ SCHEMAS: dict[str, Any] = {
             "max_validity_days": {"type": ["integer", "null"]},
             "authorities": NULL_STR_LIST,
             "allow_wildcards": {"type": "boolean"},
+            "allowed_subjects": NULL_STR_LIST,
         },
     },
     "Token": {
@@ -287,6 +288,11 @@ SCHEMAS: dict[str, Any] = {
             "max_validity_days": {"type": "integer", "minimum": 1},
             "authorities": STR_LIST,
             "allow_wildcards": {"type": "boolean"},
+            "allowed_subjects": {
+                **STR_LIST,
+                "description": "Subject values besides a CN repeating a SAN: ATTR=glob, "
+                "e.g. CN=build-*",
+            },
             "expires_in_days": {"type": "integer", "minimum": 1, "maximum": 3650},
         },
         "additionalProperties": False,

@@ -94,6 +94,9 @@ def token(r: TokenRecord, now: dt.datetime) -> dict[str, Any]:
             "max_validity_days": p.max_validity_days,
             "authorities": list(p.authorities) if p.authorities is not None else None,
             "allow_wildcards": p.allow_wildcards,
+            "allowed_subjects": (
+                list(p.allowed_subjects) if p.allowed_subjects is not None else None
+            ),
         },
         "created_by": r.created_by,
         "created_at": iso(r.created_at),
