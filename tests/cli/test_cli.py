@@ -18,8 +18,8 @@ from ca_service.config import Settings
 from ca_service.domain import KeyType
 from ca_service.storage.db import Database
 
-from .conftest import make_settings, run
-from .helpers import (
+from ..conftest import make_settings, run
+from ..helpers import (
     BIN,
     cli_env,
     cli_run,

@@ -28,10 +28,10 @@ from ca_service.signing.serials import serial_hex
 from ca_service.storage.db import unit_of_work
 from ca_service.storage.repositories import CertificateRepository
 
-from .conftest import ADMIN, run
-from .external_ca import external_ca_files
-from .helpers import BIN, lint_cert, write
-from .live import CA_SERVICE, LiveServer, assert_problem, create_token, fetch_crl, issue
+from ..conftest import ADMIN, run
+from ..external_ca import external_ca_files
+from ..helpers import BIN, lint_cert, write
+from ..live import CA_SERVICE, LiveServer, assert_problem, create_token, fetch_crl, issue
 
 JAVA_SOURCE = r"""
 import java.io.FileInputStream;

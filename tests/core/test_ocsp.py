@@ -20,8 +20,8 @@ from ca_service.crypto.ocsp_wire import parse_request
 from ca_service.domain import RevocationReason
 from ca_service.ocsp import OCSPResponder
 
-from .conftest import ADMIN, make_settings, new_ca, run
-from .live import LiveServer, assert_problem, issue
+from ..conftest import ADMIN, make_settings, new_ca, run
+from ..live import LiveServer, assert_problem, issue
 
 LINT_OCSP = Path(sys.executable).parent / "lint_ocsp_response"
 LINT_CERT = Path(sys.executable).parent / "lint_pkix_cert"

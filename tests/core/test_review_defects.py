@@ -20,8 +20,8 @@ from ca_service.clock import FixedClock
 from ca_service.domain import Actor, CallerPolicy, KeyType, RevocationReason
 from ca_service.errors import PolicyRejected
 
-from .conftest import ADMIN
-from .helpers import cli_run, module_ca
+from ..conftest import ADMIN
+from ..helpers import cli_run, module_ca
 
 
 def test_renew_all_due_pages_through_every_certificate_most_due_first(

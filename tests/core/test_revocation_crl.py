@@ -19,8 +19,8 @@ from ca_service.errors import Conflict
 from ca_service.storage.db import unit_of_work
 from ca_service.storage.repositories import AuditRepository
 
-from .conftest import ADMIN, PASSPHRASE, run
-from .helpers import chain_files, crl_worker, lint_crl, openssl_verify, reopen, write
+from ..conftest import ADMIN, PASSPHRASE, run
+from ..helpers import chain_files, crl_worker, lint_crl, openssl_verify, reopen, write
 
 
 def _crl(ca: CertificateAuthority) -> x509.CertificateRevocationList:

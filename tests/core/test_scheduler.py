@@ -16,8 +16,8 @@ from ca_service.scheduler import start_crl_refresher
 from ca_service.storage.db import unit_of_work
 from ca_service.storage.repositories import CRLRepository
 
-from .conftest import ADMIN
-from .helpers import make_key, module_ca
+from ..conftest import ADMIN
+from ..helpers import make_key, module_ca
 
 
 def test_refresh_republishes_each_crl_at_half_life(tmp_path: Path) -> None:

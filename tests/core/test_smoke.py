@@ -5,7 +5,7 @@ from __future__ import annotations
 from ca_service.authority import CertificateAuthority
 from ca_service.domain import CertStatus, RevocationReason
 
-from .conftest import ADMIN
+from ..conftest import ADMIN
 
 
 def test_issue_revoke_crl_roundtrip(ca: CertificateAuthority) -> None:

@@ -24,8 +24,8 @@ from ca_service.policy.names import NameConstraintsSpec
 from ca_service.storage.db import unit_of_work
 from ca_service.storage.repositories import AuditRepository
 
-from .conftest import ADMIN, new_ca
-from .helpers import (
+from ..conftest import ADMIN, new_ca
+from ..helpers import (
     all_stored_bytes,
     build_csr,
     counts,

@@ -22,11 +22,11 @@ from typing import Any
 import pytest
 from cryptography import x509
 
-from .live import start_server
+from ..live import start_server
 
 pytestmark = [pytest.mark.package, pytest.mark.slow]
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PASSPHRASE = "packaging-test-passphrase"
 # What a clean checkout holds that is not needed to build; caches and local state stay behind.
 _NOT_SOURCE = shutil.ignore_patterns(

@@ -31,9 +31,9 @@ from ca_service.storage.db import unit_of_work
 from ca_service.storage.models import AuditRow
 from ca_service.storage.repositories import AuditRepository
 
-from .conftest import ADMIN
-from .helpers import cli_run, count_rows, one_error_line
-from .live import LiveServer, assert_problem, create_token, db_engine, issue, server_tracebacks
+from ..conftest import ADMIN
+from ..helpers import cli_run, count_rows, one_error_line
+from ..live import LiveServer, assert_problem, create_token, db_engine, issue, server_tracebacks
 
 AUDIT = AuditRow.__table__
 WORKERS = 2  # tests/conftest.py live: `ca-service serve` with two gunicorn workers

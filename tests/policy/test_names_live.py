@@ -12,9 +12,9 @@ import pytest
 import sqlalchemy as sa
 from cryptography import x509
 
-from .conftest import make_settings
-from .helpers import cli_run
-from .live import LiveServer, Reply, assert_problem, create_token, db_engine, server_tracebacks
+from ..conftest import make_settings
+from ..helpers import cli_run
+from ..live import LiveServer, Reply, assert_problem, create_token, db_engine, server_tracebacks
 from .test_subject_policy import HOSTILE_CNS
 from .test_uri_wildcard_policy import ESCAPES
 

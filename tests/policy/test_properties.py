@@ -18,7 +18,7 @@ from ca_service.policy.check import AuthorityView, check
 from ca_service.policy.names import NameConstraintsSpec
 from ca_service.policy.profiles import DEFAULT_PROFILES
 
-from .helpers import csr_der, csr_pem
+from ..helpers import csr_der, csr_pem
 
 FAST = settings(max_examples=150, deadline=None)
 NOW = dt.datetime(2031, 1, 1, tzinfo=dt.UTC)

@@ -29,7 +29,7 @@ from ca_service.policy.names import (
 from ca_service.policy.profiles import DEFAULT_PROFILES
 from ca_service.tokens import Role, build_policy, policy_from_json, policy_to_json
 
-from .helpers import make_key
+from ..helpers import make_key
 
 NOW = dt.datetime(2031, 5, 1, 8, 0, tzinfo=dt.UTC)
 PUBLIC_KEY = ec.generate_private_key(ec.SECP256R1()).public_key()

@@ -17,8 +17,8 @@ from ca_service.crypto.keys import public_key_matches
 from ca_service.errors import ConfigError
 from ca_service.wiring import build_authority
 
-from .conftest import ADMIN, PASSPHRASE, make_settings
-from .helpers import all_stored_bytes, cli_run, one_error_line, secret_fragments, tree_bytes
+from ..conftest import ADMIN, PASSPHRASE, make_settings
+from ..helpers import all_stored_bytes, cli_run, one_error_line, secret_fragments, tree_bytes
 
 
 def _key_files(ca: CertificateAuthority) -> list[Path]:

@@ -14,7 +14,7 @@ from ca_service.crypto.keys import signature_hash
 from ca_service.domain import KeyType, RevocationReason
 from ca_service.signing.crl import RevokedRow, sign_crl
 
-from .helpers import lint_crl, module_ca, write
+from ..helpers import lint_crl, module_ca, write
 
 THIS = dt.datetime(2026, 11, 29, 1, 2, 3, tzinfo=dt.UTC)
 NEXT = THIS + dt.timedelta(hours=24)

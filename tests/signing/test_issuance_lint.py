@@ -27,8 +27,8 @@ from ca_service.domain import KeyType, RevocationReason
 from ca_service.policy.names import NameConstraintsSpec
 from ca_service.signing.serials import SERIAL_BITS
 
-from .conftest import ADMIN, run
-from .helpers import (
+from ..conftest import ADMIN, run
+from ..helpers import (
     LEAF_KEY_KIND,
     chain_files,
     csr_pem,

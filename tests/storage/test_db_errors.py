@@ -17,7 +17,7 @@ from ca_service.errors import BadRequest, Unavailable
 from ca_service.storage.db import Database, unit_of_work
 from ca_service.storage.repositories import AuditRepository
 
-from .live import free_port
+from ..live import free_port
 
 
 def test_nul_in_text_is_a_bad_request_on_postgresql(pg_url: str) -> None:

@@ -21,8 +21,8 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
-from .conftest import drop_pg_schema, make_pg_schema
-from .live import LiveServer, Reply, assert_problem, free_port, server_tracebacks, start_server
+from ..conftest import drop_pg_schema, make_pg_schema
+from ..live import LiveServer, Reply, assert_problem, free_port, server_tracebacks, start_server
 
 CERTS = "/api/v1/certificates"
 

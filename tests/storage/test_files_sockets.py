@@ -21,8 +21,8 @@ import pytest
 
 from ca_service.storage.db import Database, unit_of_work
 
-from .conftest import drop_pg_schema, make_pg_schema
-from .live import CA_SERVICE, LiveServer, start_server
+from ..conftest import drop_pg_schema, make_pg_schema
+from ..live import CA_SERVICE, LiveServer, start_server
 
 # The usual umask, under which SQLite's own default would give 0644.
 UMASK = 0o022

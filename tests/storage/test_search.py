@@ -25,8 +25,8 @@ from ca_service.storage.db import Database, unit_of_work
 from ca_service.storage.repositories import CertificateFilter, CertificateRepository
 from ca_service.web import openapi
 
-from .conftest import ADMIN
-from .helpers import cli_run
+from ..conftest import ADMIN
+from ..helpers import cli_run
 
 NOW = dt.datetime(2030, 6, 1, 12, 0, tzinfo=dt.UTC)
 

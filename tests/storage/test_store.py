@@ -32,8 +32,8 @@ from ca_service.storage.repositories import (
 )
 from ca_service.wiring import build_authority
 
-from .conftest import ADMIN, new_ca
-from .helpers import count_rows, csr_pem, make_key
+from ..conftest import ADMIN, new_ca
+from ..helpers import count_rows, csr_pem, make_key
 
 
 def test_schema_comes_only_from_migrations(settings: Settings) -> None:
@@ -53,7 +53,7 @@ def test_schema_comes_only_from_migrations(settings: Settings) -> None:
             version = conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
             assert version == head
             # The migrations and the models describe exactly the same schema (but for the name
-            # search index, which the models cannot state; tests/test_search.py checks it).
+            # search index, which the models cannot state; tests/storage/test_search.py checks it).
             context = MigrationContext.configure(conn, opts={"include_object": include_object})
             diff = compare_metadata(context, Base.metadata)
         assert diff == []

@@ -25,9 +25,9 @@ from ca_service.errors import ConfigError
 from ca_service.web.app import create_app
 from ca_service.web.mtls import first_matching_rule
 
-from .conftest import ADMIN, drop_pg_schema, make_pg_schema, make_settings, new_ca
-from .helpers import make_key
-from .live import LiveServer, assert_problem, certificate_count, create_token, start_server
+from ..conftest import ADMIN, drop_pg_schema, make_pg_schema, make_settings, new_ca
+from ..helpers import make_key
+from ..live import LiveServer, assert_problem, certificate_count, create_token, start_server
 
 BOUND = """
 [[mtls]]

@@ -40,8 +40,8 @@ from ca_service.tls import (
 )
 from ca_service.tls.contexts import TLS12_CIPHERS
 
-from .conftest import ADMIN, make_settings, new_ca, run
-from .helpers import LoopbackServer, legacy_client
+from ..conftest import ADMIN, make_settings, new_ca, run
+from ..helpers import LoopbackServer, legacy_client
 
 NAME = "service.test"
 IO_TIMEOUT = 5.0

@@ -25,9 +25,9 @@ from ca_service.config import Settings
 from ca_service.domain import IssuedCertificate
 from ca_service.wiring import build_authority
 
-from .conftest import ADMIN, make_settings, new_ca
-from .helpers import csr_pem, make_key
-from .live import LiveServer, assert_problem, create_token, start_server
+from ..conftest import ADMIN, make_settings, new_ca
+from ..helpers import csr_pem, make_key
+from ..live import LiveServer, assert_problem, create_token, start_server
 
 RULES = """
 [[mtls]]

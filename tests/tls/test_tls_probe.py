@@ -25,7 +25,7 @@ from ca_service.cli import cli as main_cli
 from ca_service.domain import RevocationReason
 from ca_service.tls import ProbeConnectError, format_report, probe, server_context
 
-from .conftest import ADMIN, PASSPHRASE, run
+from ..conftest import ADMIN, PASSPHRASE, run
 from .test_tls_handshake import NAME, TLSServer, crl_der, issue, make_tls_ca, root_pem, serve
 
 CA_SERVICE = Path(sys.executable).parent / "ca-service"

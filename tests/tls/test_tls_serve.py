@@ -37,9 +37,9 @@ from ca_service.tls.serving import (
 )
 from ca_service.wiring import build_authority
 
-from .conftest import ADMIN, PASSPHRASE, make_settings, run
-from .helpers import LoopbackServer, legacy_client
-from .live import LiveServer, start_server
+from ..conftest import ADMIN, PASSPHRASE, make_settings, run
+from ..helpers import LoopbackServer, legacy_client
+from ..live import LiveServer, start_server
 
 IO_TIMEOUT = 5.0
 AEAD_TLS12 = {

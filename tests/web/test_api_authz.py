@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from .live import (
+from ..live import (
     LiveServer,
     assert_problem,
     certificate_count,

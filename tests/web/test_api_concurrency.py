@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from .conftest import live_server
-from .live import (
+from ..conftest import live_server
+from ..live import (
     LiveServer,
     create_token,
     fetch_crl,

@@ -14,7 +14,7 @@ from openapi_spec_validator import validate
 
 from ca_service.web.openapi import document
 
-from .live import SPEC, LiveServer, assert_problem, fetch_crl, issue
+from ..live import SPEC, LiveServer, assert_problem, fetch_crl, issue
 
 
 def _revoke(live: LiveServer, serial: str, reason: str) -> None:

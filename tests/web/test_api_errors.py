@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from .helpers import csr_pem, make_key
-from .live import (
+from ..helpers import csr_pem, make_key
+from ..live import (
     LiveServer,
     assert_problem,
     certificate_count,

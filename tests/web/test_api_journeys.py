@@ -13,8 +13,8 @@ from urllib.parse import urlsplit
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from .helpers import csr_pem, make_key, openssl_verify, write
-from .live import (
+from ..helpers import csr_pem, make_key, openssl_verify, write
+from ..live import (
     LiveServer,
     assert_problem,
     certificate_count,

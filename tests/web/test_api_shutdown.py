@@ -7,7 +7,7 @@ import sqlite3
 import threading
 from pathlib import Path
 
-from .live import Reply, start_server
+from ..live import Reply, start_server
 
 
 def test_sigterm_finishes_requests_in_flight(tmp_path: Path) -> None:

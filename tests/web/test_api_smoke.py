@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .live import LiveServer
+from ..live import LiveServer
 
 
 def test_first_start_issue_and_crl(live: LiveServer) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from .live import (
+from ..live import (
     LiveServer,
     assert_problem,
     create_token,

@@ -22,8 +22,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509 import ocsp
 
-from .helpers import csr_der
-from .live import (
+from ..helpers import csr_der
+from ..live import (
     PROBLEM_JSON,
     LiveServer,
     assert_problem,

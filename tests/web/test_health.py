@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
-from .conftest import PG_URL, drop_pg_schema, live_server, make_pg_schema
-from .external_ca import external_ca_files
-from .live import CA_SERVICE, LiveServer, Reply, assert_problem, start_server
+from ..conftest import PG_URL, drop_pg_schema, live_server, make_pg_schema
+from ..external_ca import external_ca_files
+from ..live import CA_SERVICE, LiveServer, Reply, assert_problem, start_server
 
 
 def cli(live: LiveServer, *args: str) -> subprocess.CompletedProcess[str]:

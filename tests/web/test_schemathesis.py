@@ -10,7 +10,7 @@ The admin run leaves out two operations that would end the run's own premises: `
 revoking it turns the rest of the run into 401s) and ``POST /api/v1/authorities/{name}/revoke``
 (the listing hands it the default CA's name; a revoked CA makes every later issuance a 409 and
 /readyz a 503). The issuer and reader runs send both (and are refused with 403); the admin
-action itself is tested in tests/test_ca_guard.py.
+action itself is tested in tests/core/test_ca_guard.py.
 Time: CA_SCHEMATHESIS_SECONDS per run (default 20), six runs.
 """
 
@@ -23,12 +23,12 @@ from pathlib import Path
 
 import pytest
 
-from .live import LiveServer, create_token, server_tracebacks
+from ..live import LiveServer, create_token, server_tracebacks
 
 pytestmark = pytest.mark.slow
 
 SCHEMATHESIS = str(Path(sys.executable).parent / "schemathesis")
-HOOKS = Path(__file__).with_name("schemathesis_hooks.py")
+HOOKS = Path(__file__).parent.parent / "schemathesis_hooks.py"
 SECONDS = int(os.environ.get("CA_SCHEMATHESIS_SECONDS", "20"))
 CHECKS = ",".join(
     [
