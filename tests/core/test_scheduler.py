@@ -1,15 +1,19 @@
-"""CRLs are republished before nextUpdate without anyone fetching them."""
+"""CRLs are republished before nextUpdate without anyone fetching them.
+
+On SQLite and PostgreSQL (the `ca` fixture): CRL numbers, the published CRLs and the revocation
+that a failed re-sign must not undo all live in the store.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
 import time
-from pathlib import Path
 
 import pytest
 from cryptography import x509
 
+from ca_service.authority import CertificateAuthority
 from ca_service.clock import FixedClock
 from ca_service.domain import RevocationReason
 from ca_service.scheduler import start_crl_refresher
@@ -17,12 +21,12 @@ from ca_service.storage.db import unit_of_work
 from ca_service.storage.repositories import CRLRepository
 
 from ..conftest import ADMIN
-from ..helpers import make_key, module_ca
+from ..helpers import make_key
 
 
-def test_refresh_republishes_each_crl_at_half_life(tmp_path: Path) -> None:
+def test_refresh_republishes_each_crl_at_half_life(ca: CertificateAuthority) -> None:
     clock = FixedClock(dt.datetime.now(dt.UTC))
-    ca = module_ca(tmp_path, clock=clock)
+    ca.clock = clock
     first = ca.refresh_crls()
     assert set(first) == {"default", "default-root"}
     assert ca.refresh_crls() == first  # still fresh: nothing signed
@@ -33,9 +37,9 @@ def test_refresh_republishes_each_crl_at_half_life(tmp_path: Path) -> None:
     assert stored is not None and stored.this_update == clock.now()
 
 
-def test_background_refresher_runs_and_stops(tmp_path: Path) -> None:
+def test_background_refresher_runs_and_stops(ca: CertificateAuthority) -> None:
     clock = FixedClock(dt.datetime.now(dt.UTC))
-    ca = module_ca(tmp_path, clock=clock)
+    ca.clock = clock
     before = ca.refresh_crls()["default"]
     clock.advance(dt.timedelta(hours=ca.settings.crl_next_update_hours))
     stop = start_crl_refresher(ca, interval=0.05)
@@ -54,8 +58,9 @@ def test_background_refresher_runs_and_stops(tmp_path: Path) -> None:
         stop.set()
 
 
-def test_large_crls_are_re_signed_in_the_background_after_a_revocation(tmp_path: Path) -> None:
-    ca = module_ca(tmp_path)
+def test_large_crls_are_re_signed_in_the_background_after_a_revocation(
+    ca: CertificateAuthority,
+) -> None:
     issued = ca.issue_with_new_key(ADMIN, common_name="bg.example.test")
     before = ca.generate_crl("default").number
     ca.publish_crls_in_background(0)  # every CRL counts as large
@@ -74,9 +79,8 @@ def test_large_crls_are_re_signed_in_the_background_after_a_revocation(tmp_path:
 
 
 def test_a_failed_crl_after_a_revocation_does_not_undo_or_fail_it(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    ca: CertificateAuthority, caplog: pytest.LogCaptureFixture
 ) -> None:
-    ca = module_ca(tmp_path)
     issued = ca.issue_with_new_key(ADMIN, common_name="keep.example.test")
     before = ca.generate_crl("default").number
     # Make the CRL impossible to sign: the authority's key file disappears from the keystore
