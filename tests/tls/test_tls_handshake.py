@@ -2,8 +2,9 @@
 
 A pyOpenSSL server runs in a thread on 127.0.0.1 (bounded: a fixed number of connections or a
 deadline, whichever comes first). Clients are built with ``client_context``; the server records
-how each handshake ended, so a refusal is seen from both sides. TLS does not depend on the
-database, so one SQLite-backed CA serves the whole module.
+how each handshake ended, so a refusal is seen from both sides. One CA serves the whole module,
+once per backend (SQLite, PostgreSQL): the handshake does not depend on the database, but the
+certificates, revocations and CRLs the clients check are read back from the store.
 """
 
 from __future__ import annotations
@@ -152,14 +153,16 @@ def talk(ctx: SSL.Context, port: int, server_hostname: str = NAME) -> tuple[byte
 # ---------------------------------------------------------------------------- CA and certs
 
 
-def make_tls_ca(base: Path) -> CertificateAuthority:
-    """A CA on SQLite: TLS behaviour does not depend on the database."""
-    return new_ca(make_settings(base, f"sqlite:///{base / 'ca.db'}"))
+def make_tls_ca(base: Path, db_url: str | None = None) -> CertificateAuthority:
+    """A CA on ``db_url`` (SQLite in ``base`` by default, as for a stranger CA)."""
+    return new_ca(make_settings(base, db_url or f"sqlite:///{base / 'ca.db'}"))
 
 
 @pytest.fixture(scope="module")
-def tls_ca(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CertificateAuthority]:
-    authority = make_tls_ca(tmp_path_factory.mktemp("tls-ca"))
+def tls_ca(
+    tmp_path_factory: pytest.TempPathFactory, module_db_url: str
+) -> Iterator[CertificateAuthority]:
+    authority = make_tls_ca(tmp_path_factory.mktemp("tls-ca"), module_db_url)
     yield authority
     authority.db.dispose()
 

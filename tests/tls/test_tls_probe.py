@@ -1,8 +1,9 @@
 """``ca-service probe`` and ``ca_service.tls.probe`` against real TLS servers on loopback.
 
-The CLI runs as a subprocess with the module CA's data directory and SQLite database, so it
-reads roots and CRLs from the store as an operator's command would. Exit codes: 0 fine,
-1 problems found, 2 usage (checked in process with CliRunner), 3 no connection.
+The CLI runs as a subprocess with the module CA's data directory and database (SQLite, then a
+PostgreSQL schema), so it reads roots and CRLs from the store as an operator's command would.
+Exit codes: 0 fine, 1 problems found, 2 usage (checked in process with CliRunner), 3 no
+connection.
 """
 
 from __future__ import annotations
@@ -32,8 +33,10 @@ CA_SERVICE = Path(sys.executable).parent / "ca-service"
 
 
 @pytest.fixture(scope="module")
-def probe_ca(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CertificateAuthority]:
-    authority = make_tls_ca(tmp_path_factory.mktemp("probe-ca"))
+def probe_ca(
+    tmp_path_factory: pytest.TempPathFactory, module_db_url: str
+) -> Iterator[CertificateAuthority]:
+    authority = make_tls_ca(tmp_path_factory.mktemp("probe-ca"), module_db_url)
     yield authority
     authority.db.dispose()
 
