@@ -1,9 +1,9 @@
 """Issue items 1 and 6: `ca-service serve --tls` over real handshakes on loopback, and the
 automatic renewal of its certificate driven by an injected clock.
 
-The live server runs on SQLite only: TLS does not touch the database beyond what the API tests
-already cover on both backends. The root the clients trust is read from the store, never taken
-from the server under test.
+The live server and the renewals run on SQLite and PostgreSQL: the server's certificate is a
+stored issuance, and each renewal (at most one among concurrent checks) goes through the store.
+The root the clients trust is read from the store, never taken from the server under test.
 """
 
 from __future__ import annotations
@@ -50,9 +50,9 @@ AEAD_TLS12 = {
 
 
 @pytest.fixture(scope="module")
-def tls_live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+def tls_live(tmp_path_factory: pytest.TempPathFactory, module_db_url: str) -> Iterator[LiveServer]:
     base = tmp_path_factory.mktemp("tls-serve")
-    server = start_server(base / "data", f"sqlite:///{base / 'ca.db'}", tls=True)
+    server = start_server(base / "data", module_db_url, tls=True)
     yield server
     server.stop()
 
@@ -229,20 +229,24 @@ def _served_serial(port: int, root: str, name: str) -> int:
     return int(_handshake(client_context(root), port, name).chain[0].serial_number)
 
 
-def _clocked_ca(tmp_path: Path, clock: FixedClock) -> tuple[CertificateAuthority, Settings]:
-    settings = make_settings(tmp_path, f"sqlite:///{tmp_path / 'ca.db'}", tls=True)
+def _clocked_ca(
+    tmp_path: Path, db_url: str, clock: FixedClock
+) -> tuple[CertificateAuthority, Settings]:
+    settings = make_settings(tmp_path, db_url, tls=True)
     ca = build_authority(settings, apply_migrations=True, clock=clock)
     ca.create_hierarchy(HierarchySpec(), ADMIN)
     ca.load_keys()
     return ca, settings
 
 
-def test_server_certificate_renews_at_two_thirds_without_a_restart(tmp_path: Path) -> None:
+def test_server_certificate_renews_at_two_thirds_without_a_restart(
+    tmp_path: Path, db_url: str
+) -> None:
     # The injected clock starts 25 days back, so that both certificates are valid in real time
     # for the (real-time) verifying client: A from -25 d to +5 d, B from -4 d to +26 d.
     real_now = dt.datetime.now(dt.UTC)
     clock = FixedClock(real_now - dt.timedelta(days=25))
-    ca, settings = _clocked_ca(tmp_path, clock)
+    ca, settings = _clocked_ca(tmp_path, db_url, clock)
     assert renew_if_due(ca, settings) is True  # first start: issued
     root = ca.chain_pem()[-1]
     holder = ServerTLS(
@@ -277,9 +281,11 @@ def test_server_certificate_renews_at_two_thirds_without_a_restart(tmp_path: Pat
     ca.db.dispose()
 
 
-def test_a_renewal_by_another_worker_is_picked_up_from_the_file(tmp_path: Path) -> None:
+def test_a_renewal_by_another_worker_is_picked_up_from_the_file(
+    tmp_path: Path, db_url: str
+) -> None:
     clock = FixedClock(dt.datetime.now(dt.UTC) - dt.timedelta(days=25))
-    ca, settings = _clocked_ca(tmp_path, clock)
+    ca, settings = _clocked_ca(tmp_path, db_url, clock)
     renew_if_due(ca, settings)
     # This worker's holder is not told about the renewal; it sees the file change.
     holder = ServerTLS(bundle_path(settings), PASSPHRASE, stat_interval=0.0)
@@ -292,9 +298,9 @@ def test_a_renewal_by_another_worker_is_picked_up_from_the_file(tmp_path: Path) 
     ca.db.dispose()
 
 
-def test_concurrent_checks_renew_once(tmp_path: Path) -> None:
+def test_concurrent_checks_renew_once(tmp_path: Path, db_url: str) -> None:
     clock = FixedClock(dt.datetime.now(dt.UTC) - dt.timedelta(days=25))
-    ca, settings = _clocked_ca(tmp_path, clock)
+    ca, settings = _clocked_ca(tmp_path, db_url, clock)
     renew_if_due(ca, settings)
     clock.advance(dt.timedelta(days=21))
     results: list[bool] = []
@@ -316,11 +322,13 @@ def test_concurrent_checks_renew_once(tmp_path: Path) -> None:
     ca.db.dispose()
 
 
-def test_changed_host_names_or_revocation_trigger_a_new_certificate(tmp_path: Path) -> None:
+def test_changed_host_names_or_revocation_trigger_a_new_certificate(
+    tmp_path: Path, db_url: str
+) -> None:
     from ca_service.domain import RevocationReason
 
     clock = FixedClock(dt.datetime.now(dt.UTC))
-    ca, settings = _clocked_ca(tmp_path, clock)
+    ca, settings = _clocked_ca(tmp_path, db_url, clock)
     renew_if_due(ca, settings)
     first = read_leaf(bundle_path(settings))
     assert first is not None
