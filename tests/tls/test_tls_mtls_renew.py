@@ -1,5 +1,6 @@
 """Issue items 2, 3 and 6: client certificates as credentials over `serve --tls`, and renewal by
-mutual TLS, against a real gunicorn on loopback.
+mutual TLS, against a real gunicorn on loopback, on SQLite and PostgreSQL (revocations, renewals
+and the audit of refusals are read from and written to the store).
 
 Before the server starts, the CA is created in-process with a clock ten days back, so that a
 client certificate that expired in real time can be issued by the very CA the server trusts.
@@ -43,9 +44,11 @@ role = "reader"
 
 
 @pytest.fixture(scope="module")
-def mtls_live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LiveServer, Path]]:
+def mtls_live(
+    tmp_path_factory: pytest.TempPathFactory, module_db_url: str
+) -> Iterator[tuple[LiveServer, Path]]:
     base = tmp_path_factory.mktemp("mtls")
-    data_dir, url = base / "data", f"sqlite:///{base / 'ca.db'}"
+    data_dir, url = base / "data", module_db_url
     settings = Settings(data_dir=data_dir, database_url=url, key_passphrase=b"live-test-passphrase")
     clock = FixedClock(dt.datetime.now(dt.UTC) - dt.timedelta(days=10))
     ca = build_authority(settings, apply_migrations=True, clock=clock)
