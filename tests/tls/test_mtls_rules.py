@@ -279,13 +279,14 @@ def test_serve_refuses_an_unbound_subject_rule_in_one_line(tmp_path: Path) -> No
     assert "Traceback" not in str(info.value)
 
 
-def test_serve_refuses_a_rule_bound_to_an_unknown_authority(tmp_path: Path) -> None:
+def test_serve_refuses_a_rule_bound_to_an_unknown_authority(tmp_path: Path, db_url: str) -> None:
+    """The authorities a rule may name are read from the store: checked on both backends."""
     config = tmp_path / "typo.toml"
     config.write_text(BOUND.replace('issued_by = "default"', 'issued_by = "defualt"'))
     with pytest.raises(RuntimeError) as info:
         start_server(
             tmp_path / "data",
-            f"sqlite:///{tmp_path / 'ca.db'}",
+            db_url,
             extra_env={"CA_CONFIG_FILE": str(config)},
         )
     assert "issued_by 'defualt' is not an authority" in str(info.value)
