@@ -179,22 +179,39 @@ def drop_pg_schema(schema: str) -> None:
 
 
 @contextmanager
+def database(backend: str, base: Path) -> Iterator[str]:
+    """A URL for a fixture of any scope (``db_url`` is per test): a SQLite file in ``base``, or a
+    PostgreSQL schema of its own, dropped on exit."""
+    if backend == "sqlite":
+        yield f"sqlite:///{base / 'ca.db'}"
+        return
+    url, schema = make_pg_schema()
+    try:
+        yield url
+    finally:
+        drop_pg_schema(schema)
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def module_db_url(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """``db_url`` for a CA or server that a whole module shares (one per backend)."""
+    with database(request.param, tmp_path_factory.mktemp(f"db-{request.param}")) as url:
+        yield url
+
+
+@contextmanager
 def live_server(backend: str, base: Path, *, workers: int = 2) -> Iterator[LiveServer]:
     """A real `ca-service serve` on loopback over a fresh SQLite file or PostgreSQL schema."""
     from .live import start_server
 
-    schema = None
-    if backend == "sqlite":
-        url = f"sqlite:///{base / 'ca.db'}"
-    else:
-        url, schema = make_pg_schema()
-    server = start_server(base / "data", url, workers=workers)
-    try:
-        yield server
-    finally:
-        server.stop()
-        if schema:
-            drop_pg_schema(schema)
+    with database(backend, base) as url:
+        server = start_server(base / "data", url, workers=workers)
+        try:
+            yield server
+        finally:
+            server.stop()
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])

@@ -1,0 +1,188 @@
+"""Issue item 6: the store. Schema by Alembic only, SQLite pragmas, PostgreSQL, record fields, and
+(authority, serial) uniqueness enforced by the database itself."""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from sqlalchemy.exc import IntegrityError
+
+from ca_service.authority import CertificateAuthority
+from ca_service.clock import FixedClock
+from ca_service.config import Settings
+from ca_service.domain import CertStatus, RevocationReason
+from ca_service.errors import ConfigError
+from ca_service.signing.serials import serial_hex
+from ca_service.storage import migrate
+from ca_service.storage.db import Database, unit_of_work
+from ca_service.storage.models import Base, include_object
+from ca_service.storage.repositories import (
+    AuditRepository,
+    CertificateFilter,
+    CertificateRepository,
+)
+from ca_service.wiring import build_authority
+
+from ..conftest import ADMIN, new_ca
+from ..helpers import count_rows, csr_pem, make_key
+
+
+def test_schema_comes_only_from_migrations(settings: Settings) -> None:
+    db = Database(settings.resolved_database_url)
+    try:
+        script = ScriptDirectory.from_config(migrate._config())
+        (head,) = script.get_heads()
+        waiting = migrate.pending(db)
+        assert waiting[0] == "0001" and waiting[-1] == head
+        with pytest.raises(ConfigError, match="db upgrade"):
+            build_authority(settings, db=db)
+        with db.engine.connect() as conn:
+            assert "certificates" not in sa.inspect(conn).get_table_names()
+        migrate.upgrade(db)
+        assert migrate.pending(db) == []
+        with db.engine.connect() as conn:
+            version = conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
+            assert version == head
+            # The migrations and the models describe exactly the same schema (but for the name
+            # search index, which the models cannot state; tests/storage/test_search.py checks it).
+            context = MigrationContext.configure(conn, opts={"include_object": include_object})
+            diff = compare_metadata(context, Base.metadata)
+        assert diff == []
+        migrate.upgrade(db)  # idempotent
+        assert migrate.pending(db) == []
+    finally:
+        db.dispose()
+
+
+def test_sqlite_runs_in_wal_mode_with_foreign_keys(tmp_path: Path) -> None:
+    db = Database(f"sqlite:///{tmp_path / 'p.db'}")
+    try:
+        with db.engine.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+            assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+    finally:
+        db.dispose()
+
+
+def _row_values(ca: CertificateAuthority, serial: str) -> dict[str, object]:
+    with ca.db.engine.connect() as conn:
+        row = conn.execute(
+            sa.text("SELECT * FROM certificates WHERE serial = :s"), {"s": serial}
+        ).mappings()
+        return dict(row.one())
+
+
+def _insert(ca: CertificateAuthority, values: dict[str, object]) -> None:
+    columns = [c for c in values if c != "id"]
+    sql = (
+        f"INSERT INTO certificates ({', '.join(columns)}) "  # noqa: S608
+        f"VALUES ({', '.join(':' + c for c in columns)})"
+    )
+    with ca.db.engine.begin() as conn:
+        conn.execute(sa.text(sql), {c: values[c] for c in columns})
+
+
+def test_authority_serial_unique_in_the_database(ca: CertificateAuthority) -> None:
+    serial = ca.issue_with_new_key(ADMIN, common_name="dup.example.test").record.serial
+    values = _row_values(ca, serial)
+    duplicate = dict(values, fingerprint_sha256="ab" * 32)
+    with pytest.raises(IntegrityError):
+        _insert(ca, duplicate)
+    assert count_rows(ca.db, "certificates") == 3  # root, intermediate, the leaf
+    # The same serial under another authority is a different certificate and is allowed.
+    with ca.db.engine.connect() as conn:
+        other = conn.execute(
+            sa.text("SELECT id FROM authorities WHERE id != :a"), {"a": values["authority_id"]}
+        ).scalar_one()
+    _insert(ca, dict(duplicate, authority_id=other))
+    assert count_rows(ca.db, "certificates") == 4
+
+
+def test_foreign_keys_enforced(ca: CertificateAuthority) -> None:
+    serial = ca.issue_with_new_key(ADMIN, common_name="fk.example.test").record.serial
+    orphan = dict(
+        _row_values(ca, serial), authority_id=999_999, serial="01", fingerprint_sha256="c" * 64
+    )
+    with pytest.raises(IntegrityError):
+        _insert(ca, orphan)
+
+
+def test_record_fields_match_the_certificate(settings: Settings) -> None:
+    clock = FixedClock(dt.datetime.now(dt.UTC))
+    ca = new_ca(settings)
+    ca.clock = clock
+    try:
+        issued = ca.issue_from_csr(
+            csr_pem(make_key("p256"), "rec.example.test"),
+            ADMIN,
+            profile="peer",
+            validity_days=30,
+            extra_names=["10.2.3.4", "email:ops@example.test"],
+        )
+        record = ca.get_certificate(issued.record.serial)
+        assert record == issued.record
+        cert = x509.load_der_x509_certificate(record.der)
+        assert record.authority == "default"
+        assert record.serial == serial_hex(cert.serial_number)
+        assert record.subject == "CN=rec.example.test"
+        assert record.common_name == "rec.example.test"
+        assert record.sans == ("dns:rec.example.test", "ip:10.2.3.4", "email:ops@example.test")
+        assert record.key_type == "ecdsa-p256"
+        assert record.profile == "peer"
+        assert (
+            record.not_before == cert.not_valid_before_utc == clock.now() - dt.timedelta(seconds=60)
+        )
+        assert record.not_after == cert.not_valid_after_utc == clock.now() + dt.timedelta(days=30)
+        assert record.status is CertStatus.VALID
+        assert record.revoked_at is None and record.revocation_reason is None
+        assert record.fingerprint_sha256 == cert.fingerprint(hashes.SHA256()).hex()
+        assert record.der == cert.public_bytes(serialization.Encoding.DER)
+        assert record.requester == ADMIN.identity
+        assert record.created_at == clock.now()
+        assert record.created_at.tzinfo is not None
+        # Expired is derived at read time, never stored.
+        assert record.status_at(clock.now() + dt.timedelta(days=31)) is CertStatus.EXPIRED
+        with unit_of_work(ca.db) as s:
+            events = AuditRepository(s).list(action="certificate.issue")
+            assert [e.target for e in events] == [f"default/{record.serial}"]
+            assert events[0].actor == ADMIN.identity
+    finally:
+        ca.db.dispose()
+
+
+def test_listing_filters(ca: CertificateAuthority) -> None:
+    a = ca.issue_with_new_key(ADMIN, common_name="alpha.example.test", validity_days=10).record
+    b = ca.issue_with_new_key(ADMIN, common_name="beta.example.test").record
+    ca.revoke(b.serial, RevocationReason.SUPERSEDED, ADMIN)
+    now = dt.datetime.now(dt.UTC)
+
+    def serials(**kwargs: object) -> list[str]:
+        with unit_of_work(ca.db) as s:
+            records, _ = CertificateRepository(s).list(CertificateFilter(**kwargs), now)  # type: ignore[arg-type]
+        return [r.serial for r in records if r.profile != "ca"]
+
+    assert serials(authority="default") == [b.serial, a.serial]
+    assert serials(status=CertStatus.REVOKED) == [b.serial]
+    assert serials(status=CertStatus.VALID) == [a.serial]
+    assert serials(name="ALPHA") == [a.serial]
+    assert serials(name="%") == []
+    assert serials(expires_before=now + dt.timedelta(days=20)) == [a.serial]
+    assert serials(status=CertStatus.EXPIRED) == []
+
+
+def test_serial_collision_is_retried_with_a_new_serial(ca: CertificateAuthority) -> None:
+    taken = ca.issue_with_new_key(ADMIN, common_name="first.example.test").record.serial
+    fresh = (1 << 100) + 12345
+    ca.serials = itertools.chain([int(taken, 16)], itertools.repeat(fresh)).__next__
+    second = ca.issue_with_new_key(ADMIN, common_name="second.example.test").record
+    assert second.serial == serial_hex(fresh) != taken
+    assert count_rows(ca.db, "certificates") == 4
