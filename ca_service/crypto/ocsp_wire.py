@@ -111,19 +111,6 @@ def _time(value: dt.datetime) -> useful.GeneralizedTime:
     return useful.GeneralizedTime(value.astimezone(dt.UTC).strftime("%Y%m%d%H%M%SZ"))
 
 
-_REASON_CODES = {
-    RevocationReason.UNSPECIFIED: 0,
-    RevocationReason.KEY_COMPROMISE: 1,
-    RevocationReason.CA_COMPROMISE: 2,
-    RevocationReason.AFFILIATION_CHANGED: 3,
-    RevocationReason.SUPERSEDED: 4,
-    RevocationReason.CESSATION_OF_OPERATION: 5,
-    RevocationReason.CERTIFICATE_HOLD: 6,
-    RevocationReason.PRIVILEGE_WITHDRAWN: 9,
-    RevocationReason.AA_COMPROMISE: 10,
-}
-
-
 def _single_response(answer: SingleAnswer) -> rfc6960.SingleResponse:
     single = rfc6960.SingleResponse()
     cert_id, _ = decoder.decode(answer.ref.der, asn1Spec=rfc6960.CertID())
@@ -136,7 +123,7 @@ def _single_response(answer: SingleAnswer) -> rfc6960.SingleResponse:
         info = status["revoked"]
         info["revocationTime"] = _time(answer.revoked_at)
         if answer.reason is not None and answer.reason is not RevocationReason.UNSPECIFIED:
-            info["revocationReason"] = info["revocationReason"].clone(_REASON_CODES[answer.reason])
+            info["revocationReason"] = info["revocationReason"].clone(answer.reason.code)
     else:
         status["unknown"] = status["unknown"].clone("")
     single["thisUpdate"] = _time(answer.this_update)

@@ -24,30 +24,20 @@ from ca_service.signing.material import CAMaterial
 # RevocationReason value or None).
 RevokedRow = tuple[str, dt.datetime | str, str | None]
 
-_REASON_CODES = {
-    RevocationReason.UNSPECIFIED.value: None,  # RFC 5280 5.3.1: SHOULD be absent, not encoded
-    RevocationReason.KEY_COMPROMISE.value: 1,
-    RevocationReason.CA_COMPROMISE.value: 2,
-    RevocationReason.AFFILIATION_CHANGED.value: 3,
-    RevocationReason.SUPERSEDED.value: 4,
-    RevocationReason.CESSATION_OF_OPERATION.value: 5,
-    RevocationReason.CERTIFICATE_HOLD.value: 6,
-    RevocationReason.PRIVILEGE_WITHDRAWN.value: 9,
-    RevocationReason.AA_COMPROMISE.value: 10,
-}
 # crlEntryExtensions holding only reasonCode (2.5.29.21), non-critical, per reason.
 _REASON_EXTENSIONS = {
-    name: (
+    reason.value: (
         der.sequence(
             der.sequence(
                 der.tlv(0x06, bytes.fromhex("551d15")),
-                der.tlv(0x04, der.tlv(0x0A, bytes((code,)))),
+                der.tlv(0x04, der.tlv(0x0A, bytes((reason.code,)))),
             )
         )
-        if code is not None
+        # RFC 5280 5.3.1: unspecified SHOULD be absent, not encoded.
+        if reason is not RevocationReason.UNSPECIFIED
         else b""
     )
-    for name, code in _REASON_CODES.items()
+    for reason in RevocationReason
 }
 
 
