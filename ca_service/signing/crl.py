@@ -1,7 +1,6 @@
 """Signing CRLs. The entries and the number are decided by the caller; this only encodes.
 
-The CertificateList is written with crypto.der and signed with the CA key through
-`cryptography`; before it is returned, `cryptography` parses it back and the signature is
+The CertificateList is written with crypto.der and signed by the CA's Signer; before it is returned, `cryptography` parses it back and the signature is
 verified with the CA certificate's public key, so a broken CRL is never published. Entries
 stream in as raw rows (hex serial, revocation time, reason name): at a million entries there
 is no per-entry object.
@@ -18,7 +17,7 @@ from cryptography.exceptions import InvalidSignature
 from ca_service.crypto import der
 from ca_service.domain import RevocationReason
 from ca_service.signing import algorithms
-from ca_service.signing.material import CAMaterial
+from ca_service.signing.signer import Signer
 
 # A stored revocation: (lower-case hex serial, revocation time as datetime or SQLite text in UTC,
 # RevocationReason value or None).
@@ -81,7 +80,7 @@ def _entries(rows: Iterable[RevokedRow]) -> bytes:
 
 
 def sign_crl(
-    ca: CAMaterial,
+    ca: Signer,
     number: int,
     this_update: dt.datetime,
     next_update: dt.datetime,
@@ -108,7 +107,7 @@ def sign_crl(
         der.explicit(0, extensions),
     )
     del entries
-    signature = algorithms.sign(ca.key, ca.key_type, tbs)
+    signature = ca.sign_crl_tbs(tbs)
     crl_der = der.sequence(tbs, algorithm, der.bit_string(signature))
     # Before publishing: the whole CRL must parse, and its signature verify under the CA
     # certificate's key (checked over our own TBS bytes: is_signature_valid would re-walk
