@@ -1,7 +1,8 @@
 """Signing CRLs. The entries and the number are decided by the caller; this only encodes.
 
-The CertificateList is written with crypto.der and signed by the CA's Signer; before it is returned, `cryptography` parses it back and the signature is
-verified with the CA certificate's public key, so a broken CRL is never published. Entries
+The CertificateList is written with crypto.der and signed by the CA's Signer; before it is
+returned, `cryptography` parses it back and the signature is verified with the CA
+certificate's public key, so a broken CRL is never published. Entries
 stream in as raw rows (hex serial, revocation time, reason name): at a million entries there
 is no per-entry object.
 """

@@ -56,9 +56,7 @@ class FileKeySigner:
         self._key = key
         self._key_type = key_type
         # Read once here rather than on every issuance and CRL.
-        self._ski = certificate.extensions.get_extension_for_class(
-            x509.SubjectKeyIdentifier
-        ).value
+        self._ski = certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
 
     def __repr__(self) -> str:  # never the key, even in a debugger or a log line
         return f"FileKeySigner({self._certificate.subject.rfc4514_string()!r})"
