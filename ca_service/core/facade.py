@@ -12,22 +12,19 @@ a Signer or a stored row: front ends get records, certificates and DER.
 
 from __future__ import annotations
 
-import functools
-import inspect
 from collections.abc import Callable, Sequence
-from contextlib import suppress
-from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from cryptography import x509
 
 from ca_service.clock import Clock, SystemClock
 from ca_service.config import Settings
-from ca_service.core.context import Context, normalize_serial
+from ca_service.core.context import Context
 from ca_service.core.crl_publisher import CRLPublisher
 from ca_service.core.hierarchy import Hierarchy, HierarchySpec
 from ca_service.core.issuance import Issuance
 from ca_service.core.ocsp_service import OCSPAnswer, OCSPService
 from ca_service.core.readiness import Readiness, readiness
+from ca_service.core.refusal_audit import audits_refusals, certificate_target, issuing_target
 from ca_service.core.registry import Registry
 from ca_service.core.revocation import Revocation
 from ca_service.domain import (
@@ -38,61 +35,12 @@ from ca_service.domain import (
     KeyType,
     RevocationReason,
 )
-from ca_service.errors import CAError, Forbidden, PolicyRejected
 from ca_service.refusals import RefusalLog
 from ca_service.signing.keystore import FileKeystore
 from ca_service.signing.serials import random_serial
 from ca_service.storage.db import Database
 from ca_service.storage.ocsp_repository import SerialStatus
 from ca_service.storage.repositories import StoredCRL
-
-P = ParamSpec("P")
-R = TypeVar("R")
-
-
-def _audits_refusals(
-    attempted: str, target: Callable[[Core, dict[str, Any]], str]
-) -> Callable[[Callable[Concatenate[Core, P], R]], Callable[Concatenate[Core, P], R]]:
-    """A refusal escaping the method (a policy rule, or a caller acting on a certificate that
-    is not its own) is audited once, with its rule, in a transaction of its own (the refused
-    action has written nothing), whichever front end called: API, CLI or mutual TLS."""
-
-    def decorate(method: Callable[Concatenate[Core, P], R]) -> Callable[Concatenate[Core, P], R]:
-        signature = inspect.signature(method)
-
-        @functools.wraps(method)
-        def wrapper(core: Core, /, *args: P.args, **kwargs: P.kwargs) -> R:
-            try:
-                return method(core, *args, **kwargs)
-            except (PolicyRejected, Forbidden) as exc:
-                arguments = signature.bind(core, *args, **kwargs).arguments
-                actor = arguments["actor"]
-                assert isinstance(actor, Actor)
-                core.refusals.record(actor, target(core, arguments), exc, attempted=attempted)
-                raise
-
-        return wrapper
-
-    return decorate
-
-
-def _issuing_target(core: Core, arguments: dict[str, Any]) -> str:
-    """The authority asked to issue (refusals of an issuance have no serial yet)."""
-    if arguments.get("authority"):
-        return str(arguments["authority"])
-    try:
-        return core.default_authority()
-    except CAError:
-        return "(default)"
-
-
-def _certificate_target(_: Core, arguments: dict[str, Any]) -> str:
-    """authority/serial, as certificate events name their target."""
-    serial = str(arguments["serial"])
-    with suppress(CAError):
-        serial = normalize_serial(serial)
-    authority = arguments.get("authority")
-    return f"{authority}/{serial}" if authority else serial
 
 
 class Core:
@@ -209,7 +157,7 @@ class Core:
 
     # ------------------------------------------------------------------ issuance
 
-    @_audits_refusals("certificate.issue", _issuing_target)
+    @audits_refusals("certificate.issue", issuing_target)
     def issue_from_csr(
         self,
         csr: bytes | str,
@@ -230,7 +178,7 @@ class Core:
             extra_names=extra_names,
         )
 
-    @_audits_refusals("certificate.issue", _issuing_target)
+    @audits_refusals("certificate.issue", issuing_target)
     def issue_with_new_key(
         self,
         actor: Actor,
@@ -255,7 +203,7 @@ class Core:
             pkcs12_passphrase=pkcs12_passphrase,
         )
 
-    @_audits_refusals("certificate.renew", _certificate_target)
+    @audits_refusals("certificate.renew", certificate_target)
     def renew(
         self,
         serial: str,
@@ -275,7 +223,7 @@ class Core:
 
     # ------------------------------------------------------------------ revocation
 
-    @_audits_refusals("certificate.revoke", _certificate_target)
+    @audits_refusals("certificate.revoke", certificate_target)
     def revoke(
         self,
         serial: str,
@@ -290,14 +238,14 @@ class Core:
             serial, reason, actor, authority=authority, requester_only=requester_only
         )
 
-    @_audits_refusals("certificate.release_hold", _certificate_target)
+    @audits_refusals("certificate.release_hold", certificate_target)
     def release_hold(
         self, serial: str, actor: Actor, *, authority: str | None = None
     ) -> CertificateRecord:
         """Lift certificateHold: the certificate is valid again and leaves the next CRL."""
         return self._revocation.release_hold(serial, actor, authority=authority)
 
-    @_audits_refusals("authority.revoke", lambda _, arguments: str(arguments["name"]))
+    @audits_refusals("authority.revoke", lambda _, arguments: str(arguments["name"]))
     def revoke_authority(
         self, name: str, reason: RevocationReason, actor: Actor
     ) -> AuthorityRecord:
