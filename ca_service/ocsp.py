@@ -12,8 +12,8 @@ __all__ = ["CACHE_LIMIT", "OCSPAnswer", "OCSPResponder"]
 class OCSPResponder:
     """``OCSPResponder(core).respond(der)``, as before: the core's own OCSP service answers."""
 
-    def __init__(self, ca: Core) -> None:
-        self.ca = ca
+    def __init__(self, core: Core) -> None:
+        self.core = core
 
     def respond(self, data: bytes) -> OCSPAnswer:
-        return self.ca.answer_ocsp(data)
+        return self.core.answer_ocsp(data)
