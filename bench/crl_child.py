@@ -33,14 +33,14 @@ def _breakdown(ca: Any, name: str) -> dict[str, float]:
     from ca_service.storage.repositories import CertificateRepository
 
     now = dt.datetime.now(dt.UTC)
-    loaded = ca._load(name)
+    loaded = ca._registry.load(name)
     t0 = time.perf_counter()
     with unit_of_work(ca.db) as s:
         rows = list(CertificateRepository(s).revoked_rows(loaded.authority_id, now))
     t1 = time.perf_counter()
     crl_module._entries(rows)
     t2 = time.perf_counter()
-    crl_module.sign_crl(loaded.material, 1, now, now + dt.timedelta(hours=1), rows)
+    crl_module.sign_crl(loaded.signer, 1, now, now + dt.timedelta(hours=1), rows)
     t3 = time.perf_counter()
     return {
         "query_s": round(t1 - t0, 3),

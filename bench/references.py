@@ -41,7 +41,6 @@ from ca_service.crypto.csr import parse_csr
 from ca_service.domain import CallerPolicy, IssuanceRequest, KeyType
 from ca_service.policy.check import AuthorityView, check
 from ca_service.policy.names import NameConstraintsSpec
-from ca_service.signing.issuer import sign_leaf
 from ca_service.signing.serials import random_serial
 
 # The directory with the CFSSL peer's setup_cfssl.sh and make_certdb.sh (not part of this
@@ -98,13 +97,13 @@ def inprocess_ceiling(
 def _ceiling_of(
     ca: CertificateAuthority, csr_pem: bytes, max_count: int, max_seconds: float
 ) -> dict[str, Any]:
-    """parse_csr + policy check + sign_leaf + PEM: the product's own calls, without DB or HTTP."""
+    """parse_csr + policy check + signing + PEM: the product's own calls, without DB or HTTP."""
     name = ca.default_authority()
-    material = ca.material(name)
+    signer = ca._registry.load(name).signer
     crl_url, issuers_url, ocsp_url = ca.urls(name)
     view = AuthorityView(
         name=name,
-        not_after=material.certificate.not_valid_after_utc,
+        not_after=signer.certificate.not_valid_after_utc,
         constraints=NameConstraintsSpec(),
         crl_url=crl_url,
         ca_issuers_url=issuers_url,
@@ -123,7 +122,7 @@ def _ceiling_of(
         )
         now = dt.datetime.now(dt.UTC)
         template = check(request, profiles, view, caller, now, random_serial())
-        sign_leaf(template, material).public_bytes(Encoding.PEM)
+        signer.sign_certificate(template).public_bytes(Encoding.PEM)
 
     loop = bounded_loop(one, max_count, max_seconds, warmup=20)
     return {**loop.as_dict(), **latency_summary(loop.latencies)}

@@ -60,20 +60,27 @@ class RevocationReason(enum.StrEnum):
         raise BadRequest(f"unknown revocation reason {value!r}; use one of: {allowed}")
 
     @property
+    def code(self) -> int:
+        """The CRLReason ENUMERATED value (RFC 5280 5.3.1) that CRLs and OCSP answers carry."""
+        return _RFC5280[self][0]
+
+    @property
     def flag(self) -> x509.ReasonFlags:
-        return _REASON_FLAGS[self]
+        return _RFC5280[self][1]
 
 
-_REASON_FLAGS = {
-    RevocationReason.UNSPECIFIED: x509.ReasonFlags.unspecified,
-    RevocationReason.KEY_COMPROMISE: x509.ReasonFlags.key_compromise,
-    RevocationReason.CA_COMPROMISE: x509.ReasonFlags.ca_compromise,
-    RevocationReason.AFFILIATION_CHANGED: x509.ReasonFlags.affiliation_changed,
-    RevocationReason.SUPERSEDED: x509.ReasonFlags.superseded,
-    RevocationReason.CESSATION_OF_OPERATION: x509.ReasonFlags.cessation_of_operation,
-    RevocationReason.CERTIFICATE_HOLD: x509.ReasonFlags.certificate_hold,
-    RevocationReason.PRIVILEGE_WITHDRAWN: x509.ReasonFlags.privilege_withdrawn,
-    RevocationReason.AA_COMPROMISE: x509.ReasonFlags.aa_compromise,
+# The one table of reason codes: RFC 5280 code and `cryptography`'s flag of each reason (7 is
+# unused; removeFromCRL, 8, is an action of delta CRLs, not a reason).
+_RFC5280 = {
+    RevocationReason.UNSPECIFIED: (0, x509.ReasonFlags.unspecified),
+    RevocationReason.KEY_COMPROMISE: (1, x509.ReasonFlags.key_compromise),
+    RevocationReason.CA_COMPROMISE: (2, x509.ReasonFlags.ca_compromise),
+    RevocationReason.AFFILIATION_CHANGED: (3, x509.ReasonFlags.affiliation_changed),
+    RevocationReason.SUPERSEDED: (4, x509.ReasonFlags.superseded),
+    RevocationReason.CESSATION_OF_OPERATION: (5, x509.ReasonFlags.cessation_of_operation),
+    RevocationReason.CERTIFICATE_HOLD: (6, x509.ReasonFlags.certificate_hold),
+    RevocationReason.PRIVILEGE_WITHDRAWN: (9, x509.ReasonFlags.privilege_withdrawn),
+    RevocationReason.AA_COMPROMISE: (10, x509.ReasonFlags.aa_compromise),
 }
 
 

@@ -2,14 +2,15 @@
 
 `cryptography` parses and builds only one certificate per OCSP request and response; RFC 6960
 allows several, and clients (OpenSSL among them) send several. So the ASN.1 structures here come
-from pyasn1-alt-modules' RFC 6960 module, kept by the authors of pkilint, while every signature is
-still made by `cryptography` through the ``sign`` callback.
+from pyasn1-alt-modules' RFC 6960 module, kept by the authors of pkilint. Nothing here signs: a
+response is encoded in two steps, the ResponseData to be signed and then the BasicOCSPResponse
+around the signature that signing/ocsp.py had the responder's Signer make over it.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -111,19 +112,6 @@ def _time(value: dt.datetime) -> useful.GeneralizedTime:
     return useful.GeneralizedTime(value.astimezone(dt.UTC).strftime("%Y%m%d%H%M%SZ"))
 
 
-_REASON_CODES = {
-    RevocationReason.UNSPECIFIED: 0,
-    RevocationReason.KEY_COMPROMISE: 1,
-    RevocationReason.CA_COMPROMISE: 2,
-    RevocationReason.AFFILIATION_CHANGED: 3,
-    RevocationReason.SUPERSEDED: 4,
-    RevocationReason.CESSATION_OF_OPERATION: 5,
-    RevocationReason.CERTIFICATE_HOLD: 6,
-    RevocationReason.PRIVILEGE_WITHDRAWN: 9,
-    RevocationReason.AA_COMPROMISE: 10,
-}
-
-
 def _single_response(answer: SingleAnswer) -> rfc6960.SingleResponse:
     single = rfc6960.SingleResponse()
     cert_id, _ = decoder.decode(answer.ref.der, asn1Spec=rfc6960.CertID())
@@ -136,7 +124,7 @@ def _single_response(answer: SingleAnswer) -> rfc6960.SingleResponse:
         info = status["revoked"]
         info["revocationTime"] = _time(answer.revoked_at)
         if answer.reason is not None and answer.reason is not RevocationReason.UNSPECIFIED:
-            info["revocationReason"] = info["revocationReason"].clone(_REASON_CODES[answer.reason])
+            info["revocationReason"] = info["revocationReason"].clone(answer.reason.code)
     else:
         status["unknown"] = status["unknown"].clone("")
     single["thisUpdate"] = _time(answer.this_update)
@@ -144,25 +132,19 @@ def _single_response(answer: SingleAnswer) -> rfc6960.SingleResponse:
     return single
 
 
-@dataclass(frozen=True)
-class SignerInfo:
-    """What the response needs of its signer: key hash for responderID, algorithm, certs."""
-
-    key_sha1: bytes  # SHA-1 of the signer's subjectPublicKey BIT STRING (RFC 6960 ResponderID)
-    algorithm_der: bytes  # DER AlgorithmIdentifier of the signature
-    certificates: tuple[bytes, ...]  # DER certificates to include (the delegated responder)
-    sign: Callable[[bytes], bytes]
-
-
-def encode_response(
+def response_data(
     answers: Sequence[SingleAnswer],
     produced_at: dt.datetime,
-    signer: SignerInfo,
+    responder_key_hash: bytes,
     nonce_extension_der: bytes | None,
-) -> bytes:
+) -> tuple[rfc6960.ResponseData, bytes]:
+    """The ResponseData of an answer and its DER, the bytes its signature covers.
+
+    ``responder_key_hash``: SHA-1 of the signer's subjectPublicKey BIT STRING (the ResponderID
+    byKey of RFC 6960)."""
     data = rfc6960.ResponseData()
     responder = data["responderID"]
-    responder["byKey"] = responder["byKey"].clone(signer.key_sha1)
+    responder["byKey"] = responder["byKey"].clone(responder_key_hash)
     data["producedAt"] = _time(produced_at)
     responses = data["responses"]
     for i, answer in enumerate(answers):
@@ -171,16 +153,27 @@ def encode_response(
         ext, _ = decoder.decode(nonce_extension_der, asn1Spec=rfc5280.Extension())
         extensions = data["responseExtensions"]
         extensions[0] = ext
-    tbs_der = encoder.encode(data)
+    return data, encoder.encode(data)
 
+
+def signed_response(
+    data: rfc6960.ResponseData,
+    algorithm_der: bytes,
+    signature: bytes,
+    certificates: Sequence[bytes],
+) -> bytes:
+    """The successful OCSPResponse around ``data`` and the signature made over its DER.
+
+    ``algorithm_der``: the DER AlgorithmIdentifier of the signature; ``certificates``: DER
+    certificates to include (a delegated responder's own)."""
     basic = rfc6960.BasicOCSPResponse()
     basic["tbsResponseData"] = data
-    algorithm, _ = decoder.decode(signer.algorithm_der, asn1Spec=rfc5280.AlgorithmIdentifier())
+    algorithm, _ = decoder.decode(algorithm_der, asn1Spec=rfc5280.AlgorithmIdentifier())
     basic["signatureAlgorithm"] = algorithm
-    basic["signature"] = univ.BitString.fromOctetString(signer.sign(tbs_der))
-    if signer.certificates:
+    basic["signature"] = univ.BitString.fromOctetString(signature)
+    if certificates:
         certs = basic["certs"]
-        for i, der in enumerate(signer.certificates):
+        for i, der in enumerate(certificates):
             cert, _ = decoder.decode(der, asn1Spec=rfc5280.Certificate())
             certs[i] = cert
 

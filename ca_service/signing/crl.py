@@ -1,8 +1,8 @@
 """Signing CRLs. The entries and the number are decided by the caller; this only encodes.
 
-The CertificateList is written with crypto.der and signed with the CA key through
-`cryptography`; before it is returned, `cryptography` parses it back and the signature is
-verified with the CA certificate's public key, so a broken CRL is never published. Entries
+The CertificateList is written with crypto.der and signed by the CA's Signer; before it is
+returned, `cryptography` parses it back and the signature is verified with the CA
+certificate's public key, so a broken CRL is never published. Entries
 stream in as raw rows (hex serial, revocation time, reason name): at a million entries there
 is no per-entry object.
 """
@@ -18,36 +18,26 @@ from cryptography.exceptions import InvalidSignature
 from ca_service.crypto import der
 from ca_service.domain import RevocationReason
 from ca_service.signing import algorithms
-from ca_service.signing.material import CAMaterial
+from ca_service.signing.signer import Signer
 
 # A stored revocation: (lower-case hex serial, revocation time as datetime or SQLite text in UTC,
 # RevocationReason value or None).
 RevokedRow = tuple[str, dt.datetime | str, str | None]
 
-_REASON_CODES = {
-    RevocationReason.UNSPECIFIED.value: None,  # RFC 5280 5.3.1: SHOULD be absent, not encoded
-    RevocationReason.KEY_COMPROMISE.value: 1,
-    RevocationReason.CA_COMPROMISE.value: 2,
-    RevocationReason.AFFILIATION_CHANGED.value: 3,
-    RevocationReason.SUPERSEDED.value: 4,
-    RevocationReason.CESSATION_OF_OPERATION.value: 5,
-    RevocationReason.CERTIFICATE_HOLD.value: 6,
-    RevocationReason.PRIVILEGE_WITHDRAWN.value: 9,
-    RevocationReason.AA_COMPROMISE.value: 10,
-}
 # crlEntryExtensions holding only reasonCode (2.5.29.21), non-critical, per reason.
 _REASON_EXTENSIONS = {
-    name: (
+    reason.value: (
         der.sequence(
             der.sequence(
                 der.tlv(0x06, bytes.fromhex("551d15")),
-                der.tlv(0x04, der.tlv(0x0A, bytes((code,)))),
+                der.tlv(0x04, der.tlv(0x0A, bytes((reason.code,)))),
             )
         )
-        if code is not None
+        # RFC 5280 5.3.1: unspecified SHOULD be absent, not encoded.
+        if reason is not RevocationReason.UNSPECIFIED
         else b""
     )
-    for name, code in _REASON_CODES.items()
+    for reason in RevocationReason
 }
 
 
@@ -91,7 +81,7 @@ def _entries(rows: Iterable[RevokedRow]) -> bytes:
 
 
 def sign_crl(
-    ca: CAMaterial,
+    ca: Signer,
     number: int,
     this_update: dt.datetime,
     next_update: dt.datetime,
@@ -118,7 +108,7 @@ def sign_crl(
         der.explicit(0, extensions),
     )
     del entries
-    signature = algorithms.sign(ca.key, ca.key_type, tbs)
+    signature = ca.sign_crl_tbs(tbs)
     crl_der = der.sequence(tbs, algorithm, der.bit_string(signature))
     # Before publishing: the whole CRL must parse, and its signature verify under the CA
     # certificate's key (checked over our own TBS bytes: is_signature_valid would re-walk

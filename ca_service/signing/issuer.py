@@ -1,9 +1,11 @@
-"""Signing certificates from approved templates. It applies no policy: every field is given."""
+"""Building and signing certificates from approved templates. It applies no policy: every field
+is given. Only the signers of this package call it, with the key they hold."""
 
 from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+from dataclasses import dataclass
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
@@ -12,14 +14,34 @@ from cryptography.x509.oid import AuthorityInformationAccessOID
 from ca_service.crypto.keys import SigningKey, signature_hash
 from ca_service.domain import ApprovedTemplate, KeyType
 from ca_service.policy.names import NameConstraintsSpec
-from ca_service.signing.material import CAMaterial
 
 
-def sign_leaf(template: ApprovedTemplate, ca: CAMaterial) -> x509.Certificate:
+@dataclass(frozen=True)
+class IntermediateTemplate:
+    """An issuing CA's certificate, every field decided by the core before it is signed."""
+
+    public_key: CertificatePublicKeyTypes
+    subject: x509.Name
+    serial: int
+    not_before: dt.datetime
+    not_after: dt.datetime
+    constraints: NameConstraintsSpec
+    crl_url: str
+    ca_issuers_url: str
+    ocsp_url: str
+
+
+def sign_leaf(
+    template: ApprovedTemplate,
+    key: SigningKey,
+    key_type: KeyType,
+    issuer: x509.Certificate,
+    issuer_ski: x509.SubjectKeyIdentifier,
+) -> x509.Certificate:
     """Build and sign an end-entity certificate exactly as the template says."""
     sans = [n.general_name() for n in template.names]
     builder = x509.CertificateBuilder(
-        issuer_name=ca.certificate.subject,
+        issuer_name=issuer.subject,
         subject_name=template.subject,
         public_key=template.public_key,
         serial_number=template.serial,
@@ -35,7 +57,7 @@ def sign_leaf(template: ApprovedTemplate, ca: CAMaterial) -> x509.Certificate:
         x509.SubjectKeyIdentifier.from_public_key(template.public_key), False
     )
     builder = builder.add_extension(
-        x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca.ski), False
+        x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(issuer_ski), False
     )
     if sans:
         # RFC 5280 4.2.1.6: with an empty subject the SAN extension must be critical.
@@ -46,7 +68,7 @@ def sign_leaf(template: ApprovedTemplate, ca: CAMaterial) -> x509.Certificate:
     builder = builder.add_extension(_aia(template.ca_issuers_url, template.ocsp_url), False)
     if template.ocsp_nocheck:
         builder = builder.add_extension(x509.OCSPNoCheck(), False)
-    return builder.sign(ca.key, signature_hash(ca.key_type))
+    return builder.sign(key, signature_hash(key_type))
 
 
 _KEY_USAGE_BITS = (
@@ -132,45 +154,41 @@ def sign_root(
 
 
 def sign_intermediate(
-    public_key: CertificatePublicKeyTypes,
-    subject: x509.Name,
-    parent: CAMaterial,
-    serial: int,
-    not_before: dt.datetime,
-    not_after: dt.datetime,
-    constraints: NameConstraintsSpec,
-    crl_url: str,
-    ca_issuers_url: str,
-    ocsp_url: str,
+    template: IntermediateTemplate,
+    key: SigningKey,
+    key_type: KeyType,
+    parent: x509.Certificate,
+    parent_ski: x509.SubjectKeyIdentifier,
 ) -> x509.Certificate:
-    """An issuing CA with pathLen 0, optionally name-constrained, signed by ``parent``.
+    """An issuing CA with pathLen 0, optionally name-constrained, signed by ``parent``'s key.
 
     It says where its own status is published as a leaf does: the parent's CRL, the parent's
     certificate, and the OCSP responder that answers for the parent's children. A validator
     that checks every certificate of a path by OCSP only (Java's PKIX with ocsp.enable and CRL
     distribution points off) rejects the whole path when the intermediate names no responder.
     """
+    t = template
     builder = (
         x509.CertificateBuilder(
-            issuer_name=parent.certificate.subject,
-            subject_name=subject,
-            public_key=public_key,
-            serial_number=serial,
-            not_valid_before=not_before,
-            not_valid_after=not_after,
+            issuer_name=parent.subject,
+            subject_name=t.subject,
+            public_key=t.public_key,
+            serial_number=t.serial,
+            not_valid_before=t.not_before,
+            not_valid_after=t.not_after,
         )
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), True)
         .add_extension(_ca_key_usage(), True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(t.public_key), False)
         .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(parent.ski), False
+            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(parent_ski), False
         )
-        .add_extension(_crl_distribution_points(crl_url), False)
-        .add_extension(_aia(ca_issuers_url, ocsp_url), False)
+        .add_extension(_crl_distribution_points(t.crl_url), False)
+        .add_extension(_aia(t.ca_issuers_url, t.ocsp_url), False)
     )
-    if not constraints.empty:
-        builder = builder.add_extension(_name_constraints(constraints), True)
-    return builder.sign(parent.key, signature_hash(parent.key_type))
+    if not t.constraints.empty:
+        builder = builder.add_extension(_name_constraints(t.constraints), True)
+    return builder.sign(key, signature_hash(key_type))
 
 
 def _name_constraints(spec: NameConstraintsSpec) -> x509.NameConstraints:

@@ -1,17 +1,43 @@
-"""CA private keys at rest: encrypted PKCS#8 files, mode 0600, never overwritten.
+"""CA private keys at rest, and the Signers made of them: the only way a key reaches use.
 
-The database holds only the file's name. A future PKCS#11 keystore implements the same three
-methods; nothing above this module touches key files.
+Keys are encrypted PKCS#8 files, mode 0600, never overwritten; the database holds only the
+file's name. The core asks this module to make, adopt, load and remove keys by file name, and
+gets back public keys and Signers, never a private key. A future PKCS#11 keystore implements
+the same methods over keys that never leave their token.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 
-from ca_service.crypto.keys import SigningKey, encrypt_private_key, load_encrypted_private_key
-from ca_service.errors import ConfigError, Conflict
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
+
+from ca_service.crypto.keys import (
+    SigningKey,
+    encrypt_private_key,
+    generate_private_key,
+    key_type_of,
+    load_any_private_key,
+    load_encrypted_private_key,
+    public_key_matches,
+)
+from ca_service.domain import KeyType
+from ca_service.errors import BadRequest, ConfigError, Conflict
+from ca_service.signing.issuer import sign_root
+from ca_service.signing.signer import FileKeySigner
+
+
+@dataclass(frozen=True)
+class NewKey:
+    """A key pair just made and stored: its file name (for the database) and its public key."""
+
+    key_file: str
+    public_key: CertificatePublicKeyTypes
 
 
 class FileKeystore:
@@ -24,7 +50,45 @@ class FileKeystore:
     def __repr__(self) -> str:  # never show the passphrase, even in a debugger
         return f"FileKeystore({str(self.directory)!r})"
 
-    def store(self, key_id: str, key: SigningKey) -> str:
+    def generate(self, key_id: str, key_type: KeyType) -> NewKey:
+        """Make a key pair and store it under a new file named for ``key_id``."""
+        key = generate_private_key(key_type)
+        return NewKey(self._store(key_id, key), key.public_key())
+
+    def adopt(
+        self, key_id: str, data: bytes, passphrase: bytes | None, certificate: x509.Certificate
+    ) -> str:
+        """Store an imported key (PEM or DER, encrypted or not) that must be ``certificate``'s."""
+        key = load_any_private_key(data, passphrase, "imported CA key")
+        if not public_key_matches(key, certificate.public_key()):
+            raise BadRequest("the private key does not belong to the certificate")
+        key_type_of(certificate.public_key())  # refuses a key type this service cannot use
+        return self._store(key_id, key)
+
+    def sign_root(
+        self,
+        key_file: str,
+        key_type: KeyType,
+        subject: x509.Name,
+        serial: int,
+        not_before: dt.datetime,
+        not_after: dt.datetime,
+    ) -> x509.Certificate:
+        """The self-signed root certificate of the stored key ``key_file``."""
+        key = self._load(key_file, f"root key {key_file!r}")
+        return sign_root(key, key_type, subject, serial, not_before, not_after)
+
+    def signer(
+        self, key_file: str, certificate: x509.Certificate, key_type: KeyType, what: str
+    ) -> FileKeySigner:
+        """The Signer of ``certificate`` with the stored key ``key_file``; refuses a key file
+        that is not the certificate's (a file swapped or restored from elsewhere)."""
+        key = self._load(key_file, what)
+        if not public_key_matches(key, certificate.public_key()):
+            raise ConfigError(f"{what}: the key file does not match its certificate")
+        return FileKeySigner(certificate, key, key_type)
+
+    def _store(self, key_id: str, key: SigningKey) -> str:
         """Write a new key file; refuses to replace one that exists."""
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(self.directory, 0o700)
@@ -44,7 +108,7 @@ class FileKeystore:
             self._cache[path.name] = key
         return path.name
 
-    def load(self, key_file: str, what: str) -> SigningKey:
+    def _load(self, key_file: str, what: str) -> SigningKey:
         with self._lock:
             cached = self._cache.get(key_file)
         if cached is not None:
@@ -65,7 +129,7 @@ class FileKeystore:
         return key
 
     def remove(self, key_file: str) -> None:
-        """Undo a ``store`` whose database record could not be committed."""
+        """Undo a ``generate`` or ``adopt`` whose database record could not be committed."""
         with self._lock:
             self._cache.pop(key_file, None)
         (self.directory / key_file).unlink(missing_ok=True)

@@ -1,25 +1,53 @@
-"""Signing OCSP answers with a CA or delegated responder key; no decisions are made here."""
+"""Signing OCSP answers with a CA's or a delegated responder's Signer; no decisions are made here.
+
+The core decides what each answer says (good, revoked, unknown) and which key answers; this
+module turns that into the signed DER through crypto/ocsp_wire.py, so the key stays behind the
+Signer and no signing callback is handed to the wire encoder.
+"""
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
 
-from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from ca_service.crypto.keys import SigningKey
-from ca_service.crypto.ocsp_wire import SignerInfo, spki_bits
-from ca_service.domain import KeyType
+from ca_service.crypto import ocsp_wire
 from ca_service.signing import algorithms
+from ca_service.signing.signer import Signer
 
 
-def signer_info(
-    cert: x509.Certificate, key: SigningKey, key_type: KeyType, include_cert: bool
-) -> SignerInfo:
-    """How to sign and identify answers made with ``key``; ``include_cert`` for delegation."""
-    return SignerInfo(
-        key_sha1=hashlib.sha1(spki_bits(cert)).digest(),  # noqa: S324 (RFC 6960 KeyHash is SHA-1)
-        algorithm_der=algorithms.algorithm_identifier(key_type),
-        certificates=(cert.public_bytes(serialization.Encoding.DER),) if include_cert else (),
-        sign=lambda data: algorithms.sign(key, key_type, data),
-    )
+@dataclass(frozen=True)
+class OCSPSigner:
+    """A Signer of OCSP answers with what every answer says of it, worked out once per key."""
+
+    signer: Signer
+    key_hash: bytes  # ResponderID byKey: SHA-1 of the signer's subjectPublicKey
+    algorithm_der: bytes
+    certificates: tuple[bytes, ...]  # the delegated responder's certificate, or nothing
+
+    @classmethod
+    def of(cls, signer: Signer, *, delegated: bool) -> OCSPSigner:
+        """``delegated``: a responder certificate, which each answer must carry (RFC 6960
+        4.2.2.2); a CA answering for itself is known to the client already."""
+        cert = signer.certificate
+        return cls(
+            signer,
+            hashlib.sha1(ocsp_wire.spki_bits(cert)).digest(),  # noqa: S324 (RFC 6960 KeyHash)
+            algorithms.algorithm_identifier(signer.key_type),
+            (cert.public_bytes(serialization.Encoding.DER),) if delegated else (),
+        )
+
+
+def sign_response(
+    signer: OCSPSigner,
+    answers: Sequence[ocsp_wire.SingleAnswer],
+    produced_at: dt.datetime,
+    nonce_extension_der: bytes | None,
+) -> bytes:
+    """The signed, successful OCSPResponse DER for ``answers``."""
+    data, tbs = ocsp_wire.response_data(answers, produced_at, signer.key_hash, nonce_extension_der)
+    signature = signer.signer.sign_ocsp_tbs(tbs)
+    return ocsp_wire.signed_response(data, signer.algorithm_der, signature, signer.certificates)

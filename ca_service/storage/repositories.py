@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import itertools
@@ -335,14 +336,17 @@ class CertificateRepository:
             query = query.where(AuthorityRow.name == authority)
         return [self._to_record(row, name) for row, name in self.s.execute(query)]
 
-    def find_for_update(self, serial: str, authority: str) -> CertificateRow | None:
+    def find_for_update(self, serial: str, authority: str) -> CertificateRecord | None:
+        """The certificate, its row locked until the transaction ends, so that decisions on one
+        certificate (revoke, release) are taken one after the other."""
         query = (
             select(CertificateRow)
             .join(AuthorityRow, AuthorityRow.id == CertificateRow.authority_id)
             .where(CertificateRow.serial == serial, AuthorityRow.name == authority)
             .with_for_update()
         )
-        return self.s.scalar(query)
+        row = self.s.scalar(query)
+        return None if row is None else self._to_record(row, authority)
 
     def set_successor(self, serial: str, authority_id: int, successor: str) -> None:
         row = self.s.scalar(
@@ -357,18 +361,31 @@ class CertificateRepository:
 
     def set_revocation(
         self,
-        row: CertificateRow,
+        locked: CertificateRecord,
         status: CertStatus,
         revoked_at: dt.datetime | None,
         reason: RevocationReason | None,
     ) -> CertificateRecord:
-        row.status = status.value
-        row.revoked_at = revoked_at
-        row.revocation_reason = reason.value if reason else None
-        self.s.flush()
-        authority = self.s.get(AuthorityRow, row.authority_id)
-        assert authority is not None
-        return self._to_record(row, authority.name)
+        """Store a revocation (or its release) decided on ``locked``, a record this transaction
+        holds the lock of (find_for_update); returns the record as it now stands."""
+        authority_id = (
+            select(AuthorityRow.id).where(AuthorityRow.name == locked.authority).scalar_subquery()
+        )
+        self.s.execute(
+            update(CertificateRow)
+            .where(
+                CertificateRow.serial == locked.serial, CertificateRow.authority_id == authority_id
+            )
+            .values(
+                status=status.value,
+                revoked_at=revoked_at,
+                revocation_reason=reason.value if reason else None,
+            )
+            .execution_options(synchronize_session=False)
+        )
+        return dataclasses.replace(
+            locked, status=status, revoked_at=_opt_utc(revoked_at), revocation_reason=reason
+        )
 
     def last_id(self) -> int:
         """The id of the newest certificate (0: none), an upper bound that a long walk over the

@@ -7,13 +7,13 @@ import binascii
 import email.utils
 import hashlib
 
-from flask import Blueprint, Response, current_app, request
+from flask import Blueprint, Response, request
 from flask.blueprints import BlueprintSetupState
 from werkzeug.exceptions import RequestEntityTooLarge, UnsupportedMediaType
 from werkzeug.routing import PathConverter
 
+from ca_service.core.ocsp_service import OCSPAnswer
 from ca_service.crypto.ocsp_wire import unsuccessful
-from ca_service.ocsp import OCSPAnswer, OCSPResponder
 from ca_service.web.services import authority
 
 ocsp = Blueprint("ocsp", __name__)
@@ -37,14 +37,6 @@ def _register_converter(state: BlueprintSetupState) -> None:
     state.app.url_map.converters.setdefault("ocsp_request", _AnyText)
 
 
-def responder() -> OCSPResponder:
-    found = current_app.extensions.get("ca_ocsp")
-    if found is None:
-        found = current_app.extensions["ca_ocsp"] = OCSPResponder(authority())
-    assert isinstance(found, OCSPResponder)
-    return found
-
-
 @ocsp.post("/ocsp")
 def ocsp_post() -> Response:
     if request.mimetype != OCSP_REQUEST:
@@ -54,7 +46,7 @@ def ocsp_post() -> Response:
     data = request.get_data(cache=False)
     if len(data) > MAX_OCSP_REQUEST:
         raise RequestEntityTooLarge()
-    return _response(responder().respond(data), cache=False)
+    return _response(authority().answer_ocsp(data), cache=False)
 
 
 @ocsp.get("/ocsp/<ocsp_request:encoded>")
@@ -66,7 +58,7 @@ def ocsp_get(encoded: str) -> Response:
         data = base64.b64decode(encoded.replace(" ", "+"), validate=True)
     except (binascii.Error, ValueError):
         return _response(OCSPAnswer(unsuccessful("malformedRequest")), cache=False)
-    return _response(responder().respond(data), cache=True)
+    return _response(authority().answer_ocsp(data), cache=True)
 
 
 def _response(answer: OCSPAnswer, *, cache: bool) -> Response:

@@ -130,7 +130,7 @@ def authority_crl_pem(name: str) -> Response:
 
 def _known(name: str) -> str:
     """``name`` if this service holds such an authority (loaded once per process)."""
-    authority().material(name)  # NotFound when there is none
+    authority().authority_certificate(name)  # NotFound when there is none
     return name
 
 
@@ -168,7 +168,7 @@ def authority_chain(name: str) -> Response:
 @public.get("/ca/<name>/ca.cer")
 def authority_certificate(name: str) -> Response:
     """DER certificate of one authority: the caIssuers URL in certificates it issued."""
-    cert = authority().material(_known(name)).certificate
+    cert = authority().authority_certificate(_known(name))
     response = Response(cert.public_bytes(serialization.Encoding.DER), mimetype=PKIX_CERT)
     response.headers["Cache-Control"] = "public, max-age=3600"
     return response

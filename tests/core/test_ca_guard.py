@@ -455,7 +455,7 @@ def test_a_root_never_lists_itself_even_when_its_row_says_revoked(
 ) -> None:
     """What the old leaf endpoint left behind: the root's own row (stored under itself) marked
     revoked, and the root's CRL listing the root. The row is set as that code set it."""
-    root = ca.material("default-root").certificate
+    root = ca.authority_certificate("default-root")
     serial = serial_hex(root.serial_number)
     with unit_of_work(ca.db, write=True) as s:
         repo = CertificateRepository(s)

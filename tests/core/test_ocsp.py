@@ -231,7 +231,7 @@ def test_bad_requests_get_ocsp_or_http_errors(
     other = new_ca(make_settings(tmp_path, f"sqlite:///{tmp_path / 'other.db'}"))
     foreign = other.issue_with_new_key(ADMIN, common_name="foreign.example.test")
     cert = x509.load_pem_x509_certificate(foreign.certificate_pem.encode())
-    foreign_issuer = other.material().certificate
+    foreign_issuer = other.authority_certificate()
     reply = live.request("POST", "/ocsp", raw=_request_der(cert, foreign_issuer), headers=OCSP_REQ)
     assert (
         ocsp.load_der_ocsp_response(reply.body).response_status
@@ -250,7 +250,7 @@ def test_ca_key_signing_and_responder_rotation(tmp_path: Path) -> None:
     ca.clock = clock
     issued = ca.issue_with_new_key(ADMIN, common_name="rot.example.test")
     cert = x509.load_pem_x509_certificate(issued.certificate_pem.encode())
-    issuer = ca.material().certificate
+    issuer = ca.authority_certificate()
     request = _request_der(cert, issuer)
     responder = OCSPResponder(ca)
 
@@ -279,7 +279,7 @@ def test_ca_key_signing_and_responder_rotation(tmp_path: Path) -> None:
     )
     leaf = direct.issue_with_new_key(ADMIN, common_name="direct.example.test")
     leaf_cert = x509.load_pem_x509_certificate(leaf.certificate_pem.encode())
-    ca_cert = direct.material().certificate
+    ca_cert = direct.authority_certificate()
     answer = ocsp.load_der_ocsp_response(
         OCSPResponder(direct).respond(_request_der(leaf_cert, ca_cert)).der
     )

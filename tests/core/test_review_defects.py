@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from ca_service import authority as authority_module
 from ca_service.clock import FixedClock
+from ca_service.core import issuance as authority_module
 from ca_service.domain import Actor, CallerPolicy, KeyType, RevocationReason
 from ca_service.errors import PolicyRejected
 

@@ -58,7 +58,7 @@ def test_every_reason_listed_and_crl_lints_and_verifies(
             code = None
         # RFC 5280 5.3.1: "unspecified" is expressed by leaving the reason code out.
         assert code == (None if reason is RevocationReason.UNSPECIFIED else reason.flag)
-    inter = ca.material().certificate
+    inter = ca.authority_certificate()
     assert crl.issuer == inter.subject
     assert crl.next_update_utc - crl.last_update_utc == dt.timedelta(hours=24)
     aki = crl.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value

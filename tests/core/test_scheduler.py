@@ -6,6 +6,7 @@ that a failed re-sign must not undo all live in the store.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 import time
@@ -17,6 +18,7 @@ from ca_service.authority import CertificateAuthority
 from ca_service.clock import FixedClock
 from ca_service.domain import RevocationReason
 from ca_service.scheduler import start_crl_refresher
+from ca_service.signing.signer import FileKeySigner
 from ca_service.storage.db import unit_of_work
 from ca_service.storage.repositories import CRLRepository
 
@@ -85,16 +87,10 @@ def test_a_failed_crl_after_a_revocation_does_not_undo_or_fail_it(
     before = ca.generate_crl("default").number
     # Make the CRL impossible to sign: the authority's key file disappears from the keystore
     # cache and the disk. The revocation must still commit and report success.
-    loaded = ca._load("default")
-    ca._loaded["default"] = type(loaded)(
-        material=type(loaded.material)(
-            loaded.material.name, loaded.material.certificate, make_key("rsa2048"),
-            loaded.material.key_type, loaded.material.parents,
-        ),
-        view=loaded.view, record=loaded.record, authority_id=loaded.authority_id,
-        chain_pem=loaded.chain_pem,
-    )  # fmt: skip
-    with caplog.at_level(logging.ERROR, logger="ca_service.authority"):
+    loaded = ca._registry.load("default")
+    wrong = FileKeySigner(loaded.certificate, make_key("rsa2048"), loaded.signer.key_type)
+    ca._registry._loaded["default"] = dataclasses.replace(loaded, signer=wrong)
+    with caplog.at_level(logging.ERROR, logger="ca_service.core"):
         record = ca.revoke(issued.record.serial, RevocationReason.SUPERSEDED, ADMIN)
     assert record.status.value == "revoked"
     assert ca.get_certificate(issued.record.serial).revocation_reason is RevocationReason.SUPERSEDED

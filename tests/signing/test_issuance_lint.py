@@ -26,6 +26,7 @@ from cryptography.x509.oid import (
 
 from ca_service.authority import CertificateAuthority
 from ca_service.clock import FixedClock, SystemClock
+from ca_service.crypto.keys import key_type_of
 from ca_service.domain import KeyType, RevocationReason
 from ca_service.policy.names import NameConstraintsSpec
 from ca_service.signing.serials import SERIAL_BITS
@@ -116,8 +117,8 @@ def _ext(cert: x509.Certificate, cls: type) -> x509.Extension:  # type: ignore[t
 def _assert_leaf_shape(
     cert: x509.Certificate, ca: CertificateAuthority, profile: str, leaf_type: KeyType
 ) -> None:
-    inter = ca.material().certificate
-    ca_type = ca.material().key_type
+    inter = ca.authority_certificate()
+    ca_type = key_type_of(ca.authority_certificate().public_key())
     bc = _ext(cert, x509.BasicConstraints)
     assert bc.critical and bc.value.ca is False
     ku = _ext(cert, x509.KeyUsage)
@@ -157,7 +158,7 @@ def test_every_profile_and_key_type_verifies_and_lints_clean(
     openssl: str,
 ) -> None:
     ca, base = typed_ca
-    key_type = ca.material().key_type
+    key_type = key_type_of(ca.authority_certificate().public_key())
     cert = _issue(ca, leaf_key(key_type), profile)
     _assert_leaf_shape(cert, ca, profile, key_type)
     root, inter = chain_files(ca, base)
@@ -309,7 +310,7 @@ def test_not_before_backdated_and_validity_capped(p256_ca: CertificateAuthority)
             csr_pem(key, "b.example.test"), ADMIN, validity_days=397
         ).record
         # The CA itself ends about 197 days from this clock's now; the leaf may not outlive it.
-        ca_end = p256_ca.material().certificate.not_valid_after_utc
+        ca_end = p256_ca.authority_certificate().not_valid_after_utc
         assert longest.not_after == ca_end < now + dt.timedelta(days=397)
     finally:
         p256_ca.clock = SystemClock()

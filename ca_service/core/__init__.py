@@ -1,0 +1,1 @@
+"""The service core: a few parts with one job each behind one facade, ``Core``."""

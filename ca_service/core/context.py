@@ -1,0 +1,67 @@
+"""What every part of the core shares: its collaborators, and how a signed certificate becomes
+the record the store keeps.
+
+The parts hold this one object rather than copies of its fields, so a clock or serial source
+swapped on a running core (as tests do) is seen by all of them at once. It must never hold
+state of its own: caches belong to the part that fills them.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from ca_service.clock import Clock
+from ca_service.config import Settings
+from ca_service.crypto.inspect import certificate_names, common_name_of
+from ca_service.crypto.keys import fingerprint_sha256, key_type_of
+from ca_service.domain import CertificateRecord, CertStatus
+from ca_service.errors import BadRequest
+from ca_service.signing.keystore import FileKeystore
+from ca_service.signing.serials import parse_serial, serial_hex
+from ca_service.storage.db import Database
+
+
+@dataclass
+class Context:
+    settings: Settings
+    db: Database
+    keystore: FileKeystore
+    clock: Clock
+    serials: Callable[[], int]
+
+
+def record_for(
+    cert: x509.Certificate, authority: str, profile: str, requester: str, now: dt.datetime
+) -> CertificateRecord:
+    """The stored form of a certificate ``authority`` has just signed."""
+    return CertificateRecord(
+        authority=authority,
+        serial=serial_hex(cert.serial_number),
+        subject=cert.subject.rfc4514_string(),
+        common_name=common_name_of(cert),
+        sans=certificate_names(cert),
+        key_type=key_type_of(cert.public_key()).value,
+        profile=profile,
+        not_before=cert.not_valid_before_utc,
+        not_after=cert.not_valid_after_utc,
+        status=CertStatus.VALID,
+        revoked_at=None,
+        revocation_reason=None,
+        fingerprint_sha256=fingerprint_sha256(cert),
+        der=cert.public_bytes(serialization.Encoding.DER),
+        requester=requester[:255],
+        created_at=now,
+    )
+
+
+def normalize_serial(serial: str) -> str:
+    """A serial as the store writes it (lower-case hex), from any way users copy one."""
+    try:
+        return serial_hex(parse_serial(serial))
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from None

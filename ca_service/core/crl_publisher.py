@@ -1,0 +1,163 @@
+"""CRL publishing: signing each authority's CRL under a number that never repeats, keeping it
+current (on revocation, and at half its life on a schedule), and telling servers on this host
+that a new one exists (stamp files), with one background thread for very large CRLs.
+
+It decides which CRL to publish and when; the entries come from the store and the signature
+from the authority's Signer. It must never change a certificate's status, and a failure to
+re-sign after a revocation must never reach the revoking caller (the revocation is committed).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import secrets
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from ca_service.core.context import Context
+from ca_service.core.registry import Registry
+from ca_service.signing.crl import sign_crl
+from ca_service.signing.serials import serial_hex
+from ca_service.storage.db import unit_of_work
+from ca_service.storage.repositories import (
+    AuthorityRepository,
+    CertificateRepository,
+    CRLRepository,
+    StoredCRL,
+)
+
+log = logging.getLogger(__name__)
+
+
+class CRLPublisher:
+    def __init__(self, ctx: Context, registry: Registry) -> None:
+        self.ctx = ctx
+        self.registry = registry
+        self._sizes: dict[str, int] = {}  # bytes of the last CRL this process signed
+        self._executor: ThreadPoolExecutor | None = None
+        self._background_from = 0
+
+    def publish_in_background(self, from_bytes: int) -> None:
+        """For servers: after a revocation, a CRL whose last edition was at least ``from_bytes``
+        long is re-signed by a background thread, so the revoking request does not wait the
+        seconds a CRL of a million entries takes (OCSP shows the revocation at once anyway).
+        One thread per process; revocations that pile up meanwhile share one new CRL."""
+        self._background_from = from_bytes
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="crl")
+
+    def after_revocation(self, authority: str, seen_number: int) -> None:
+        """A certificate of ``authority`` changed status under CRL number ``seen_number``."""
+        executor = self._executor
+        if executor is not None and self._sizes.get(authority, 0) >= self._background_from:
+            executor.submit(self._regenerate_after_revocation, authority, seen_number)
+        else:
+            self._regenerate_after_revocation(authority, seen_number)
+
+    def _regenerate_after_revocation(self, authority: str, seen_number: int) -> None:
+        # The revocation is committed whatever happens here, so nothing may escape to the
+        # caller as a failure of the revocation. The scheduler re-signs the CRL at half-life.
+        try:
+            self.generate_crl(authority, unless_beyond=seen_number)
+        except Exception:
+            log.exception("the CRL of %s was not re-signed after a revocation", authority)
+
+    def generate_crl(
+        self, authority: str | None = None, *, unless_beyond: int | None = None
+    ) -> StoredCRL:
+        """Sign a new CRL. The number comes from an atomic UPDATE whose row lock is held until
+        commit, so concurrent generators of one authority are ordered and numbers never repeat.
+
+        ``unless_beyond``: a revocation passes the CRL number it saw under the same lock; if a
+        CRL numbered above it exists already, that CRL was made after the revocation committed
+        and lists it, so a burst of revocations yields one CRL, not one each.
+        """
+        name = authority or self.registry.default_authority()
+        loaded = self.registry.load(name)
+        with unit_of_work(self.ctx.db, write=True) as s:
+            repo = AuthorityRepository(s)
+            crls = CRLRepository(s)
+            if unless_beyond is not None:
+                current = repo.lock_crl_number(name)
+                latest = crls.latest(name) if current > unless_beyond else None
+                if latest is not None and latest.number > unless_beyond:
+                    # Made and committed by another process, which touches the stamp only
+                    # after its commit: touch it here too, so no server answers from a cache
+                    # older than this revocation in between.
+                    self._touch_stamp(name)
+                    return latest
+            number = repo.next_crl_number(name)
+            now = self.ctx.clock.now()
+            next_update = now + dt.timedelta(hours=self.ctx.settings.crl_next_update_hours)
+            own = serial_hex(loaded.certificate.serial_number)
+            # A root is stored under itself; whatever its row says, a CA never lists itself.
+            rows = (
+                r
+                for r in CertificateRepository(s).revoked_rows(loaded.authority_id, now)
+                if r[0] != own
+            )
+            der = sign_crl(loaded.signer, number, now, next_update, rows)
+            stored = StoredCRL(name, number, now, next_update, der)
+            crls.save(loaded.authority_id, stored)
+        self._sizes[name] = len(der)
+        self._touch_stamp(name)
+        return stored
+
+    def refresh_crls(self) -> dict[str, int]:
+        """Make sure every authority's CRL is current (none yet, or half its life gone: a new
+        one), so CRLs are republished before nextUpdate even when nobody fetches them.
+        Returns the current CRL number of each authority."""
+        numbers: dict[str, int] = {}
+        for record in self.registry.list_authorities():
+            crl = self.current_crl(record.name)
+            assert crl is not None  # no known_number given: always a CRL
+            numbers[record.name] = crl.number
+        return numbers
+
+    def current_crl(
+        self, authority: str | None = None, *, known_number: int | None = None
+    ) -> StoredCRL | None:
+        """The CRL to publish: the stored one, or a new one when none exists or half its life has
+        passed. With ``known_number``, returns None when that is still the current CRL, so a
+        server holding it in memory never reads a large CRL body from the store again."""
+        name = authority or self.registry.default_authority()
+        self.registry.load(name)
+        with unit_of_work(self.ctx.db) as s:
+            repo = CRLRepository(s)
+            header = repo.latest_header(name)
+            now = self.ctx.clock.now()
+            if header is not None:
+                number, this_update, next_update = header
+                if now < this_update + (next_update - this_update) / 2:
+                    if number == known_number:
+                        return None
+                    return repo.latest(name)
+        return self.generate_crl(name)
+
+    def crl_stamp(self, name: str) -> int:
+        """Changes whenever a process on this host publishes a CRL of ``name`` (0: never).
+
+        Lets a server holding a CRL in memory know with one stat() that it is still current,
+        instead of asking the store on every fetch. Each publication replaces the file, so the
+        inode changes even when two fall in one tick of the file-system clock.
+        """
+        try:
+            st = self._stamp_path(name).stat()
+        except OSError:
+            return 0
+        return hash((st.st_ino, st.st_mtime_ns))
+
+    def _stamp_path(self, name: str) -> Path:
+        return self.ctx.settings.data_dir / "crl-stamps" / name
+
+    def _touch_stamp(self, name: str) -> None:
+        path = self._stamp_path(name)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            tmp = path.with_name(f".{name}.{secrets.token_hex(4)}")
+            tmp.write_text(secrets.token_hex(8))
+            os.replace(tmp, path)
+        except OSError:
+            pass  # servers then find the new CRL at their next periodic check

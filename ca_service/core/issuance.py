@@ -1,0 +1,247 @@
+"""Issuance: a request becomes a certificate by policy, then signing, then storage, and is
+returned only once its record has committed. Renewal and PKCS#12 packaging belong here too.
+
+Policy approves the request before anything costly happens (a key pair asked for is made only
+after approval). This part must never decide policy itself, never sign except through the
+authority's Signer, and never keep the key pair it makes for a caller.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.hazmat.primitives.serialization import pkcs12
+from sqlalchemy.exc import IntegrityError
+
+from ca_service.core.context import Context, record_for
+from ca_service.core.registry import LoadedAuthority, Registry
+from ca_service.crypto.csr import parse_csr
+from ca_service.crypto.keys import (
+    SigningKey,
+    generate_private_key,
+    key_type_of,
+    private_key_pem,
+)
+from ca_service.crypto.names import parse_name
+from ca_service.domain import (
+    Actor,
+    CertificateRecord,
+    CertStatus,
+    IssuanceRequest,
+    IssuedCertificate,
+    KeyType,
+)
+from ca_service.errors import BadRequest, Conflict, PolicyRejected
+from ca_service.policy.check import check
+from ca_service.storage.db import unit_of_work
+from ca_service.storage.repositories import (
+    AuditEvent,
+    AuditRepository,
+    AuthorityRepository,
+    CertificateRepository,
+)
+
+SERIAL_ATTEMPTS = 4
+PKCS12_KEYS = (rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey, ed25519.Ed25519PrivateKey)
+# The public key of a request whose key pair is generated only after policy approved it; it is
+# replaced in the approved template and never signed (a fixed, valid Ed25519 point).
+_KEY_NOT_YET_MADE = ed25519.Ed25519PrivateKey.from_private_bytes(bytes(32)).public_key()
+
+
+class Issuance:
+    def __init__(self, ctx: Context, registry: Registry) -> None:
+        self.ctx = ctx
+        self.registry = registry
+
+    def issue_from_csr(
+        self,
+        csr: bytes | str,
+        actor: Actor,
+        *,
+        profile: str = "server",
+        validity_days: int | None = None,
+        authority: str | None = None,
+        extra_names: Sequence[str] = (),
+    ) -> IssuedCertificate:
+        """Issue for the key and names of a CSR, whose signature proves possession of the key."""
+        parsed = parse_csr(csr)
+        names = parsed.names + tuple(parse_name(n) for n in extra_names)
+        request = IssuanceRequest(
+            public_key=parsed.public_key,
+            key_type=parsed.key_type,
+            common_name=parsed.common_name,
+            names=names,
+            profile=profile,
+            validity_days=validity_days,
+            authority=authority,
+        )
+        return self._issue(request, actor)
+
+    def issue_with_new_key(
+        self,
+        actor: Actor,
+        *,
+        common_name: str | None = None,
+        names: Sequence[str] = (),
+        key_type: KeyType = KeyType.ECDSA_P256,
+        profile: str = "server",
+        validity_days: int | None = None,
+        authority: str | None = None,
+        pkcs12_passphrase: bytes | None = None,
+    ) -> IssuedCertificate:
+        """Generate the key pair here and return it once with the certificate; it is not stored."""
+        parsed_names = tuple(parse_name(n) for n in names)
+        # Policy reads the key type, never the key: it approves the request before the key is
+        # made, so a refused RSA-4096 request costs no key generation. The key then lives only
+        # in this call and in the returned object.
+        request = IssuanceRequest(
+            public_key=_KEY_NOT_YET_MADE,
+            key_type=key_type,
+            common_name=common_name,
+            names=parsed_names,
+            profile=profile,
+            validity_days=validity_days,
+            authority=authority,
+        )
+        return self._issue(request, actor, new_key=True, pkcs12_passphrase=pkcs12_passphrase)
+
+    def renew(
+        self,
+        serial: str,
+        actor: Actor,
+        *,
+        csr: bytes | str | None = None,
+        authority: str | None = None,
+        validity_days: int | None = None,
+    ) -> IssuedCertificate:
+        """Issue a successor with the same names, profile and authority, for the same public key
+        or the key of ``csr``; the old record links to it. Policy applies as to any issuance."""
+        old = self.registry.get_certificate(serial, authority)
+        if old.profile in ("ca", "ocsp-responder"):
+            raise BadRequest(f"{old.profile} certificates are renewed by the service, not here")
+        if old.status is CertStatus.REVOKED:
+            raise Conflict(f"certificate {old.serial} is revoked and cannot be renewed")
+        names = tuple(parse_name(n) for n in old.sans)
+        if csr is not None:
+            parsed = parse_csr(csr)
+            if parsed.names and set(parsed.names) != set(names):
+                raise BadRequest("a renewal keeps the names; the CSR asks for other names")
+            public_key, key_type = parsed.public_key, parsed.key_type
+        else:
+            public_key = x509.load_der_x509_certificate(old.der).public_key()
+            key_type = key_type_of(public_key)
+        request = IssuanceRequest(
+            public_key=public_key,
+            key_type=key_type,
+            common_name=old.common_name,
+            names=names,
+            profile=old.profile,
+            validity_days=validity_days,
+            authority=old.authority,
+        )
+        return self._issue(request, actor, renews=old)
+
+    def _issue(
+        self,
+        request: IssuanceRequest,
+        actor: Actor,
+        *,
+        new_key: bool = False,
+        pkcs12_passphrase: bytes | None = None,
+        renews: CertificateRecord | None = None,
+    ) -> IssuedCertificate:
+        """``new_key``: generate the key pair once policy has approved the request (whose
+        public key is then only a stand-in) and return it with the certificate."""
+        assert new_key == (request.public_key is _KEY_NOT_YET_MADE)
+        ctx = self.ctx
+        private_key: SigningKey | None = None
+        name = request.authority or self.registry.default_authority()
+        loaded = self.registry.load(name)
+        if loaded.record.is_root:
+            raise PolicyRejected(
+                f"{name!r} is a root CA; issue from its intermediate", rule="authority.is_root"
+            )
+        for attempt in range(SERIAL_ATTEMPTS):
+            now = ctx.clock.now()
+            template = check(
+                request, ctx.settings.profiles, loaded.view, actor.policy, now, ctx.serials()
+            )
+            if new_key:
+                private_key = private_key or generate_private_key(request.key_type)
+                template = dataclasses.replace(template, public_key=private_key.public_key())
+            cert = loaded.signer.sign_certificate(template)
+            record = record_for(cert, name, template.profile, actor.identity, now)
+            try:
+                with unit_of_work(ctx.db, write=True) as s:
+                    _refuse_if_revoked(AuthorityRepository(s), name, loaded.fingerprint)
+                    certs = CertificateRepository(s)
+                    certs.add(record, loaded.authority_id)
+                    details: dict[str, Any] = {
+                        "profile": record.profile,
+                        "names": list(record.sans),
+                    }
+                    if renews is not None:
+                        certs.set_successor(renews.serial, loaded.authority_id, record.serial)
+                        details["renews"] = renews.serial
+                    AuditRepository(s).add(
+                        AuditEvent.of(
+                            actor,
+                            "certificate.renew" if renews else "certificate.issue",
+                            f"{name}/{record.serial}",
+                            now,
+                            details,
+                        )
+                    )
+            except IntegrityError:
+                # Only a serial collision can break a unique constraint here (2**-159 odds).
+                if attempt == SERIAL_ATTEMPTS - 1:
+                    raise
+                continue
+            break
+        pem = cert.public_bytes(serialization.Encoding.PEM).decode()
+        p12 = None
+        if private_key is not None and pkcs12_passphrase:
+            p12 = _pkcs12(record, private_key, cert, loaded, pkcs12_passphrase)
+        return IssuedCertificate(
+            record=record,
+            certificate_pem=pem,
+            chain_pem=loaded.intermediates_pem,
+            private_key_pem=private_key_pem(private_key) if private_key is not None else None,
+            pkcs12=p12,
+            root_pem=loaded.root_pem,
+        )
+
+
+def _pkcs12(
+    record: CertificateRecord,
+    private_key: SigningKey,
+    cert: x509.Certificate,
+    loaded: LoadedAuthority,
+    passphrase: bytes,
+) -> bytes:
+    """The caller's new key, its certificate and the chain above it, encrypted as one file."""
+    assert isinstance(private_key, PKCS12_KEYS)
+    return pkcs12.serialize_key_and_certificates(
+        (record.common_name or record.serial).encode(),
+        private_key,
+        cert,
+        [loaded.certificate, *loaded.parents],
+        serialization.BestAvailableEncryption(passphrase),
+    )
+
+
+def _refuse_if_revoked(repo: AuthorityRepository, name: str, fingerprint: str) -> None:
+    """Inside an issuance's transaction: refuse when the issuing CA's certificate is revoked."""
+    revoked = repo.revocation_of_certificate(fingerprint, share_lock=True)
+    if revoked is not None:
+        at, reason = revoked
+        raise Conflict(
+            f"authority {name!r} was revoked ({reason}) at {at:%Y-%m-%d %H:%M:%S} UTC and "
+            "issues no more certificates (rule: authority.revoked)",
+            rule="authority.revoked",
+        )
