@@ -954,6 +954,6 @@ def main() -> None:
 
 __all__ = ["cli", "main"]
 
-from ca_service.tls.cli import probe  # noqa: E402  (registered last: it imports this module lazily)
+from ca_service.cli.tls import probe  # noqa: E402  (registered last: it imports this module lazily)
 
 cli.add_command(probe)

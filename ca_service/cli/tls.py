@@ -126,7 +126,7 @@ def probe(
     the current CRLs (or --crl), the host name, days to expiry, protocol and cipher. Exit code
     0 only when all is well; 1 when problems were found; 3 when no connection could be made.
     """
-    from ca_service.cli import handle_errors  # here, not at the top: ca_service.cli imports us
+    from ca_service.cli.certificates import handle_errors  # here: that module imports us
 
     host, port = parse_target(target)
     handle_errors(_run)(host, port, servername, ca_file, crl_files, warn_days, timeout, as_json)
