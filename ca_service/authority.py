@@ -38,7 +38,7 @@ from sqlalchemy.orm import Session
 from ca_service.clock import Clock, SystemClock
 from ca_service.config import Settings
 from ca_service.crypto.csr import parse_csr
-from ca_service.crypto.certificate_fields import certificate_names, common_name_of
+from ca_service.crypto.fields import certificate_names, common_name_of
 from ca_service.crypto.keys import (
     SigningKey,
     fingerprint_sha256,

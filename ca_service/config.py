@@ -148,8 +148,13 @@ class Settings:
         return self.key_passphrase
 
 
-def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
-    """Build Settings from the environment (and the TOML file it names); fail fast on errors."""
+def load_settings(
+    environ: Mapping[str, str] | None = None, overrides: Mapping[str, Any] | None = None
+) -> Settings:
+    """Build Settings from the environment (and the TOML file it names); fail fast on errors.
+
+    ``overrides`` (a command's options, by key; None means not given) win over both and are
+    checked like them."""
     env = dict(os.environ if environ is None else environ)
     values: dict[str, Any] = {}
     profiles_raw: dict[str, Any] | None = None
@@ -174,6 +179,12 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     for key in _PLAIN_KEYS:
         if ENV_PREFIX + key.upper() in env:
             values[key] = env[ENV_PREFIX + key.upper()]
+
+    for key, value in (overrides or {}).items():
+        if key not in _PLAIN_KEYS:
+            raise ConfigError(f"unknown setting {key!r}")
+        if value is not None:
+            values[key] = value
 
     passphrase = _secret(env, "key_passphrase")
     settings = _build(values, passphrase, profiles_raw)
