@@ -175,8 +175,15 @@ def _client_auth(key: str, value: Any) -> str:
     return mode
 
 
-def _bool_setting(key: str, value: Any) -> bool:
-    return _bool(key, value)
+def _bool(key: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{key} must be true or false")
 
 
 def _hostnames_setting(key: str, value: Any) -> tuple[str, ...]:
@@ -230,7 +237,6 @@ class Settings:
         _int(1, 24 * 31),
     )
     log_level: str = _setting("INFO", "DEBUG, INFO, WARNING or ERROR.", _log_level)
-    # HTTP serving (gunicorn); loopback by default so a first start exposes nothing.
     bind: str = _setting(
         "127.0.0.1:8000",
         "HTTP serving (gunicorn): the HOST:PORT to listen on; loopback, so that a first start "
@@ -263,7 +269,7 @@ class Settings:
     ocsp_sign_with_ca: bool = _setting(
         False,
         "Sign OCSP answers with the CA key itself instead of a delegated responder.",
-        _bool_setting,
+        _bool,
     )
     profiles: Mapping[str, Profile] = field(
         default_factory=lambda: load_profiles(None),
@@ -271,15 +277,13 @@ class Settings:
             "setting": SettingInfo("Certificate profiles ([profiles.<name>]).", table="profiles")
         },
     )
-    # HTTPS (`serve --tls`): the server certificate is issued by the default authority for these
-    # names, for tls_cert_days, and renewed when two thirds of its life have passed.
     tls: bool = _setting(
         False,
         "HTTPS (`ca-service serve --tls`, or tls = true). The default authority issues the "
         "server certificate for tls_hostnames and renews it with a new key when two thirds of "
         "tls_cert_days have passed. The key is kept encrypted with the CA passphrase in "
         "<data_dir>/tls/server.pem.",
-        _bool_setting,
+        _bool,
     )
     tls_hostnames: tuple[str, ...] = _setting(
         ("localhost", "127.0.0.1"),
@@ -290,7 +294,6 @@ class Settings:
     tls_cert_days: int = _setting(
         30, "Life in days of the HTTPS certificate (1 to 397).", _int(1, 397)
     )
-    # Client certificates: off (never asked), optional (asked; a token also works), required.
     tls_client_auth: str = _setting(
         "optional",
         'Client certificates (mutual TLS): "optional" asks for one and still accepts bearer '
@@ -334,7 +337,6 @@ def setting_fields() -> tuple[tuple[Field[Any], SettingInfo], ...]:
 
 _PLAIN_KEYS = tuple(f.name for f, info in setting_fields() if info.plain)
 _SECRET_KEYS = tuple(f.name for f, info in setting_fields() if info.secret)
-_TABLES = {info.table: f.name for f, info in setting_fields() if info.table}
 
 
 def load_settings(
@@ -432,17 +434,6 @@ def _int_in_range(key: str, value: Any, low: int, high: int) -> int:
     if not low <= number <= high:
         raise ConfigError(f"{key} must be between {low} and {high}")
     return number
-
-
-def _bool(key: str, value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("1", "true", "yes", "on"):
-        return True
-    if text in ("0", "false", "no", "off"):
-        return False
-    raise ConfigError(f"{key} must be true or false")
 
 
 def _hostnames(value: Any) -> tuple[str, ...]:
