@@ -658,14 +658,7 @@ def example_toml() -> str:
     out += _comment(_PROFILES_EXAMPLE.format(key_types=key_types))
     for name, profile in load_profiles(None).items():
         out.append(f"[profiles.{name}]")
-        for key in (
-            "extended_key_usages",
-            "default_validity_days",
-            "max_validity_days",
-            "key_types",
-            "require_dns_or_ip",
-            "allow_wildcards",
-        ):
+        for key in (f.name for f in fields(Profile) if f.name != "name"):
             out.append(f"{key} = {_toml_value(getattr(profile, key))}")
         out.append("")
     return "\n".join(out).rstrip("\n") + "\n"
