@@ -1,16 +1,29 @@
 """Settings: read once at start from CA_* environment variables and an optional TOML file.
 
+Every setting is defined once, as a field of :class:`Settings`: its name (the TOML key; CA_<NAME>
+in the environment), type, default and explanation, with the function that checks a raw value.
+The loader, the unknown-key check and ``config/ca-service.example.toml`` (``python -m
+ca_service.config --example``, compared with the committed file by the tests) all read that one
+definition, so none of them can drift from it.
+
 Strict on purpose: an unknown key or a bad value stops the service at start with a message naming
 it, rather than running with a silently ignored typo. Secrets come from the environment or from
 ``*_FILE`` paths, never from the TOML file, so the file can be committed and shared.
+
+The loader is ours rather than pydantic-settings: that library has no per-secret ``*_FILE``
+source, parses lists from the environment as JSON, ignores unknown prefixed variables and words
+its errors differently from the one-line messages users and tests rely on; adapting each of those
+would take more code than the small table here.
 """
 
 from __future__ import annotations
 
 import os
+import sys
+import textwrap
 import tomllib
-from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Mapping
+from dataclasses import Field, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -21,33 +34,12 @@ from ca_service.errors import CAError, ConfigError
 from ca_service.policy.profiles import Profile, load_profiles
 
 ENV_PREFIX = "CA_"
+# Read from the environment only: it names the TOML file.
+CONFIG_FILE_ENV = "CA_CONFIG_FILE"
 
-# Keys accepted both as CA_<KEY> env vars and as top-level keys of the TOML file.
-_PLAIN_KEYS = {
-    "data_dir",
-    "database_url",
-    "public_url",
-    "default_authority",
-    "crl_next_update_hours",
-    "log_level",
-    "bind",
-    "workers",
-    "timeout",
-    "max_body_bytes",
-    "ocsp_next_update_minutes",
-    "ocsp_responder_days",
-    "ocsp_sign_with_ca",
-    "tls",
-    "tls_hostnames",
-    "tls_cert_days",
-    "tls_client_auth",
-}
 _ROLES = ("admin", "issuer", "reader")
 _MTLS_KINDS = ("subject", "san", "profile", "extension")
 _CLIENT_AUTH = ("off", "optional", "required")
-# Secret keys: environment only (value or *_FILE), never the TOML file.
-_SECRET_KEYS = {"key_passphrase"}
-_ENV_ONLY = {"config_file"}
 
 
 @dataclass(frozen=True)
@@ -95,40 +87,224 @@ class MTLSRule:
             raise ConfigError(
                 f"mtls rule {self.kind}:{self.value} matches on {self.kind} text alone, which "
                 "any caller allowed to request it could obtain from any authority: bind it with "
-                f"{binding}, or match on a SAN identity (match = \"san:<pattern>\")"
+                f'{binding}, or match on a SAN identity (match = "san:<pattern>")'
             )
+
+
+# ---------------------------------------------------------------------------- the definition
+
+Parse = Callable[[str, Any], Any]
+
+
+@dataclass(frozen=True)
+class SettingInfo:
+    """How one field of :class:`Settings` is read and explained (kept in the field's metadata).
+
+    ``parse`` turns a raw value (an environment string or a TOML value) into the field's type,
+    or None for "not set", and raises :class:`ConfigError` naming the key. ``secret`` keys come
+    from CA_<NAME> or CA_<NAME>_FILE only; ``table`` keys are TOML tables (profiles, mtls).
+    ``example`` is what the example file shows, commented out, for a key whose default is None.
+    """
+
+    help: str
+    parse: Parse | None = None
+    secret: bool = False
+    table: str | None = None
+    example: Any = None
+
+    @property
+    def plain(self) -> bool:
+        return self.parse is not None
+
+
+def _setting(default: Any, help: str, parse: Parse, *, example: Any = None) -> Any:
+    return field(default=default, metadata={"setting": SettingInfo(help, parse, example=example)})
+
+
+def _path(key: str, value: Any) -> Path:
+    return Path(str(value))
+
+
+def _database_url(key: str, value: Any) -> str | None:
+    if not value:
+        return None
+    url = str(value)
+    if not url.startswith(("sqlite", "postgresql")):
+        raise ConfigError("database_url must be a sqlite:// or postgresql+psycopg:// URL")
+    return url
+
+
+def _public_url(key: str, value: Any) -> str:
+    url = str(value).rstrip("/")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigError(f"public_url must be an absolute http(s) URL, not {url!r}")
+    return url
+
+
+def _optional_text(key: str, value: Any) -> str | None:
+    return str(value) if value else None
+
+
+def _log_level(key: str, value: Any) -> str:
+    level = str(value).upper()
+    if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+        raise ConfigError("log_level must be DEBUG, INFO, WARNING or ERROR")
+    return level
+
+
+def _bind(key: str, value: Any) -> str:
+    bind = str(value).strip()
+    host, sep, port = bind.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"bind must be HOST:PORT, not {bind!r}")
+    return bind
+
+
+def _int(low: int, high: int) -> Parse:
+    def parse(key: str, value: Any) -> int:
+        return _int_in_range(key, value, low, high)
+
+    return parse
+
+
+def _client_auth(key: str, value: Any) -> str:
+    mode = str(value).strip().lower()
+    if mode not in _CLIENT_AUTH:
+        raise ConfigError("tls_client_auth must be off, optional or required")
+    return mode
+
+
+def _bool(key: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{key} must be true or false")
+
+
+def _hostnames_setting(key: str, value: Any) -> tuple[str, ...]:
+    return _hostnames(value)
 
 
 @dataclass(frozen=True)
 class Settings:
-    data_dir: Path = Path("ca-data")
-    database_url: str | None = None
-    key_passphrase: bytes | None = field(default=None, repr=False)
-    public_url: str = "http://127.0.0.1:8000"
-    default_authority: str | None = None
-    crl_next_update_hours: int = 24
-    log_level: str = "INFO"
-    # HTTP serving (gunicorn); loopback by default so a first start exposes nothing.
-    bind: str = "127.0.0.1:8000"
-    workers: int = 4
-    timeout: int = 30
-    max_body_bytes: int = 64 * 1024
-    # OCSP: answers are good for this long and re-signed when half of it has passed.
-    ocsp_next_update_minutes: int = 60
-    # Life of a delegated responder certificate; it is replaced when two thirds have passed.
-    ocsp_responder_days: int = 7
-    # Sign OCSP answers with the CA key itself instead of a delegated responder.
-    ocsp_sign_with_ca: bool = False
-    profiles: Mapping[str, Profile] = field(default_factory=lambda: load_profiles(None))
-    # HTTPS (`serve --tls`): the server certificate is issued by the default authority for these
-    # names, for tls_cert_days, and renewed when two thirds of its life have passed.
-    tls: bool = False
-    tls_hostnames: tuple[str, ...] = ("localhost", "127.0.0.1")
-    tls_cert_days: int = 30
-    # Client certificates: off (never asked), optional (asked; a token also works), required.
-    tls_client_auth: str = "optional"
+    """Every setting of the service, each defined once: name, type, default and explanation."""
+
+    data_dir: Path = _setting(  # noqa: RUF009 (returns a dataclasses.field)
+        Path("ca-data"),
+        "Where CA key files (encrypted PKCS#8, mode 0600) and the default SQLite database live.",
+        _path,
+    )
+    database_url: str | None = _setting(
+        None,
+        "SQLAlchemy URL of the store. Unset: SQLite at <data_dir>/ca.db (WAL mode). PostgreSQL: "
+        "postgresql+psycopg://user@host/db.",
+        _database_url,
+        example="postgresql+psycopg://ca@db.internal/ca",
+    )
+    key_passphrase: bytes | None = field(
+        default=None,
+        repr=False,
+        metadata={
+            "setting": SettingInfo(
+                "The passphrase that encrypts the CA private keys: CA_KEY_PASSPHRASE, or "
+                "CA_KEY_PASSPHRASE_FILE naming a file that holds it. Environment only.",
+                secret=True,
+            )
+        },
+    )
+    public_url: str = _setting(
+        "http://127.0.0.1:8000",
+        "The base URL clients reach this service at. It is written into every certificate (CRL "
+        "Distribution Point, AIA caIssuers and OCSP), so choose it before issuing.",
+        _public_url,
+    )
+    default_authority: str | None = _setting(
+        None,
+        "Issuing authority used when a request names none (unset: the one marked default in "
+        "the store).",
+        _optional_text,
+        example="default",
+    )
+    crl_next_update_hours: int = _setting(
+        24,
+        "Hours from a CRL's thisUpdate to its nextUpdate (1 to 744). A new CRL is also "
+        "published at every revocation, and when half of this period has passed.",
+        _int(1, 24 * 31),
+    )
+    log_level: str = _setting("INFO", "DEBUG, INFO, WARNING or ERROR.", _log_level)
+    bind: str = _setting(
+        "127.0.0.1:8000",
+        "HTTP serving (gunicorn): the HOST:PORT to listen on; loopback, so that a first start "
+        "exposes nothing (`ca-service serve --bind`).",
+        _bind,
+    )
+    workers: int = _setting(
+        4, "gunicorn worker processes, 1 to 64 (`serve --workers`).", _int(1, 64)
+    )
+    timeout: int = _setting(
+        30, "gunicorn worker timeout in seconds, 1 to 3600 (`serve --timeout`).", _int(1, 3600)
+    )
+    max_body_bytes: int = _setting(
+        64 * 1024,
+        "Largest request body in bytes (1024 to 16 MiB); a larger one is refused with 413.",
+        _int(1024, 16 << 20),
+    )
+    ocsp_next_update_minutes: int = _setting(
+        60,
+        "OCSP: answers are good for this many minutes (5 to 10080) and re-signed when half of "
+        "it has passed.",
+        _int(5, 7 * 24 * 60),
+    )
+    ocsp_responder_days: int = _setting(
+        7,
+        "Life in days (1 to 90) of a delegated OCSP responder certificate; it is replaced when "
+        "two thirds have passed.",
+        _int(1, 90),
+    )
+    ocsp_sign_with_ca: bool = _setting(
+        False,
+        "Sign OCSP answers with the CA key itself instead of a delegated responder.",
+        _bool,
+    )
+    profiles: Mapping[str, Profile] = field(
+        default_factory=lambda: load_profiles(None),
+        metadata={
+            "setting": SettingInfo("Certificate profiles ([profiles.<name>]).", table="profiles")
+        },
+    )
+    tls: bool = _setting(
+        False,
+        "HTTPS (`ca-service serve --tls`, or tls = true). The default authority issues the "
+        "server certificate for tls_hostnames and renews it with a new key when two thirds of "
+        "tls_cert_days have passed. The key is kept encrypted with the CA passphrase in "
+        "<data_dir>/tls/server.pem.",
+        _bool,
+    )
+    tls_hostnames: tuple[str, ...] = _setting(
+        ("localhost", "127.0.0.1"),
+        "DNS names and IP addresses of the HTTPS certificate; the first is also the CN. In the "
+        "environment, comma-separated: CA_TLS_HOSTNAMES=localhost,127.0.0.1.",
+        _hostnames_setting,
+    )
+    tls_cert_days: int = _setting(
+        30, "Life in days of the HTTPS certificate (1 to 397).", _int(1, 397)
+    )
+    tls_client_auth: str = _setting(
+        "optional",
+        'Client certificates (mutual TLS): "optional" asks for one and still accepts bearer '
+        'tokens; "required" refuses a connection without one; "off" never asks.',
+        _client_auth,
+    )
     # Ordered [[mtls]] rules mapping a client certificate to a role and policy; first match wins.
-    mtls_rules: tuple[MTLSRule, ...] = ()
+    mtls_rules: tuple[MTLSRule, ...] = field(
+        default=(),
+        metadata={"setting": SettingInfo("Mutual TLS rules ([[mtls]]).", table="mtls")},
+    )
 
     @property
     def resolved_database_url(self) -> str:
@@ -148,14 +324,34 @@ class Settings:
         return self.key_passphrase
 
 
-def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
-    """Build Settings from the environment (and the TOML file it names); fail fast on errors."""
+def setting_fields() -> tuple[tuple[Field[Any], SettingInfo], ...]:
+    """The fields of :class:`Settings` with their definitions, in declaration order."""
+    defined = []
+    for f in fields(Settings):
+        info = f.metadata.get("setting")
+        if not isinstance(info, SettingInfo):
+            raise TypeError(f"Settings.{f.name} has no SettingInfo: define it with _setting()")
+        defined.append((f, info))
+    return tuple(defined)
+
+
+_PLAIN_KEYS = tuple(f.name for f, info in setting_fields() if info.plain)
+_SECRET_KEYS = tuple(f.name for f, info in setting_fields() if info.secret)
+
+
+def load_settings(
+    environ: Mapping[str, str] | None = None, overrides: Mapping[str, Any] | None = None
+) -> Settings:
+    """Build Settings from the environment (and the TOML file it names); fail fast on errors.
+
+    ``overrides`` (a command's options, by key; None means not given) win over both and are
+    checked like them."""
     env = dict(os.environ if environ is None else environ)
     values: dict[str, Any] = {}
     profiles_raw: dict[str, Any] | None = None
     mtls_raw: Any = None
 
-    config_file = env.get("CA_CONFIG_FILE")
+    config_file = env.get(CONFIG_FILE_ENV)
     if config_file:
         file_values = _read_toml(Path(config_file))
         profiles_raw = file_values.pop("profiles", None)
@@ -166,14 +362,21 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
                 raise ConfigError(f"{config_file}: unknown setting {key!r}{hint}")
         values.update(file_values)
 
-    known_env = {ENV_PREFIX + k.upper() for k in _PLAIN_KEYS | _SECRET_KEYS | _ENV_ONLY}
+    known_env = {ENV_PREFIX + k.upper() for k in (*_PLAIN_KEYS, *_SECRET_KEYS)}
     known_env |= {ENV_PREFIX + k.upper() + "_FILE" for k in _SECRET_KEYS}
+    known_env.add(CONFIG_FILE_ENV)
     for name in env:
         if name.startswith(ENV_PREFIX) and name not in known_env:
             raise ConfigError(f"unknown setting {name} in the environment")
     for key in _PLAIN_KEYS:
         if ENV_PREFIX + key.upper() in env:
             values[key] = env[ENV_PREFIX + key.upper()]
+
+    for key, value in (overrides or {}).items():
+        if key not in _PLAIN_KEYS:
+            raise ConfigError(f"unknown setting {key!r}")
+        if value is not None:
+            values[key] = value
 
     passphrase = _secret(env, "key_passphrase")
     settings = _build(values, passphrase, profiles_raw)
@@ -212,62 +415,11 @@ def _read_toml(path: Path) -> dict[str, Any]:
 
 def _build(values: dict[str, Any], passphrase: bytes | None, profiles_raw: Any) -> Settings:
     kwargs: dict[str, Any] = {"key_passphrase": passphrase}
-    if "data_dir" in values:
-        kwargs["data_dir"] = Path(str(values["data_dir"]))
-    if values.get("database_url"):
-        url = str(values["database_url"])
-        if not url.startswith(("sqlite", "postgresql")):
-            raise ConfigError("database_url must be a sqlite:// or postgresql+psycopg:// URL")
-        kwargs["database_url"] = url
-    if "public_url" in values:
-        url = str(values["public_url"]).rstrip("/")
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ConfigError(f"public_url must be an absolute http(s) URL, not {url!r}")
-        kwargs["public_url"] = url
-    if values.get("default_authority"):
-        kwargs["default_authority"] = str(values["default_authority"])
-    if "crl_next_update_hours" in values:
-        try:
-            hours = int(values["crl_next_update_hours"])
-        except (TypeError, ValueError):
-            raise ConfigError("crl_next_update_hours must be an integer") from None
-        if not 1 <= hours <= 24 * 31:
-            raise ConfigError("crl_next_update_hours must be between 1 and 744")
-        kwargs["crl_next_update_hours"] = hours
-    if "log_level" in values:
-        level = str(values["log_level"]).upper()
-        if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
-            raise ConfigError("log_level must be DEBUG, INFO, WARNING or ERROR")
-        kwargs["log_level"] = level
-    if "bind" in values:
-        bind = str(values["bind"]).strip()
-        host, sep, port = bind.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ConfigError(f"bind must be HOST:PORT, not {bind!r}")
-        kwargs["bind"] = bind
-    for key, low, high in (
-        ("workers", 1, 64),
-        ("timeout", 1, 3600),
-        ("max_body_bytes", 1024, 16 << 20),
-        ("ocsp_next_update_minutes", 5, 7 * 24 * 60),
-        ("ocsp_responder_days", 1, 90),
-    ):
-        if key in values:
-            kwargs[key] = _int_in_range(key, values[key], low, high)
-    if "ocsp_sign_with_ca" in values:
-        kwargs["ocsp_sign_with_ca"] = _bool("ocsp_sign_with_ca", values["ocsp_sign_with_ca"])
-    if "tls" in values:
-        kwargs["tls"] = _bool("tls", values["tls"])
-    if "tls_hostnames" in values:
-        kwargs["tls_hostnames"] = _hostnames(values["tls_hostnames"])
-    if "tls_cert_days" in values:
-        kwargs["tls_cert_days"] = _int_in_range("tls_cert_days", values["tls_cert_days"], 1, 397)
-    if "tls_client_auth" in values:
-        mode = str(values["tls_client_auth"]).strip().lower()
-        if mode not in _CLIENT_AUTH:
-            raise ConfigError("tls_client_auth must be off, optional or required")
-        kwargs["tls_client_auth"] = mode
+    for f, info in setting_fields():
+        if info.parse is not None and f.name in values:
+            value = info.parse(f.name, values[f.name])
+            if value is not None:
+                kwargs[f.name] = value
     if profiles_raw is not None and not isinstance(profiles_raw, dict):
         raise ConfigError("[profiles] must be a table of tables")
     kwargs["profiles"] = load_profiles(profiles_raw)
@@ -282,17 +434,6 @@ def _int_in_range(key: str, value: Any, low: int, high: int) -> int:
     if not low <= number <= high:
         raise ConfigError(f"{key} must be between {low} and {high}")
     return number
-
-
-def _bool(key: str, value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("1", "true", "yes", "on"):
-        return True
-    if text in ("0", "false", "no", "off"):
-        return False
-    raise ConfigError(f"{key} must be true or false")
 
 
 def _hostnames(value: Any) -> tuple[str, ...]:
@@ -424,3 +565,113 @@ def _mtls_rules(raw: Any, settings: Settings) -> tuple[MTLSRule, ...]:
             raise ConfigError(f"{where}: {exc.detail}") from None
         rules.append(rule)
     return tuple(rules)
+
+
+# ---------------------------------------------------------------------------- the example file
+
+_EXAMPLE_HEADER = """\
+ca-service settings. Point CA_CONFIG_FILE at a copy of this file; every key may also be given as
+an environment variable CA_<KEY> (upper case), which wins over the file. Unknown keys stop the
+service at start. Secrets never go here: {secrets} in the environment.
+
+Generated from ca_service/config.py: python -m ca_service.config --example"""
+
+_MTLS_EXAMPLE = """\
+Mutual TLS rules, tried in order; the first that matches a client certificate gives it a role
+(admin, issuer or reader) and, for issuer, a policy with the same keys as a token's
+(allowed_names, allowed_subjects, profiles, max_validity_days, authorities, allow_wildcards).
+Only valid client and peer certificates of this service authenticate. A certificate that
+matches no rule has no role: it may only renew itself (POST /api/v1/certificates/<serial>/renew).
+  match = "subject:CN=ops,O=Acme"       the RFC 4514 subject, exactly
+  match = "san:*.ci.example.test"       any SAN matching a pattern (host, *.domain, CIDR, *@domain)
+  match = "profile:peer"                the certificate's profile (client or peer)
+  match = "extension:1.3.6.1.4.1.99.1"  the certificate carries this extension
+issued_by = "<authority>" and certificate_profile = "client" (or "peer") bind a rule to the
+certificates one authority issues under one profile. A SAN is checked against every caller's
+allowed_names, so san: rules may stand alone; subject:, extension: (and profile:, which needs
+issued_by only) say nothing of who asked for the certificate and are refused at start unbound.
+[[mtls]]
+match = "san:*.ci.example.test"
+role = "issuer"
+allowed_names = ["*.ci.example.test"]
+max_validity_days = 30
+
+[[mtls]]
+match = "subject:CN=ops"
+issued_by = "default"
+certificate_profile = "client"
+role = "reader\""""
+
+_PROFILES_EXAMPLE = """\
+Certificate profiles. The three below are built in with these defaults; a table here changes
+the keys it names (or defines a new profile, which then needs extended_key_usages).
+  extended_key_usages  serverAuth and/or clientAuth
+  default_validity_days / max_validity_days  the lifetime given when none is asked / the most
+  key_types            allowed leaf keys: {key_types}
+  require_dns_or_ip    refuse a certificate without a DNS name or IP address
+  allow_wildcards      allow "*.example.test" names (the caller's token must allow them too)"""
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, tuple | list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    text = str(value.value if hasattr(value, "value") else value)
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _comment(text: str) -> list[str]:
+    """``text`` as TOML comment lines, as it is laid out."""
+    return [f"# {line}" if line.strip() else "#" for line in text.splitlines()]
+
+
+def _wrapped(text: str) -> list[str]:
+    """A setting's explanation as comment lines of at most 100 characters."""
+    return textwrap.wrap(text, 98, initial_indent="# ", subsequent_indent="# ")
+
+
+def example_toml() -> str:
+    """``config/ca-service.example.toml``: every key with its explanation and its default (built
+    from the definitions above, so it always states the defaults the loader applies)."""
+    secrets = " or ".join(
+        f"{ENV_PREFIX}{f.name.upper()} or {ENV_PREFIX}{f.name.upper()}_FILE"
+        for f, info in setting_fields()
+        if info.secret
+    )
+    out = [*_comment(_EXAMPLE_HEADER.format(secrets=secrets)), ""]
+    for f, info in setting_fields():
+        if not info.plain:
+            continue
+        out += _wrapped(info.help)
+        if f.default is None:
+            out.append(f"# {f.name} = {_toml_value(info.example)}")
+        else:
+            out.append(f"{f.name} = {_toml_value(f.default)}")
+        out.append("")
+    out += [*_comment(_MTLS_EXAMPLE), ""]
+    from ca_service.domain import KeyType
+
+    key_types = " ".join(k.value for k in KeyType)
+    out += _comment(_PROFILES_EXAMPLE.format(key_types=key_types))
+    for name, profile in load_profiles(None).items():
+        out.append(f"[profiles.{name}]")
+        for key in (f.name for f in fields(Profile) if f.name != "name"):
+            out.append(f"{key} = {_toml_value(getattr(profile, key))}")
+        out.append("")
+    return "\n".join(out).rstrip("\n") + "\n"
+
+
+def main(argv: list[str]) -> int:
+    """``python -m ca_service.config --example``: print the example settings file."""
+    if argv != ["--example"]:
+        print("usage: python -m ca_service.config --example", file=sys.stderr)
+        return 2
+    sys.stdout.write(example_toml())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

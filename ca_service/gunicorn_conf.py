@@ -6,6 +6,7 @@ gunicorn yourself:
 gunicorn reads every module-level name that is one of its settings and ignores the rest.
 """
 
+from pathlib import Path
 from typing import Any
 
 from ca_service.config import load_settings
@@ -37,17 +38,34 @@ proc_name = "ca-service"
 control_socket_disable = True
 
 if _settings.tls:
-    # HTTPS: `ca-service serve --tls` (or CA_TLS=true). The certificate bundle exists before
-    # gunicorn starts (serve issues it); each worker then builds its contexts from it and checks
-    # for renewal in a thread. See ca_service/tls/serving.py.
-    from ca_service.tls import serving as _serving
+    # HTTPS: CA_TLS=true (`ca-service serve --tls` passes the same file as --certfile, which
+    # gunicorn reads after this module). The certificate bundle exists before gunicorn starts
+    # (serve issues it); each worker then builds its contexts from it and checks for renewal in
+    # a thread. See ca_service/tls/serving.py. The file holds the encrypted key, the leaf and
+    # intermediates.
+    from ca_service.tls.serving import bundle_path as _bundle_path
 
-    # Makes gunicorn speak TLS; the file holds the encrypted key, the leaf and intermediates.
-    certfile = str(_serving.bundle_path(_settings))
+    certfile = str(_bundle_path(_settings))
 
-    def ssl_context(config: Any, default_ssl_context_factory: Any) -> Any:
-        """Called by gunicorn per connection: the newest context of this worker."""
-        return _serving.installed().context()
 
-    def post_worker_init(worker: Any) -> None:
-        _serving.start_worker(worker.wsgi, _settings)
+def _serves_our_bundle(config: Any) -> bool:
+    """TLS with this service's own certificate bundle, whichever way it was configured."""
+    from ca_service.tls.serving import bundle_path
+
+    return bool(config.certfile) and Path(config.certfile) == bundle_path(_settings)
+
+
+def ssl_context(config: Any, default_ssl_context_factory: Any) -> Any:
+    """Called by gunicorn per connection: the newest context of this worker."""
+    if not _serves_our_bundle(config):
+        return default_ssl_context_factory()
+    from ca_service.tls import serving
+
+    return serving.installed().context()
+
+
+def post_worker_init(worker: Any) -> None:
+    if _serves_our_bundle(worker.cfg):
+        from ca_service.tls import serving
+
+        serving.start_worker(worker.wsgi, _settings)

@@ -179,10 +179,12 @@ def start_server(
     tls: bool = False,
     command: str = CA_SERVICE,
     cwd: Path | None = None,
+    as_options: bool = False,
 ) -> LiveServer:
     """Start `ca-service serve` (with ``tls``: `serve --tls`) and wait until /healthz answers.
 
-    ``command`` is the ``ca-service`` to run (another installation's, say), from ``cwd``."""
+    ``command`` is the ``ca-service`` to run (another installation's, say), from ``cwd``. With
+    ``as_options`` the address, workers and a timeout are `serve` options, not CA_* variables."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("CA_")}
     env.update(
@@ -196,12 +198,16 @@ def start_server(
             "CA_LOG_LEVEL": "WARNING",
         }
     )
+    options = ["--tls"] if tls else []
+    if as_options:
+        options += ["--bind", env.pop("CA_BIND"), "--workers", env.pop("CA_WORKERS")]
+        options += ["--timeout", "45"]
     env.update(extra_env or {})
     data_dir.mkdir(parents=True, exist_ok=True)
     log_path = data_dir.parent / f"serve-{port}.log"
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
-            [command, "serve", *(["--tls"] if tls else [])],
+            [command, "serve", *options],
             env=env,
             cwd=cwd,
             stdout=log,

@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives import serialization
 
 from ca_service.clock import Clock
 from ca_service.config import Settings
-from ca_service.crypto.inspect import certificate_names, common_name_of
+from ca_service.crypto.fields import certificate_names, common_name_of
 from ca_service.crypto.keys import fingerprint_sha256, key_type_of
 from ca_service.domain import CertificateRecord, CertStatus
 from ca_service.errors import BadRequest

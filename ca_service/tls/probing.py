@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPublicKeyTypes
 from OpenSSL import SSL, crypto
 
-from ca_service.crypto.inspect import certificate_names
+from ca_service.crypto.fields import certificate_names
 from ca_service.crypto.names import normalize_dns
 from ca_service.domain import RevocationReason
 from ca_service.tls.contexts import (

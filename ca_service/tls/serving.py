@@ -40,7 +40,7 @@ from cryptography.x509.oid import NameOID
 
 from ca_service.authority import CertificateAuthority
 from ca_service.config import Settings
-from ca_service.crypto.inspect import certificate_names
+from ca_service.crypto.fields import certificate_names
 from ca_service.crypto.keys import fingerprint_sha256, generate_private_key
 from ca_service.crypto.names import parse_name
 from ca_service.domain import Actor, CertStatus, KeyType

@@ -1,8 +1,7 @@
 """``ca-service probe HOST:PORT``: check a live TLS endpoint against this CA.
 
-Registered by ``ca_service.cli`` with ``cli.add_command(probe)``. This module never imports
-``ca_service.cli`` at import time (that module imports this one); its ``handle_errors`` is
-imported when the command runs, so both share one way of reporting failures.
+The probing itself is ``ca_service.tls.probing``; this module only turns a target and options
+into a probe and its report into text, JSON and an exit code.
 
 Exit codes: 0 the endpoint is fine; 1 problems found (invalid chain, revoked, wrong name,
 expires within --warn-days) or a refused request; 2 usage; 3 no TLS session could be made
@@ -19,7 +18,8 @@ from pathlib import Path
 import click
 from cryptography import x509
 
-from ca_service.config import Settings, load_settings
+from ca_service.cli.context import _settings
+from ca_service.cli.output import handle_errors
 from ca_service.errors import NotFound
 from ca_service.tls.probing import (
     DEFAULT_WARN_DAYS,
@@ -47,11 +47,6 @@ def parse_target(target: str) -> tuple[str, int]:
     elif ":" in host:
         raise click.BadParameter("write IPv6 addresses in brackets: [::1]:443")
     return host, port
-
-
-def _settings() -> Settings:
-    obj = click.get_current_context().find_root().obj
-    return obj if isinstance(obj, Settings) else load_settings()
 
 
 def _local_trust() -> tuple[list[str], list[bytes]]:
@@ -126,8 +121,6 @@ def probe(
     the current CRLs (or --crl), the host name, days to expiry, protocol and cipher. Exit code
     0 only when all is well; 1 when problems were found; 3 when no connection could be made.
     """
-    from ca_service.cli import handle_errors  # here, not at the top: ca_service.cli imports us
-
     host, port = parse_target(target)
     handle_errors(_run)(host, port, servername, ca_file, crl_files, warn_days, timeout, as_json)
 
