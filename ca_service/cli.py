@@ -36,6 +36,7 @@ from ca_service.domain import (
     RevocationReason,
 )
 from ca_service.errors import BadRequest, CAError, ConfigError, Unavailable
+from ca_service.policy import authorization
 from ca_service.policy.names import NameConstraintsSpec
 from ca_service.storage import migrate
 from ca_service.storage.db import Database, unit_of_work
@@ -890,6 +891,10 @@ def token_create(
         authorities=list(authorities) or None,
         allow_wildcards=allow_wildcards,
         subjects=list(subjects) or None,
+    )
+    # The same decision as POST /api/v1/tokens: a token names only profiles and CAs that exist.
+    authorization.check_token_targets(
+        policy, ca.settings.profiles, {a.name for a in ca.list_authorities()}
     )
     expires_at = ca.clock.now() + dt.timedelta(days=expires) if expires else None
     plain, record = TokenService(ca.db).create(name, r, policy, _actor(), expires_at=expires_at)

@@ -21,8 +21,7 @@ from ca_service.crypto.ocsp_wire import (
     parse_request,
     unsuccessful,
 )
-from ca_service.domain import CertStatus
-from ca_service.storage.ocsp_repository import SerialStatus
+from ca_service.domain import CertStatus, SerialStatus
 
 CACHE_LIMIT = 100_000
 
