@@ -86,10 +86,14 @@ def test_an_issuer_revokes_only_its_own_and_an_admin_any() -> None:
     assert not authorization.revokes_only_own(ADMIN)
     authorization.check_may_revoke(ISSUER.identity, mine, own_only=True)
     authorization.check_may_revoke(ADMIN.identity, mine, own_only=False)
-    refused = lambda: authorization.check_may_revoke(  # noqa: E731
-        OTHER_ISSUER.identity, mine, own_only=True
-    )
+
+    def refused() -> None:
+        authorization.check_may_revoke(OTHER_ISSUER.identity, mine, own_only=True)
+
     assert _rule_of(refused) == "caller.own_certificates"
+    with pytest.raises(Forbidden) as forbidden:
+        refused()
+    assert forbidden.value.detail == "an issuer token may revoke only the certificates it issued"
 
 
 def test_renewal_by_itself_an_admin_or_its_issuer_only() -> None:
@@ -112,6 +116,12 @@ def test_renewal_by_itself_an_admin_or_its_issuer_only() -> None:
     ):
         refused = lambda: authorization.check_may_renew(caller, mine)  # noqa: E731, B023
         assert _rule_of(refused) == "caller.own_certificates", caller
+    with pytest.raises(Forbidden) as forbidden:
+        authorization.check_may_renew(READER, mine)
+    assert forbidden.value.detail == (
+        "a certificate may be renewed by itself over mutual TLS, an admin, "
+        "or the issuer that issued it"
+    )
 
 
 def test_a_token_names_only_profiles_and_authorities_that_exist() -> None:
@@ -148,5 +158,66 @@ def test_a_client_certificate_gets_its_rights_from_its_rule_or_none() -> None:
     assert policy == CallerPolicy(
         allowed_names=("*.build.example.test",), profiles=("server",), max_validity_days=7
     )
+    every_field = MTLSRule(
+        kind="san",
+        value="*.ci.example.test",
+        role="issuer",
+        allowed_names=("*.build.example.test",),
+        authorities=("edge",),
+        allow_wildcards=True,
+        allowed_subjects=("O=Build",),
+    )
+    assert authorization.certificate_rights(every_field) == (
+        Role.ISSUER,
+        CallerPolicy(
+            allowed_names=("*.build.example.test",),
+            authorities=("edge",),
+            allow_wildcards=True,
+            allowed_subjects=("O=Build",),
+        ),
+    )
     admin = MTLSRule(kind="profile", value="client", role="admin", issued_by="default")
     assert authorization.certificate_rights(admin) == (Role.ADMIN, CallerPolicy.unrestricted())
+
+
+def test_a_grant_is_validated_when_it_is_made() -> None:
+    assert authorization.build_policy(Role.ADMIN) == CallerPolicy.unrestricted()
+    assert authorization.build_policy(Role.READER) == CallerPolicy()
+    assert authorization.build_policy(
+        Role.ISSUER,
+        names=["*.a.example.test"],
+        profiles=["client"],
+        max_validity_days=1,
+        authorities=["edge"],
+        subjects=["O=Build"],
+    ) == CallerPolicy(
+        allowed_names=("*.a.example.test",),
+        profiles=("client",),
+        max_validity_days=1,
+        authorities=("edge",),
+        allowed_subjects=("O=Build",),
+    )
+    admin_detail = "admin tokens are unrestricted; a policy applies to issuer tokens"
+    for field, value in [
+        ("names", ["*.a.test"]),
+        ("profiles", ["server"]),
+        ("max_validity_days", 5),
+        ("authorities", ["edge"]),
+        ("subjects", ["O=Build"]),
+    ]:
+        with pytest.raises(BadRequest) as refused:
+            authorization.build_policy(Role.ADMIN, **{field: value})  # type: ignore[arg-type]
+        assert refused.value.detail == admin_detail, field
+    with pytest.raises(BadRequest) as refused:
+        authorization.build_policy(Role.ISSUER, profiles=["server"])
+    assert refused.value.detail == "an issuer token needs at least one allowed name pattern"
+    for days in (0, -1, True, 2.5):
+        with pytest.raises(BadRequest) as refused:
+            authorization.build_policy(
+                Role.ISSUER,
+                names=["*.a.test"],
+                max_validity_days=days,  # type: ignore[arg-type]
+            )
+        assert refused.value.detail == "max_validity_days must be a positive integer", days
+    # Wildcards are granted only when asked for.
+    assert not authorization.build_policy(Role.ISSUER, names=["*.a.test"]).allow_wildcards
