@@ -17,14 +17,11 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Collection
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from ca_service.domain import CallerPolicy, CertificateRecord, Role
 from ca_service.errors import BadRequest, Forbidden
 from ca_service.policy.names import validate_pattern, validate_subject_pattern
-
-if TYPE_CHECKING:
-    from ca_service.config import MTLSRule
 
 
 class Caller(Protocol):
@@ -144,7 +141,27 @@ def check_token_targets(
             )
 
 
-def certificate_rights(rule: MTLSRule | None) -> tuple[Role | None, CallerPolicy]:
+class Grant(Protocol):
+    """What an ``[[mtls]]`` rule (ca_service.config.MTLSRule) grants the certificates it
+    matches; a protocol, so that policy does not depend on the settings loader above it."""
+
+    @property
+    def role(self) -> str: ...
+    @property
+    def allowed_names(self) -> tuple[str, ...] | None: ...
+    @property
+    def profiles(self) -> tuple[str, ...] | None: ...
+    @property
+    def max_validity_days(self) -> int | None: ...
+    @property
+    def authorities(self) -> tuple[str, ...] | None: ...
+    @property
+    def allow_wildcards(self) -> bool: ...
+    @property
+    def allowed_subjects(self) -> tuple[str, ...] | None: ...
+
+
+def certificate_rights(rule: Grant | None) -> tuple[Role | None, CallerPolicy]:
     """The role and policy a client certificate gets from the first ``[[mtls]]`` rule it
     matches; with none, no role and no policy: it may only renew itself (``check_may_renew``)."""
     if rule is None:
