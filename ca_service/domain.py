@@ -6,6 +6,7 @@ import datetime as dt
 import enum
 import ipaddress
 from dataclasses import dataclass, field
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
@@ -260,3 +261,117 @@ class IssuedCertificate:
     def fullchain_pem(self) -> str:
         """The certificate and its intermediates: what a TLS server is configured with."""
         return self.certificate_pem + "".join(self.chain_pem)
+
+
+class Role(enum.StrEnum):
+    """What an API token (or a client certificate through an ``[[mtls]]`` rule) may call."""
+
+    READER = "reader"
+    ISSUER = "issuer"
+    ADMIN = "admin"
+
+    @classmethod
+    def parse(cls, value: str) -> Role:
+        try:
+            return cls(value)
+        except ValueError:
+            raise BadRequest(f"unknown role {value!r}; use admin, issuer or reader") from None
+
+    def allows(self, needed: Role) -> bool:
+        """Roles are ordered: an admin may do what an issuer may, an issuer what a reader may."""
+        order = [Role.READER, Role.ISSUER, Role.ADMIN]
+        return order.index(self) >= order.index(needed)
+
+
+@dataclass(frozen=True)
+class TokenRecord:
+    """A stored API token as every layer above storage sees it (never its secret or hash)."""
+
+    id: str
+    name: str
+    role: Role
+    policy: CallerPolicy
+    created_by: str
+    created_at: dt.datetime
+    expires_at: dt.datetime | None
+    revoked_at: dt.datetime | None
+
+    @property
+    def identity(self) -> str:
+        return f"token:{self.id}"
+
+    def actor(self, request_id: str | None, client_address: str | None) -> Actor:
+        return Actor(self.identity, request_id, client_address, self.policy)
+
+    def state(self, now: dt.datetime) -> str:
+        if self.revoked_at is not None:
+            return "revoked"
+        if self.expires_at is not None and self.expires_at <= now:
+            return "expired"
+        return "active"
+
+
+@dataclass(frozen=True)
+class AuditEvent:
+    """One line of the audit log: who did (or was refused) what, on what, from where."""
+
+    at: dt.datetime
+    actor: str
+    action: str
+    target: str | None
+    request_id: str | None
+    client_address: str | None
+    details: dict[str, Any] | None
+    id: int | None = None
+
+    @classmethod
+    def of(
+        cls,
+        actor: Actor,
+        action: str,
+        target: str | None,
+        at: dt.datetime,
+        details: dict[str, Any] | None = None,
+    ) -> AuditEvent:
+        """An event by ``actor``, with the request context the actor carries."""
+        return cls(
+            at=at,
+            actor=actor.identity[:255],
+            action=action,
+            target=target[:255] if target else None,
+            request_id=actor.request_id,
+            client_address=actor.client_address,
+            details=details,
+        )
+
+
+@dataclass(frozen=True)
+class StoredCRL:
+    """The current CRL of one authority, as published."""
+
+    authority: str
+    number: int
+    this_update: dt.datetime
+    next_update: dt.datetime
+    der: bytes
+
+
+@dataclass(frozen=True)
+class ResponderRecord:
+    """A delegated OCSP responder certificate of one authority (its key stays in a file)."""
+
+    authority: str
+    serial: str
+    cert_der: bytes
+    key_file: str
+    not_before: dt.datetime
+    not_after: dt.datetime
+
+
+@dataclass(frozen=True)
+class SerialStatus:
+    """What an OCSP answer says of one serial: the stored status, when and why revoked."""
+
+    status: CertStatus
+    revoked_at: dt.datetime | None
+    reason: RevocationReason | None

@@ -30,10 +30,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ca_service.domain import Actor
+from ca_service.domain import Actor, AuditEvent
 from ca_service.errors import CAError, PolicyRejected, Unauthorized
 from ca_service.storage.db import Database, unit_of_work
-from ca_service.storage.repositories import AuditEvent, AuditRepository
+from ca_service.storage.repositories import AuditRepository
 
 log = logging.getLogger("ca_service.refusals")
 

@@ -296,6 +296,20 @@ def create_token(
     return reply.json["token"], reply.json["id"]
 
 
+def run_cli(live: LiveServer, *args: str) -> subprocess.CompletedProcess[str]:
+    """The real `ca-service` command on the live server's database, data and passphrase."""
+    env = {k: v for k, v in live.env.items() if k != "CA_BIND"}
+    return subprocess.run(
+        [CA_SERVICE, *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        stdin=subprocess.DEVNULL,
+    )
+
+
 def db_engine(live: LiveServer) -> Any:
     """A SQLAlchemy engine on the live server's own database (the caller disposes of it)."""
     import sqlalchemy as sa

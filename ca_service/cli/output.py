@@ -16,10 +16,10 @@ from typing import Any, TypeVar
 import click
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
-from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from ca_service.domain import AuthorityRecord, CertificateRecord
 from ca_service.errors import CAError, ConfigError, Unavailable
+from ca_service.storage.db import StoreError
 
 F = TypeVar("F", bound=Callable[..., Any])
 log = logging.getLogger("ca_service.cli")
@@ -41,10 +41,8 @@ def handle_errors(func: F) -> F:
             _fail(exc.detail, 3)
         except CAError as exc:
             _fail(exc.detail, 1)
-        except OperationalError as exc:
-            reason = str(exc.orig).strip().splitlines()[0] if exc.orig else "unknown error"
-            _fail(f"the database is unreachable or refused the operation: {reason}", 3)
-        except SQLAlchemyError as exc:
+        except StoreError as exc:
+            # A lost or refused connection is already Unavailable (storage/db.py); this is the rest.
             log.debug("database error", exc_info=True)
             _fail(f"database error ({type(exc).__name__}); nothing was changed", 3)
         except OSError as exc:

@@ -8,6 +8,7 @@ import click
 
 from ca_service.cli.context import _actor, _authority
 from ca_service.cli.output import handle_errors
+from ca_service.policy import authorization
 from ca_service.tokens import Role, TokenService, build_policy
 
 
@@ -61,6 +62,10 @@ def token_create(
         authorities=list(authorities) or None,
         allow_wildcards=allow_wildcards,
         subjects=list(subjects) or None,
+    )
+    # The same decision as POST /api/v1/tokens: a token names only profiles and CAs that exist.
+    authorization.check_token_targets(
+        policy, ca.settings.profiles, {a.name for a in ca.list_authorities()}
     )
     expires_at = ca.clock.now() + dt.timedelta(days=expires) if expires else None
     plain, record = TokenService(ca.db).create(name, r, policy, _actor(), expires_at=expires_at)

@@ -16,7 +16,6 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import pkcs12
-from sqlalchemy.exc import IntegrityError
 
 from ca_service.core.context import Context, record_for
 from ca_service.core.registry import LoadedAuthority, Registry
@@ -38,7 +37,7 @@ from ca_service.domain import (
 )
 from ca_service.errors import BadRequest, Conflict, PolicyRejected
 from ca_service.policy.check import check
-from ca_service.storage.db import unit_of_work
+from ca_service.storage.db import DuplicateRow, unit_of_work
 from ca_service.storage.repositories import (
     AuditEvent,
     AuditRepository,
@@ -197,7 +196,7 @@ class Issuance:
                             details,
                         )
                     )
-            except IntegrityError:
+            except DuplicateRow:
                 # Only a serial collision can break a unique constraint here (2**-159 odds).
                 if attempt == SERIAL_ATTEMPTS - 1:
                     raise

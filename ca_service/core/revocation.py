@@ -25,7 +25,8 @@ from ca_service.domain import (
     CertStatus,
     RevocationReason,
 )
-from ca_service.errors import BadRequest, Conflict, Forbidden, NotFound, PolicyRejected
+from ca_service.errors import BadRequest, Conflict, NotFound, PolicyRejected
+from ca_service.policy import authorization
 from ca_service.signing.serials import serial_hex
 from ca_service.storage.db import unit_of_work
 from ca_service.storage.repositories import (
@@ -68,11 +69,7 @@ class Revocation:
         see revoke_authority. ``requester_only``: the actor may revoke only the certificates it
         requested (an issuer, not an admin)."""
         target = self.registry.get_certificate(serial, authority)
-        if requester_only and target.requester != actor.identity:
-            raise Forbidden(
-                "an issuer token may revoke only the certificates it issued",
-                rule="caller.own_certificates",
-            )
+        authorization.check_may_revoke(actor.identity, target, own_only=requester_only)
         self._refuse_authority_certificate(target)
         now = self.ctx.clock.now()
         with self._locked(target) as locked:

@@ -19,6 +19,13 @@ from sqlalchemy.orm import Session
 
 from ca_service.errors import BadRequest, Unavailable
 
+# The store's error types under the store's names, so that the layers above catch them without
+# importing the driver's toolkit: DuplicateRow is a unique constraint broken at commit (the core
+# retries a serial collision), StoreError any other failure of the store that was not translated
+# into a CAError below.
+DuplicateRow = sa_exc.IntegrityError
+StoreError = sa_exc.SQLAlchemyError
+
 log = logging.getLogger(__name__)
 
 

@@ -14,7 +14,7 @@ from ca_service.storage.db import Database
 
 # The migrations ship inside the package, so an installed wheel (pip, pipx, a container) has
 # them wherever site-packages is; nothing is looked up beside a source tree.
-MIGRATIONS_PACKAGE = "ca_service.migrations"
+MIGRATIONS_PACKAGE = "ca_service.storage.migrations"
 
 
 def _config() -> Config:

@@ -4,31 +4,18 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from ca_service.clock import as_utc
+
+# ResponderRecord and SerialStatus live in ca_service.domain; the "as" imports re-export them
+# for authority.py, which imports them from storage.ocsp_repository until the core split.
 from ca_service.domain import CertStatus, RevocationReason
+from ca_service.domain import ResponderRecord as ResponderRecord
+from ca_service.domain import SerialStatus as SerialStatus
 from ca_service.storage.models import AuthorityRow, CertificateRow, OCSPResponderRow
-
-
-@dataclass(frozen=True)
-class ResponderRecord:
-    authority: str
-    serial: str
-    cert_der: bytes
-    key_file: str
-    not_before: dt.datetime
-    not_after: dt.datetime
-
-
-@dataclass(frozen=True)
-class SerialStatus:
-    status: CertStatus
-    revoked_at: dt.datetime | None
-    reason: RevocationReason | None
 
 
 class OCSPRepository:

@@ -28,13 +28,17 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from ca_service.clock import as_utc
+
+# AuditEvent and StoredCRL live in ca_service.domain; the "as" imports re-export them
+# for authority.py, which imports them from storage.repositories until the core split.
+from ca_service.domain import AuditEvent as AuditEvent
 from ca_service.domain import (
-    Actor,
     AuthorityRecord,
     CertificateRecord,
     CertStatus,
     RevocationReason,
 )
+from ca_service.domain import StoredCRL as StoredCRL
 from ca_service.errors import Conflict, NotFound
 from ca_service.storage.models import (
     SEARCH_FTS_TABLE,
@@ -601,15 +605,6 @@ class CertificateRepository:
             cursor.close()
 
 
-@dataclass(frozen=True)
-class StoredCRL:
-    authority: str
-    number: int
-    this_update: dt.datetime
-    next_update: dt.datetime
-    der: bytes
-
-
 class CRLRepository:
     def __init__(self, session: Session) -> None:
         self.s = session
@@ -660,38 +655,6 @@ class CRLRepository:
                 .where(CRLRow.authority_id == authority_id, CRLRow.number < crl.number)
                 .values(**values)
             )
-
-
-@dataclass(frozen=True)
-class AuditEvent:
-    at: dt.datetime
-    actor: str
-    action: str
-    target: str | None
-    request_id: str | None
-    client_address: str | None
-    details: dict[str, Any] | None
-    id: int | None = None
-
-    @classmethod
-    def of(
-        cls,
-        actor: Actor,
-        action: str,
-        target: str | None,
-        at: dt.datetime,
-        details: dict[str, Any] | None = None,
-    ) -> AuditEvent:
-        """An event by ``actor``, with the request context the actor carries."""
-        return cls(
-            at=at,
-            actor=actor.identity[:255],
-            action=action,
-            target=target[:255] if target else None,
-            request_id=actor.request_id,
-            client_address=actor.client_address,
-            details=details,
-        )
 
 
 class AuditRepository:

@@ -3,23 +3,28 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
 
 from flask import Blueprint, Response, jsonify, request, url_for
 
-from ca_service.domain import Actor, CertStatus, IssuedCertificate, KeyType, RevocationReason
-from ca_service.errors import BadRequest, Forbidden
+from ca_service.domain import (
+    Actor,
+    CertStatus,
+    IssuedCertificate,
+    KeyType,
+    RevocationReason,
+    Role,
+)
+from ca_service.errors import BadRequest
+from ca_service.policy import authorization
 from ca_service.storage.db import unit_of_work
 from ca_service.storage.repositories import (
     AuditRepository,
     CertificateFilter,
     CertificateRepository,
 )
-from ca_service.tokens import Role, build_policy
 from ca_service.web import serialize
 from ca_service.web.auth import actor_for_request, principal, require, tokens
 from ca_service.web.body import decode_cursor, encode_cursor, int_arg, json_object
-from ca_service.web.mtls import is_self
 from ca_service.web.services import authority
 
 api = Blueprint("api", __name__, url_prefix="/api/v1")
@@ -176,7 +181,7 @@ def revoke_certificate(serial: str) -> Response:
         reason,
         actor_for_request(),
         authority=record.authority,
-        requester_only=who.role is not Role.ADMIN,
+        requester_only=authorization.revokes_only_own(who),
     )
     return jsonify(serialize.certificate(updated, ca.clock.now()))
 
@@ -194,17 +199,9 @@ def renew_certificate(serial: str) -> Response:
     who = principal()
     record = ca.get_certificate(serial, body.get("authority"))
     actor = actor_for_request()
-    if is_self(who, record):
+    if authorization.check_may_renew(who, record) is authorization.Renewal.SELF:
         # The core keeps names, profile and authority; only the profile's limits apply.
         actor = Actor(who.identity, actor.request_id, actor.client_address)
-    elif who.role is not Role.ADMIN and (
-        who.role is not Role.ISSUER or record.requester != who.identity
-    ):
-        raise Forbidden(
-            "a certificate may be renewed by itself over mutual TLS, an admin, "
-            "or the issuer that issued it",
-            rule="caller.own_certificates",
-        )
     result = ca.renew(
         record.serial,
         actor,
@@ -252,7 +249,7 @@ def create_token() -> Response:
         required=("name", "role"),
     )
     role = Role.parse(body["role"])
-    policy = build_policy(
+    policy = authorization.build_policy(
         role,
         names=body.get("allowed_names"),
         profiles=body.get("profiles"),
@@ -261,7 +258,10 @@ def create_token() -> Response:
         allow_wildcards=bool(body.get("allow_wildcards")),
         subjects=body.get("allowed_subjects"),
     )
-    _check_policy_targets(policy.profiles, policy.authorities)
+    ca = authority()
+    authorization.check_token_targets(
+        policy, ca.settings.profiles, {a.name for a in ca.list_authorities()}
+    )
     expires_at = None
     if body.get("expires_in_days") is not None:
         days = body["expires_in_days"]
@@ -277,17 +277,6 @@ def create_token() -> Response:
     response.status_code = 201
     response.headers["Location"] = url_for("api.list_tokens") + "/" + record.id
     return response
-
-
-def _check_policy_targets(profiles: Any, authorities: Any) -> None:
-    ca = authority()
-    for profile in profiles or ():
-        if profile not in ca.settings.profiles:
-            raise BadRequest(f"unknown profile {profile!r}")
-    known = {a.name for a in ca.list_authorities()}
-    for name in authorities or ():
-        if name not in known:
-            raise BadRequest(f"unknown authority {name!r}")
 
 
 @api.get("/tokens")

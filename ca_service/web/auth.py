@@ -9,9 +9,10 @@ from typing import Any, TypeVar
 
 from flask import current_app, g, request
 
-from ca_service.domain import Actor
+from ca_service.domain import Actor, Role, TokenRecord
 from ca_service.errors import CAError, Forbidden, PolicyRejected, Unauthorized
-from ca_service.tokens import Role, TokenRecord, TokenService
+from ca_service.policy import authorization
+from ca_service.tokens import TokenService
 from ca_service.web.mtls import CertificatePrincipal, authenticate_certificate, peer_certificate_der
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -58,10 +59,8 @@ def require(role: Role | None) -> Callable[[F], F]:
             try:
                 record = _authenticate()
                 identity = record.identity
-                if role is not None and (record.role is None or not record.role.allows(role)):
-                    raise Forbidden(
-                        f"this endpoint needs the {role.value} role", rule="caller.role"
-                    )
+                if role is not None:
+                    authorization.check_role(record, role)
                 g.principal = record
                 return view(*args, **kwargs)
             except (Unauthorized, Forbidden, PolicyRejected) as exc:

@@ -18,13 +18,13 @@ from flask import g, request
 from ca_service.config import MTLSRule
 from ca_service.crypto.keys import fingerprint_sha256
 from ca_service.crypto.names import parse_name
-from ca_service.domain import Actor, CallerPolicy, CertificateRecord, CertStatus
+from ca_service.domain import Actor, CallerPolicy, CertificateRecord, CertStatus, Role
 from ca_service.errors import Unauthorized
+from ca_service.policy import authorization
 from ca_service.policy.names import matches_pattern
 from ca_service.signing.serials import serial_hex
 from ca_service.storage.db import unit_of_work
 from ca_service.storage.repositories import CertificateRepository
-from ca_service.tokens import Role, build_policy
 from ca_service.web.services import authority, settings
 
 CLIENT_PROFILES = ("client", "peer")
@@ -41,7 +41,7 @@ class CertificatePrincipal:
 
     @property
     def identity(self) -> str:
-        return f"cert:{self.record.authority}/{self.record.serial}"
+        return authorization.certificate_identity(self.record.authority, self.record.serial)
 
     def actor(self, request_id: str | None, client_address: str | None) -> Actor:
         return Actor(self.identity, request_id, client_address, self.policy)
@@ -72,7 +72,7 @@ def authenticate_certificate(der: bytes) -> CertificatePrincipal:
     record = next((r for r in found if r.fingerprint_sha256 == fingerprint), None)
     if record is None:
         raise Unauthorized(f"client certificate {serial} was not issued by this service")
-    g.auth_identity = f"cert:{record.authority}/{record.serial}"
+    g.auth_identity = authorization.certificate_identity(record.authority, record.serial)
     now = ca.clock.now()
     status = record.status_at(now)
     if status is CertStatus.REVOKED:
@@ -85,18 +85,8 @@ def authenticate_certificate(der: bytes) -> CertificatePrincipal:
             f"client certificate {serial} has profile {record.profile!r}; "
             "only client and peer certificates authenticate"
         )
-    rule = first_matching_rule(cert, record, settings().mtls_rules)
-    if rule is None:
-        return CertificatePrincipal(record, None, CallerPolicy())
-    role = Role(rule.role)
-    policy = build_policy(
-        role,
-        names=list(rule.allowed_names) if rule.allowed_names else None,
-        profiles=list(rule.profiles) if rule.profiles else None,
-        max_validity_days=rule.max_validity_days,
-        authorities=list(rule.authorities) if rule.authorities else None,
-        allow_wildcards=rule.allow_wildcards,
-        subjects=list(rule.allowed_subjects) if rule.allowed_subjects else None,
+    role, policy = authorization.certificate_rights(
+        first_matching_rule(cert, record, settings().mtls_rules)
     )
     return CertificatePrincipal(record, role, policy)
 
@@ -127,12 +117,3 @@ def _matches(rule: MTLSRule, cert: x509.Certificate, record: CertificateRecord) 
         oid = x509.ObjectIdentifier(rule.value)
         return any(ext.oid == oid for ext in cert.extensions)
     return False
-
-
-def is_self(principal: object, record: CertificateRecord) -> bool:
-    """Whether ``principal`` is the very certificate ``record`` (same authority and serial)."""
-    return (
-        isinstance(principal, CertificatePrincipal)
-        and principal.record.serial == record.serial
-        and principal.record.authority == record.authority
-    )

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from cryptography.hazmat.primitives import serialization
 from flask import Blueprint, Response, jsonify, request
 
+from ca_service.domain import StoredCRL
 from ca_service.errors import NotFound
-from ca_service.storage.repositories import StoredCRL
 from ca_service.web.problems import problem
 from ca_service.web.services import authority
 

@@ -8,9 +8,13 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from ca_service.domain import AuthorityRecord, CertificateRecord, IssuedCertificate
-from ca_service.storage.repositories import AuditEvent
-from ca_service.tokens import TokenRecord
+from ca_service.domain import (
+    AuditEvent,
+    AuthorityRecord,
+    CertificateRecord,
+    IssuedCertificate,
+    TokenRecord,
+)
 
 
 def iso(value: dt.datetime | None) -> str | None:

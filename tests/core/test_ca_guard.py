@@ -31,7 +31,8 @@ from ca_service.storage.repositories import CertificateRepository
 from ..conftest import ADMIN, run
 from ..external_ca import external_ca_files
 from ..helpers import BIN, lint_cert, write
-from ..live import CA_SERVICE, LiveServer, assert_problem, create_token, fetch_crl, issue
+from ..live import LiveServer, assert_problem, create_token, fetch_crl, issue
+from ..live import run_cli as cli
 
 JAVA_SOURCE = r"""
 import java.io.FileInputStream;
@@ -72,20 +73,6 @@ public class PkixCheck {
 
 
 # ---------------------------------------------------------------------------- helpers
-
-
-def cli(live: LiveServer, *args: str) -> subprocess.CompletedProcess[str]:
-    """The real `ca-service` command on the live server's database, data and passphrase."""
-    env = {k: v for k, v in live.env.items() if k not in ("CA_BIND",)}
-    return subprocess.run(
-        [CA_SERVICE, *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-        stdin=subprocess.DEVNULL,
-    )
 
 
 def pem_certs(text: bytes | str) -> list[x509.Certificate]:

@@ -19,8 +19,8 @@ from sqlalchemy.exc import IntegrityError
 from ca_service.authority import CertificateAuthority
 from ca_service.clock import FixedClock
 from ca_service.config import Settings
-from ca_service.domain import CertStatus, RevocationReason
-from ca_service.errors import ConfigError
+from ca_service.domain import CallerPolicy, CertStatus, RevocationReason, Role
+from ca_service.errors import ConfigError, NotFound
 from ca_service.signing.serials import serial_hex
 from ca_service.storage import migrate
 from ca_service.storage.db import Database, unit_of_work
@@ -30,6 +30,7 @@ from ca_service.storage.repositories import (
     CertificateFilter,
     CertificateRepository,
 )
+from ca_service.storage.tokens import TokenRepository
 from ca_service.wiring import build_authority
 
 from ..conftest import ADMIN, new_ca
@@ -186,3 +187,50 @@ def test_serial_collision_is_retried_with_a_new_serial(ca: CertificateAuthority)
     second = ca.issue_with_new_key(ADMIN, common_name="second.example.test").record
     assert second.serial == serial_hex(fresh) != taken
     assert count_rows(ca.db, "certificates") == 4
+
+
+def test_token_repository_returns_records_and_revokes_once(ca: CertificateAuthority) -> None:
+    """Token rows stay in storage (issue 10, item 3): records in and out, the hash only for
+    authentication, a second revocation changes nothing."""
+    now = dt.datetime(2026, 3, 1, tzinfo=dt.UTC)
+    policy = CallerPolicy(allowed_names=("*.t.example.test",), profiles=("server",))
+    with unit_of_work(ca.db, write=True) as s:
+        repo = TokenRepository(s)
+        made = repo.add(
+            token_id="0123456789abcdef",
+            name="ci",
+            role=Role.ISSUER,
+            secret_sha256="ab" * 32,
+            policy=policy,
+            created_by="x" * 300,
+            created_at=now,
+            expires_at=None,
+        )
+        repo.add(
+            token_id="fedcba9876543210",
+            name="root",
+            role=Role.ADMIN,
+            secret_sha256="cd" * 32,
+            policy=CallerPolicy(),
+            created_by="cli:test",
+            created_at=now + dt.timedelta(seconds=1),
+            expires_at=None,
+        )
+    assert made.policy == policy and made.created_by == "x" * 255 and made.created_at == now
+    with unit_of_work(ca.db) as s:
+        repo = TokenRepository(s)
+        assert repo.find_with_hash("0123456789abcdef") == (made, "ab" * 32)
+        assert repo.find_with_hash("0000000000000000") is None
+        listed = repo.list()
+        assert [t.id for t in listed] == ["fedcba9876543210", "0123456789abcdef"]
+        # An admin's stored policy is never read: admins are unrestricted.
+        assert listed[0].policy == CallerPolicy.unrestricted() and repo.count() == 2
+    later = now + dt.timedelta(days=1)
+    with unit_of_work(ca.db, write=True) as s:
+        revoked, changed = TokenRepository(s).revoke("0123456789abcdef", later)
+    assert changed and revoked.revoked_at == later and revoked.state(later) == "revoked"
+    with unit_of_work(ca.db, write=True) as s:
+        again, changed = TokenRepository(s).revoke("0123456789abcdef", later + dt.timedelta(1))
+    assert not changed and again.revoked_at == later
+    with pytest.raises(NotFound), unit_of_work(ca.db, write=True) as s:
+        TokenRepository(s).revoke("0000000000000000", later)

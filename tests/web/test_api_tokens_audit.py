@@ -13,6 +13,7 @@ import secrets
 import time
 from typing import Any
 
+import pytest
 import sqlalchemy as sa
 
 from ..live import (
@@ -23,6 +24,7 @@ from ..live import (
     expire_token,
     issue,
     list_all,
+    run_cli,
 )
 
 TOKEN_RE = re.compile(r"^cas_([a-z0-9]{16})_([A-Za-z0-9_-]{43})$")
@@ -261,3 +263,52 @@ def test_audit_filters_and_pagination(live: LiveServer) -> None:
     assert issues and all(e["action"] == "certificate.issue" for e in issues)
     assert len(issues) == sum(1 for e in everything if e["action"] == "certificate.issue")
     assert _events(live, actor="token:nobody") == []
+
+
+def _token_and_audit_rows(live: LiveServer) -> tuple[int, int]:
+    engine = db_engine(live)
+    try:
+        with engine.connect() as conn:
+            return (
+                int(conn.execute(sa.text("SELECT count(*) FROM api_tokens")).scalar_one()),
+                int(conn.execute(sa.text("SELECT count(*) FROM audit_events")).scalar_one()),
+            )
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize(
+    ("field", "option", "value", "rule"),
+    [
+        ("profiles", "--profile", "nope", "token.unknown_profile"),
+        ("authorities", "--authority", "nowhere", "token.unknown_authority"),
+    ],
+)
+def test_api_and_cli_refuse_a_token_naming_an_unknown_target_by_the_same_rule(
+    live: LiveServer, field: str, option: str, value: str, rule: str
+) -> None:
+    """Issue 10, item 4: `ca-service token create --profile nope` used to store the token that
+    POST /api/v1/tokens refuses (a grant that names nothing, and refuses every issuance)."""
+    before = _token_and_audit_rows(live)
+    body = {"name": "typo", "role": "issuer", "allowed_names": ["*.t.example.test"]}
+    path = "/api/v1/tokens"
+    reply = live.request("POST", path, token=live.admin_token, body=body | {field: [value]})
+    problem = assert_problem(reply, 400)
+    assert problem["rule"] == rule and repr(value) in problem["detail"]
+    cli_args = ["token", "create", "--name", "typo", "--role", "issuer"]
+    refused = run_cli(live, *cli_args, "--names", "*.t.example.test", option, value)
+    assert refused.returncode == 1 and refused.stdout == ""
+    assert refused.stderr.strip() == f"error: {problem['detail']}"
+    assert "Traceback" not in refused.stderr
+    # Bad input: neither wrote a token nor an audit event.
+    assert _token_and_audit_rows(live) == before
+
+    # What exists is accepted by both.
+    known = {"profiles": "server", "authorities": "default"}[field]
+    reply = live.request("POST", path, token=live.admin_token, body=body | {field: [known]})
+    assert reply.status == 201, reply.body
+    assert reply.json["policy"][field] == [known]
+    made = run_cli(live, *cli_args, "--names", "*.t.example.test", option, known)
+    assert made.returncode == 0, made.stderr
+    assert TOKEN_RE.match(made.stdout.strip())
+    assert _token_and_audit_rows(live) == (before[0] + 2, before[1] + 2)

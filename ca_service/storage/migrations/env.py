@@ -1,7 +1,7 @@
 """Alembic environment: target metadata from ca_service.storage, URL from ca-service Settings.
 
 ``ca-service db upgrade`` passes an open connection in ``config.attributes``; plain
-``alembic upgrade head`` (with -c ca_service/migrations/alembic.ini) reads the URL from CA_* settings.
+``alembic upgrade head`` (with -c ca_service/storage/migrations/alembic.ini) reads the URL from CA_* settings.
 """
 
 from __future__ import annotations
