@@ -65,8 +65,13 @@ def create_app(
         return response
 
     problems.register(app)
+    register_routes(app)
+    return app
+
+
+def register_routes(app: Flask) -> None:
+    """Every route of the service; also read by web/openapi.py to generate the document."""
     app.register_blueprint(public)
     app.register_blueprint(api)
     app.register_blueprint(docs)
     app.register_blueprint(ocsp)
-    return app

@@ -69,6 +69,8 @@ def require(role: Role | None) -> Callable[[F], F]:
                 refuse(g.get("auth_identity") or identity, exc)
                 raise
 
+        # Read by web/contract.py: this route answers 401 and 403 (and is not public).
+        wrapper.ca_role = role  # type: ignore[attr-defined]
         return wrapper  # type: ignore[return-value]
 
     return decorator

@@ -8,17 +8,30 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify
 
+from ca_service.web.contract import Answer, operation
 from ca_service.web.openapi import document
 
 docs = Blueprint("docs", __name__)
 
 
 @docs.get("/openapi.json")
+@operation(
+    "This document",
+    tags=("public",),
+    answers={
+        200: Answer("OpenAPI 3.1", media={"application/json": {"schema": {"type": "object"}}})
+    },
+)
 def openapi_json() -> Response:
     return jsonify(document())
 
 
 @docs.get("/docs")
+@operation(
+    "This document as a readable page",
+    tags=("public",),
+    answers={200: Answer("HTML", media={"text/html": {"schema": {"type": "string"}}})},
+)
 def docs_page() -> Response:
     spec = document()
     rows: list[str] = []
