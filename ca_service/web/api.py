@@ -1,4 +1,6 @@
-"""The /api/v1 endpoints: thin handlers that parse, authorize, call the core and serialize."""
+"""The /api/v1 endpoints. Kept thin so that every front end gets the same behaviour from the
+core: each handler validates its input (its declared request model), authenticates the caller,
+calls the core and answers through a response model; rules live below, not here."""
 
 from __future__ import annotations
 
@@ -31,10 +33,10 @@ from ca_service.storage.repositories import (
     CertificateRepository,
 )
 from ca_service.tokens import Role, build_policy
-from ca_service.web.auth import actor_for_request, principal, require, tokens
+from ca_service.web.auth import actor_for_request, principal, require
 from ca_service.web.body import decode_cursor, encode_cursor, int_arg
 from ca_service.web.contract import Answer, operation, query_param
-from ca_service.web.extensions import authority
+from ca_service.web.extensions import authority, tokens
 from ca_service.web.mtls import is_self
 
 api = Blueprint("api", __name__, url_prefix="/api/v1")

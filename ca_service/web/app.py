@@ -1,4 +1,5 @@
-"""The Flask application factory."""
+"""The Flask application factory: the one place that builds the web app from its settings (tests
+pass theirs), loads the CA keys at start and installs the checks every request goes through."""
 
 from __future__ import annotations
 

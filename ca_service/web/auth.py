@@ -7,20 +7,15 @@ from collections.abc import Callable
 from functools import wraps
 from typing import Any, TypeVar
 
-from flask import current_app, g, request
+from flask import g, request
 
 from ca_service.domain import Actor
 from ca_service.errors import CAError, Forbidden, PolicyRejected, Unauthorized
-from ca_service.tokens import Role, TokenRecord, TokenService
+from ca_service.tokens import Role, TokenRecord
+from ca_service.web.extensions import tokens
 from ca_service.web.mtls import CertificatePrincipal, authenticate_certificate, peer_certificate_der
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-
-def tokens() -> TokenService:
-    service = current_app.extensions["ca_tokens"]
-    assert isinstance(service, TokenService)
-    return service
 
 
 Principal = TokenRecord | CertificatePrincipal

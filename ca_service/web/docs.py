@@ -1,4 +1,5 @@
-"""/openapi.json and /docs: the contract, and a readable page rendered from it server-side."""
+"""/openapi.json and /docs: the contract, and a readable page rendered from it server-side
+(no script or CDN, so the page works on a host without Internet access)."""
 
 from __future__ import annotations
 

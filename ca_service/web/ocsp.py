@@ -1,4 +1,7 @@
-"""POST /ocsp and GET /ocsp/{base64 request}: RFC 6960 over HTTP (RFC 5019 profile)."""
+"""POST /ocsp and GET /ocsp/{base64 request}: RFC 6960 over HTTP (RFC 5019 profile).
+
+Separate from the JSON API because OCSP has its own rules: DER in and out, protocol errors as
+OCSP answers with HTTP 200, and GET answers cacheable by HTTP caches until their nextUpdate."""
 
 from __future__ import annotations
 

@@ -1,4 +1,8 @@
-"""Public, unauthenticated endpoints: CA certificates, CRLs and health."""
+"""Public, unauthenticated endpoints: CA certificates, CRLs and health.
+
+Apart from the API because relying parties and probes fetch these without any credential and
+often: they answer from memory (CRLs cached per authority, checked by one stat() per fetch)
+and are cacheable by HTTP caches."""
 
 from __future__ import annotations
 
