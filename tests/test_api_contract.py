@@ -15,9 +15,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
 from flask import Flask
 from pydantic import BaseModel, ValidationError
+from referencing import Registry, Resource
+from referencing.jsonschema import DRAFT202012
 
 from ca_service import api_models
 from ca_service.authority import CertificateAuthority
@@ -25,6 +28,8 @@ from ca_service.config import Settings
 from ca_service.web.app import create_app
 from ca_service.web.contract import contract_of, error_statuses
 from ca_service.web.openapi import document, path_template
+
+from .conftest import ADMIN
 
 PATH_ARGUMENT = re.compile(r"\{[^}]+\}")
 
@@ -131,3 +136,31 @@ def test_the_document_is_generated_not_written() -> None:
     assert "allowed_subjects" in schemas["TokenPolicy"]["properties"]
     for field in ("chain", "fullchain", "root"):
         assert field in schemas["CertificateWithPem"]["required"]
+
+
+def _schema_validator(name: str) -> jsonschema.Draft202012Validator:
+    spec = document()
+    registry: Registry[Any] = Registry().with_resource(
+        "urn:spec", Resource.from_contents(spec, default_specification=DRAFT202012)
+    )
+    return jsonschema.Draft202012Validator(
+        {"$ref": f"urn:spec#/components/schemas/{name}"}, registry=registry
+    )
+
+
+def test_the_cli_record_is_the_api_record(ca: CertificateAuthority) -> None:
+    """What the CLI prints with --json (api_models.certificate, as_json) is the API's
+    Certificate: it validates against the document, and it is the issuance answer less the PEM."""
+    result = ca.issue_with_new_key(ADMIN, common_name="cli.contract.example.test")
+    now = ca.clock.now()
+    record = api_models.as_json(api_models.certificate(result.record, now))
+    _schema_validator("Certificate").validate(record)
+    answer = api_models.as_json(api_models.issued(result, now))
+    _schema_validator("IssuedCertificate").validate(answer)
+    pem_fields = {"certificate", "chain", "fullchain", "root", "private_key"}
+    assert {k: v for k, v in answer.items() if k not in pem_fields} == record
+    assert answer["private_key"].startswith("-----BEGIN PRIVATE KEY-----")
+    assert record["not_after"].endswith("Z") and record["status"] == "valid"
+    # A certificate whose key was not made here has no private_key member at all.
+    renewed = ca.renew(result.record.serial, ADMIN, authority=result.record.authority)
+    assert "private_key" not in api_models.as_json(api_models.issued(renewed, now))

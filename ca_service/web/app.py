@@ -13,12 +13,9 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from ca_service.authority import CertificateAuthority
 from ca_service.config import Settings, check_mtls_authorities, load_settings
 from ca_service.tokens import TokenService
-from ca_service.web import problems
-from ca_service.web.api import api
+from ca_service.web import openapi, problems
 from ca_service.web.body import check_url
-from ca_service.web.docs import docs
-from ca_service.web.ocsp import ocsp
-from ca_service.web.public import public
+from ca_service.web.routes import register_routes
 from ca_service.wiring import build_authority
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
@@ -42,6 +39,9 @@ def create_app(
     app.extensions["ca_authority"] = ca
     app.extensions["ca_tokens"] = TokenService(ca.db, ca.clock, ca.refusals)
     app.extensions["ca_settings"] = settings
+    # Given to /openapi.json and /docs here, so that those views need not import the generator
+    # that reads them (web/openapi.py reads every route).
+    app.extensions["ca_openapi"] = openapi.document
 
     @app.before_request
     def _request_context() -> None:
@@ -68,11 +68,3 @@ def create_app(
     problems.register(app)
     register_routes(app)
     return app
-
-
-def register_routes(app: Flask) -> None:
-    """Every route of the service; also read by web/openapi.py to generate the document."""
-    app.register_blueprint(public)
-    app.register_blueprint(api)
-    app.register_blueprint(docs)
-    app.register_blueprint(ocsp)

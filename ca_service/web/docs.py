@@ -10,7 +10,7 @@ from typing import Any
 from flask import Blueprint, Response, jsonify
 
 from ca_service.web.contract import Answer, operation
-from ca_service.web.openapi import document
+from ca_service.web.extensions import api_document as document
 
 docs = Blueprint("docs", __name__)
 

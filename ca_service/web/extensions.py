@@ -3,6 +3,8 @@ service, the settings), so that views get checked types instead of untyped dicti
 
 from __future__ import annotations
 
+from typing import Any
+
 from flask import current_app
 
 from ca_service.authority import CertificateAuthority
@@ -26,3 +28,11 @@ def tokens() -> TokenService:
     service = current_app.extensions["ca_tokens"]
     assert isinstance(service, TokenService)
     return service
+
+
+def api_document() -> dict[str, Any]:
+    """The OpenAPI document (web/openapi.document, handed over by the app factory)."""
+    generate = current_app.extensions["ca_openapi"]
+    document = generate()
+    assert isinstance(document, dict)
+    return document

@@ -26,6 +26,7 @@ from pydantic.json_schema import GenerateJsonSchema, models_json_schema
 from ca_service import __version__
 from ca_service.api_models import REQUEST_MODELS, RESPONSE_MODELS
 from ca_service.web.contract import JSON, Answer, Contract, contract_of, error_statuses
+from ca_service.web.routes import register_routes
 
 PROBLEM = {"$ref": "#/components/responses/Problem"}
 UNAVAILABLE = {"$ref": "#/components/responses/Unavailable"}
@@ -130,8 +131,6 @@ def _operation(rule_arguments: list[str], view: Any, contract: Contract) -> dict
 
 def _routes_app() -> Flask:
     """The app's routes without its services: enough to read the URL map and the views."""
-    from ca_service.web.app import register_routes
-
     app = Flask("ca_service.openapi")
     register_routes(app)
     return app
