@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 from cryptography import x509
 
+from ca_service import api_models
 from ca_service.authority import HierarchySpec
 from ca_service.cli.context import _actor, _authority
 from ca_service.cli.output import _print_authorities, handle_errors
@@ -148,26 +149,8 @@ def authorities(as_json: bool) -> None:
     now = ca.clock.now()
     if as_json:
         click.echo(
-            json.dumps(
-                [
-                    {
-                        "name": r.name,
-                        "parent": r.parent,
-                        "is_root": r.is_root,
-                        "is_default": r.is_default,
-                        "subject": r.subject,
-                        "key_type": r.key_type,
-                        "not_after": r.not_after.isoformat(),
-                        "status": r.status_at(now).value,
-                        "revoked_at": r.revoked_at.isoformat() if r.revoked_at else None,
-                        "revocation_reason": r.revocation_reason.value
-                        if r.revocation_reason
-                        else None,
-                    }
-                    for r in records
-                ],
-                indent=2,
-            )
+            # The API's Authority record, from the same model as GET /api/v1/authorities.
+            json.dumps([api_models.as_json(api_models.authority(r, now)) for r in records], indent=2)
         )
         return
     if not records:

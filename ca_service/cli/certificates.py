@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives import serialization
 
 from ca_service.authority import CertificateAuthority
 from ca_service.cli.context import _actor, _authority, _database, _require_schema
-from ca_service.cli.output import _record_json, handle_errors
+from ca_service.cli.output import certificate_json, handle_errors
 from ca_service.domain import (
     CertificateRecord,
     CertStatus,
@@ -119,7 +119,7 @@ def issue(
         )
     written = _write_issued(issued, out_prefix)
     if as_json:
-        data = _record_json(issued.record)
+        data = certificate_json(issued.record)
         data["files"] = [str(p) for p in written]
         click.echo(json.dumps(data, indent=2))
         return
@@ -311,7 +311,7 @@ def list_(
                 break
             flt = dataclasses.replace(flt, after_id=cursor, limit=limit - len(records))
     if as_json:
-        click.echo(json.dumps([_record_json(r, now) for r in records], indent=2))
+        click.echo(json.dumps([certificate_json(r, now) for r in records], indent=2))
         return
     if not records:
         click.echo("no certificates match")
@@ -348,7 +348,7 @@ def show(serial: str, authority: str | None, pem: bool, as_json: bool) -> None:
         cert = x509.load_der_x509_certificate(r.der)
         click.echo(cert.public_bytes(serialization.Encoding.PEM).decode(), nl=False)
         return
-    data = _record_json(r)
+    data = certificate_json(r)
     if as_json:
         click.echo(json.dumps(data, indent=2))
         return

@@ -17,6 +17,7 @@ import click
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
+from ca_service import api_models
 from ca_service.domain import AuthorityRecord, CertificateRecord
 from ca_service.errors import CAError, ConfigError, Unavailable
 from ca_service.storage.db import StoreError
@@ -70,23 +71,7 @@ def _print_authorities(records: list[AuthorityRecord]) -> None:
         click.echo(f"  sha256:      {fp}")
 
 
-def _record_json(r: CertificateRecord, now: dt.datetime | None = None) -> dict[str, Any]:
-    now = now or dt.datetime.now(dt.UTC)
-    return {
-        "authority": r.authority,
-        "serial": r.serial,
-        "subject": r.subject,
-        "common_name": r.common_name,
-        "sans": list(r.sans),
-        "key_type": r.key_type,
-        "profile": r.profile,
-        "not_before": r.not_before.isoformat(),
-        "not_after": r.not_after.isoformat(),
-        "status": r.status_at(now).value,
-        "revoked_at": r.revoked_at.isoformat() if r.revoked_at else None,
-        "revocation_reason": r.revocation_reason.value if r.revocation_reason else None,
-        "fingerprint_sha256": r.fingerprint_sha256,
-        "requester": r.requester,
-        "created_at": r.created_at.isoformat(),
-        "successor": r.successor,
-    }
+def certificate_json(r: CertificateRecord, now: dt.datetime | None = None) -> dict[str, Any]:
+    """A stored certificate as ``--json`` prints it: the API's ``Certificate`` record, built by
+    the same model, so the two outputs cannot drift apart."""
+    return api_models.as_json(api_models.certificate(r, now or dt.datetime.now(dt.UTC)))

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from ca_service.core.context import Context
 from ca_service.core.registry import Registry
+from ca_service.domain import StoredCRL
 from ca_service.signing.crl import sign_crl
 from ca_service.signing.serials import serial_hex
 from ca_service.storage.db import unit_of_work
@@ -25,7 +26,6 @@ from ca_service.storage.repositories import (
     AuthorityRepository,
     CertificateRepository,
     CRLRepository,
-    StoredCRL,
 )
 
 log = logging.getLogger(__name__)

@@ -34,13 +34,13 @@ from ca_service.domain import (
     IssuedCertificate,
     KeyType,
     RevocationReason,
+    SerialStatus,
+    StoredCRL,
 )
 from ca_service.refusals import RefusalLog
 from ca_service.signing.keystore import FileKeystore
 from ca_service.signing.serials import random_serial
 from ca_service.storage.db import Database
-from ca_service.storage.ocsp_repository import SerialStatus
-from ca_service.storage.repositories import StoredCRL
 
 
 class Core:

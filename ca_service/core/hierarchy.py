@@ -22,14 +22,13 @@ from cryptography.x509.oid import NameOID
 from ca_service.core.context import Context, record_for
 from ca_service.core.registry import Registry
 from ca_service.crypto.keys import key_type_of
-from ca_service.domain import Actor, AuthorityRecord, KeyType
+from ca_service.domain import Actor, AuditEvent, AuthorityRecord, KeyType
 from ca_service.errors import BadRequest, Conflict
 from ca_service.policy.names import NameConstraintsSpec
 from ca_service.signing.issuer import IntermediateTemplate
 from ca_service.signing.signer import Signer
 from ca_service.storage.db import unit_of_work
 from ca_service.storage.repositories import (
-    AuditEvent,
     AuditRepository,
     AuthorityRepository,
     CertificateRepository,

@@ -29,6 +29,7 @@ from ca_service.crypto.keys import (
 from ca_service.crypto.names import parse_name
 from ca_service.domain import (
     Actor,
+    AuditEvent,
     CertificateRecord,
     CertStatus,
     IssuanceRequest,
@@ -39,7 +40,6 @@ from ca_service.errors import BadRequest, Conflict, PolicyRejected
 from ca_service.policy.check import check
 from ca_service.storage.db import DuplicateRow, unit_of_work
 from ca_service.storage.repositories import (
-    AuditEvent,
     AuditRepository,
     AuthorityRepository,
     CertificateRepository,

@@ -33,13 +33,13 @@ from ca_service.crypto.ocsp_wire import (
     spki_bits,
     unsuccessful,
 )
-from ca_service.domain import Actor, CertStatus
+from ca_service.domain import Actor, AuditEvent, CertStatus, ResponderRecord, SerialStatus
 from ca_service.policy.check import responder_template
 from ca_service.signing.ocsp import OCSPSigner, sign_response
 from ca_service.signing.serials import serial_hex
 from ca_service.storage.db import unit_of_work
-from ca_service.storage.ocsp_repository import OCSPRepository, ResponderRecord, SerialStatus
-from ca_service.storage.repositories import AuditEvent, AuditRepository, CertificateRepository
+from ca_service.storage.ocsp_repository import OCSPRepository
+from ca_service.storage.repositories import AuditRepository, CertificateRepository
 
 CACHE_LIMIT = 100_000
 

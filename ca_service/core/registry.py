@@ -18,14 +18,13 @@ from cryptography.hazmat.primitives import serialization
 
 from ca_service.core.context import Context, normalize_serial
 from ca_service.crypto.keys import fingerprint_sha256
-from ca_service.domain import Actor, AuthorityRecord, CertificateRecord, KeyType
+from ca_service.domain import Actor, AuditEvent, AuthorityRecord, CertificateRecord, KeyType
 from ca_service.errors import BadRequest, Conflict, NotFound
 from ca_service.policy.check import AuthorityView
 from ca_service.policy.names import NameConstraintsSpec
 from ca_service.signing.signer import Signer
 from ca_service.storage.db import unit_of_work
 from ca_service.storage.repositories import (
-    AuditEvent,
     AuditRepository,
     AuthorityRepository,
     CertificateRepository,

@@ -20,6 +20,7 @@ from ca_service.core.crl_publisher import CRLPublisher
 from ca_service.core.registry import Registry
 from ca_service.domain import (
     Actor,
+    AuditEvent,
     AuthorityRecord,
     CertificateRecord,
     CertStatus,
@@ -30,7 +31,6 @@ from ca_service.policy import authorization
 from ca_service.signing.serials import serial_hex
 from ca_service.storage.db import unit_of_work
 from ca_service.storage.repositories import (
-    AuditEvent,
     AuditRepository,
     AuthorityRepository,
     CertificateRepository,

@@ -12,9 +12,7 @@ from ca_service.clock import as_utc
 
 # ResponderRecord and SerialStatus live in ca_service.domain; the "as" imports re-export them
 # for authority.py, which imports them from storage.ocsp_repository until the core split.
-from ca_service.domain import CertStatus, RevocationReason
-from ca_service.domain import ResponderRecord as ResponderRecord
-from ca_service.domain import SerialStatus as SerialStatus
+from ca_service.domain import CertStatus, ResponderRecord, RevocationReason, SerialStatus
 from ca_service.storage.models import AuthorityRow, CertificateRow, OCSPResponderRow
 
 

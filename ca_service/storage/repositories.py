@@ -31,14 +31,14 @@ from ca_service.clock import as_utc
 
 # AuditEvent and StoredCRL live in ca_service.domain; the "as" imports re-export them
 # for authority.py, which imports them from storage.repositories until the core split.
-from ca_service.domain import AuditEvent as AuditEvent
 from ca_service.domain import (
+    AuditEvent,
     AuthorityRecord,
     CertificateRecord,
     CertStatus,
     RevocationReason,
+    StoredCRL,
 )
-from ca_service.domain import StoredCRL as StoredCRL
 from ca_service.errors import Conflict, NotFound
 from ca_service.storage.models import (
     SEARCH_FTS_TABLE,

@@ -1,4 +1,5 @@
-"""The Flask application factory."""
+"""The Flask application factory: the one place that builds the web app from its settings (tests
+pass theirs), loads the CA keys at start and installs the checks every request goes through."""
 
 from __future__ import annotations
 
@@ -12,12 +13,9 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from ca_service.authority import CertificateAuthority
 from ca_service.config import Settings, check_mtls_authorities, load_settings
 from ca_service.tokens import TokenService
-from ca_service.web import problems
-from ca_service.web.api import api
+from ca_service.web import openapi, problems
 from ca_service.web.body import check_url
-from ca_service.web.docs import docs
-from ca_service.web.ocsp import ocsp
-from ca_service.web.public import public
+from ca_service.web.routes import register_routes
 from ca_service.wiring import build_authority
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
@@ -41,6 +39,9 @@ def create_app(
     app.extensions["ca_authority"] = ca
     app.extensions["ca_tokens"] = TokenService(ca.db, ca.clock, ca.refusals)
     app.extensions["ca_settings"] = settings
+    # Given to /openapi.json and /docs here, so that those views need not import the generator
+    # that reads them (web/openapi.py reads every route).
+    app.extensions["ca_openapi"] = openapi.document
 
     @app.before_request
     def _request_context() -> None:
@@ -65,8 +66,5 @@ def create_app(
         return response
 
     problems.register(app)
-    app.register_blueprint(public)
-    app.register_blueprint(api)
-    app.register_blueprint(docs)
-    app.register_blueprint(ocsp)
+    register_routes(app)
     return app

@@ -7,21 +7,15 @@ from collections.abc import Callable
 from functools import wraps
 from typing import Any, TypeVar
 
-from flask import current_app, g, request
+from flask import g, request
 
 from ca_service.domain import Actor, Role, TokenRecord
 from ca_service.errors import CAError, Forbidden, PolicyRejected, Unauthorized
 from ca_service.policy import authorization
-from ca_service.tokens import TokenService
+from ca_service.web.extensions import tokens
 from ca_service.web.mtls import CertificatePrincipal, authenticate_certificate, peer_certificate_der
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-
-def tokens() -> TokenService:
-    service = current_app.extensions["ca_tokens"]
-    assert isinstance(service, TokenService)
-    return service
 
 
 Principal = TokenRecord | CertificatePrincipal
@@ -68,6 +62,8 @@ def require(role: Role | None) -> Callable[[F], F]:
                 refuse(g.get("auth_identity") or identity, exc)
                 raise
 
+        # Read by web/contract.py: this route answers 401 and 403 (and is not public).
+        wrapper.ca_role = role  # type: ignore[attr-defined]
         return wrapper  # type: ignore[return-value]
 
     return decorator

@@ -1,4 +1,5 @@
-"""/openapi.json and /docs: the contract, and a readable page rendered from it server-side."""
+"""/openapi.json and /docs: the contract, and a readable page rendered from it server-side
+(no script or CDN, so the page works on a host without Internet access)."""
 
 from __future__ import annotations
 
@@ -8,17 +9,30 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify
 
-from ca_service.web.openapi import document
+from ca_service.web.contract import Answer, operation
+from ca_service.web.extensions import api_document as document
 
 docs = Blueprint("docs", __name__)
 
 
 @docs.get("/openapi.json")
+@operation(
+    "This document",
+    tags=("public",),
+    answers={
+        200: Answer("OpenAPI 3.1", media={"application/json": {"schema": {"type": "object"}}})
+    },
+)
 def openapi_json() -> Response:
     return jsonify(document())
 
 
 @docs.get("/docs")
+@operation(
+    "This document as a readable page",
+    tags=("public",),
+    answers={200: Answer("HTML", media={"text/html": {"schema": {"type": "string"}}})},
+)
 def docs_page() -> Response:
     spec = document()
     rows: list[str] = []

@@ -25,7 +25,7 @@ from ca_service.policy.names import matches_pattern
 from ca_service.signing.serials import serial_hex
 from ca_service.storage.db import unit_of_work
 from ca_service.storage.repositories import CertificateRepository
-from ca_service.web.services import authority, settings
+from ca_service.web.extensions import authority, settings
 
 CLIENT_PROFILES = ("client", "peer")
 

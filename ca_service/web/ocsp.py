@@ -1,4 +1,7 @@
-"""POST /ocsp and GET /ocsp/{base64 request}: RFC 6960 over HTTP (RFC 5019 profile)."""
+"""POST /ocsp and GET /ocsp/{base64 request}: RFC 6960 over HTTP (RFC 5019 profile).
+
+Separate from the JSON API because OCSP has its own rules: DER in and out, protocol errors as
+OCSP answers with HTTP 200, and GET answers cacheable by HTTP caches until their nextUpdate."""
 
 from __future__ import annotations
 
@@ -14,7 +17,8 @@ from werkzeug.routing import PathConverter
 
 from ca_service.core.ocsp_service import OCSPAnswer
 from ca_service.crypto.ocsp_wire import unsuccessful
-from ca_service.web.services import authority
+from ca_service.web.contract import Answer, operation
+from ca_service.web.extensions import authority
 
 ocsp = Blueprint("ocsp", __name__)
 
@@ -22,6 +26,13 @@ OCSP_REQUEST = "application/ocsp-request"
 OCSP_RESPONSE = "application/ocsp-response"
 # A request for 64 certificates is under 6 KiB; anything far larger is not an OCSP request.
 MAX_OCSP_REQUEST = 16 * 1024
+# DER in and out, not JSON: the content of these operations is written here by hand.
+_DER = {"schema": {"type": "string", "format": "binary"}}
+_CACHE_HEADERS = {
+    "ETag": {"schema": {"type": "string"}},
+    "Last-Modified": {"schema": {"type": "string"}},
+    "Cache-Control": {"schema": {"type": "string"}},
+}
 
 
 class _AnyText(PathConverter):
@@ -38,6 +49,14 @@ def _register_converter(state: BlueprintSetupState) -> None:
 
 
 @ocsp.post("/ocsp")
+@operation(
+    "OCSP (RFC 6960): status of one or more certificates",
+    description="Body: a DER OCSPRequest. Protocol errors (malformed request, foreign issuer) "
+    "are OCSP responses with HTTP 200, as RFC 6960 wants.",
+    tags=("public",),
+    answers={200: Answer("A DER OCSPResponse", media={OCSP_RESPONSE: _DER})},
+    raises=(UnsupportedMediaType, RequestEntityTooLarge),
+)
 def ocsp_post() -> Response:
     if request.mimetype != OCSP_REQUEST:
         raise UnsupportedMediaType(f"send the OCSP request as {OCSP_REQUEST}")
@@ -50,6 +69,20 @@ def ocsp_post() -> Response:
 
 
 @ocsp.get("/ocsp/<ocsp_request:encoded>")
+@operation(
+    "OCSP by GET (RFC 6960 A.1, RFC 5019): base64 DER request in the path",
+    tags=("public",),
+    answers={
+        200: Answer(
+            "A DER OCSPResponse, cacheable until its nextUpdate",
+            media={OCSP_RESPONSE: _DER},
+            headers=_CACHE_HEADERS,
+        )
+    },
+    raises=(RequestEntityTooLarge,),
+    # /ocsp/ with nothing after it matches no route.
+    also=(404,),
+)
 def ocsp_get(encoded: str) -> Response:
     """RFC 6960 appendix A.1: the DER request, base64 and URL-encoded, as the last path part."""
     if len(encoded) > MAX_OCSP_REQUEST:

@@ -1,845 +1,201 @@
-"""The OpenAPI 3.1 description of the HTTP API: the public contract, errors included.
+"""The OpenAPI 3.1 description of the HTTP API, generated: the public contract, errors included.
 
-Written as data rather than generated from handlers: the contract is what clients depend on, so
-it is reviewed as such, and the test suite checks every response it sees against it.
+Nothing here restates a shape. The schemas are the pydantic models of ``ca_service.api_models``
+(the same ones that validate requests and build answers); the operations are the contracts each
+view declares with ``web/contract.operation``, found through the app's URL map, so a route
+cannot exist undocumented; each operation's error answers are those its decorators imply
+(``@require``: 401/403, a body: 400/413/415, what it ``raises``) plus those any request may get.
+apispec (marshmallow-code's maintained generator) assembles and checks the document: it refuses a
+duplicate component and a malformed operation, and it resolves component references.
+The only content written by hand is that of the answers that are not JSON (PEM, DER, OCSP),
+declared next to their views.
 """
 
 from __future__ import annotations
 
+import copy
+import functools
+import re
 from typing import Any
 
+from apispec import APISpec
+from flask import Flask
+from pydantic import BaseModel
+from pydantic.json_schema import GenerateJsonSchema, models_json_schema
+
 from ca_service import __version__
+from ca_service.api_models import REQUEST_MODELS, RESPONSE_MODELS
+from ca_service.web.contract import JSON, Answer, Contract, contract_of, error_statuses
+from ca_service.web.routes import register_routes
 
 PROBLEM = {"$ref": "#/components/responses/Problem"}
-NULL_STR = {"type": ["string", "null"]}
-NULL_TIME = {"type": ["string", "null"], "format": "date-time"}
-STR_LIST = {"type": "array", "items": {"type": "string"}}
-NULL_STR_LIST = {"type": ["array", "null"], "items": {"type": "string"}}
+UNAVAILABLE = {"$ref": "#/components/responses/Unavailable"}
 BEARER: list[dict[str, list[str]]] = [{"bearer": []}]
-
-
-def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
-    return {"description": description, "content": {"application/json": {"schema": schema}}}
-
-
-def _ref(name: str) -> dict[str, str]:
-    return {"$ref": f"#/components/schemas/{name}"}
-
-
-def _errors(*codes: int) -> dict[str, Any]:
-    return {str(c): PROBLEM for c in codes}
-
-
-def _query(name: str, description: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
-    return {
-        "name": name,
-        "in": "query",
-        "required": False,
-        "description": description,
-        "schema": schema or {"type": "string"},
-    }
-
-
-SERIAL_PARAM = {
-    "name": "serial",
-    "in": "path",
-    "required": True,
-    "description": "Hexadecimal serial (colons allowed).",
-    "schema": {"type": "string"},
-}
-NAME_PARAM = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
-
-CERTIFICATE_PROPS: dict[str, Any] = {
-    "serial": {"type": "string"},
-    "authority": {"type": "string"},
-    "subject": {"type": "string"},
-    "common_name": NULL_STR,
-    "sans": STR_LIST,
-    "key_type": {"type": "string"},
-    "profile": {"type": "string"},
-    "not_before": {"type": "string", "format": "date-time"},
-    "not_after": {"type": "string", "format": "date-time"},
-    "status": {"type": "string", "enum": ["valid", "revoked", "expired"]},
-    "revoked_at": NULL_TIME,
-    "revocation_reason": NULL_STR,
-    "fingerprint_sha256": {"type": "string"},
-    "requester": {"type": "string"},
-    "created_at": {"type": "string", "format": "date-time"},
-    "successor": {
-        "type": ["string", "null"],
-        "description": "Serial of the certificate that renewed this one",
-    },
-}
-
-# The convention of certbot and step (and RFC 8555's chain): what a server sends is fullchain.
-PEM_PROPS: dict[str, Any] = {
-    "certificate": {"type": "string", "description": "PEM: the certificate"},
-    "chain": {
-        "type": "string",
-        "description": "PEM: the intermediates above the certificate, issuing CA first, without "
-        "the root, which is the root field (chain is empty for a certificate issued by a root)",
-    },
-    "fullchain": {
-        "type": "string",
-        "description": "PEM: certificate followed by chain; what a TLS server is configured with",
-    },
-    "root": {
-        "type": ["string", "null"],
-        "description": "PEM: the root above the chain, for clients to trust (distribute it out "
-        "of band); null when this service does not hold it (an imported intermediate)",
-    },
-}
-
-SCHEMAS: dict[str, Any] = {
-    "Problem": {
-        "type": "object",
-        "description": "RFC 9457 problem details.",
-        "required": ["type", "title", "status", "detail"],
-        "properties": {
-            "type": {"type": "string"},
-            "title": {"type": "string"},
-            "status": {"type": "integer"},
-            "detail": {"type": "string"},
-            "request_id": {"type": "string"},
-            "rule": {"type": "string", "description": "The policy rule that refused the request."},
-        },
-    },
-    "Certificate": {
-        "type": "object",
-        "required": list(CERTIFICATE_PROPS),
-        "properties": CERTIFICATE_PROPS,
-        "additionalProperties": False,
-    },
-    "CertificateWithPem": {
-        "type": "object",
-        "required": [*CERTIFICATE_PROPS, *PEM_PROPS],
-        "properties": {
-            **CERTIFICATE_PROPS,
-            **PEM_PROPS,
-        },
-        "additionalProperties": False,
-    },
-    "IssuedCertificate": {
-        "type": "object",
-        "required": [*CERTIFICATE_PROPS, *PEM_PROPS],
-        "properties": {
-            **CERTIFICATE_PROPS,
-            **PEM_PROPS,
-            "private_key": {
-                "type": "string",
-                "description": "PKCS#8 PEM; only when the key was generated by the service. "
-                "It is not stored and cannot be fetched again.",
-            },
-        },
-        "additionalProperties": False,
-    },
-    "IssueRequest": {
-        "type": "object",
-        "description": "Either csr, or common_name and/or sans (a key is then generated).",
-        "properties": {
-            "csr": {"type": "string", "description": "PKCS#10 request, PEM"},
-            "common_name": {"type": "string"},
-            "sans": STR_LIST,
-            "key_type": {
-                "type": "string",
-                "enum": ["ecdsa-p256", "ecdsa-p384", "rsa-2048", "rsa-3072", "rsa-4096", "ed25519"],
-            },
-            "profile": {"type": "string", "default": "server"},
-            "validity_days": {"type": "integer", "minimum": 1},
-            "authority": {"type": "string"},
-        },
-        "additionalProperties": False,
-    },
-    "RevokeRequest": {
-        "type": "object",
-        "properties": {
-            "reason": {
-                "type": "string",
-                "enum": [
-                    "unspecified",
-                    "keyCompromise",
-                    "cACompromise",
-                    "affiliationChanged",
-                    "superseded",
-                    "cessationOfOperation",
-                    "certificateHold",
-                    "privilegeWithdrawn",
-                    "aACompromise",
-                ],
-            },
-            "authority": {"type": "string"},
-        },
-        "additionalProperties": False,
-    },
-    "RenewRequest": {
-        "type": "object",
-        "description": "All optional. Without csr the successor certifies the same public key.",
-        "properties": {
-            "csr": {
-                "type": "string",
-                "description": "PKCS#10 request, PEM, for a new key; its names, if any, must be "
-                "the certificate's",
-            },
-            "validity_days": {"type": "integer", "minimum": 1},
-            "authority": {"type": "string", "description": "When the serial is ambiguous"},
-        },
-        "additionalProperties": False,
-    },
-    "CertificatePage": {
-        "type": "object",
-        "required": ["items", "next_cursor"],
-        "properties": {
-            "items": {"type": "array", "items": _ref("Certificate")},
-            "next_cursor": NULL_STR,
-        },
-    },
-    "Authority": {
-        "type": "object",
-        "required": [
-            "name",
-            "parent",
-            "is_root",
-            "is_default",
-            "subject",
-            "key_type",
-            "not_before",
-            "not_after",
-            "status",
-        ],
-        "properties": {
-            "name": {"type": "string"},
-            "parent": NULL_STR,
-            "is_root": {"type": "boolean"},
-            "is_default": {"type": "boolean"},
-            "subject": {"type": "string"},
-            "key_type": {"type": "string"},
-            "not_before": {"type": "string", "format": "date-time"},
-            "not_after": {"type": "string", "format": "date-time"},
-            "name_constraints": {"type": ["object", "null"]},
-            "status": {
-                "type": "string",
-                "enum": ["valid", "revoked", "expired"],
-                "description": "Of the authority's own certificate, as its issuer publishes it. "
-                "A revoked or expired authority issues nothing.",
-            },
-            "revoked_at": NULL_TIME,
-            "revocation_reason": NULL_STR,
-        },
-    },
-    "AuthorityRevokeRequest": {
-        "type": "object",
-        "required": ["reason"],
-        "properties": {
-            "reason": {
-                "type": "string",
-                "enum": [
-                    "unspecified",
-                    "keyCompromise",
-                    "cACompromise",
-                    "affiliationChanged",
-                    "superseded",
-                    "cessationOfOperation",
-                    "privilegeWithdrawn",
-                    "aACompromise",
-                ],
-                "description": "certificateHold is refused: an authority's revocation is final.",
-            },
-        },
-        "additionalProperties": False,
-    },
-    "TokenPolicy": {
-        "type": "object",
-        "properties": {
-            "allowed_names": NULL_STR_LIST,
-            "profiles": NULL_STR_LIST,
-            "max_validity_days": {"type": ["integer", "null"]},
-            "authorities": NULL_STR_LIST,
-            "allow_wildcards": {"type": "boolean"},
-            "allowed_subjects": NULL_STR_LIST,
-        },
-    },
-    "Token": {
-        "type": "object",
-        "required": ["id", "name", "role", "state", "policy", "created_at"],
-        "properties": {
-            "id": {"type": "string"},
-            "name": {"type": "string"},
-            "role": {"type": "string", "enum": ["admin", "issuer", "reader"]},
-            "state": {"type": "string", "enum": ["active", "expired", "revoked"]},
-            "policy": _ref("TokenPolicy"),
-            "created_by": {"type": "string"},
-            "created_at": {"type": "string", "format": "date-time"},
-            "expires_at": NULL_TIME,
-            "revoked_at": NULL_TIME,
-            "token": {"type": "string", "description": "Only in the answer that creates it."},
-        },
-    },
-    "TokenRequest": {
-        "type": "object",
-        "required": ["name", "role"],
-        "properties": {
-            "name": {"type": "string"},
-            "role": {"type": "string", "enum": ["admin", "issuer", "reader"]},
-            "allowed_names": {
-                **STR_LIST,
-                "description": "Patterns: host, *.domain, CIDR, *@domain, uri-prefix*",
-            },
-            "profiles": STR_LIST,
-            "max_validity_days": {"type": "integer", "minimum": 1},
-            "authorities": STR_LIST,
-            "allow_wildcards": {"type": "boolean"},
-            "allowed_subjects": {
-                **STR_LIST,
-                "description": "Subject values besides a CN repeating a SAN: ATTR=glob, "
-                "e.g. CN=build-*",
-            },
-            "expires_in_days": {"type": "integer", "minimum": 1, "maximum": 3650},
-        },
-        "additionalProperties": False,
-    },
-    "AuditEvent": {
-        "type": "object",
-        "required": ["id", "at", "actor", "action"],
-        "properties": {
-            "id": {"type": ["integer", "null"]},
-            "at": {"type": "string", "format": "date-time"},
-            "actor": {"type": "string"},
-            "action": {"type": "string"},
-            "target": NULL_STR,
-            "request_id": NULL_STR,
-            "client_address": NULL_STR,
-            "details": {"type": ["object", "null"]},
-        },
-    },
-    "Health": {
-        "type": "object",
-        "required": ["status"],
-        "properties": {
-            "status": {"type": "string", "enum": ["ok"]},
-            "database": {"type": "string"},
-            "keys": {"type": "string"},
-            "authority": {"type": "string", "description": "The default issuing authority"},
-            "chain": {
-                "type": "array",
-                "description": "That authority and each CA above it, with its status",
-                "items": {
-                    "type": "object",
-                    "required": ["name", "status"],
-                    "properties": {
-                        "name": {"type": "string"},
-                        "status": {"type": "string", "enum": ["valid", "revoked", "expired"]},
-                    },
-                },
-            },
-            "authorities": {"type": "integer", "description": "How many this service holds"},
-        },
-    },
-    "NotReady": {
-        "allOf": [_ref("Problem")],
-        "type": "object",
-        "description": "Problem details (type urn:ca-service:problem:not-ready) with each reason.",
-        "required": ["problems", "checks"],
-        "properties": {
-            "problems": STR_LIST,
-            "checks": {
-                "type": "object",
-                "description": "What was checked, as in Health, where it could be",
-            },
-        },
-    },
-}
-
-_PEM_CHAIN_CONTENT = {"application/pem-certificate-chain": {"schema": {"type": "string"}}}
-_CRL_HEADERS = {
-    "ETag": {"schema": {"type": "string"}},
-    "Last-Modified": {"schema": {"type": "string"}},
-    "Cache-Control": {"schema": {"type": "string"}},
-}
-
-
-def _crl_op(summary: str, media: str, with_name: bool) -> dict[str, Any]:
-    op: dict[str, Any] = {
-        "summary": summary,
-        "tags": ["public"],
-        "security": [],
-        "responses": {
-            "200": {
-                "description": "The current CRL",
-                "headers": _CRL_HEADERS,
-                "content": {media: {"schema": {"type": "string", "format": "binary"}}},
-            },
-            "304": {"description": "Not modified (If-None-Match)"},
-            **_errors(404, 503),
-        },
-    }
-    if with_name:
-        op["parameters"] = [NAME_PARAM]
-    return op
-
-
-def _pem_op(summary: str, with_name: bool) -> dict[str, Any]:
-    op: dict[str, Any] = {
-        "summary": summary,
-        "tags": ["public"],
-        "security": [],
-        "responses": {
-            "200": {
-                "description": "PEM certificates",
-                "content": {"application/x-pem-file": {"schema": {"type": "string"}}},
-            },
-            **_errors(404, 503),
-        },
-    }
-    if with_name:
-        op["parameters"] = [NAME_PARAM]
-    return op
-
-
-def _ready_op(summary: str) -> dict[str, Any]:
-    return {
-        "summary": summary,
-        "description": "200 when the database answers, every CA key is loaded, and the "
-        "default issuing authority and each CA above it are neither revoked nor expired. "
-        "Otherwise 503 problem+json listing each reason (with Retry-After when the database "
-        "is away). Other authorities do not affect readiness: see /api/v1/authorities.",
-        "tags": ["public"],
-        "security": [],
-        "responses": {
-            "200": _json(_ref("Health"), "Ready"),
-            "503": {
-                "description": "Not ready",
-                "headers": {"Retry-After": {"schema": {"type": "string"}}},
-                "content": {"application/problem+json": {"schema": _ref("NotReady")}},
-            },
-        },
-    }
-
-
-PATHS: dict[str, Any] = {
-    "/api/v1/certificates": {
-        "post": {
-            "summary": "Issue a certificate",
-            "description": "From a CSR, or with a key pair generated here. Needs the issuer or "
-            "admin role; an issuer token is held to its policy. With Accept: "
-            "application/pem-certificate-chain the answer is the PEM chain (preceded by the "
-            "private key, as application/x-pem-file, when the key was generated here).",
-            "tags": ["certificates"],
-            "requestBody": {
-                "required": True,
-                "content": {"application/json": {"schema": _ref("IssueRequest")}},
-            },
-            "responses": {
-                "201": {
-                    "description": "Issued and stored",
-                    "headers": {"Location": {"schema": {"type": "string"}}},
-                    "content": {
-                        "application/json": {"schema": _ref("IssuedCertificate")},
-                        **_PEM_CHAIN_CONTENT,
-                        "application/x-pem-file": {"schema": {"type": "string"}},
-                    },
-                },
-                **_errors(400, 401, 403, 404, 409, 413, 415),
-            },
-        },
-        "get": {
-            "summary": "List certificates, newest first",
-            "tags": ["certificates"],
-            "parameters": [
-                _query(
-                    "status",
-                    "valid, revoked or expired",
-                    {"type": "string", "enum": ["valid", "revoked", "expired"]},
-                ),
-                _query(
-                    "q",
-                    "Case-insensitive substring of the common name or of a SAN written as"
-                    " kind:value (dns:, ip:, email:, uri:); % _ and \\ are plain characters."
-                    " Terms of 3 or more characters search every certificate through an index."
-                    " Shorter terms search one window of 20,000 certificates, newest first, per"
-                    " request: a page may then hold fewer items than limit, even none, while"
-                    " next_cursor is set; follow next_cursor until it is null to see every match.",
-                ),
-                _query(
-                    "expires_before", "ISO 8601 time", {"type": "string", "format": "date-time"}
-                ),
-                _query("authority", "Authority name"),
-                _query(
-                    "limit",
-                    "Page size (1-500, default 100)",
-                    {"type": "integer", "minimum": 1, "maximum": 500},
-                ),
-                _query("cursor", "next_cursor of the previous page"),
-            ],
-            "responses": {
-                "200": _json(_ref("CertificatePage"), "A page"),
-                **_errors(400, 401, 403),
-            },
-        },
-    },
-    "/api/v1/certificates/{serial}": {
-        "get": {
-            "summary": "One certificate (JSON, or PEM with Accept: "
-            "application/pem-certificate-chain)",
-            "tags": ["certificates"],
-            "parameters": [
-                SERIAL_PARAM,
-                _query("authority", "Authority, when a serial is ambiguous"),
-            ],
-            "responses": {
-                "200": {
-                    "description": "The certificate",
-                    "content": {
-                        "application/json": {"schema": _ref("CertificateWithPem")},
-                        **_PEM_CHAIN_CONTENT,
-                    },
-                },
-                **_errors(400, 401, 403, 404, 409),
-            },
-        }
-    },
-    "/api/v1/certificates/{serial}/revoke": {
-        "post": {
-            "summary": "Revoke a certificate",
-            "description": "Admin, or the issuer token that issued it. Same reason again is a "
-            "no-op; another reason is a conflict, except from certificateHold.",
-            "tags": ["certificates"],
-            "parameters": [SERIAL_PARAM],
-            "requestBody": {
-                "required": False,
-                "content": {"application/json": {"schema": _ref("RevokeRequest")}},
-            },
-            "responses": {
-                "200": _json(_ref("Certificate"), "The updated record"),
-                **_errors(400, 401, 403, 404, 409, 413, 415),
-            },
-        }
-    },
-    "/api/v1/certificates/{serial}/renew": {
-        "post": {
-            "summary": "Renew a certificate: a successor with the same names and profile",
-            "description": "For a new CSR's key, or the same public key. Allowed to the "
-            "certificate itself over mutual TLS (HTTPS with that client certificate and no "
-            "Authorization header; no role needed), to admins, and to the issuer token that "
-            "issued it. The old record's successor is the new serial. A revoked certificate "
-            "cannot be renewed (409); as a client certificate it is refused at once (401).",
-            "tags": ["certificates"],
-            "security": [*BEARER, {"mutualTLS": []}],
-            "parameters": [SERIAL_PARAM],
-            "requestBody": {
-                "required": False,
-                "content": {"application/json": {"schema": _ref("RenewRequest")}},
-            },
-            "responses": {
-                "201": {
-                    "description": "The successor, issued and stored",
-                    "headers": {"Location": {"schema": {"type": "string"}}},
-                    "content": {
-                        "application/json": {"schema": _ref("IssuedCertificate")},
-                        **_PEM_CHAIN_CONTENT,
-                    },
-                },
-                **_errors(400, 401, 403, 404, 409, 413, 415),
-            },
-        }
-    },
-    "/api/v1/authorities": {
-        "get": {
-            "summary": "The authorities this service holds",
-            "tags": ["authorities"],
-            "responses": {
-                "200": _json(
-                    {
-                        "type": "object",
-                        "required": ["items"],
-                        "properties": {"items": {"type": "array", "items": _ref("Authority")}},
-                    },
-                    "Authorities",
-                ),
-                **_errors(401, 403),
-            },
-        }
-    },
-    "/api/v1/authorities/{name}/revoke": {
-        "post": {
-            "summary": "Revoke an issuing authority (admin)",
-            "description": "Lists the authority's certificate in its root's CRL and OCSP "
-            "answers; from then on issuance from it is refused (409, rule authority.revoked) "
-            "and /readyz reports it when it is the default. Final: certificateHold is refused, "
-            "and so is a root (403, rule authority.revoke.root: a root cannot be listed in its "
-            "own CRL). Same reason again is a no-op; another reason is a conflict. Audited as "
-            "authority.revoke. A CA's certificate is never revoked through "
-            "/api/v1/certificates/{serial}/revoke (403, rule revoke.authority_certificate).",
-            "tags": ["authorities"],
-            "parameters": [NAME_PARAM],
-            "requestBody": {
-                "required": True,
-                "content": {"application/json": {"schema": _ref("AuthorityRevokeRequest")}},
-            },
-            "responses": {
-                "200": _json(_ref("Authority"), "The authority, revoked"),
-                **_errors(400, 401, 403, 404, 409, 413, 415),
-            },
-        }
-    },
-    "/api/v1/tokens": {
-        "post": {
-            "summary": "Create an API token (admin); the token is shown once",
-            "tags": ["tokens"],
-            "requestBody": {
-                "required": True,
-                "content": {"application/json": {"schema": _ref("TokenRequest")}},
-            },
-            "responses": {
-                "201": _json(_ref("Token"), "Created"),
-                **_errors(400, 401, 403, 413, 415),
-            },
-        },
-        "get": {
-            "summary": "List API tokens (admin); secrets are never shown",
-            "tags": ["tokens"],
-            "responses": {
-                "200": _json(
-                    {
-                        "type": "object",
-                        "required": ["items"],
-                        "properties": {"items": {"type": "array", "items": _ref("Token")}},
-                    },
-                    "Tokens",
-                ),
-                **_errors(401, 403),
-            },
-        },
-    },
-    "/api/v1/tokens/{token_id}": {
-        "delete": {
-            "summary": "Revoke an API token (admin)",
-            "tags": ["tokens"],
-            "parameters": [
-                {"name": "token_id", "in": "path", "required": True, "schema": {"type": "string"}}
-            ],
-            "responses": {
-                "200": _json(_ref("Token"), "The revoked token"),
-                **_errors(401, 403, 404),
-            },
-        }
-    },
-    "/api/v1/audit": {
-        "get": {
-            "summary": "The audit log (admin), newest first",
-            "tags": ["audit"],
-            "parameters": [
-                _query("actor", "e.g. token:<id>"),
-                _query(
-                    "action",
-                    "e.g. certificate.issue, certificate.revoke, token.create, auth.refused, "
-                    "policy.refused",
-                ),
-                _query(
-                    "limit", "Page size (1-500)", {"type": "integer", "minimum": 1, "maximum": 500}
-                ),
-                _query("cursor", "next_cursor of the previous page"),
-            ],
-            "responses": {
-                "200": _json(
-                    {
-                        "type": "object",
-                        "required": ["items", "next_cursor"],
-                        "properties": {
-                            "items": {"type": "array", "items": _ref("AuditEvent")},
-                            "next_cursor": NULL_STR,
-                        },
-                    },
-                    "A page of events",
-                ),
-                **_errors(400, 401, 403),
-            },
-        }
-    },
-    "/ca.pem": {"get": _pem_op("Default issuing CA and its root (PEM)", False)},
-    "/ca/root.pem": {"get": _pem_op("Root of the default authority (PEM)", False)},
-    "/ca/{name}/chain.pem": {
-        "get": _pem_op("An authority and the CAs above it, root included (PEM)", True)
-    },
-    "/ca/{name}/root.pem": {
-        "get": _pem_op("The root above an authority (a root's own certificate) (PEM)", True)
-    },
-    "/ca/{name}/ca.cer": {
-        "get": {
-            "summary": "An authority's certificate, DER (the caIssuers URL of what it issues)",
-            "tags": ["public"],
-            "security": [],
-            "parameters": [NAME_PARAM],
-            "responses": {
-                "200": {
-                    "description": "DER",
-                    "content": {
-                        "application/pkix-cert": {"schema": {"type": "string", "format": "binary"}}
-                    },
-                },
-                **_errors(404, 503),
-            },
-        }
-    },
-    "/crl": {"get": _crl_op("CRL of the default authority (DER)", "application/pkix-crl", False)},
-    "/crl.pem": {
-        "get": _crl_op("CRL of the default authority (PEM)", "application/x-pem-file", False)
-    },
-    "/ca/{name}/crl": {
-        "get": _crl_op(
-            "CRL of an authority (DER): the URL in its certificates", "application/pkix-crl", True
-        )
-    },
-    "/ca/{name}/crl.pem": {
-        "get": _crl_op("CRL of an authority (PEM)", "application/x-pem-file", True)
-    },
-    "/ocsp": {
-        "post": {
-            "summary": "OCSP (RFC 6960): status of one or more certificates",
-            "description": "Body: a DER OCSPRequest. Protocol errors (malformed request, foreign "
-            "issuer) are OCSP responses with HTTP 200, as RFC 6960 wants.",
-            "tags": ["public"],
-            "security": [],
-            "requestBody": {
-                "required": True,
-                "content": {
-                    "application/ocsp-request": {"schema": {"type": "string", "format": "binary"}}
-                },
-            },
-            "responses": {
-                "200": {
-                    "description": "A DER OCSPResponse",
-                    "content": {
-                        "application/ocsp-response": {
-                            "schema": {"type": "string", "format": "binary"}
-                        }
-                    },
-                },
-                **_errors(413, 415, 503),
-            },
-        }
-    },
-    "/ocsp/{request}": {
-        "get": {
-            "summary": "OCSP by GET (RFC 6960 A.1, RFC 5019): base64 DER request in the path",
-            "tags": ["public"],
-            "security": [],
-            "parameters": [
-                {"name": "request", "in": "path", "required": True, "schema": {"type": "string"}}
-            ],
-            "responses": {
-                "200": {
-                    "description": "A DER OCSPResponse, cacheable until its nextUpdate",
-                    "headers": _CRL_HEADERS,
-                    "content": {
-                        "application/ocsp-response": {
-                            "schema": {"type": "string", "format": "binary"}
-                        }
-                    },
-                },
-                **_errors(404, 413, 503),
-            },
-        }
-    },
-    "/livez": {
-        "get": {
-            "summary": "Liveness: the process answers (nothing else is checked)",
-            "tags": ["public"],
-            "security": [],
-            "responses": {
-                "200": _json(
-                    {
-                        "type": "object",
-                        "required": ["status"],
-                        "properties": {"status": {"type": "string", "enum": ["ok"]}},
-                    },
-                    "Alive",
-                ),
-            },
-        }
-    },
-    "/readyz": {"get": _ready_op("Readiness: database, keys, issuing CA valid")},
-    "/healthz": {"get": _ready_op("Alias of /readyz")},
-    "/openapi.json": {
-        "get": {
-            "summary": "This document",
-            "tags": ["public"],
-            "security": [],
-            "responses": {"200": _json({"type": "object"}, "OpenAPI 3.1")},
-        }
-    },
-    "/docs": {
-        "get": {
-            "summary": "This document as a readable page",
-            "tags": ["public"],
-            "security": [],
-            "responses": {
-                "200": {
-                    "description": "HTML",
-                    "content": {"text/html": {"schema": {"type": "string"}}},
-                }
-            },
-        }
-    },
-}
-
-
 # Answers any operation may give besides its own: a URL (path or query) with a NUL or an unpaired
 # surrogate, or a body over the size limit, is refused before any view runs (400, 413); and while
 # the database is unreachable, anything that needs it answers 503 with Retry-After.
-UNAVAILABLE = {"$ref": "#/components/responses/Unavailable"}
-COMMON_RESPONSES: dict[str, Any] = {"400": PROBLEM, "413": PROBLEM, "503": UNAVAILABLE}
+COMMON_RESPONSES: dict[int, dict[str, str]] = {400: PROBLEM, 413: PROBLEM, 503: UNAVAILABLE}
+PATH_PARAMETERS = {"serial": "Hexadecimal serial (colons allowed)."}
+_RULE_ARGUMENT = re.compile(r"<(?:[^:<>]+:)?([^<>]+)>")
 
 
-def _with_common_responses(paths: dict[str, Any]) -> dict[str, Any]:
-    """Every operation with COMMON_RESPONSES added where it documents no answer of its own."""
-    out: dict[str, Any] = {}
-    for path, item in paths.items():
-        out[path] = {}
-        for method, op in item.items():
-            responses = dict(op["responses"])
-            for status, response in COMMON_RESPONSES.items():
-                if responses.get(status, PROBLEM) == PROBLEM:
-                    responses[status] = response
-            out[path][method] = {**op, "responses": responses}
+def path_template(rule: str) -> str:
+    """A werkzeug rule (``/ca/<name>/crl``) as an OpenAPI path (``/ca/{name}/crl``)."""
+    return _RULE_ARGUMENT.sub(r"{\1}", rule)
+
+
+class _Schemas(GenerateJsonSchema):
+    """pydantic's JSON Schema without a title on every field (the name says it)."""
+
+    def field_title_should_be_set(self, schema: Any) -> bool:
+        return False
+
+
+def _drop_null_defaults(schema: Any) -> Any:
+    """An optional request field defaults to "not given", which is not the JSON value null."""
+    if isinstance(schema, dict):
+        return {
+            k: _drop_null_defaults(v)
+            for k, v in schema.items()
+            if not (k == "default" and v is None)
+        }
+    if isinstance(schema, list):
+        return [_drop_null_defaults(v) for v in schema]
+    return schema
+
+
+def _component_schemas() -> dict[str, Any]:
+    models: list[tuple[type[BaseModel], Any]] = [(m, "validation") for m in REQUEST_MODELS]
+    models += [(m, "serialization") for m in RESPONSE_MODELS]
+    _, top = models_json_schema(
+        models, ref_template="#/components/schemas/{model}", schema_generator=_Schemas
+    )
+    schemas: dict[str, Any] = _drop_null_defaults(top["$defs"])
+    return schemas
+
+
+def _ref(model: type[BaseModel]) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{model.__name__}"}
+
+
+def _answer(answer: Answer) -> dict[str, Any]:
+    out: dict[str, Any] = {"description": answer.description}
+    if answer.headers:
+        out["headers"] = answer.headers
+    content: dict[str, Any] = {}
+    if answer.model is not None:
+        content[answer.model_media] = {"schema": _ref(answer.model)}
+    content.update(answer.media)
+    if content:
+        out["content"] = content
     return out
 
 
-def document() -> dict[str, Any]:
-    return {
-        "openapi": "3.1.0",
-        "info": {
-            "title": "ca-service",
-            "version": __version__,
+def _operation(rule_arguments: list[str], view: Any, contract: Contract) -> dict[str, Any]:
+    op: dict[str, Any] = {"summary": contract.summary}
+    if contract.description:
+        op["description"] = contract.description
+    op["tags"] = list(contract.tags)
+    if not hasattr(view, "ca_role"):
+        op["security"] = []
+    elif view.ca_role is None:
+        # Any authenticated caller, the certificate itself over mutual TLS included.
+        op["security"] = [*BEARER, {"mutualTLS": []}]
+    parameters = [
+        {
+            "name": name,
+            "in": "path",
+            "required": True,
+            **({"description": PATH_PARAMETERS[name]} if name in PATH_PARAMETERS else {}),
+            "schema": {"type": "string"},
+        }
+        for name in rule_arguments
+    ]
+    parameters += [dict(q) for q in contract.query]
+    if parameters:
+        op["parameters"] = parameters
+    if contract.body is not None:
+        op["requestBody"] = {
+            "required": contract.body_required,
+            "content": {JSON: {"schema": _ref(contract.body)}},
+        }
+    responses: dict[str, Any] = {str(s): _answer(a) for s, a in contract.answers.items()}
+    for status in sorted(error_statuses(view)):
+        responses.setdefault(str(status), PROBLEM)
+    for status, response in COMMON_RESPONSES.items():
+        if responses.get(str(status), PROBLEM) == PROBLEM:
+            responses[str(status)] = response
+    op["responses"] = responses
+    return op
+
+
+def _routes_app() -> Flask:
+    """The app's routes without its services: enough to read the URL map and the views."""
+    app = Flask("ca_service.openapi")
+    register_routes(app)
+    return app
+
+
+@functools.cache
+def _document() -> dict[str, Any]:
+    spec = APISpec(
+        title="ca-service",
+        version=__version__,
+        openapi_version="3.1.0",
+        info={
             "description": "A self-hosted certificate authority. Errors are "
             "application/problem+json (RFC 9457), including 404 for a path not listed here and "
-            "405 (with an Allow header) for a method a path does not list.",
+            "405 (with an Allow header) for a method a path does not list."
         },
-        "servers": [{"url": "/"}],
+        servers=[{"url": "/"}],
         # Over HTTPS (`serve --tls`) a client certificate of this CA may stand in for a token.
-        "security": [*BEARER, {"mutualTLS": []}],
-        "paths": _with_common_responses(PATHS),
-        "components": {
-            "securitySchemes": {
-                "bearer": {"type": "http", "scheme": "bearer"},
-                "mutualTLS": {
-                    "type": "mutualTLS",
-                    "description": "HTTPS with a client or peer certificate of this CA; the "
-                    "[[mtls]] rules of the configuration map it to a role and policy.",
-                },
-            },
-            "schemas": SCHEMAS,
-            "responses": {
-                "Problem": {
-                    "description": "An error (RFC 9457)",
-                    "content": {"application/problem+json": {"schema": _ref("Problem")}},
-                },
-                "Unavailable": {
-                    "description": "The database is unavailable for now (a restart, a "
-                    "failover); nothing was changed, and the request may be retried after "
-                    "Retry-After seconds. Also: the service is not ready (no Retry-After).",
-                    "headers": {"Retry-After": {"schema": {"type": "integer", "minimum": 1}}},
-                    "content": {"application/problem+json": {"schema": _ref("Problem")}},
-                },
-            },
+        security=[*BEARER, {"mutualTLS": []}],
+    )
+    spec.components.security_scheme("bearer", {"type": "http", "scheme": "bearer"})
+    spec.components.security_scheme(
+        "mutualTLS",
+        {
+            "type": "mutualTLS",
+            "description": "HTTPS with a client or peer certificate of this CA; the [[mtls]] "
+            "rules of the configuration map it to a role and policy.",
         },
+    )
+    for name, schema in _component_schemas().items():
+        spec.components.schema(name, schema)
+    problem_content = {
+        "application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}
     }
+    spec.components.response(
+        "Problem", {"description": "An error (RFC 9457)", "content": problem_content}
+    )
+    spec.components.response(
+        "Unavailable",
+        {
+            "description": "The database is unavailable for now (a restart, a failover); "
+            "nothing was changed, and the request may be retried after Retry-After seconds. "
+            "Also: the service is not ready (no Retry-After).",
+            "headers": {"Retry-After": {"schema": {"type": "integer", "minimum": 1}}},
+            "content": problem_content,
+        },
+    )
+    app = _routes_app()
+    paths: dict[str, dict[str, Any]] = {}
+    for rule in app.url_map.iter_rules():
+        if rule.endpoint == "static":
+            continue
+        view = app.view_functions[rule.endpoint]
+        contract = contract_of(view)
+        if contract is None:
+            raise LookupError(f"the view of {rule.rule} declares no contract (web/contract.py)")
+        template = path_template(rule.rule)
+        for method in sorted((rule.methods or set()) - {"HEAD", "OPTIONS"}):
+            operation = _operation(_RULE_ARGUMENT.findall(rule.rule), view, contract)
+            paths.setdefault(template, {})[method.lower()] = operation
+    for template, operations in paths.items():
+        spec.path(path=template, operations=operations)
+    return spec.to_dict()
+
+
+def document() -> dict[str, Any]:
+    """The OpenAPI document (a fresh copy: callers may change theirs)."""
+    return copy.deepcopy(_document())

@@ -68,8 +68,13 @@ def problem(status: int, code: str, title: str, detail: str, **extra: Any) -> Re
 
 
 def status_of(exc: CAError) -> int:
+    return status_for(type(exc))
+
+
+def status_for(exc: type[CAError]) -> int:
+    """The status of an error class; also what the OpenAPI document lists for it."""
     for cls, status in _STATUS:
-        if isinstance(exc, cls):
+        if issubclass(exc, cls):
             return status
     return 400
 

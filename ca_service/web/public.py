@@ -1,4 +1,8 @@
-"""Public, unauthenticated endpoints: CA certificates, CRLs and health."""
+"""Public, unauthenticated endpoints: CA certificates, CRLs and health.
+
+Apart from the API because relying parties and probes fetch these without any credential and
+often: they answer from memory (CRLs cached per authority, checked by one stat() per fetch)
+and are cacheable by HTTP caches."""
 
 from __future__ import annotations
 
@@ -7,21 +11,56 @@ import email.utils
 import hashlib
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from cryptography.hazmat.primitives import serialization
 from flask import Blueprint, Response, jsonify, request
 
+from ca_service.api_models import Alive, Health, NotReady
 from ca_service.domain import StoredCRL
 from ca_service.errors import NotFound
+from ca_service.web.contract import PROBLEM_JSON, Answer, operation
+from ca_service.web.extensions import authority
 from ca_service.web.problems import problem
-from ca_service.web.services import authority
 
 public = Blueprint("public", __name__)
 
 PKIX_CRL = "application/pkix-crl"
 PKIX_CERT = "application/pkix-cert"
 PEM = "application/x-pem-file"
+
+# The answers of these endpoints are files, not JSON: their content is written here by hand.
+_BINARY = {"schema": {"type": "string", "format": "binary"}}
+_CRL_HEADERS = {
+    "ETag": {"schema": {"type": "string"}},
+    "Last-Modified": {"schema": {"type": "string"}},
+    "Cache-Control": {"schema": {"type": "string"}},
+}
+_PUBLIC = ("public",)
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _crl_operation(summary: str, media: str) -> Callable[[F], F]:
+    return operation(
+        summary,
+        tags=_PUBLIC,
+        answers={
+            200: Answer("The current CRL", media={media: _BINARY}, headers=_CRL_HEADERS),
+            304: Answer("Not modified (If-None-Match)"),
+        },
+        raises=(NotFound,),
+    )
+
+
+def _pem_operation(summary: str) -> Callable[[F], F]:
+    return operation(
+        summary,
+        tags=_PUBLIC,
+        answers={200: Answer("PEM certificates", media={PEM: {"schema": {"type": "string"}}})},
+        raises=(NotFound,),
+    )
 
 
 @dataclass
@@ -109,21 +148,25 @@ def _crl_response(name: str | None, pem: bool) -> Response:
 
 
 @public.get("/crl")
+@_crl_operation("CRL of the default authority (DER)", PKIX_CRL)
 def default_crl() -> Response:
     return _crl_response(None, pem=False)
 
 
 @public.get("/crl.pem")
+@_crl_operation("CRL of the default authority (PEM)", PEM)
 def default_crl_pem() -> Response:
     return _crl_response(None, pem=True)
 
 
 @public.get("/ca/<name>/crl")
+@_crl_operation("CRL of an authority (DER): the URL in its certificates", PKIX_CRL)
 def authority_crl(name: str) -> Response:
     return _crl_response(_known(name), pem=False)
 
 
 @public.get("/ca/<name>/crl.pem")
+@_crl_operation("CRL of an authority (PEM)", PEM)
 def authority_crl_pem(name: str) -> Response:
     return _crl_response(_known(name), pem=True)
 
@@ -141,17 +184,20 @@ def _pem_response(text_: str) -> Response:
 
 
 @public.get("/ca.pem")
+@_pem_operation("Default issuing CA and its root (PEM)")
 def default_chain() -> Response:
     """The default issuing CA and its root: what a client needs to trust our certificates."""
     return _pem_response("".join(authority().chain_pem()))
 
 
 @public.get("/ca/root.pem")
+@_pem_operation("Root of the default authority (PEM)")
 def default_root() -> Response:
     return _pem_response(authority().chain_pem()[-1])
 
 
 @public.get("/ca/<name>/root.pem")
+@_pem_operation("The root above an authority (a root's own certificate) (PEM)")
 def authority_root(name: str) -> Response:
     """The root above an authority (the root's own certificate, for a root)."""
     _, root = authority().issuer_chain(_known(name))
@@ -161,11 +207,18 @@ def authority_root(name: str) -> Response:
 
 
 @public.get("/ca/<name>/chain.pem")
+@_pem_operation("An authority and the CAs above it, root included (PEM)")
 def authority_chain(name: str) -> Response:
     return _pem_response("".join(authority().chain_pem(_known(name))))
 
 
 @public.get("/ca/<name>/ca.cer")
+@operation(
+    "An authority's certificate, DER (the caIssuers URL of what it issues)",
+    tags=_PUBLIC,
+    answers={200: Answer("DER", media={PKIX_CERT: _BINARY})},
+    raises=(NotFound,),
+)
 def authority_certificate(name: str) -> Response:
     """DER certificate of one authority: the caIssuers URL in certificates it issued."""
     cert = authority().authority_certificate(_known(name))
@@ -175,21 +228,44 @@ def authority_certificate(name: str) -> Response:
 
 
 @public.get("/livez")
+@operation(
+    "Liveness: the process answers (nothing else is checked)",
+    tags=_PUBLIC,
+    answers={200: Answer("Alive", Alive)},
+)
 def livez() -> Response:
     """The process answers. Nothing else is asked, so a liveness probe never restarts a
     service whose database is away (readiness says that, and restarting would not help)."""
-    return jsonify({"status": "ok"})
+    return jsonify(Alive(status="ok").model_dump(mode="json"))
 
 
 @public.get("/readyz")
 @public.get("/healthz")
+@operation(
+    "Readiness: database, keys, issuing CA valid",
+    description="200 when the database answers, every CA key is loaded, and the default "
+    "issuing authority and each CA above it are neither revoked nor expired. Otherwise 503 "
+    "problem+json listing each reason (with Retry-After when the database is away). Other "
+    "authorities do not affect readiness: see /api/v1/authorities.",
+    tags=_PUBLIC,
+    answers={
+        200: Answer("Ready", Health),
+        503: Answer(
+            "Not ready",
+            NotReady,
+            model_media=PROBLEM_JSON,
+            headers={"Retry-After": {"schema": {"type": "string"}}},
+        ),
+    },
+)
 def readyz() -> Response:
     """Ready to issue: the store answers, the keys are loaded, and the default issuing CA (and
     every CA above it) is neither revoked nor expired. 503 problem+json saying what is not."""
     ca = authority()
     state = ca.readiness()
     if state.ready:
-        return jsonify({"status": "ok", **state.checks, "authorities": state.authorities})
+        health = Health(status="ok", **state.checks, authorities=state.authorities)
+        return jsonify(health.model_dump(mode="json"))
     response = problem(
         503,
         "not-ready",

@@ -1,0 +1,18 @@
+"""Every route of the service in one list: the app factory registers them, and web/openapi.py
+reads the same URL map to generate the document, so the two cannot list different routes."""
+
+from __future__ import annotations
+
+from flask import Flask
+
+from ca_service.web.api import api
+from ca_service.web.docs import docs
+from ca_service.web.ocsp import ocsp
+from ca_service.web.public import public
+
+
+def register_routes(app: Flask) -> None:
+    app.register_blueprint(public)
+    app.register_blueprint(api)
+    app.register_blueprint(docs)
+    app.register_blueprint(ocsp)
