@@ -148,10 +148,9 @@ def authorities(as_json: bool) -> None:
     records = ca.list_authorities()
     now = ca.clock.now()
     if as_json:
-        click.echo(
-            # The API's Authority record, from the same model as GET /api/v1/authorities.
-            json.dumps([api_models.as_json(api_models.authority(r, now)) for r in records], indent=2)
-        )
+        # The API's Authority record, from the same model as GET /api/v1/authorities.
+        listed = [api_models.as_json(api_models.authority(r, now)) for r in records]
+        click.echo(json.dumps(listed, indent=2))
         return
     if not records:
         click.echo("no authorities yet; run 'ca-service init'")
