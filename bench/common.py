@@ -26,8 +26,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from ca_service.authority import CertificateAuthority, HierarchySpec
 from ca_service.config import Settings
+from ca_service.core.facade import Core
+from ca_service.core.hierarchy import HierarchySpec
 from ca_service.domain import Actor, KeyType
 
 PG_URL = os.environ.get("CA_BENCH_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
@@ -197,7 +198,7 @@ def bench_settings(data_dir: Path, db_url: str) -> Settings:
     )
 
 
-def new_ca(data_dir: Path, db_url: str, key_type: KeyType) -> CertificateAuthority:
+def new_ca(data_dir: Path, db_url: str, key_type: KeyType) -> Core:
     """A migrated store with one hierarchy ("default"), built the way ``ca-service init`` does."""
     from ca_service.wiring import build_authority
 
@@ -207,7 +208,7 @@ def new_ca(data_dir: Path, db_url: str, key_type: KeyType) -> CertificateAuthori
     return ca
 
 
-def open_ca(data_dir: Path, db_url: str) -> CertificateAuthority:
+def open_ca(data_dir: Path, db_url: str) -> Core:
     """The CA of an existing store, as ``ca-service serve`` opens it (pending migrations applied).
 
     Applying them matters in a shared work tree: a migration added while a long run is going

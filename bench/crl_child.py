@@ -1,4 +1,4 @@
-"""Run ``CertificateAuthority.generate_crl`` once in a fresh process and print figures as JSON.
+"""Run ``Core.generate_crl`` once in a fresh process and print figures as JSON.
 
 A process of its own so that peak RSS (VmHWM) belongs to CRL generation alone and not to the
 bench's own population work. Usage: ``python -m bench.crl_child DB_URL DATA_DIR [--breakdown]``.

@@ -27,7 +27,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from bench.common import ADMIN, LEAF_NAMES, leaf_csr_pem
-from ca_service.authority import CertificateAuthority
+from ca_service.core.facade import Core
 from ca_service.signing.serials import serial_hex
 
 COLUMNS = (
@@ -67,7 +67,7 @@ class Population:
     seconds: float = 0.0
 
 
-def prepare(ca: CertificateAuthority) -> Population:
+def prepare(ca: Core) -> Population:
     """Issue real certificates until one has a 20-octet serial; it becomes the row template."""
     name = ca.default_authority()
     csr = leaf_csr_pem()

@@ -36,7 +36,7 @@ from bench.common import (
     stop_process,
 )
 from bench.loadgen import Request, run_load, run_wrk
-from ca_service.authority import CertificateAuthority
+from ca_service.core.facade import Core
 from ca_service.crypto.csr import parse_csr
 from ca_service.domain import CallerPolicy, IssuanceRequest, KeyType
 from ca_service.policy.check import AuthorityView, check
@@ -95,7 +95,7 @@ def inprocess_ceiling(
 
 
 def _ceiling_of(
-    ca: CertificateAuthority, csr_pem: bytes, max_count: int, max_seconds: float
+    ca: Core, csr_pem: bytes, max_count: int, max_seconds: float
 ) -> dict[str, Any]:
     """parse_csr + policy check + signing + PEM: the product's own calls, without DB or HTTP."""
     name = ca.default_authority()

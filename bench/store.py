@@ -28,7 +28,7 @@ from bench.common import (
     python_exe,
 )
 from bench.populate import Population, load, prepare
-from ca_service.authority import CertificateAuthority
+from ca_service.core.facade import Core
 from ca_service.domain import KeyType
 from ca_service.storage.db import unit_of_work
 from ca_service.storage.repositories import CertificateFilter, CertificateRepository
@@ -55,7 +55,7 @@ def crl_in_child(db_url: str, data_dir: Path, timeout: float, breakdown: bool) -
 
 
 def issuance_inprocess(
-    ca: CertificateAuthority, csr: bytes, max_count: int, max_seconds: float
+    ca: Core, csr: bytes, max_count: int, max_seconds: float
 ) -> dict[str, Any]:
     """``issue_from_csr`` in a loop: policy, signing and the committed store write, no HTTP."""
     loop = bounded_loop(lambda _: ca.issue_from_csr(csr, ADMIN), max_count, max_seconds, warmup=5)
@@ -63,7 +63,7 @@ def issuance_inprocess(
 
 
 def lookups(
-    ca: CertificateAuthority, pop: Population, max_count: int, max_seconds: float
+    ca: Core, pop: Population, max_count: int, max_seconds: float
 ) -> dict[str, Any]:
     """Fetch by serial (``get_certificate``) and name search (the repository's listing filter).
 
@@ -150,7 +150,7 @@ def _http_issue(server: hs.Server, csr: bytes, plan: hs.HttpPlan) -> dict[str, A
 
 def _grow(
     kind: str,
-    ca: CertificateAuthority,
+    ca: Core,
     db_url: str,
     data_dir: Path,
     csr: bytes,

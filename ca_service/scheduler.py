@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 
-from ca_service.authority import CertificateAuthority
+from ca_service.core.facade import Core
 from ca_service.errors import CAError
 
 log = logging.getLogger("ca_service.scheduler")
@@ -14,7 +14,7 @@ CRL_CHECK_SECONDS = 60.0
 
 
 def start_crl_refresher(
-    ca: CertificateAuthority, interval: float = CRL_CHECK_SECONDS
+    ca: Core, interval: float = CRL_CHECK_SECONDS
 ) -> threading.Event:
     """Check every ``interval`` seconds that each CRL is current; set the returned event to stop.
 

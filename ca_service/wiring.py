@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from ca_service.authority import CertificateAuthority
 from ca_service.clock import Clock
 from ca_service.config import Settings
+from ca_service.core.facade import Core
 from ca_service.errors import ConfigError
 from ca_service.signing.keystore import FileKeystore
 from ca_service.storage import migrate
@@ -32,7 +32,7 @@ def build_authority(
     db: Database | None = None,
     clock: Clock | None = None,
     apply_migrations: bool = False,
-) -> CertificateAuthority:
+) -> Core:
     """Wire the core. With ``apply_migrations`` pending migrations run first (init, serve);
     otherwise a schema that is behind stops the command with a hint."""
     passphrase = settings.require_passphrase()
@@ -48,4 +48,4 @@ def build_authority(
                 "run 'ca-service db upgrade'"
             )
     keystore = FileKeystore(settings.data_dir / "keys", passphrase)
-    return CertificateAuthority(settings, database, keystore, clock)
+    return Core(settings, database, keystore, clock)

@@ -16,7 +16,7 @@ from ca_service.web.app import create_app
 BACKGROUND_CRL_BYTES = 2_000_000
 
 app = create_app()
-_ca = app.extensions["ca_authority"]
+_ca = app.extensions["ca_core"]
 _ca.publish_crls_in_background(BACKGROUND_CRL_BYTES)
 _stop_crl_refresher = start_crl_refresher(_ca)
 # Counts of unauthenticated refusals not yet written (at most a second's worth) go in at exit.

@@ -20,8 +20,9 @@ import pytest
 import sqlalchemy as sa
 from hypothesis import settings as hypothesis_settings
 
-from ca_service.authority import CertificateAuthority, HierarchySpec
 from ca_service.config import Settings
+from ca_service.core.facade import Core
+from ca_service.core.hierarchy import HierarchySpec
 from ca_service.domain import Actor, KeyType
 from ca_service.wiring import build_authority
 
@@ -133,7 +134,7 @@ def settings(tmp_path: Path, db_url: str) -> Settings:
 
 def new_ca(
     settings: Settings, key_type: KeyType = KeyType.ECDSA_P256, **spec: object
-) -> CertificateAuthority:
+) -> Core:
     ca = build_authority(settings, apply_migrations=True)
     ca.create_hierarchy(HierarchySpec(key_type=key_type, **spec), ADMIN)  # type: ignore[arg-type]
     ca.load_keys()
@@ -141,7 +142,7 @@ def new_ca(
 
 
 @pytest.fixture
-def ca(settings: Settings) -> Iterator[CertificateAuthority]:
+def ca(settings: Settings) -> Iterator[Core]:
     authority = new_ca(settings)
     yield authority
     authority.db.dispose()

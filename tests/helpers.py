@@ -18,10 +18,10 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import NameOID
 from OpenSSL import SSL
 
-from ca_service.authority import CertificateAuthority
 from ca_service.cli import cli
 from ca_service.clock import Clock
 from ca_service.config import Settings
+from ca_service.core.facade import Core
 from ca_service.domain import KeyType
 from ca_service.storage.db import Database
 from ca_service.wiring import build_authority
@@ -162,7 +162,7 @@ def openssl_verify(
 
 
 def chain_files(
-    ca: CertificateAuthority, directory: Path, authority: str | None = None
+    ca: Core, directory: Path, authority: str | None = None
 ) -> tuple[Path, Path]:
     """Write the root and the issuing intermediate of ``authority`` as PEM; return their paths."""
     chain = ca.chain_pem(authority)
@@ -206,7 +206,7 @@ def module_ca(
     db_url: str | None = None,
     clock: Clock | None = None,
     **spec: object,
-) -> CertificateAuthority:
+) -> Core:
     """A CA of its own in ``base`` (SQLite in its data dir unless ``db_url``)."""
     settings: Settings = make_settings(base, db_url or f"sqlite:///{base / 'ca.db'}")
     ca = new_ca(settings, key_type, **spec)
@@ -215,8 +215,8 @@ def module_ca(
     return ca
 
 
-def reopen(ca: CertificateAuthority, clock: Clock | None = None) -> CertificateAuthority:
-    """A second, independent CertificateAuthority over the same settings (as another process)."""
+def reopen(ca: Core, clock: Clock | None = None) -> Core:
+    """A second, independent Core over the same settings (as another process)."""
     return build_authority(ca.settings, clock=clock)
 
 

@@ -10,9 +10,9 @@ import click
 from cryptography import x509
 
 from ca_service import api_models
-from ca_service.authority import HierarchySpec
 from ca_service.cli.context import _actor, _authority
 from ca_service.cli.output import _print_authorities, handle_errors
+from ca_service.core.hierarchy import HierarchySpec
 from ca_service.domain import KeyType, RevocationReason
 from ca_service.errors import BadRequest, ConfigError
 from ca_service.policy.names import NameConstraintsSpec

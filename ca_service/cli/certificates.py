@@ -13,9 +13,9 @@ import click
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from ca_service.authority import CertificateAuthority
 from ca_service.cli.context import _actor, _authority, _database, _require_schema
 from ca_service.cli.output import certificate_json, handle_errors
+from ca_service.core.facade import Core
 from ca_service.domain import (
     CertificateRecord,
     CertStatus,
@@ -242,7 +242,7 @@ def renew(
 
 
 def _renewal_candidates(
-    ca: CertificateAuthority, now: dt.datetime, page_size: int
+    ca: Core, now: dt.datetime, page_size: int
 ) -> Iterator[CertificateRecord]:
     """Every certificate ``renew --all-due`` should consider, the most due first, a page per
     read transaction (none is held while renewing); those issued by this run are left out."""

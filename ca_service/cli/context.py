@@ -9,8 +9,8 @@ from typing import Any
 
 import click
 
-from ca_service.authority import CertificateAuthority
 from ca_service.config import Settings, load_settings
+from ca_service.core.facade import Core
 from ca_service.domain import Actor
 from ca_service.errors import ConfigError
 from ca_service.storage import migrate
@@ -43,7 +43,7 @@ def _database() -> Database:
     return db
 
 
-def _authority(*, migrate_first: bool = False) -> CertificateAuthority:
+def _authority(*, migrate_first: bool = False) -> Core:
     settings = _settings()
     settings.require_passphrase()
     return build_authority(settings, db=_database(), apply_migrations=migrate_first)

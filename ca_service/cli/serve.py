@@ -14,10 +14,10 @@ from pathlib import Path
 
 import click
 
-from ca_service.authority import HierarchySpec
 from ca_service.cli.context import _actor
 from ca_service.cli.output import handle_errors
 from ca_service.config import Settings, check_mtls_authorities, load_settings
+from ca_service.core.hierarchy import HierarchySpec
 from ca_service.domain import CallerPolicy
 from ca_service.tokens import Role, TokenService
 from ca_service.wiring import build_authority

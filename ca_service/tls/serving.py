@@ -38,8 +38,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import NameOID
 
-from ca_service.authority import CertificateAuthority
 from ca_service.config import Settings
+from ca_service.core.facade import Core
 from ca_service.crypto.fields import certificate_names
 from ca_service.crypto.keys import fingerprint_sha256, generate_private_key
 from ca_service.crypto.names import parse_name
@@ -100,7 +100,7 @@ def _wanted_names(hostnames: Sequence[str]) -> set[str]:
 
 
 def renewal_reason(
-    ca: CertificateAuthority,
+    ca: Core,
     cert: x509.Certificate | None,
     hostnames: Sequence[str],
     now: dt.datetime,
@@ -120,7 +120,7 @@ def renewal_reason(
     return None
 
 
-def _stored_record(ca: CertificateAuthority, cert: x509.Certificate) -> Any:
+def _stored_record(ca: Core, cert: x509.Certificate) -> Any:
     with unit_of_work(ca.db) as s:
         found = CertificateRepository(s).find(serial_hex(cert.serial_number))
     fingerprint = fingerprint_sha256(cert)
@@ -140,7 +140,7 @@ def _file_lock(path: Path) -> Iterator[None]:
 
 
 def ensure_server_certificate(
-    ca: CertificateAuthority,
+    ca: Core,
     hostnames: Sequence[str],
     directory: Path,
     *,
@@ -233,7 +233,7 @@ def _atomic_write(path: Path, data: bytes) -> None:
         raise
 
 
-def client_trust_pem(ca: CertificateAuthority) -> str:
+def client_trust_pem(ca: Core) -> str:
     """Every certificate of every authority of this service: the anchors client certificates
     are verified against (intermediates too, so a client that sends only its leaf still
     verifies). A certificate from any other CA fails the handshake."""
@@ -389,7 +389,7 @@ def installed() -> ServerTLS:
 
 
 def renew_if_due(
-    ca: CertificateAuthority,
+    ca: Core,
     settings: Settings,
     holder: ServerTLS | None = None,
     now: dt.datetime | None = None,
@@ -411,7 +411,7 @@ def renew_if_due(
 def start_worker(app: Any, settings: Settings) -> ServerTLS:
     """Called from gunicorn's post_worker_init: the holder for this worker, and its renewal
     thread (a daemon, so it never delays a worker's exit)."""
-    ca: CertificateAuthority = app.extensions["ca_authority"]
+    ca: Core = app.extensions["ca_core"]
     tokens = app.extensions["ca_tokens"]
 
     def audit(reason: str, client_address: str | None) -> None:

@@ -35,7 +35,7 @@ from ca_service.storage.repositories import (
 from ca_service.web.auth import actor_for_request, principal, require
 from ca_service.web.body import decode_cursor, encode_cursor, int_arg
 from ca_service.web.contract import Answer, operation, query_param
-from ca_service.web.extensions import authority, tokens
+from ca_service.web.extensions import core, tokens
 
 api = Blueprint("api", __name__, url_prefix="/api/v1")
 
@@ -77,7 +77,7 @@ def _wants_pem() -> bool:
     raises=_CERTIFICATE_ERRORS,
 )
 def issue_certificate(body: IssueRequest) -> Response:
-    ca = authority()
+    ca = core()
     actor = actor_for_request()
     profile: str = body.profile or "server"
     if body.csr is not None:
@@ -113,7 +113,7 @@ def _created(result: IssuedCertificate) -> Response:
     location = url_for("api.get_certificate", serial=result.record.serial)
     if _wants_pem():
         return _pem_response(result, 201, location)
-    response = jsonify(wire.as_json(wire.issued(result, authority().clock.now())))
+    response = jsonify(wire.as_json(wire.issued(result, core().clock.now())))
     response.status_code = 201
     response.headers["Location"] = location
     return response
@@ -164,7 +164,7 @@ def _pem_response(result: IssuedCertificate, status: int, location: str) -> Resp
     raises=(BadRequest,),
 )
 def list_certificates() -> Response:
-    ca = authority()
+    ca = core()
     now = ca.clock.now()
     # A typed parameter given empty is refused like any other invalid value, not ignored.
     status_text = request.args.get("status")
@@ -215,7 +215,7 @@ def _parse_time(text: str, name: str) -> dt.datetime:
     raises=(BadRequest, NotFound, Conflict),
 )
 def get_certificate(serial: str) -> Response:
-    ca = authority()
+    ca = core()
     record = ca.get_certificate(serial, request.args.get("authority") or None)
     pem = x509.load_der_x509_certificate(record.der).public_bytes(serialization.Encoding.PEM)
     chain, root = ca.issuer_chain(record.authority)
@@ -238,7 +238,7 @@ def get_certificate(serial: str) -> Response:
 )
 def revoke_certificate(serial: str, body: RevokeRequest) -> Response:
     reason = RevocationReason.parse(body.reason or "unspecified")
-    ca = authority()
+    ca = core()
     who = principal()
     record = ca.get_certificate(serial, body.authority)
     updated = ca.revoke(
@@ -278,7 +278,7 @@ def renew_certificate(serial: str, body: RenewRequest) -> Response:
     Allowed to the certificate itself over mutual TLS (a client may renew its own credential
     before it expires, whatever its mapped role), to admins, and to the issuer that issued it.
     """
-    ca = authority()
+    ca = core()
     who = principal()
     record = ca.get_certificate(serial, body.authority)
     actor = actor_for_request()
@@ -303,7 +303,7 @@ def renew_certificate(serial: str, body: RenewRequest) -> Response:
     answers={200: Answer("Authorities", AuthorityList)},
 )
 def list_authorities() -> Response:
-    ca = authority()
+    ca = core()
     now = ca.clock.now()
     items = AuthorityList(items=[wire.authority(a, now) for a in ca.list_authorities()])
     return jsonify(wire.as_json(items))
@@ -329,7 +329,7 @@ def list_authorities() -> Response:
 def revoke_authority(name: str, body: AuthorityRevokeRequest) -> Response:
     """Revoke an issuing CA: an explicit admin action, never the leaf endpoint (see the core)."""
     reason = RevocationReason.parse(body.reason)
-    ca = authority()
+    ca = core()
     record = ca.revoke_authority(name, reason, actor_for_request())
     return jsonify(wire.as_json(wire.authority(record, ca.clock.now())))
 
@@ -355,7 +355,7 @@ def create_token(body: TokenRequest) -> Response:
         allow_wildcards=bool(body.allow_wildcards),
         subjects=body.allowed_subjects,
     )
-    ca = authority()
+    ca = core()
     authorization.check_token_targets(
         policy, ca.settings.profiles, {a.name for a in ca.list_authorities()}
     )
@@ -364,11 +364,11 @@ def create_token(body: TokenRequest) -> Response:
         days = body.expires_in_days
         if not 1 <= days <= 3650:
             raise BadRequest("expires_in_days must be between 1 and 3650")
-        expires_at = authority().clock.now() + dt.timedelta(days=days)
+        expires_at = core().clock.now() + dt.timedelta(days=days)
     plain, record = tokens().create(
         body.name, role, policy, actor_for_request(), expires_at=expires_at
     )
-    data = wire.token(record, authority().clock.now(), secret=plain)
+    data = wire.token(record, core().clock.now(), secret=plain)
     response = jsonify(wire.as_json(data))
     response.status_code = 201
     response.headers["Location"] = url_for("api.list_tokens") + "/" + record.id
@@ -383,7 +383,7 @@ def create_token(body: TokenRequest) -> Response:
     answers={200: Answer("Tokens", TokenList)},
 )
 def list_tokens() -> Response:
-    now = authority().clock.now()
+    now = core().clock.now()
     return jsonify(wire.as_json(TokenList(items=[wire.token(t, now) for t in tokens().list()])))
 
 
@@ -397,7 +397,7 @@ def list_tokens() -> Response:
 )
 def revoke_token(token_id: str) -> Response:
     record = tokens().revoke(token_id, actor_for_request())
-    return jsonify(wire.as_json(wire.token(record, authority().clock.now())))
+    return jsonify(wire.as_json(wire.token(record, core().clock.now())))
 
 
 @api.get("/audit")
@@ -421,7 +421,7 @@ def revoke_token(token_id: str) -> Response:
     raises=(BadRequest,),
 )
 def list_audit() -> Response:
-    ca = authority()
+    ca = core()
     limit = int_arg("limit", 100, 1, 500)
     with unit_of_work(ca.db) as s:
         events = AuditRepository(s).list(

@@ -10,8 +10,8 @@ import secrets
 from flask import Flask, Response, g, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from ca_service.authority import CertificateAuthority
 from ca_service.config import Settings, check_mtls_authorities, load_settings
+from ca_service.core.facade import Core
 from ca_service.tokens import TokenService
 from ca_service.web import openapi, problems
 from ca_service.web.body import check_url
@@ -22,7 +22,7 @@ _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
 def create_app(
-    settings: Settings | None = None, authority: CertificateAuthority | None = None
+    settings: Settings | None = None, authority: Core | None = None
 ) -> Flask:
     """Build the app. Keys are loaded here, so a wrong passphrase stops the worker at start."""
     settings = settings or load_settings()
@@ -36,7 +36,7 @@ def create_app(
     app = Flask("ca_service")
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
-    app.extensions["ca_authority"] = ca
+    app.extensions["ca_core"] = ca
     app.extensions["ca_tokens"] = TokenService(ca.db, ca.clock, ca.refusals)
     app.extensions["ca_settings"] = settings
     # Given to /openapi.json and /docs here, so that those views need not import the generator

@@ -7,15 +7,16 @@ from typing import Any
 
 from flask import current_app
 
-from ca_service.authority import CertificateAuthority
 from ca_service.config import Settings
+from ca_service.core.facade import Core
 from ca_service.tokens import TokenService
 
 
-def authority() -> CertificateAuthority:
-    ca = current_app.extensions["ca_authority"]
-    assert isinstance(ca, CertificateAuthority)
-    return ca
+def core() -> Core:
+    """The service core this app was built with (a CA record is an "authority"; this is not)."""
+    found = current_app.extensions["ca_core"]
+    assert isinstance(found, Core)
+    return found
 
 
 def settings() -> Settings:

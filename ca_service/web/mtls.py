@@ -25,7 +25,7 @@ from ca_service.policy.names import matches_pattern
 from ca_service.signing.serials import serial_hex
 from ca_service.storage.db import unit_of_work
 from ca_service.storage.repositories import CertificateRepository
-from ca_service.web.extensions import authority, settings
+from ca_service.web.extensions import core, settings
 
 CLIENT_PROFILES = ("client", "peer")
 
@@ -66,7 +66,7 @@ def authenticate_certificate(der: bytes) -> CertificatePrincipal:
     serial = serial_hex(cert.serial_number)
     fingerprint = fingerprint_sha256(cert)
     g.auth_identity = f"cert:{serial}"
-    ca = authority()
+    ca = core()
     with unit_of_work(ca.db) as s:
         found = CertificateRepository(s).find(serial)
     record = next((r for r in found if r.fingerprint_sha256 == fingerprint), None)

@@ -18,7 +18,7 @@ from werkzeug.routing import PathConverter
 from ca_service.core.ocsp_service import OCSPAnswer
 from ca_service.crypto.ocsp_wire import unsuccessful
 from ca_service.web.contract import Answer, operation
-from ca_service.web.extensions import authority
+from ca_service.web.extensions import core
 
 ocsp = Blueprint("ocsp", __name__)
 
@@ -65,7 +65,7 @@ def ocsp_post() -> Response:
     data = request.get_data(cache=False)
     if len(data) > MAX_OCSP_REQUEST:
         raise RequestEntityTooLarge()
-    return _response(authority().answer_ocsp(data), cache=False)
+    return _response(core().answer_ocsp(data), cache=False)
 
 
 @ocsp.get("/ocsp/<ocsp_request:encoded>")
@@ -91,14 +91,14 @@ def ocsp_get(encoded: str) -> Response:
         data = base64.b64decode(encoded.replace(" ", "+"), validate=True)
     except (binascii.Error, ValueError):
         return _response(OCSPAnswer(unsuccessful("malformedRequest")), cache=False)
-    return _response(authority().answer_ocsp(data), cache=True)
+    return _response(core().answer_ocsp(data), cache=True)
 
 
 def _response(answer: OCSPAnswer, *, cache: bool) -> Response:
     response = Response(answer.der, mimetype=OCSP_RESPONSE)
     if cache and answer.cacheable:
         assert answer.this_update is not None and answer.next_update is not None
-        now = authority().clock.now()
+        now = core().clock.now()
         max_age = max(0, int((answer.next_update - now).total_seconds()))
         # RFC 5019 section 6: let HTTP caches keep the answer until its nextUpdate.
         response.headers["Cache-Control"] = (

@@ -22,7 +22,7 @@ from ca_service.api_models import Alive, Health, NotReady
 from ca_service.domain import StoredCRL
 from ca_service.errors import NotFound
 from ca_service.web.contract import PROBLEM_JSON, Answer, operation
-from ca_service.web.extensions import authority
+from ca_service.web.extensions import core
 from ca_service.web.problems import problem
 
 public = Blueprint("public", __name__)
@@ -88,7 +88,7 @@ class CRLCache:
     """The current CRL of each authority, in memory, checked cheaply on every fetch.
 
     Every generation of a CRL touches a stamp file in the data directory (see
-    CertificateAuthority.crl_stamp), so a fetch costs one stat() while nothing was published;
+    Core.crl_stamp), so a fetch costs one stat() while nothing was published;
     when the stamp moves, or at least every RECHECK seconds (for processes on other hosts), the
     store is asked for the number of the current CRL, and the body is read only if it changed.
     """
@@ -100,7 +100,7 @@ class CRLCache:
         self._lock = threading.Lock()
 
     def get(self, name: str) -> _CachedCRL:
-        ca = authority()
+        ca = core()
         stamp = ca.crl_stamp(name)
         now = time.monotonic()
         with self._lock:
@@ -128,7 +128,7 @@ _crls = CRLCache()
 
 
 def _crl_response(name: str | None, pem: bool) -> Response:
-    ca = authority()
+    ca = core()
     item = _crls.get(name or ca.default_authority())
     now = ca.clock.now()
     if request.if_none_match.contains_weak(item.etag.strip('"')):
@@ -173,7 +173,7 @@ def authority_crl_pem(name: str) -> Response:
 
 def _known(name: str) -> str:
     """``name`` if this service holds such an authority (loaded once per process)."""
-    authority().authority_certificate(name)  # NotFound when there is none
+    core().authority_certificate(name)  # NotFound when there is none
     return name
 
 
@@ -187,20 +187,20 @@ def _pem_response(text_: str) -> Response:
 @_pem_operation("Default issuing CA and its root (PEM)")
 def default_chain() -> Response:
     """The default issuing CA and its root: what a client needs to trust our certificates."""
-    return _pem_response("".join(authority().chain_pem()))
+    return _pem_response("".join(core().chain_pem()))
 
 
 @public.get("/ca/root.pem")
 @_pem_operation("Root of the default authority (PEM)")
 def default_root() -> Response:
-    return _pem_response(authority().chain_pem()[-1])
+    return _pem_response(core().chain_pem()[-1])
 
 
 @public.get("/ca/<name>/root.pem")
 @_pem_operation("The root above an authority (a root's own certificate) (PEM)")
 def authority_root(name: str) -> Response:
     """The root above an authority (the root's own certificate, for a root)."""
-    _, root = authority().issuer_chain(_known(name))
+    _, root = core().issuer_chain(_known(name))
     if root is None:
         raise NotFound(f"the root above {name!r} is not held by this service")
     return _pem_response(root)
@@ -209,7 +209,7 @@ def authority_root(name: str) -> Response:
 @public.get("/ca/<name>/chain.pem")
 @_pem_operation("An authority and the CAs above it, root included (PEM)")
 def authority_chain(name: str) -> Response:
-    return _pem_response("".join(authority().chain_pem(_known(name))))
+    return _pem_response("".join(core().chain_pem(_known(name))))
 
 
 @public.get("/ca/<name>/ca.cer")
@@ -221,7 +221,7 @@ def authority_chain(name: str) -> Response:
 )
 def authority_certificate(name: str) -> Response:
     """DER certificate of one authority: the caIssuers URL in certificates it issued."""
-    cert = authority().authority_certificate(_known(name))
+    cert = core().authority_certificate(_known(name))
     response = Response(cert.public_bytes(serialization.Encoding.DER), mimetype=PKIX_CERT)
     response.headers["Cache-Control"] = "public, max-age=3600"
     return response
@@ -261,7 +261,7 @@ def livez() -> Response:
 def readyz() -> Response:
     """Ready to issue: the store answers, the keys are loaded, and the default issuing CA (and
     every CA above it) is neither revoked nor expired. 503 problem+json saying what is not."""
-    ca = authority()
+    ca = core()
     state = ca.readiness()
     if state.ready:
         health = Health(status="ok", **state.checks, authorities=state.authorities)

@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.x509 import ocsp
 from cryptography.x509.oid import AuthorityInformationAccessOID
 
-from ca_service.authority import CertificateAuthority
+from ca_service.core.facade import Core
 from ca_service.domain import CertStatus, RevocationReason
 from ca_service.errors import PolicyRejected
 from ca_service.signing.serials import serial_hex
@@ -438,7 +438,7 @@ def test_cli_authority_revoke_asks_then_revokes(live: LiveServer, tmp_path: Path
 
 
 def test_a_root_never_lists_itself_even_when_its_row_says_revoked(
-    ca: CertificateAuthority,
+    ca: Core,
 ) -> None:
     """What the old leaf endpoint left behind: the root's own row (stored under itself) marked
     revoked, and the root's CRL listing the root. The row is set as that code set it."""
@@ -457,7 +457,7 @@ def test_a_root_never_lists_itself_even_when_its_row_says_revoked(
 
 
 def test_an_imported_intermediate_is_revoked_at_its_issuer_and_its_chain_has_no_local_root(
-    ca: CertificateAuthority, tmp_path: Path
+    ca: Core, tmp_path: Path
 ) -> None:
     cert, key, root = external_ca_files(tmp_path, 86400)
     ca.import_authority(

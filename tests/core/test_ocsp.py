@@ -18,7 +18,6 @@ from cryptography.x509 import ocsp
 from ca_service.clock import FixedClock
 from ca_service.crypto.ocsp_wire import parse_request
 from ca_service.domain import RevocationReason
-from ca_service.ocsp import OCSPResponder
 
 from ..conftest import ADMIN, make_settings, new_ca, run
 from ..live import LiveServer, assert_problem, issue
@@ -252,21 +251,20 @@ def test_ca_key_signing_and_responder_rotation(tmp_path: Path) -> None:
     cert = x509.load_pem_x509_certificate(issued.certificate_pem.encode())
     issuer = ca.authority_certificate()
     request = _request_der(cert, issuer)
-    responder = OCSPResponder(ca)
 
-    first = ocsp.load_der_ocsp_response(responder.respond(request).der)
+    first = ocsp.load_der_ocsp_response(ca.answer_ocsp(request).der)
     serial_1 = first.certificates[0].serial_number
     clock.advance(dt.timedelta(days=4))  # under two thirds of a 7-day responder
-    same = ocsp.load_der_ocsp_response(responder.respond(request).der)
+    same = ocsp.load_der_ocsp_response(ca.answer_ocsp(request).der)
     assert same.certificates[0].serial_number == serial_1
     clock.advance(dt.timedelta(days=1))  # past two thirds: a new responder is issued
-    rotated = ocsp.load_der_ocsp_response(responder.respond(request).der)
+    rotated = ocsp.load_der_ocsp_response(ca.answer_ocsp(request).der)
     assert rotated.certificates[0].serial_number != serial_1
     assert rotated.certificates[0].not_valid_before_utc > first.certificates[0].not_valid_before_utc
 
     # The revocation is visible in the next answer even though one was cached.
     ca.revoke(issued.record.serial, RevocationReason.CERTIFICATE_HOLD, ADMIN)
-    held = ocsp.load_der_ocsp_response(responder.respond(request).der)
+    held = ocsp.load_der_ocsp_response(ca.answer_ocsp(request).der)
     assert held.certificate_status is ocsp.OCSPCertStatus.REVOKED
     assert held.revocation_reason is x509.ReasonFlags.certificate_hold
 
@@ -281,7 +279,7 @@ def test_ca_key_signing_and_responder_rotation(tmp_path: Path) -> None:
     leaf_cert = x509.load_pem_x509_certificate(leaf.certificate_pem.encode())
     ca_cert = direct.authority_certificate()
     answer = ocsp.load_der_ocsp_response(
-        OCSPResponder(direct).respond(_request_der(leaf_cert, ca_cert)).der
+        direct.answer_ocsp(_request_der(leaf_cert, ca_cert)).der
     )
     assert answer.certificates == []  # signed by the CA itself: no delegated certificate
     public_key = ca_cert.public_key()

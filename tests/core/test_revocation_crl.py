@@ -12,8 +12,8 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from ca_service.authority import CertificateAuthority
 from ca_service.clock import FixedClock
+from ca_service.core.facade import Core
 from ca_service.domain import CertStatus, RevocationReason
 from ca_service.errors import Conflict
 from ca_service.storage.db import unit_of_work
@@ -23,7 +23,7 @@ from ..conftest import ADMIN, PASSPHRASE, run
 from ..helpers import chain_files, crl_worker, lint_crl, openssl_verify, reopen, write
 
 
-def _crl(ca: CertificateAuthority) -> x509.CertificateRevocationList:
+def _crl(ca: Core) -> x509.CertificateRevocationList:
     return x509.load_der_x509_crl(ca.generate_crl().der)
 
 
@@ -31,7 +31,7 @@ def _listed(crl: x509.CertificateRevocationList, serial: str) -> x509.RevokedCer
     return crl.get_revoked_certificate_by_serial_number(int(serial, 16))
 
 
-def _issue(ca: CertificateAuthority, name: str, **kwargs: object) -> str:
+def _issue(ca: Core, name: str, **kwargs: object) -> str:
     return ca.issue_with_new_key(ADMIN, common_name=name, **kwargs).record.serial  # type: ignore[arg-type]
 
 
@@ -40,7 +40,7 @@ def _crl_pem(path: Path, crl: x509.CertificateRevocationList) -> Path:
 
 
 def test_every_reason_listed_and_crl_lints_and_verifies(
-    ca: CertificateAuthority, tmp_path: Path, openssl: str
+    ca: Core, tmp_path: Path, openssl: str
 ) -> None:
     serials = {
         reason: _issue(ca, f"{reason.value.lower()}.example.test") for reason in RevocationReason
@@ -75,7 +75,7 @@ def test_every_reason_listed_and_crl_lints_and_verifies(
         assert len(AuditRepository(s).list(action="certificate.revoke")) == len(serials)
 
 
-def test_same_reason_is_a_no_op_other_reason_conflicts(ca: CertificateAuthority) -> None:
+def test_same_reason_is_a_no_op_other_reason_conflicts(ca: Core) -> None:
     serial = _issue(ca, "twice.example.test")
     first = ca.revoke(serial, RevocationReason.KEY_COMPROMISE, ADMIN)
     again = ca.revoke(serial, RevocationReason.KEY_COMPROMISE, ADMIN)
@@ -93,7 +93,7 @@ def test_same_reason_is_a_no_op_other_reason_conflicts(ca: CertificateAuthority)
         ca.release_hold(serial, ADMIN)
 
 
-def test_hold_release_and_hold_to_permanent(ca: CertificateAuthority) -> None:
+def test_hold_release_and_hold_to_permanent(ca: Core) -> None:
     held = _issue(ca, "held.example.test")
     kept = _issue(ca, "kept.example.test")
     ca.revoke(held, RevocationReason.CERTIFICATE_HOLD, ADMIN)
@@ -123,7 +123,7 @@ def test_hold_release_and_hold_to_permanent(ca: CertificateAuthority) -> None:
     )
 
 
-def test_crl_numbers_strictly_increase(ca: CertificateAuthority) -> None:
+def test_crl_numbers_strictly_increase(ca: Core) -> None:
     numbers = [ca.generate_crl().number for _ in range(5)]
     assert numbers == sorted(set(numbers)) and len(numbers) == 5
     crl_numbers = [
@@ -135,15 +135,15 @@ def test_crl_numbers_strictly_increase(ca: CertificateAuthority) -> None:
     assert crl_numbers[0] > numbers[-1] and crl_numbers[1] == crl_numbers[0] + 1
 
 
-def test_crl_numbers_unique_under_threads(ca: CertificateAuthority) -> None:
-    """Eight threads, each with its own CertificateAuthority (own engine), as separate workers."""
+def test_crl_numbers_unique_under_threads(ca: Core) -> None:
+    """Eight threads, each with its own Core (own engine), as separate workers."""
     workers = [reopen(ca) for _ in range(8)]
     results: list[int] = []
     errors: list[BaseException] = []
     lock = threading.Lock()
     start = threading.Barrier(len(workers))
 
-    def work(worker: CertificateAuthority) -> None:
+    def work(worker: Core) -> None:
         try:
             start.wait()
             got = [worker.generate_crl().number for _ in range(5)]
@@ -165,7 +165,7 @@ def test_crl_numbers_unique_under_threads(ca: CertificateAuthority) -> None:
     assert ca.current_crl().number == max(results)
 
 
-def test_crl_numbers_unique_across_processes(ca: CertificateAuthority) -> None:
+def test_crl_numbers_unique_across_processes(ca: Core) -> None:
     args = (str(ca.settings.data_dir), ca.settings.resolved_database_url, PASSPHRASE.decode(), 4)
     context = multiprocessing.get_context("spawn")
     with context.Pool(3) as pool:
@@ -177,7 +177,7 @@ def test_crl_numbers_unique_across_processes(ca: CertificateAuthority) -> None:
     assert ca.generate_crl().number > max(numbers)
 
 
-def test_only_unexpired_revoked_certificates_are_listed(ca: CertificateAuthority) -> None:
+def test_only_unexpired_revoked_certificates_are_listed(ca: Core) -> None:
     clock = FixedClock(dt.datetime.now(dt.UTC))
     start = clock.now()
     ca.clock = clock
@@ -196,7 +196,7 @@ def test_only_unexpired_revoked_certificates_are_listed(ca: CertificateAuthority
     assert later.last_update_utc == start + dt.timedelta(days=2)
 
 
-def test_current_crl_is_reused_until_half_life(ca: CertificateAuthority) -> None:
+def test_current_crl_is_reused_until_half_life(ca: Core) -> None:
     clock = FixedClock(dt.datetime.now(dt.UTC))
     ca.clock = clock
     first = ca.generate_crl()
@@ -208,7 +208,7 @@ def test_current_crl_is_reused_until_half_life(ca: CertificateAuthority) -> None
 
 
 def test_openssl_crl_check_rejects_revoked_accepts_good(
-    ca: CertificateAuthority, tmp_path: Path, openssl: str
+    ca: Core, tmp_path: Path, openssl: str
 ) -> None:
     good = ca.issue_with_new_key(ADMIN, common_name="good.example.test")
     bad = ca.issue_with_new_key(ADMIN, common_name="bad.example.test")

@@ -14,8 +14,8 @@ import time
 import pytest
 from cryptography import x509
 
-from ca_service.authority import CertificateAuthority
 from ca_service.clock import FixedClock
+from ca_service.core.facade import Core
 from ca_service.domain import RevocationReason
 from ca_service.scheduler import start_crl_refresher
 from ca_service.signing.signer import FileKeySigner
@@ -26,7 +26,7 @@ from ..conftest import ADMIN
 from ..helpers import make_key
 
 
-def test_refresh_republishes_each_crl_at_half_life(ca: CertificateAuthority) -> None:
+def test_refresh_republishes_each_crl_at_half_life(ca: Core) -> None:
     clock = FixedClock(dt.datetime.now(dt.UTC))
     ca.clock = clock
     first = ca.refresh_crls()
@@ -39,7 +39,7 @@ def test_refresh_republishes_each_crl_at_half_life(ca: CertificateAuthority) -> 
     assert stored is not None and stored.this_update == clock.now()
 
 
-def test_background_refresher_runs_and_stops(ca: CertificateAuthority) -> None:
+def test_background_refresher_runs_and_stops(ca: Core) -> None:
     clock = FixedClock(dt.datetime.now(dt.UTC))
     ca.clock = clock
     before = ca.refresh_crls()["default"]
@@ -61,7 +61,7 @@ def test_background_refresher_runs_and_stops(ca: CertificateAuthority) -> None:
 
 
 def test_large_crls_are_re_signed_in_the_background_after_a_revocation(
-    ca: CertificateAuthority,
+    ca: Core,
 ) -> None:
     issued = ca.issue_with_new_key(ADMIN, common_name="bg.example.test")
     before = ca.generate_crl("default").number
@@ -81,7 +81,7 @@ def test_large_crls_are_re_signed_in_the_background_after_a_revocation(
 
 
 def test_a_failed_crl_after_a_revocation_does_not_undo_or_fail_it(
-    ca: CertificateAuthority, caplog: pytest.LogCaptureFixture
+    ca: Core, caplog: pytest.LogCaptureFixture
 ) -> None:
     issued = ca.issue_with_new_key(ADMIN, common_name="keep.example.test")
     before = ca.generate_crl("default").number

@@ -14,8 +14,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import NameOID
 
-from ca_service.authority import CertificateAuthority
 from ca_service.config import Settings
+from ca_service.core.facade import Core
 from ca_service.crypto.csr import parse_csr
 from ca_service.crypto.keys import public_key_matches
 from ca_service.domain import KeyType, RevocationReason
@@ -38,7 +38,7 @@ from ..helpers import (
 )
 
 
-def test_pem_and_der_csrs_are_accepted(ca: CertificateAuthority) -> None:
+def test_pem_and_der_csrs_are_accepted(ca: Core) -> None:
     key = make_key("p256")
     for data in (csr_pem(key, "pem.example.test"), csr_der(key, "der.example.test")):
         issued = ca.issue_from_csr(data, ADMIN)
@@ -130,7 +130,7 @@ def test_two_common_names_refused() -> None:
 
 @pytest.mark.parametrize("key_type", [KeyType.ECDSA_P256, KeyType.ED25519, KeyType.RSA_2048])
 def test_generated_key_returned_with_pkcs12_and_never_stored(
-    ca: CertificateAuthority, key_type: KeyType
+    ca: Core, key_type: KeyType
 ) -> None:
     issued = ca.issue_with_new_key(
         ADMIN,
@@ -165,7 +165,7 @@ def test_generated_key_returned_with_pkcs12_and_never_stored(
     assert cert.public_bytes(serialization.Encoding.DER) in stored
 
 
-def test_generated_key_without_pkcs12(ca: CertificateAuthority) -> None:
+def test_generated_key_without_pkcs12(ca: Core) -> None:
     issued = ca.issue_with_new_key(ADMIN, common_name="plain.example.test")
     assert issued.pkcs12 is None and issued.private_key_pem
 
@@ -193,7 +193,7 @@ BAD_CSRS = {
 
 
 @pytest.mark.parametrize("case", list(BAD_CSRS))
-def test_bad_csr_clear_error_and_no_record(ca: CertificateAuthority, case: str) -> None:
+def test_bad_csr_clear_error_and_no_record(ca: Core, case: str) -> None:
     before = counts(ca.db)
     with pytest.raises(BadRequest) as info:
         ca.issue_from_csr(BAD_CSRS[case](), ADMIN)
@@ -240,7 +240,7 @@ def test_refused_request_clear_error_and_no_record(
         ca.db.dispose()
 
 
-def test_unknown_serial_clear_error_and_nothing_changed(ca: CertificateAuthority) -> None:
+def test_unknown_serial_clear_error_and_nothing_changed(ca: Core) -> None:
     ca.issue_with_new_key(ADMIN, common_name="known.example.test")
     before = counts(ca.db)
     for call in (

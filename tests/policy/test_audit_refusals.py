@@ -21,9 +21,9 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from ca_service.authority import CertificateAuthority
 from ca_service.clock import FixedClock
 from ca_service.config import Settings
+from ca_service.core.facade import Core
 from ca_service.domain import Actor, CallerPolicy, RevocationReason
 from ca_service.errors import Forbidden, PolicyRejected, Unauthorized
 from ca_service.refusals import MAX_KEYS, OTHER, OVERFLOW, WINDOW_SECONDS, RefusalLog
@@ -203,7 +203,7 @@ def test_every_authenticated_refusal_is_one_event_with_its_rule(live: LiveServer
     _ = mine_id
 
 
-def test_a_refusal_in_the_cli_is_audited_too(settings: Settings, ca: CertificateAuthority) -> None:
+def test_a_refusal_in_the_cli_is_audited_too(settings: Settings, ca: Core) -> None:
     refused = cli_run(settings, ["issue", "--cn", "x.example.test", "--days", "9999", "--out", "x"])
     assert "profile.max_validity" in one_error_line(refused)
     with unit_of_work(ca.db) as s:
@@ -213,7 +213,7 @@ def test_a_refusal_in_the_cli_is_audited_too(settings: Settings, ca: Certificate
     assert event.details["attempted"] == "certificate.issue" and event.target == "default"
 
 
-def test_a_refusal_is_recorded_once_whichever_layers_see_it(ca: CertificateAuthority) -> None:
+def test_a_refusal_is_recorded_once_whichever_layers_see_it(ca: Core) -> None:
     issuer = Actor("token:x", "rid-1", "192.0.2.1", CallerPolicy(allowed_names=("*.a.test",)))
     with pytest.raises(PolicyRejected) as refused:
         ca.issue_with_new_key(issuer, common_name="b.example.test")
@@ -233,7 +233,7 @@ def test_a_refusal_is_recorded_once_whichever_layers_see_it(ca: CertificateAutho
 
 
 def test_unauthenticated_failures_are_counted_per_address_minute_and_identity(
-    ca: CertificateAuthority,
+    ca: Core,
 ) -> None:
     clock = FixedClock(dt.datetime(2026, 1, 1, 12, 0, 5, tzinfo=dt.UTC))
     log = RefusalLog(ca.db, clock.now, flush_seconds=3600, max_buckets=3)
@@ -285,7 +285,7 @@ def test_unauthenticated_failures_are_counted_per_address_minute_and_identity(
     assert (later[1].details or {})["window"] == "2026-01-01T12:01:00Z"
 
 
-def test_pending_counts_are_written_by_the_timer(ca: CertificateAuthority) -> None:
+def test_pending_counts_are_written_by_the_timer(ca: Core) -> None:
     log = RefusalLog(ca.db, lambda: dt.datetime.now(dt.UTC), flush_seconds=0.05)
     for i in range(10):
         log.unauthenticated("anonymous", "GET /x", "no token", f"r{i}", "192.0.2.9")

@@ -11,8 +11,8 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from ca_service.authority import CertificateAuthority
 from ca_service.config import Settings, load_settings
+from ca_service.core.facade import Core
 from ca_service.crypto.keys import public_key_matches
 from ca_service.errors import ConfigError
 from ca_service.wiring import build_authority
@@ -21,11 +21,11 @@ from ..conftest import ADMIN, PASSPHRASE, make_settings
 from ..helpers import all_stored_bytes, cli_run, one_error_line, secret_fragments, tree_bytes
 
 
-def _key_files(ca: CertificateAuthority) -> list[Path]:
+def _key_files(ca: Core) -> list[Path]:
     return sorted((ca.settings.data_dir / "keys").iterdir())
 
 
-def test_ca_keys_are_encrypted_pkcs8_files_mode_0600(ca: CertificateAuthority) -> None:
+def test_ca_keys_are_encrypted_pkcs8_files_mode_0600(ca: Core) -> None:
     keys_dir = ca.settings.data_dir / "keys"
     assert stat.S_IMODE(keys_dir.stat().st_mode) == 0o700
     files = _key_files(ca)
@@ -46,7 +46,7 @@ def test_ca_keys_are_encrypted_pkcs8_files_mode_0600(ca: CertificateAuthority) -
         assert public_key_matches(key, cert.public_key())  # type: ignore[arg-type]
 
 
-def test_ca_keys_never_in_the_database_in_clear(ca: CertificateAuthority) -> None:
+def test_ca_keys_never_in_the_database_in_clear(ca: Core) -> None:
     ca.issue_with_new_key(ADMIN, common_name="x.example.test")
     stored = all_stored_bytes(ca.db)
     on_disk = tree_bytes(ca.settings.data_dir)
@@ -70,23 +70,23 @@ def _load_fails(settings: Settings, match: str) -> ConfigError:
     return info.value
 
 
-def test_wrong_passphrase_stops_with_a_clear_message(ca: CertificateAuthority) -> None:
+def test_wrong_passphrase_stops_with_a_clear_message(ca: Core) -> None:
     wrong = ca.settings.with_overrides(key_passphrase=b"not-the-passphrase")
     assert "not-the-passphrase" not in str(_load_fails(wrong, "cannot decrypt the CA key"))
 
 
-def test_missing_passphrase_stops_at_start(ca: CertificateAuthority) -> None:
+def test_missing_passphrase_stops_at_start(ca: Core) -> None:
     with pytest.raises(ConfigError, match="CA_KEY_PASSPHRASE"):
         build_authority(ca.settings.with_overrides(key_passphrase=None))
 
 
-def test_key_file_readable_by_others_is_refused(ca: CertificateAuthority) -> None:
+def test_key_file_readable_by_others_is_refused(ca: Core) -> None:
     path = _key_files(ca)[0]
     os.chmod(path, 0o644)
     _load_fails(ca.settings, "readable by others")
 
 
-def test_unencrypted_key_file_is_refused(ca: CertificateAuthority) -> None:
+def test_unencrypted_key_file_is_refused(ca: Core) -> None:
     path = _key_files(ca)[0]
     key = serialization.load_pem_private_key(path.read_bytes(), password=PASSPHRASE)
     path.write_bytes(
@@ -141,7 +141,7 @@ def test_secrets_are_refused_in_the_toml_file(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------- through the CLI
 
 
-def test_cli_wrong_or_missing_passphrase_exit_3(ca: CertificateAuthority) -> None:
+def test_cli_wrong_or_missing_passphrase_exit_3(ca: Core) -> None:
     for env in ({"CA_KEY_PASSPHRASE": "wrong-pass-XYZ"}, {"CA_KEY_PASSPHRASE": None}):
         for args in (["issue", "--cn", "a.example.test"], ["crl"], ["init", "--name", "second"]):
             result = cli_run(ca.settings, args, **env)

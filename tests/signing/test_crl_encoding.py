@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from ca_service.authority import CertificateAuthority
+from ca_service.core.facade import Core
 from ca_service.crypto import der
 from ca_service.crypto.keys import generate_private_key, signature_hash
 from ca_service.domain import KeyType, RevocationReason
@@ -41,12 +41,12 @@ def _rows(as_text: bool) -> list[RevokedRow]:
     return rows
 
 
-def _signer(ca: CertificateAuthority) -> Signer:
+def _signer(ca: Core) -> Signer:
     """The default CA's Signer, as the core's CRL publisher uses it."""
     return ca._registry.load(ca.default_authority()).signer
 
 
-def _reference(ca: CertificateAuthority, number: int, rows: list[RevokedRow]) -> bytes:
+def _reference(ca: Core, number: int, rows: list[RevokedRow]) -> bytes:
     """The same CRL made by cryptography's builder: the encoding we must match. Only the TBS
     bytes are compared, so any key of the CA's type signs it (the CA's key stays in signing/)."""
     material = _signer(ca)

@@ -24,8 +24,8 @@ from cryptography.x509.oid import (
     SignatureAlgorithmOID,
 )
 
-from ca_service.authority import CertificateAuthority
 from ca_service.clock import FixedClock, SystemClock
+from ca_service.core.facade import Core
 from ca_service.crypto.keys import key_type_of
 from ca_service.domain import KeyType, RevocationReason
 from ca_service.policy.names import NameConstraintsSpec
@@ -95,7 +95,7 @@ def leaf_key() -> Callable[[KeyType], object]:
 @pytest.fixture(scope="module", params=TYPED_CAS, ids=lambda p: f"{p[0]}-{p[1]}")
 def typed_ca(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[tuple[CertificateAuthority, Path]]:
+) -> Iterator[tuple[Core, Path]]:
     backend, key_type = request.param
     base = tmp_path_factory.mktemp(f"ca-{key_type}")
     with database(backend, base) as url:
@@ -104,7 +104,7 @@ def typed_ca(
         ca.db.dispose()
 
 
-def _issue(ca: CertificateAuthority, key: object, profile: str) -> x509.Certificate:
+def _issue(ca: Core, key: object, profile: str) -> x509.Certificate:
     cn, extra = REQUESTS[profile]
     issued = ca.issue_from_csr(csr_pem(key, cn), ADMIN, profile=profile, extra_names=extra)
     return x509.load_pem_x509_certificate(issued.certificate_pem.encode())
@@ -115,7 +115,7 @@ def _ext(cert: x509.Certificate, cls: type) -> x509.Extension:  # type: ignore[t
 
 
 def _assert_leaf_shape(
-    cert: x509.Certificate, ca: CertificateAuthority, profile: str, leaf_type: KeyType
+    cert: x509.Certificate, ca: Core, profile: str, leaf_type: KeyType
 ) -> None:
     inter = ca.authority_certificate()
     ca_type = key_type_of(ca.authority_certificate().public_key())
@@ -152,7 +152,7 @@ def _assert_leaf_shape(
 
 @pytest.mark.parametrize("profile", ["server", "client", "peer"])
 def test_every_profile_and_key_type_verifies_and_lints_clean(
-    typed_ca: tuple[CertificateAuthority, Path],
+    typed_ca: tuple[Core, Path],
     leaf_key: Callable[[KeyType], object],
     profile: str,
     openssl: str,
@@ -170,7 +170,7 @@ def test_every_profile_and_key_type_verifies_and_lints_clean(
     assert lint_cert(leaf) == ""
 
 
-def test_san_content_idn_and_cn_copied(typed_ca: tuple[CertificateAuthority, Path]) -> None:
+def test_san_content_idn_and_cn_copied(typed_ca: tuple[Core, Path]) -> None:
     ca, _ = typed_ca
     cert = _issue(ca, make_key("p256"), "server")
     san = _ext(cert, x509.SubjectAlternativeName).value
@@ -197,7 +197,7 @@ def test_san_content_idn_and_cn_copied(typed_ca: tuple[CertificateAuthority, Pat
 @pytest.fixture(scope="module")
 def p384_ca(
     tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[tuple[CertificateAuthority, Path]]:
+) -> Iterator[tuple[Core, Path]]:
     base = tmp_path_factory.mktemp("p384")
     ca = module_ca(base, KeyType.ECDSA_P384)
     yield ca, base
@@ -206,7 +206,7 @@ def p384_ca(
 
 @pytest.mark.parametrize("leaf_type", list(KeyType), ids=str)
 def test_leaf_key_types_under_one_ca(
-    p384_ca: tuple[CertificateAuthority, Path],
+    p384_ca: tuple[Core, Path],
     leaf_key: Callable[[KeyType], object],
     leaf_type: KeyType,
     openssl: str,
@@ -223,7 +223,7 @@ def test_leaf_key_types_under_one_ca(
 
 
 def test_root_and_intermediate_shape_and_lint(
-    typed_ca: tuple[CertificateAuthority, Path], openssl: str
+    typed_ca: tuple[Core, Path], openssl: str
 ) -> None:
     ca, base = typed_ca
     root_path, inter_path = chain_files(ca, base)
@@ -258,7 +258,7 @@ def test_root_and_intermediate_shape_and_lint(
 
 
 def test_crl_of_every_key_type_lints_and_verifies(
-    typed_ca: tuple[CertificateAuthority, Path], openssl: str
+    typed_ca: tuple[Core, Path], openssl: str
 ) -> None:
     ca, base = typed_ca
     issued = ca.issue_with_new_key(ADMIN, common_name="gone.example.test")
@@ -279,13 +279,13 @@ def test_crl_of_every_key_type_lints_and_verifies(
 @pytest.fixture(scope="module")
 def p256_ca(
     tmp_path_factory: pytest.TempPathFactory, module_db_url: str
-) -> Iterator[CertificateAuthority]:
+) -> Iterator[Core]:
     ca = module_ca(tmp_path_factory.mktemp("p256"), db_url=module_db_url, intermediate_days=200)
     yield ca
     ca.db.dispose()
 
 
-def test_serials_are_159_bit_random_and_unique(p256_ca: CertificateAuthority) -> None:
+def test_serials_are_159_bit_random_and_unique(p256_ca: Core) -> None:
     key = make_key("p256")
     serials = [
         p256_ca.issue_from_csr(csr_pem(key, f"s{i}.example.test"), ADMIN).record.serial
@@ -298,7 +298,7 @@ def test_serials_are_159_bit_random_and_unique(p256_ca: CertificateAuthority) ->
     assert len({v >> 140 for v in values}) > 20
 
 
-def test_not_before_backdated_and_validity_capped(p256_ca: CertificateAuthority) -> None:
+def test_not_before_backdated_and_validity_capped(p256_ca: Core) -> None:
     now = SystemClock().now() + dt.timedelta(days=3, seconds=17)
     p256_ca.clock = FixedClock(now)
     try:
@@ -317,7 +317,7 @@ def test_not_before_backdated_and_validity_capped(p256_ca: CertificateAuthority)
 
 
 def test_certificate_without_subject_has_critical_san_and_lints_clean(
-    p256_ca: CertificateAuthority, tmp_path: Path
+    p256_ca: Core, tmp_path: Path
 ) -> None:
     issued = p256_ca.issue_from_csr(
         csr_pem(make_key("p256")), ADMIN, extra_names=["nosubject.example.test"]

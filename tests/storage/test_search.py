@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import pytest
 import sqlalchemy as sa
 
-from ca_service.authority import CertificateAuthority
 from ca_service.config import Settings
+from ca_service.core.facade import Core
 from ca_service.domain import CertStatus
 from ca_service.storage import migrate, repositories
 from ca_service.storage.db import Database, unit_of_work
@@ -368,7 +368,7 @@ def test_migration_builds_the_index_from_existing_rows_and_downgrades(store: Sto
         )
 
 
-def test_issued_certificates_are_found_through_the_service(ca: CertificateAuthority) -> None:
+def test_issued_certificates_are_found_through_the_service(ca: Core) -> None:
     issued = ca.issue_with_new_key(
         ADMIN, common_name="Portal.Example.test", names=["dns:portal.example.test", "ip:10.9.8.7"]
     )
@@ -383,7 +383,7 @@ def test_issued_certificates_are_found_through_the_service(ca: CertificateAuthor
 
 
 def test_cli_list_name_follows_short_term_windows(
-    ca: CertificateAuthority, settings: Settings, monkeypatch: pytest.MonkeyPatch
+    ca: Core, settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(repositories, "SHORT_TERM_WINDOW", 2)
     wanted = ca.issue_with_new_key(ADMIN, common_name="qz.example.test")

@@ -16,9 +16,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from sqlalchemy.exc import IntegrityError
 
-from ca_service.authority import CertificateAuthority
 from ca_service.clock import FixedClock
 from ca_service.config import Settings
+from ca_service.core.facade import Core
 from ca_service.domain import CallerPolicy, CertStatus, RevocationReason, Role
 from ca_service.errors import ConfigError, NotFound
 from ca_service.signing.serials import serial_hex
@@ -74,7 +74,7 @@ def test_sqlite_runs_in_wal_mode_with_foreign_keys(tmp_path: Path) -> None:
         db.dispose()
 
 
-def _row_values(ca: CertificateAuthority, serial: str) -> dict[str, object]:
+def _row_values(ca: Core, serial: str) -> dict[str, object]:
     with ca.db.engine.connect() as conn:
         row = conn.execute(
             sa.text("SELECT * FROM certificates WHERE serial = :s"), {"s": serial}
@@ -82,7 +82,7 @@ def _row_values(ca: CertificateAuthority, serial: str) -> dict[str, object]:
         return dict(row.one())
 
 
-def _insert(ca: CertificateAuthority, values: dict[str, object]) -> None:
+def _insert(ca: Core, values: dict[str, object]) -> None:
     columns = [c for c in values if c != "id"]
     sql = (
         f"INSERT INTO certificates ({', '.join(columns)}) "  # noqa: S608
@@ -92,7 +92,7 @@ def _insert(ca: CertificateAuthority, values: dict[str, object]) -> None:
         conn.execute(sa.text(sql), {c: values[c] for c in columns})
 
 
-def test_authority_serial_unique_in_the_database(ca: CertificateAuthority) -> None:
+def test_authority_serial_unique_in_the_database(ca: Core) -> None:
     serial = ca.issue_with_new_key(ADMIN, common_name="dup.example.test").record.serial
     values = _row_values(ca, serial)
     duplicate = dict(values, fingerprint_sha256="ab" * 32)
@@ -108,7 +108,7 @@ def test_authority_serial_unique_in_the_database(ca: CertificateAuthority) -> No
     assert count_rows(ca.db, "certificates") == 4
 
 
-def test_foreign_keys_enforced(ca: CertificateAuthority) -> None:
+def test_foreign_keys_enforced(ca: Core) -> None:
     serial = ca.issue_with_new_key(ADMIN, common_name="fk.example.test").record.serial
     orphan = dict(
         _row_values(ca, serial), authority_id=999_999, serial="01", fingerprint_sha256="c" * 64
@@ -160,7 +160,7 @@ def test_record_fields_match_the_certificate(settings: Settings) -> None:
         ca.db.dispose()
 
 
-def test_listing_filters(ca: CertificateAuthority) -> None:
+def test_listing_filters(ca: Core) -> None:
     a = ca.issue_with_new_key(ADMIN, common_name="alpha.example.test", validity_days=10).record
     b = ca.issue_with_new_key(ADMIN, common_name="beta.example.test").record
     ca.revoke(b.serial, RevocationReason.SUPERSEDED, ADMIN)
@@ -180,7 +180,7 @@ def test_listing_filters(ca: CertificateAuthority) -> None:
     assert serials(status=CertStatus.EXPIRED) == []
 
 
-def test_serial_collision_is_retried_with_a_new_serial(ca: CertificateAuthority) -> None:
+def test_serial_collision_is_retried_with_a_new_serial(ca: Core) -> None:
     taken = ca.issue_with_new_key(ADMIN, common_name="first.example.test").record.serial
     fresh = (1 << 100) + 12345
     ca.serials = itertools.chain([int(taken, 16)], itertools.repeat(fresh)).__next__
@@ -189,7 +189,7 @@ def test_serial_collision_is_retried_with_a_new_serial(ca: CertificateAuthority)
     assert count_rows(ca.db, "certificates") == 4
 
 
-def test_token_repository_returns_records_and_revokes_once(ca: CertificateAuthority) -> None:
+def test_token_repository_returns_records_and_revokes_once(ca: Core) -> None:
     """Token rows stay in storage (issue 10, item 3): records in and out, the hash only for
     authentication, a second revocation changes nothing."""
     now = dt.datetime(2026, 3, 1, tzinfo=dt.UTC)

@@ -18,8 +18,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import NameOID
 
-from ca_service.authority import CertificateAuthority, HierarchySpec
 from ca_service.config import MTLSRule, Settings, check_mtls_authorities, load_settings
+from ca_service.core.facade import Core
+from ca_service.core.hierarchy import HierarchySpec
 from ca_service.domain import IssuedCertificate
 from ca_service.errors import ConfigError
 from ca_service.web.app import create_app
@@ -113,7 +114,7 @@ def test_bound_and_san_rules_load(tmp_path: Path) -> None:
 
 
 @pytest.fixture
-def ca(tmp_path: Path, db_url: str) -> Iterator[CertificateAuthority]:
+def ca(tmp_path: Path, db_url: str) -> Iterator[Core]:
     authority = new_ca(make_settings(tmp_path, db_url))
     authority.create_hierarchy(HierarchySpec(name="other"), ADMIN)
     authority.load_keys()
@@ -122,7 +123,7 @@ def ca(tmp_path: Path, db_url: str) -> Iterator[CertificateAuthority]:
 
 
 def test_create_app_refuses_a_rule_bound_to_an_unknown_authority(
-    ca: CertificateAuthority,
+    ca: Core,
 ) -> None:
     rule = MTLSRule(
         "subject", "CN=Ops Team", "admin", issued_by="nope", certificate_profile="client"
@@ -137,11 +138,11 @@ def test_create_app_refuses_a_rule_bound_to_an_unknown_authority(
         check_mtls_authorities((rule,), {"default", "other"})
 
 
-def _pair(ca: CertificateAuthority, issued: IssuedCertificate) -> tuple[x509.Certificate, Any]:
+def _pair(ca: Core, issued: IssuedCertificate) -> tuple[x509.Certificate, Any]:
     return x509.load_pem_x509_certificate(issued.certificate_pem.encode()), issued.record
 
 
-def test_a_bound_rule_matches_only_its_authority_and_profile(ca: CertificateAuthority) -> None:
+def test_a_bound_rule_matches_only_its_authority_and_profile(ca: Core) -> None:
     rule = MTLSRule(
         "subject", "CN=Ops Team", "admin", issued_by="default", certificate_profile="client"
     )

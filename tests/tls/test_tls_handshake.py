@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from OpenSSL import SSL
 
-from ca_service.authority import CertificateAuthority
+from ca_service.core.facade import Core
 from ca_service.domain import IssuedCertificate, RevocationReason
 from ca_service.errors import BadRequest
 from ca_service.tls import (
@@ -153,7 +153,7 @@ def talk(ctx: SSL.Context, port: int, server_hostname: str = NAME) -> tuple[byte
 # ---------------------------------------------------------------------------- CA and certs
 
 
-def make_tls_ca(base: Path, db_url: str | None = None) -> CertificateAuthority:
+def make_tls_ca(base: Path, db_url: str | None = None) -> Core:
     """A CA on ``db_url`` (SQLite in ``base`` by default, as for a stranger CA)."""
     return new_ca(make_settings(base, db_url or f"sqlite:///{base / 'ca.db'}"))
 
@@ -161,18 +161,18 @@ def make_tls_ca(base: Path, db_url: str | None = None) -> CertificateAuthority:
 @pytest.fixture(scope="module")
 def tls_ca(
     tmp_path_factory: pytest.TempPathFactory, module_db_url: str
-) -> Iterator[CertificateAuthority]:
+) -> Iterator[Core]:
     authority = make_tls_ca(tmp_path_factory.mktemp("tls-ca"), module_db_url)
     yield authority
     authority.db.dispose()
 
 
-def root_pem(ca: CertificateAuthority) -> str:
+def root_pem(ca: Core) -> str:
     return ca.chain_pem()[-1]
 
 
 def issue(
-    ca: CertificateAuthority, *names: str, profile: str = "server", days: int | None = None
+    ca: Core, *names: str, profile: str = "server", days: int | None = None
 ) -> IssuedCertificate:
     issued = ca.issue_with_new_key(
         ADMIN, common_name=names[0], names=names, profile=profile, validity_days=days
@@ -186,7 +186,7 @@ def serve(issued: IssuedCertificate, **kwargs: object) -> SSL.Context:
     return server_context(issued.fullchain_pem, issued.private_key_pem, **kwargs)  # type: ignore[arg-type]
 
 
-def crl_der(ca: CertificateAuthority, authority: str | None = None) -> bytes:
+def crl_der(ca: Core, authority: str | None = None) -> bytes:
     stored = ca.current_crl(authority)
     assert stored is not None
     return stored.der
@@ -196,7 +196,7 @@ def crl_der(ca: CertificateAuthority, authority: str | None = None) -> bytes:
 
 
 def test_verified_handshake_sends_the_chain_and_carries_data(
-    tls_ca: CertificateAuthority,
+    tls_ca: Core,
 ) -> None:
     issued = issue(tls_ca, NAME)
     client = client_context(root_pem(tls_ca), crls=[crl_der(tls_ca)])
@@ -216,7 +216,7 @@ def test_verified_handshake_sends_the_chain_and_carries_data(
     assert verified[-1].subject == verified[-1].issuer  # ends at the trusted root
 
 
-def test_tls12_negotiates_only_ecdhe_aead(tls_ca: CertificateAuthority) -> None:
+def test_tls12_negotiates_only_ecdhe_aead(tls_ca: Core) -> None:
     issued = issue(tls_ca, NAME)
     client = client_context(root_pem(tls_ca))
     client.set_max_proto_version(SSL.TLS1_2_VERSION)
@@ -234,7 +234,7 @@ def test_tls12_negotiates_only_ecdhe_aead(tls_ca: CertificateAuthority) -> None:
     assert not second.ok and "no shared cipher" in (second.error or "")
 
 
-def test_revoked_certificate_fails_a_crl_checking_client(tls_ca: CertificateAuthority) -> None:
+def test_revoked_certificate_fails_a_crl_checking_client(tls_ca: Core) -> None:
     issued = issue(tls_ca, NAME)
     before = client_context(root_pem(tls_ca), crls=[crl_der(tls_ca)])
     with TLSServer(serve(issued), max_connections=4) as server:
@@ -259,7 +259,7 @@ def test_revoked_certificate_fails_a_crl_checking_client(tls_ca: CertificateAuth
 
 
 def test_whole_chain_revocation_fails_closed_without_the_root_crl(
-    tls_ca: CertificateAuthority,
+    tls_ca: Core,
 ) -> None:
     issued = issue(tls_ca, NAME)
     issuing_crl = crl_der(tls_ca)
@@ -276,7 +276,7 @@ def test_whole_chain_revocation_fails_closed_without_the_root_crl(
     assert missing.value.depth == 1  # the intermediate, whose CRL is the root's
 
 
-def test_certificate_for_another_name_fails(tls_ca: CertificateAuthority) -> None:
+def test_certificate_for_another_name_fails(tls_ca: Core) -> None:
     issued = issue(tls_ca, "other.test")
     client = client_context(root_pem(tls_ca), crls=[crl_der(tls_ca)])
     with TLSServer(serve(issued), max_connections=2) as server:
@@ -289,7 +289,7 @@ def test_certificate_for_another_name_fails(tls_ca: CertificateAuthority) -> Non
     assert not refused.ok and accepted.ok
 
 
-def test_ip_address_name_is_checked_without_sni(tls_ca: CertificateAuthority) -> None:
+def test_ip_address_name_is_checked_without_sni(tls_ca: Core) -> None:
     by_ip = issue(tls_ca, "127.0.0.1")
     client = client_context(root_pem(tls_ca))
     with TLSServer(serve(by_ip), max_connections=2) as server:
@@ -302,7 +302,7 @@ def test_ip_address_name_is_checked_without_sni(tls_ca: CertificateAuthority) ->
             talk(client, server.port, "127.0.0.2")
 
 
-def test_certificate_from_another_ca_fails(tls_ca: CertificateAuthority, tmp_path: Path) -> None:
+def test_certificate_from_another_ca_fails(tls_ca: Core, tmp_path: Path) -> None:
     stranger = make_tls_ca(tmp_path)
     try:
         issued = issue(stranger, NAME)
@@ -321,7 +321,7 @@ def test_certificate_from_another_ca_fails(tls_ca: CertificateAuthority, tmp_pat
     ("version", "label"), [(SSL.TLS1_VERSION, "TLSv1"), (SSL.TLS1_1_VERSION, "TLSv1.1")]
 )
 def test_tls10_and_tls11_are_refused_by_the_server_context(
-    tls_ca: CertificateAuthority, version: int, label: str
+    tls_ca: Core, version: int, label: str
 ) -> None:
     issued = issue(tls_ca, NAME)
     assert issued.private_key_pem is not None
@@ -347,13 +347,13 @@ def test_tls10_and_tls11_are_refused_by_the_server_context(
     assert not outcome.ok and "unsupported protocol" in (outcome.error or "")
 
 
-def test_server_context_refuses_versions_below_tls12(tls_ca: CertificateAuthority) -> None:
+def test_server_context_refuses_versions_below_tls12(tls_ca: Core) -> None:
     issued = issue(tls_ca, NAME)
     with pytest.raises(BadRequest, match=r"below 1\.2"):
         serve(issued, min_version=SSL.TLS1_1_VERSION)
 
 
-def test_mutual_tls_with_client_revocation(tls_ca: CertificateAuthority) -> None:
+def test_mutual_tls_with_client_revocation(tls_ca: Core) -> None:
     server_cert = issue(tls_ca, NAME)
     alice = issue(tls_ca, "alice", profile="client")
     mallory = issue(tls_ca, "mallory", profile="client")
@@ -386,7 +386,7 @@ def test_mutual_tls_with_client_revocation(tls_ca: CertificateAuthority) -> None
 
 
 def test_openssl_s_client_accepts_the_server_and_sees_the_revocation(
-    tls_ca: CertificateAuthority, openssl: str, tmp_path: Path
+    tls_ca: Core, openssl: str, tmp_path: Path
 ) -> None:
     issued = issue(tls_ca, NAME)
     root_file = tmp_path / "root.pem"

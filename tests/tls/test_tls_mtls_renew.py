@@ -20,9 +20,9 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from ca_service.authority import HierarchySpec
 from ca_service.clock import FixedClock
 from ca_service.config import Settings
+from ca_service.core.hierarchy import HierarchySpec
 from ca_service.domain import IssuedCertificate
 from ca_service.wiring import build_authority
 

@@ -21,8 +21,8 @@ from click.testing import CliRunner
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from ca_service.authority import CertificateAuthority
 from ca_service.cli import cli as main_cli
+from ca_service.core.facade import Core
 from ca_service.domain import RevocationReason
 from ca_service.tls import ProbeConnectError, format_report, probe, server_context
 
@@ -35,13 +35,13 @@ CA_SERVICE = Path(sys.executable).parent / "ca-service"
 @pytest.fixture(scope="module")
 def probe_ca(
     tmp_path_factory: pytest.TempPathFactory, module_db_url: str
-) -> Iterator[CertificateAuthority]:
+) -> Iterator[Core]:
     authority = make_tls_ca(tmp_path_factory.mktemp("probe-ca"), module_db_url)
     yield authority
     authority.db.dispose()
 
 
-def cli(ca: CertificateAuthority, *args: str) -> tuple[int, str, str]:
+def cli(ca: Core, *args: str) -> tuple[int, str, str]:
     """Run ``ca-service probe ARGS`` against the CA's own store; (exit code, stdout, stderr)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CA_")}
     env.update(
@@ -53,13 +53,13 @@ def cli(ca: CertificateAuthority, *args: str) -> tuple[int, str, str]:
     return done.returncode, done.stdout, done.stderr
 
 
-def cli_json(ca: CertificateAuthority, *args: str) -> tuple[int, dict[str, Any]]:
+def cli_json(ca: Core, *args: str) -> tuple[int, dict[str, Any]]:
     code, out, err = cli(ca, *args, "--json")
     assert out, err
     return code, json.loads(out)
 
 
-def test_probe_api_reports_a_healthy_endpoint(probe_ca: CertificateAuthority) -> None:
+def test_probe_api_reports_a_healthy_endpoint(probe_ca: Core) -> None:
     issued = issue(probe_ca, NAME)
     issuing = probe_ca.chain_pem()[0]
     with TLSServer(serve(issued), max_connections=1) as server:
@@ -83,7 +83,7 @@ def test_probe_api_reports_a_healthy_endpoint(probe_ca: CertificateAuthority) ->
     assert "OK" in format_report(report).splitlines()[0]
 
 
-def test_cli_passes_a_healthy_endpoint(probe_ca: CertificateAuthority) -> None:
+def test_cli_passes_a_healthy_endpoint(probe_ca: Core) -> None:
     issued = issue(probe_ca, NAME)
     with TLSServer(serve(issued), max_connections=2) as server:
         target = f"127.0.0.1:{server.port}"
@@ -97,7 +97,7 @@ def test_cli_passes_a_healthy_endpoint(probe_ca: CertificateAuthority) -> None:
     assert human.splitlines()[0] == f"{target} (SNI {NAME}): OK"
 
 
-def test_cli_reports_a_revoked_certificate(probe_ca: CertificateAuthority) -> None:
+def test_cli_reports_a_revoked_certificate(probe_ca: Core) -> None:
     issued = issue(probe_ca, NAME)
     probe_ca.revoke(issued.record.serial, RevocationReason.KEY_COMPROMISE, ADMIN)
     with TLSServer(serve(issued), max_connections=2) as server:
@@ -115,7 +115,7 @@ def test_cli_reports_a_revoked_certificate(probe_ca: CertificateAuthority) -> No
     assert "revocation:  revoked (keyCompromise" in human
 
 
-def test_cli_reports_a_name_mismatch(probe_ca: CertificateAuthority) -> None:
+def test_cli_reports_a_name_mismatch(probe_ca: Core) -> None:
     issued = issue(probe_ca, "other.test")
     with TLSServer(serve(issued), max_connections=1) as server:
         code, data = cli_json(probe_ca, f"127.0.0.1:{server.port}", "--servername", NAME)
@@ -125,7 +125,7 @@ def test_cli_reports_a_name_mismatch(probe_ca: CertificateAuthority) -> None:
     assert data["problems"] == [f"certificate is not valid for {NAME!r}"]
 
 
-def test_cli_warns_about_expiry_within_warn_days(probe_ca: CertificateAuthority) -> None:
+def test_cli_warns_about_expiry_within_warn_days(probe_ca: Core) -> None:
     issued = issue(probe_ca, NAME, days=10)
     with TLSServer(serve(issued), max_connections=2) as server:
         target = f"127.0.0.1:{server.port}"
@@ -137,7 +137,7 @@ def test_cli_warns_about_expiry_within_warn_days(probe_ca: CertificateAuthority)
     assert short_code == 0, short["problems"]
 
 
-def test_cli_with_ca_file_and_crl_file(probe_ca: CertificateAuthority, tmp_path: Path) -> None:
+def test_cli_with_ca_file_and_crl_file(probe_ca: Core, tmp_path: Path) -> None:
     issued = issue(probe_ca, NAME)
     root_file = tmp_path / "root.pem"
     root_file.write_text(root_pem(probe_ca))
@@ -160,7 +160,7 @@ def test_cli_with_ca_file_and_crl_file(probe_ca: CertificateAuthority, tmp_path:
 
 
 def test_cli_rejects_a_chain_from_another_ca(
-    probe_ca: CertificateAuthority, tmp_path: Path
+    probe_ca: Core, tmp_path: Path
 ) -> None:
     stranger = make_tls_ca(tmp_path)
     try:
@@ -175,7 +175,7 @@ def test_cli_rejects_a_chain_from_another_ca(
     assert data["name_matches"] is True  # the name is right; trust is what is missing
 
 
-def test_cli_flags_a_server_that_omits_its_intermediate(probe_ca: CertificateAuthority) -> None:
+def test_cli_flags_a_server_that_omits_its_intermediate(probe_ca: Core) -> None:
     issued = issue(probe_ca, NAME)
     assert issued.private_key_pem is not None
     leaf_only = server_context(issued.certificate_pem, issued.private_key_pem)
@@ -193,7 +193,7 @@ def _closed_port() -> int:
         return int(s.getsockname()[1])
 
 
-def test_cli_exit_3_when_nothing_listens(probe_ca: CertificateAuthority) -> None:
+def test_cli_exit_3_when_nothing_listens(probe_ca: Core) -> None:
     port = _closed_port()
     code, out, err = cli(probe_ca, f"127.0.0.1:{port}", "--timeout", "3")
     assert code == 3
@@ -210,7 +210,7 @@ def test_cli_usage_errors_exit_2(bad: str) -> None:
     assert "HOST:PORT" in result.output or "IPv6" in result.output
 
 
-def test_probe_api_raises_when_tls_fails(probe_ca: CertificateAuthority) -> None:
+def test_probe_api_raises_when_tls_fails(probe_ca: Core) -> None:
     """A listener that is not TLS: the handshake fails and no report can be made."""
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))

@@ -22,9 +22,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from OpenSSL import SSL
 
-from ca_service.authority import CertificateAuthority, HierarchySpec
 from ca_service.clock import FixedClock
 from ca_service.config import Settings
+from ca_service.core.facade import Core
+from ca_service.core.hierarchy import HierarchySpec
 from ca_service.tls import client_context, connect
 from ca_service.tls.serving import (
     ServerTLS,
@@ -231,7 +232,7 @@ def _served_serial(port: int, root: str, name: str) -> int:
 
 def _clocked_ca(
     tmp_path: Path, db_url: str, clock: FixedClock
-) -> tuple[CertificateAuthority, Settings]:
+) -> tuple[Core, Settings]:
     settings = make_settings(tmp_path, db_url, tls=True)
     ca = build_authority(settings, apply_migrations=True, clock=clock)
     ca.create_hierarchy(HierarchySpec(), ADMIN)

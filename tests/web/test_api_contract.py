@@ -23,9 +23,9 @@ from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
 from ca_service import api_models
-from ca_service.authority import CertificateAuthority
 from ca_service.cli.output import certificate_json
 from ca_service.config import Settings
+from ca_service.core.facade import Core
 from ca_service.web.app import create_app
 from ca_service.web.contract import contract_of, error_statuses
 from ca_service.web.openapi import document, path_template
@@ -36,7 +36,7 @@ PATH_ARGUMENT = re.compile(r"\{[^}]+\}")
 
 
 @pytest.fixture
-def app(settings: Settings, ca: CertificateAuthority) -> Flask:
+def app(settings: Settings, ca: Core) -> Flask:
     """The served app, with its services, as gunicorn's workers build it."""
     return create_app(settings, authority=ca)
 
@@ -149,7 +149,7 @@ def _schema_validator(name: str) -> jsonschema.Draft202012Validator:
     )
 
 
-def test_the_cli_record_is_the_api_record(ca: CertificateAuthority) -> None:
+def test_the_cli_record_is_the_api_record(ca: Core) -> None:
     """What the CLI prints with --json (cli.output.certificate_json) is the API's
     Certificate: it validates against the document, and it is the issuance answer less the PEM."""
     result = ca.issue_with_new_key(ADMIN, common_name="cli.contract.example.test")
