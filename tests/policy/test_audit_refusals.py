@@ -300,7 +300,7 @@ def test_pending_counts_are_written_by_the_timer(ca: Core) -> None:
 
 def test_renewal_refusal_targets_are_certificates(tmp_path: Path) -> None:
     """A guard against a target that names nothing: the serial is normalised, as in events."""
-    from .helpers import module_ca
+    from ..helpers import module_ca
 
     ca = module_ca(tmp_path)
     serial = ca.issue_with_new_key(ADMIN, common_name="t.example.test").record.serial
