@@ -29,9 +29,9 @@ from bench.common import (
 )
 from bench.populate import Population, load, prepare
 from ca_service.core.facade import Core
-from ca_service.domain import KeyType
+from ca_service.domain import CertificateFilter, KeyType
 from ca_service.storage.db import unit_of_work
-from ca_service.storage.repositories import CertificateFilter, CertificateRepository
+from ca_service.storage.repositories import CertificateRepository
 
 
 def crl_in_child(db_url: str, data_dir: Path, timeout: float, breakdown: bool) -> dict[str, Any]:

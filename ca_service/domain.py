@@ -213,6 +213,19 @@ class CertificateRecord:
 
 
 @dataclass(frozen=True)
+class CertificateFilter:
+    """Which stored certificates a listing returns (API ``GET /certificates``, CLI ``list``)."""
+
+    authority: str | None = None
+    status: CertStatus | None = None
+    name: str | None = None
+    expires_before: dt.datetime | None = None
+    # Keyset cursor: the id after which to continue, in the order of the listing.
+    after_id: int | None = None
+    limit: int = 100
+
+
+@dataclass(frozen=True)
 class AuthorityRecord:
     name: str
     parent: str | None

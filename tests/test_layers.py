@@ -34,3 +34,41 @@ def test_only_storage_imports_sqlalchemy() -> None:
 def test_the_migrations_ship_inside_storage() -> None:
     versions = sorted((PACKAGE / "storage" / "migrations" / "versions").glob("0*.py"))
     assert versions and not (PACKAGE / "migrations").exists()
+
+
+# Front ends reach the store only through the core (issue 10, item 1): reads go through
+# Core.catalog (core/catalog.py), never a repository or a unit of work of their own.
+FRONT_ENDS = ("web/", "cli/", "tls/")
+STORAGE_IMPORT = re.compile(r"^\s*(?:from|import)\s+ca_service\.storage(?:\.(\w+))?(.*)$", re.M)
+# What the CLI may still take from storage: migrations (db upgrade, schema check) and the
+# Database handle / StoreError it opens, closes and reports.
+ALLOWED_STORAGE = {
+    "cli/context.py": {"import migrate", "db import Database"},
+    "cli/db.py": {"import migrate"},
+    "cli/output.py": {"db import StoreError"},
+}
+
+
+def _storage_imports(path: Path) -> set[str]:
+    found = set()
+    for match in STORAGE_IMPORT.finditer(path.read_text(encoding="utf-8")):
+        module, rest = match.group(1), match.group(2).strip()
+        found.add(f"{module} {rest}" if module else rest)
+    return found
+
+
+def test_front_ends_read_the_store_only_through_the_core() -> None:
+    seen = {}
+    for path in PACKAGE.rglob("*.py"):
+        name = path.relative_to(PACKAGE).as_posix()
+        if name.startswith(FRONT_ENDS) and (imports := _storage_imports(path)):
+            seen[name] = imports
+    wrong = {n: i - ALLOWED_STORAGE.get(n, set()) for n, i in seen.items()}
+    assert not {n: i for n, i in wrong.items() if i}, wrong
+    for name in PACKAGE.rglob("*.py"):
+        rel = name.relative_to(PACKAGE).as_posix()
+        if rel.startswith(FRONT_ENDS):
+            text = name.read_text(encoding="utf-8")
+            assert "unit_of_work" not in text and "Repository(" not in text, rel
+    # The check sees what it should: the CLI's allowed imports are there.
+    assert seen.get("cli/db.py") == {"import migrate"}

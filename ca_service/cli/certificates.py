@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import json
 import os
@@ -15,8 +14,10 @@ from cryptography.hazmat.primitives import serialization
 
 from ca_service.cli.context import _actor, _authority, _database, _require_schema
 from ca_service.cli.output import certificate_json, handle_errors
+from ca_service.core.catalog import Catalog
 from ca_service.core.facade import Core
 from ca_service.domain import (
+    CertificateFilter,
     CertificateRecord,
     CertStatus,
     IssuedCertificate,
@@ -24,8 +25,6 @@ from ca_service.domain import (
     RevocationReason,
 )
 from ca_service.errors import BadRequest, ConfigError
-from ca_service.storage.db import unit_of_work
-from ca_service.storage.repositories import CertificateFilter, CertificateRepository
 
 KEY_TYPES = [k.value for k in KeyType]
 REASONS = [r.value for r in RevocationReason]
@@ -246,14 +245,12 @@ def _renewal_candidates(
 ) -> Iterator[CertificateRecord]:
     """Every certificate ``renew --all-due`` should consider, the most due first, a page per
     read transaction (none is held while renewing); those issued by this run are left out."""
-    with unit_of_work(ca.db) as s:
-        up_to_id = CertificateRepository(s).last_id()
+    up_to_id = ca.catalog.last_certificate_id()
     after = None
     while True:
-        with unit_of_work(ca.db) as s:
-            page, after = CertificateRepository(s).renewal_candidates(
-                now, up_to_id=up_to_id, after=after, limit=page_size
-            )
+        page, after = ca.catalog.renewal_candidates(
+            now, up_to_id=up_to_id, after=after, limit=page_size
+        )
         yield from page
         if after is None:
             return
@@ -299,17 +296,8 @@ def list_(
         else None,
         limit=limit,
     )
-    records: list[CertificateRecord] = []
-    with unit_of_work(db) as s:
-        repo = CertificateRepository(s)
-        # A short --name is searched window by window (pages may come back short): go on
-        # until the limit is reached or the listing ends, so the command misses nothing.
-        while True:
-            page, cursor = repo.list(flt, now)
-            records += page
-            if cursor is None or len(records) >= limit:
-                break
-            flt = dataclasses.replace(flt, after_id=cursor, limit=limit - len(records))
+    # Only the catalog, not the whole core: listing needs no CA key (nor its passphrase).
+    records = Catalog(db).collect_certificates(flt, now)
     if as_json:
         click.echo(json.dumps([certificate_json(r, now) for r in records], indent=2))
         return

@@ -18,6 +18,7 @@ from cryptography import x509
 
 from ca_service.clock import Clock, SystemClock
 from ca_service.config import Settings
+from ca_service.core.catalog import Catalog
 from ca_service.core.context import Context
 from ca_service.core.crl_publisher import CRLPublisher
 from ca_service.core.hierarchy import Hierarchy, HierarchySpec
@@ -59,6 +60,7 @@ class Core:
         self._crls = CRLPublisher(self._ctx, self._registry)
         self._revocation = Revocation(self._ctx, self._registry, self._crls)
         self._ocsp = OCSPService(self._ctx, self._registry)
+        self._catalog = Catalog(db)
         self.refusals = RefusalLog(db, lambda: self._ctx.clock.now())
 
     # ------------------------------------------------------------------ shared collaborators
@@ -70,6 +72,11 @@ class Core:
     @property
     def db(self) -> Database:
         return self._ctx.db
+
+    @property
+    def catalog(self) -> Catalog:
+        """Reads of the store for front ends (core/catalog.py), so none opens a session."""
+        return self._catalog
 
     @property
     def clock(self) -> Clock:

@@ -8,7 +8,6 @@ import hashlib
 import itertools
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import (
@@ -34,6 +33,7 @@ from ca_service.clock import as_utc
 from ca_service.domain import (
     AuditEvent,
     AuthorityRecord,
+    CertificateFilter,
     CertificateRecord,
     CertStatus,
     RevocationReason,
@@ -261,17 +261,6 @@ class AuthorityRepository:
             .returning(AuthorityRow.crl_number)
         ).scalar_one()
         return int(number)
-
-
-@dataclass(frozen=True)
-class CertificateFilter:
-    authority: str | None = None
-    status: CertStatus | None = None
-    name: str | None = None
-    expires_before: dt.datetime | None = None
-    # Keyset cursor: the id after which to continue, in the order of the listing.
-    after_id: int | None = None
-    limit: int = 100
 
 
 class CertificateRepository:

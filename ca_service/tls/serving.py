@@ -46,8 +46,6 @@ from ca_service.crypto.names import parse_name
 from ca_service.domain import Actor, CertStatus, KeyType
 from ca_service.errors import CAError, ConfigError, NotFound
 from ca_service.signing.serials import serial_hex
-from ca_service.storage.db import unit_of_work
-from ca_service.storage.repositories import CertificateRepository
 from ca_service.tls.contexts import TLS12_CIPHERS
 
 log = logging.getLogger(__name__)
@@ -121,8 +119,7 @@ def renewal_reason(
 
 
 def _stored_record(ca: Core, cert: x509.Certificate) -> Any:
-    with unit_of_work(ca.db) as s:
-        found = CertificateRepository(s).find(serial_hex(cert.serial_number))
+    found = ca.catalog.find_certificates(serial_hex(cert.serial_number))
     fingerprint = fingerprint_sha256(cert)
     return next((r for r in found if r.fingerprint_sha256 == fingerprint), None)
 

@@ -23,15 +23,17 @@ from ca_service.api_models import (
     TokenList,
     TokenRequest,
 )
-from ca_service.domain import Actor, CertStatus, IssuedCertificate, KeyType, RevocationReason, Role
+from ca_service.domain import (
+    Actor,
+    CertificateFilter,
+    CertStatus,
+    IssuedCertificate,
+    KeyType,
+    RevocationReason,
+    Role,
+)
 from ca_service.errors import BadRequest, Conflict, Forbidden, NotFound, PolicyRejected
 from ca_service.policy import authorization
-from ca_service.storage.db import unit_of_work
-from ca_service.storage.repositories import (
-    AuditRepository,
-    CertificateFilter,
-    CertificateRepository,
-)
 from ca_service.web.auth import actor_for_request, principal, require
 from ca_service.web.body import decode_cursor, encode_cursor, int_arg
 from ca_service.web.contract import Answer, operation, query_param
@@ -188,8 +190,7 @@ def list_certificates() -> Response:
         after_id=decode_cursor(request.args.get("cursor")),
         limit=int_arg("limit", 100, 1, 500),
     )
-    with unit_of_work(ca.db) as s:
-        records, next_id = CertificateRepository(s).list(flt, now)
+    records, next_id = ca.catalog.list_certificates(flt, now)
     page = CertificatePage(
         items=[wire.certificate(r, now) for r in records],
         next_cursor=encode_cursor(next_id) if next_id is not None else None,
@@ -423,13 +424,12 @@ def revoke_token(token_id: str) -> Response:
 def list_audit() -> Response:
     ca = core()
     limit = int_arg("limit", 100, 1, 500)
-    with unit_of_work(ca.db) as s:
-        events = AuditRepository(s).list(
-            actor=request.args.get("actor") or None,
-            action=request.args.get("action") or None,
-            after_id=decode_cursor(request.args.get("cursor")),
-            limit=limit + 1,
-        )
+    events = ca.catalog.audit_events(
+        actor=request.args.get("actor") or None,
+        action=request.args.get("action") or None,
+        after_id=decode_cursor(request.args.get("cursor")),
+        limit=limit + 1,
+    )
     page = list(events[:limit])
     next_cursor = encode_cursor(page[-1].id) if len(events) > limit and page[-1].id else None
     data = AuditPage(items=[wire.audit(e) for e in page], next_cursor=next_cursor)

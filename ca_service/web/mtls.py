@@ -23,8 +23,6 @@ from ca_service.errors import Unauthorized
 from ca_service.policy import authorization
 from ca_service.policy.names import matches_pattern
 from ca_service.signing.serials import serial_hex
-from ca_service.storage.db import unit_of_work
-from ca_service.storage.repositories import CertificateRepository
 from ca_service.web.extensions import core, settings
 
 CLIENT_PROFILES = ("client", "peer")
@@ -67,8 +65,7 @@ def authenticate_certificate(der: bytes) -> CertificatePrincipal:
     fingerprint = fingerprint_sha256(cert)
     g.auth_identity = f"cert:{serial}"
     ca = core()
-    with unit_of_work(ca.db) as s:
-        found = CertificateRepository(s).find(serial)
+    found = ca.catalog.find_certificates(serial)
     record = next((r for r in found if r.fingerprint_sha256 == fingerprint), None)
     if record is None:
         raise Unauthorized(f"client certificate {serial} was not issued by this service")
@@ -89,7 +86,6 @@ def authenticate_certificate(der: bytes) -> CertificatePrincipal:
         first_matching_rule(cert, record, settings().mtls_rules)
     )
     return CertificatePrincipal(record, role, policy)
-
 
 
 def first_matching_rule(

@@ -297,6 +297,10 @@ def test_list_show_revoke_release(inited: Settings, tmp_path: Path) -> None:
         return [r["serial"] for r in rows if r["profile"] != "ca"]
 
     assert listed() == [c, b, a]
+    # Listing reads through the core's catalog only: it needs no CA key passphrase.
+    bare = cli_run(inited, ["list", "--json"], CA_KEY_PASSPHRASE=None)
+    assert bare.exit_code == 0, bare.output
+    assert [r["serial"] for r in json.loads(bare.output) if r["profile"] != "ca"] == [c, b, a]
     assert listed("--status", "revoked") == [c, b]
     assert listed("--status", "valid") == [a]
     assert listed("--name", "beta") == [b]

@@ -19,10 +19,10 @@ import sqlalchemy as sa
 
 from ca_service.config import Settings
 from ca_service.core.facade import Core
-from ca_service.domain import CertStatus
+from ca_service.domain import CertificateFilter, CertStatus
 from ca_service.storage import migrate, repositories
 from ca_service.storage.db import Database, unit_of_work
-from ca_service.storage.repositories import CertificateFilter, CertificateRepository
+from ca_service.storage.repositories import CertificateRepository
 from ca_service.web import openapi
 
 from ..conftest import ADMIN

@@ -19,17 +19,13 @@ from sqlalchemy.exc import IntegrityError
 from ca_service.clock import FixedClock
 from ca_service.config import Settings
 from ca_service.core.facade import Core
-from ca_service.domain import CallerPolicy, CertStatus, RevocationReason, Role
+from ca_service.domain import CallerPolicy, CertificateFilter, CertStatus, RevocationReason, Role
 from ca_service.errors import ConfigError, NotFound
 from ca_service.signing.serials import serial_hex
 from ca_service.storage import migrate
 from ca_service.storage.db import Database, unit_of_work
 from ca_service.storage.models import Base, include_object
-from ca_service.storage.repositories import (
-    AuditRepository,
-    CertificateFilter,
-    CertificateRepository,
-)
+from ca_service.storage.repositories import AuditRepository, CertificateRepository
 from ca_service.storage.tokens import TokenRepository
 from ca_service.wiring import build_authority
 

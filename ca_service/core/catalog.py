@@ -1,0 +1,93 @@
+"""Reads of the store for front ends; never writes.
+
+Front ends (HTTP API, mutual TLS, TLS serving, CLI) must not open a unit of work or hold a
+repository of their own, so every listing or lookup they show goes through here: each method
+opens one read transaction, and returns domain records, never a session or a row. It needs
+only the database, no CA key, so a command that only reads (``ca-service list``) can use it
+on a store whose keys cannot be loaded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from collections.abc import Sequence
+
+from ca_service.domain import AuditEvent, CertificateFilter, CertificateRecord
+from ca_service.storage.db import Database, unit_of_work
+from ca_service.storage.repositories import AuditRepository, CertificateRepository
+
+
+class Catalog:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    def list_certificates(
+        self, flt: CertificateFilter, now: dt.datetime
+    ) -> tuple[list[CertificateRecord], int | None]:
+        """A page of certificates, newest first, and the cursor of the next page (or None).
+        A short ``flt.name`` is searched window by window, so a page may come back short."""
+        with unit_of_work(self._db) as s:
+            return CertificateRepository(s).list(flt, now)
+
+    def collect_certificates(
+        self, flt: CertificateFilter, now: dt.datetime
+    ) -> list[CertificateRecord]:
+        """Up to ``flt.limit`` certificates, newest first, in one read transaction. A short
+        ``flt.name`` is searched window by window (pages may come back short): this goes on
+        until the limit is reached or the listing ends, so a command that shows one list (CLI
+        ``list``) misses nothing."""
+        records: list[CertificateRecord] = []
+        with unit_of_work(self._db) as s:
+            repo = CertificateRepository(s)
+            while True:
+                page, cursor = repo.list(flt, now)
+                records += page
+                if cursor is None or len(records) >= flt.limit:
+                    return records
+                flt = dataclasses.replace(flt, after_id=cursor, limit=flt.limit - len(records))
+
+    def find_certificates(
+        self, serial: str, authority: str | None = None
+    ) -> list[CertificateRecord]:
+        """Every stored certificate with this (lower-case hex) serial, one per authority at
+        most; empty when none. Callers that hold the certificate compare fingerprints."""
+        with unit_of_work(self._db) as s:
+            return CertificateRepository(s).find(serial, authority)
+
+    def last_certificate_id(self) -> int:
+        """The id of the newest certificate (0: none): a long walk fixes it at its start so
+        that certificates it issues itself are not walked again."""
+        with unit_of_work(self._db) as s:
+            return CertificateRepository(s).last_id()
+
+    def renewal_candidates(
+        self,
+        now: dt.datetime,
+        *,
+        up_to_id: int,
+        after: tuple[dt.datetime, int] | None = None,
+        limit: int = 1000,
+    ) -> tuple[list[CertificateRecord], tuple[dt.datetime, int] | None]:
+        """A page of valid, unexpired leaves without a successor, the soonest to expire first,
+        and the cursor of the next page (None: the last). One read transaction per page, so
+        none is held while the caller renews."""
+        with unit_of_work(self._db) as s:
+            return CertificateRepository(s).renewal_candidates(
+                now, up_to_id=up_to_id, after=after, limit=limit
+            )
+
+    def audit_events(
+        self,
+        *,
+        actor: str | None = None,
+        action: str | None = None,
+        after_id: int | None = None,
+        limit: int = 100,
+    ) -> Sequence[AuditEvent]:
+        """Up to ``limit`` audit events after the cursor ``after_id``, filtered by actor and
+        action, in the order AuditRepository.list gives them."""
+        with unit_of_work(self._db) as s:
+            return AuditRepository(s).list(
+                actor=actor, action=action, after_id=after_id, limit=limit
+            )
