@@ -1,0 +1,1 @@
+"""The ACME front end (RFC 8555): protocol state, JWS, validation; finalize calls the core."""
