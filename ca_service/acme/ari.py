@@ -71,7 +71,9 @@ def certificate_of(core: Core, raw: Any) -> CertificateRecord:
         raise ACMEProblem("malformed", "a CertID is base64url(AKI).base64url(serial)")
     authority = _authority_with_key_id(core, key_id)
     if authority is None:
-        raise ACMEProblem("malformed", "no authority of this CA has that key identifier", status=404)
+        raise ACMEProblem(
+            "malformed", "no authority of this CA has that key identifier", status=404
+        )
     serial = serial_hex(int.from_bytes(serial_bytes, "big"))
     try:
         return core.get_certificate(serial, authority)

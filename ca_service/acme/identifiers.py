@@ -34,12 +34,14 @@ def parse_identifiers(raw: Any) -> tuple[ACMEIdentifier, ...]:
             or not isinstance(item.get("type"), str)
             or not isinstance(item.get("value"), str)
         ):
-            raise ACMEProblem("malformed", "each identifier is {\"type\": ..., \"value\": ...}")
+            raise ACMEProblem("malformed", 'each identifier is {"type": ..., "value": ...}')
         kind, value = item["type"], item["value"]
         shown = {"type": kind, "value": value[:255]}
         if kind not in ("dns", "ip"):
             problems.append(
-                Subproblem("unsupportedIdentifier", f"identifier type {kind!r} is not supported", shown)
+                Subproblem(
+                    "unsupportedIdentifier", f"identifier type {kind!r} is not supported", shown
+                )
             )
             continue
         try:

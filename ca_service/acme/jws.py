@@ -183,6 +183,8 @@ def authenticate(
     nonce = protected.get("nonce")
     if not isinstance(nonce, str) or not nonce:
         raise ACMEProblem("badNonce", "the protected header has no nonce")
+    if not isinstance(protected.get("url"), str):
+        raise ACMEProblem("malformed", "the protected header has no url")
     if protected.get("url") != url:
         raise ACMEProblem("unauthorized", f"the JWS url does not match the request URL {url}")
     kid: str | None = None

@@ -44,7 +44,9 @@ def revoke_certificate(
     try:
         record = core.get_certificate(serial_hex(cert.serial_number), authority)
     except NotFound:
-        raise ACMEProblem("malformed", "this CA did not issue that certificate", status=404) from None
+        raise ACMEProblem(
+            "malformed", "this CA did not issue that certificate", status=404
+        ) from None
     if record.der != der:
         raise ACMEProblem("malformed", "this CA did not issue that certificate", status=404)
     if record.status is CertStatus.REVOKED and record.revocation_reason is not (
@@ -58,7 +60,8 @@ def revoke_certificate(
         f"acme:{account.id}" if account else None,
         record,
         signed_by_certificate_key=by_key,
-        authorized_for_all_names=account is not None and _authorized(accounts, account, record.sans),
+        authorized_for_all_names=account is not None
+        and _authorized(accounts, account, record.sans),
     )
     identity = f"acme:{account.id}" if account else f"acme-key:{record.authority}/{record.serial}"
     actor = Actor(identity, context.request_id, context.client_address)
@@ -68,10 +71,10 @@ def revoke_certificate(
 def _same_key(signed: SignedRequest, cert: x509.Certificate) -> bool:
     spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     try:
-        theirs = signed.key.get_op_key("verify").public_bytes(*spki)
-    except (TypeError, ValueError, AttributeError):
+        theirs = serialization.load_pem_public_key(signed.key.export_to_pem())
+    except (TypeError, ValueError):
         return False
-    return bool(theirs == cert.public_key().public_bytes(*spki))
+    return bool(theirs.public_bytes(*spki) == cert.public_key().public_bytes(*spki))
 
 
 def _authorized(accounts: Accounts, account: ACMEAccountRecord, names: tuple[str, ...]) -> bool:
@@ -84,6 +87,9 @@ def _authorized(accounts: Accounts, account: ACMEAccountRecord, names: tuple[str
             kind, _, value = name.partition(":")
             if kind not in ("dns", "ip"):
                 return False
-            if repo.reusable(account.id, account.authority, ACMEIdentifier(kind, value), now) is None:
+            if (
+                repo.reusable(account.id, account.authority, ACMEIdentifier(kind, value), now)
+                is None
+            ):
                 return False
     return bool(names)

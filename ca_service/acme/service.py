@@ -93,7 +93,9 @@ class Accounts:
         try:
             record = self.core.get_authority(chosen)
         except NotFound:
-            raise ACMEProblem("malformed", f"no ACME server for authority {chosen!r}", status=404)
+            raise ACMEProblem(
+                "malformed", f"no ACME server for authority {chosen!r}", status=404
+            ) from None
         if record.is_root:
             raise ACMEProblem(
                 "malformed", f"{chosen!r} is a root CA; use its issuing CA", status=404
@@ -247,8 +249,7 @@ class Accounts:
                 if eab_kid is not None and not EABKeyRepository(s).bind(eab_kid, account.id):
                     raise ACMEProblem(
                         "unauthorized",
-                        "the External Account Binding key is revoked or bound to another "
-                        "account",
+                        "the External Account Binding key is revoked or bound to another account",
                         rule="acme.eab_used",
                     )
                 self._audit(s, account, "acme.account.create", context, {"eab": eab_kid})
@@ -279,9 +280,7 @@ class Accounts:
         payload = jws.verify(outer, jws.hmac_key(found[1]), str(protected["alg"]), what="EAB")
         bound = jws.parse_object(payload, "externalAccountBinding payload")
         if jws.thumbprint_of(bound) != jws.thumbprint(signed.key):
-            raise ACMEProblem(
-                "malformed", "externalAccountBinding must sign the account's own key"
-            )
+            raise ACMEProblem("malformed", "externalAccountBinding must sign the account's own key")
         return kid
 
     def _contacts(self, raw: Any) -> tuple[str, ...]:
@@ -394,4 +393,3 @@ class Accounts:
 
 def _timestamp(value: dt.datetime) -> str:
     return value.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-

@@ -9,6 +9,7 @@ https (section 6.1): behind `serve --tls`, or a TLS-terminating proxy whose URL 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from typing import Any
@@ -82,18 +83,17 @@ def _problem(exc: CAError) -> Response:
     if problem.rule and not exc.audited:
         # A refusal with a rule is audited once, whichever layer raised it (RefusalLog).
         try:
-            actor = Actor(g.get("acme_identity", "acme:anonymous"), g.get("request_id"),
-                          request.remote_addr)
+            actor = Actor(
+                g.get("acme_identity", "acme:anonymous"), g.get("request_id"), request.remote_addr
+            )
             core().refusals.record(actor, request.path[:255], exc, attempted="acme")
         except CAError:
             log.warning("request %s: the refusal could not be audited", g.get("request_id"))
     if problem.status >= 500:
         log.warning("request %s: ACME %s: %s", g.get("request_id"), problem.acme_type, exc.detail)
     response = Response(json.dumps(problem.as_json()), status=problem.status, content_type=PROBLEM)
-    try:
+    with contextlib.suppress(CAError):  # the store is away: the client asks newNonce again
         response.headers["Replay-Nonce"] = server().accounts.new_nonce()
-    except CAError:
-        pass  # the store is away: the client will ask newNonce again
     if problem.retry_after:
         response.headers["Retry-After"] = str(problem.retry_after)
     elif problem.status == 503:
@@ -104,9 +104,7 @@ def _problem(exc: CAError) -> Response:
 
 def _signed(authority: str, path: str, *, key_by: str = "kid") -> tuple[SignedRequest, Any]:
     if request.mimetype != JOSE:
-        raise ACMEProblem(
-            "malformed", f"ACME requests are POSTed as {JOSE}", status=415
-        )
+        raise ACMEProblem("malformed", f"ACME requests are POSTed as {JOSE}", status=415)
     signed, account = server().accounts.authenticate(
         request.get_data(cache=False), _url(authority, path), authority, key_by=key_by
     )
