@@ -170,6 +170,13 @@ def _passphrase(path: Path | None) -> bytes | None:
     show_default=True,
     help="Seconds per connection.",
 )
+@click.option(
+    "--retries",
+    type=click.IntRange(0, 10),
+    default=3,
+    show_default=True,
+    help="Tries again after a refused connection or a 503/429 (with backoff, Retry-After).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the outcome as one JSON object.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress lines on stderr.")
 @click.pass_context
@@ -194,6 +201,7 @@ def request(
     validity_days: int | None,
     authority: str | None,
     timeout: float,
+    retries: int,
     as_json: bool,
     quiet: bool,
 ) -> None:
@@ -251,6 +259,7 @@ def request(
                 authority=authority,
                 p12_passphrase=passphrase,
                 timeout=timeout,
+                attempts=retries + 1,
                 progress=progress,
             )
         )

@@ -82,10 +82,13 @@ def fetch_root(
     *,
     authority: str | None = None,
     timeout: float = 30.0,
+    attempts: int = 3,
     context: ssl.SSLContext | None = None,
 ) -> x509.Certificate:
     """The root from the server, kept only if its fingerprint is ``expected``."""
-    client = HttpsClient(endpoint, context or unverified_context(), timeout=timeout, attempts=3)
+    client = HttpsClient(
+        endpoint, context or unverified_context(), timeout=timeout, attempts=attempts
+    )
     path = root_path(authority)
     answer = client.request("GET", path, headers={"Accept": "application/x-pem-file"})
     if answer.status != 200:
@@ -108,6 +111,7 @@ def ensure_root(
     *,
     authority: str | None = None,
     timeout: float = 30.0,
+    attempts: int = 3,
     context: ssl.SSLContext | None = None,
 ) -> tuple[str, bool]:
     """The root to trust, as PEM, and whether it was fetched now.
@@ -126,7 +130,9 @@ def ensure_root(
             "fingerprint, from 'ca-service authorities' on the CA) or --root FILE"
         )
     assert expected is not None
-    cert = fetch_root(endpoint, expected, authority=authority, timeout=timeout, context=context)
+    cert = fetch_root(
+        endpoint, expected, authority=authority, timeout=timeout, attempts=attempts, context=context
+    )
     pem = _pem(cert)
     write_atomic(path, pem.encode(), PUBLIC)
     return pem, True

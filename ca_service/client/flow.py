@@ -117,6 +117,7 @@ def run(req: Request) -> Outcome:
         req.root_fingerprint,
         authority=req.authority,
         timeout=req.timeout,
+        attempts=req.attempts,
     )
     root = x509.load_pem_x509_certificate(root_pem.encode())
     existing = read_existing(req.layout, req.p12_passphrase)
