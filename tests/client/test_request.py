@@ -18,7 +18,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.serialization import pkcs12
 
 from ..conftest import run
-from ..live import CA_SERVICE, LiveServer, create_token, free_port, start_server
+from ..live import LiveServer, create_token, free_port, start_server
+from .helpers import request
 
 NAME = "app.client.test"
 
@@ -40,25 +41,6 @@ def fingerprint(live: LiveServer, sep: str = ":") -> str:
     assert live.root_pem is not None
     cert = x509.load_pem_x509_certificate(live.root_pem.encode())
     return sep.join(f"{b:02X}" for b in cert.fingerprint(hashes.SHA256()))
-
-
-def request(
-    *args: str, token: str | None = None, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    """The real `ca-service request`, with a clean environment (no CA_* from the caller)."""
-    environ = {k: v for k, v in os.environ.items() if not k.startswith(("CA_", "ACTIONS_"))}
-    if token is not None:
-        environ["CA_TOKEN"] = token
-    environ.update(env or {})
-    return subprocess.run(
-        [CA_SERVICE, "request", *args],
-        env=environ,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-        stdin=subprocess.DEVNULL,
-    )
 
 
 def first(
