@@ -96,7 +96,7 @@ def _passphrase(path: Path | None) -> bytes | None:
     required=True,
     type=click.Path(dir_okay=False, path_type=Path),
     metavar="PREFIX",
-    help="Write PREFIX.key, .crt, .chain.crt and .fullchain.crt (or PREFIX.p12).",
+    help="Write PREFIX.key, .crt, .chain.pem and .fullchain.pem (or PREFIX.p12).",
 )
 @click.option(
     "--format",

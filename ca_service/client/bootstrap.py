@@ -27,10 +27,11 @@ _HEX = re.compile(r"^[0-9a-f]{64}$")
 
 
 def parse_fingerprint(text: str) -> bytes:
-    """32 bytes from hex, with or without colons or spaces, any case, an optional 'sha256:'."""
+    """32 bytes from hex, with or without colons or spaces, any case, with an optional
+    'sha256:' or 'SHA256 Fingerprint=' (as ``openssl x509 -fingerprint -sha256`` prints it)."""
     value = text.strip().lower()
-    if value.startswith("sha256:"):
-        value = value[len("sha256:") :]
+    for prefix in ("sha256 fingerprint=", "sha256:"):
+        value = value.removeprefix(prefix)
     value = re.sub(r"[\s:]", "", value)
     if not _HEX.match(value):
         raise UsageError(

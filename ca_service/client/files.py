@@ -118,11 +118,11 @@ class Layout:
 
     @property
     def chain(self) -> Path:
-        return self._with(".chain.crt")
+        return self._with(".chain.pem")
 
     @property
     def fullchain(self) -> Path:
-        return self._with(".fullchain.crt")
+        return self._with(".fullchain.pem")
 
     @property
     def pkcs12(self) -> Path:

@@ -41,6 +41,7 @@ from .fakes import Reply, Seen, TinyCA, ca_service_route, fake_jwt, json_reply, 
         "ab" * 32,
         ":".join(["Ab"] * 32),
         "sha256:" + "ab" * 32,
+        "SHA256 Fingerprint=" + ":".join(["AB"] * 32),
         " " + " ".join(["ab"] * 32) + "\n",
     ],
 )
@@ -201,8 +202,8 @@ def test_layout_names() -> None:
     assert [p.name for p in pem.outputs().values()] == [
         "app.key",
         "app.crt",
-        "app.chain.crt",
-        "app.fullchain.crt",
+        "app.chain.pem",
+        "app.fullchain.pem",
     ]
     assert pem.root.name == "app.root.pem"
     assert files.Layout(Path("/x/app"), p12=True).outputs() == {"pkcs12": Path("/x/app.p12")}

@@ -64,7 +64,7 @@ def stats(paths: list[Path]) -> list[tuple[int, int]]:
     return [(p.stat().st_ino, p.stat().st_mtime_ns) for p in paths]
 
 
-PEM_FILES = ("key", "crt", "chain.crt", "fullchain.crt")
+PEM_FILES = ("key", "crt", "chain.pem", "fullchain.pem")
 
 
 @pytest.mark.slow
