@@ -135,7 +135,6 @@ def run(req: Request) -> Outcome:
             req.root_file,
             fetched,
         )
-    credential = req.credential()
     key = generate_private_key(req.key_type)
     csr = build_csr(key, req.names)
     client = HttpsClient(
@@ -161,7 +160,7 @@ def run(req: Request) -> Outcome:
             "POST",
             f"/api/v1/certificates/{renew_serial}/renew",
             body=_json_body(csr=csr, validity_days=req.validity_days, authority=req.authority),
-            headers={**credential.headers(), "Content-Type": JSON, "Accept": JSON},
+            headers={**req.credential().headers(), "Content-Type": JSON, "Accept": JSON},
         )
         if answer.status in RENEW_FALLBACK:
             req.progress(
@@ -180,7 +179,9 @@ def run(req: Request) -> Outcome:
                 validity_days=req.validity_days,
                 authority=req.authority,
             ),
-            headers={**credential.headers(), "Content-Type": JSON, "Accept": JSON},
+            # Asked again: an ID token may be good for one use only, and GitHub hands out a
+            # fresh one per call; an API token or a token file gives the same value again.
+            headers={**req.credential().headers(), "Content-Type": JSON, "Accept": JSON},
         )
     leaf, chain = _accept(answer, req.server)
     verify_issued(root, leaf, chain, key, req.names, now)
