@@ -14,11 +14,15 @@ to do". A PKCS#12 file holds key and certificate together and is replaced in one
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import secrets
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+from ca_service.client.errors import ClientError
 
 PRIVATE = 0o600
 PUBLIC = 0o644
@@ -101,6 +105,33 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+@contextlib.contextmanager
+def locked(path: Path, wait: float) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` (created 0600), waiting at most ``wait`` seconds.
+
+    Two runs for the same PREFIX at once (cron and a deploy, say) would each write a key and a
+    certificate, and the renames could interleave into a pair that does not match; one waits
+    for the other instead, and then finds nothing to do."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), PRIVATE)
+    try:
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise ClientError(
+                        f"another ca-service request is writing {path.with_suffix('')}.* "
+                        f"(it holds {path}); try again later"
+                    ) from None
+                time.sleep(0.1)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
 @dataclass(frozen=True)
 class Layout:
     """Where the files of ``--out PREFIX`` go, for either format."""
@@ -131,6 +162,10 @@ class Layout:
     @property
     def root(self) -> Path:
         return self._with(".root.pem")
+
+    @property
+    def lock(self) -> Path:
+        return self._with(".lock")
 
     def _with(self, suffix: str) -> Path:
         return self.prefix.with_name(self.prefix.name + suffix)

@@ -119,6 +119,11 @@ def run(req: Request) -> Outcome:
         timeout=req.timeout,
         attempts=req.attempts,
     )
+    with files.locked(req.layout.lock, req.timeout):
+        return _run_locked(req, root_pem, fetched)
+
+
+def _run_locked(req: Request, root_pem: str, fetched: bool) -> Outcome:
     root = x509.load_pem_x509_certificate(root_pem.encode())
     existing = read_existing(req.layout, req.p12_passphrase)
     now = req.now()

@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives import hashes
 from ca_service.client import files, flow
 from ca_service.client.bootstrap import ensure_root, parse_fingerprint
 from ca_service.client.credentials import Credential, check_id_token, choose, oidc_from_github
-from ca_service.client.errors import Refused, Unreachable, UsageError
+from ca_service.client.errors import ClientError, Refused, Unreachable, UsageError
 from ca_service.client.http import (
     Endpoint,
     HttpsClient,
@@ -304,7 +304,7 @@ def test_an_answer_from_another_ca_is_refused_and_nothing_written(tmp_path: Path
         pytest.raises(Unreachable, match="does not chain"),
     ):
         flow.run(_request(tmp_path, server.url, ca))
-    assert not (tmp_path / "out").exists()
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["app.lock"]
 
 
 def test_an_answer_for_another_key_is_refused(tmp_path: Path) -> None:
@@ -322,7 +322,7 @@ def test_an_answer_for_another_key_is_refused(tmp_path: Path) -> None:
         pytest.raises(Unreachable, match="not for the key"),
     ):
         flow.run(_request(tmp_path, server.url, ca))
-    assert not (tmp_path / "out").exists()
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["app.lock"]
 
 
 def test_a_5xx_is_unreachable_and_a_4xx_refused(tmp_path: Path) -> None:
@@ -378,3 +378,15 @@ def test_key_types_and_the_csr(tmp_path: Path) -> None:
     assert csr.subject.rfc4514_string() == "CN=app.example.test"
     san = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert len(san) == 3
+
+
+def test_a_second_run_for_the_same_prefix_waits_then_gives_up(tmp_path: Path) -> None:
+    ca = TinyCA()
+    with serve(ca_service_route(ca), ca.server_context(tmp_path)) as server:
+        req = flow.Request(**{**_request(tmp_path, server.url, ca).__dict__, "timeout": 1.0})
+        with files.locked(req.layout.lock, 0), pytest.raises(ClientError, match="another"):
+            flow.run(req)
+        assert not req.layout.certificate.exists()
+        assert stat.S_IMODE(req.layout.lock.stat().st_mode) == 0o600
+        # Released: the next run proceeds.
+        assert flow.run(req).action == "issued"
