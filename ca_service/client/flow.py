@@ -46,6 +46,7 @@ from ca_service.errors import BadRequest
 JSON = "application/json"
 # Server answers that mean "not this serial" rather than "not you": issue afresh instead.
 RENEW_FALLBACK = frozenset({403, 404, 409})
+CLOCK_SKEW = dt.timedelta(minutes=5)
 
 
 @dataclass(frozen=True)
@@ -369,8 +370,15 @@ def verify_issued(
     names: tuple[SubjectName, ...],
     now: dt.datetime,
 ) -> None:
-    """Refuse an answer that is not the certificate asked for, before anything is written."""
-    if not chains_to(root, leaf, chain, now):
+    """Refuse an answer that is not the certificate asked for, before anything is written.
+
+    A certificate that starts a little after ``now`` is judged at its start: the server's
+    clock may be ahead of this machine's by up to ``CLOCK_SKEW``, and that is no reason to
+    throw a good certificate away."""
+    at = now
+    if now < leaf.not_valid_before_utc <= now + CLOCK_SKEW:
+        at = leaf.not_valid_before_utc
+    if not chains_to(root, leaf, chain, at):
         raise Unreachable("the certificate the server returned does not chain to the trusted root")
     if not _matches(key, leaf):
         raise Unreachable("the certificate the server returned is not for the key generated here")

@@ -390,3 +390,16 @@ def test_a_second_run_for_the_same_prefix_waits_then_gives_up(tmp_path: Path) ->
         assert stat.S_IMODE(req.layout.lock.stat().st_mode) == 0o600
         # Released: the next run proceeds.
         assert flow.run(req).action == "issued"
+
+
+def test_clock_skew_up_to_five_minutes_is_tolerated() -> None:
+    ca = TinyCA()
+    key = TinyCA().key
+    cert = ca.issue(key.public_key(), [x509.DNSName("a.test")])
+    names = (parse_name("a.test"),)
+    start = cert.not_valid_before_utc
+    flow.verify_issued(ca.cert, cert, (), key, names, start - dt.timedelta(minutes=4))
+    with pytest.raises(Unreachable, match="does not chain"):
+        flow.verify_issued(ca.cert, cert, (), key, names, start - dt.timedelta(minutes=6))
+    with pytest.raises(Refused, match=r"without dns:b\.test"):
+        flow.verify_issued(ca.cert, cert, (), key, (*names, parse_name("b.test")), start)
