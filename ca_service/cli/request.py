@@ -26,7 +26,7 @@ from ca_service.client import flow
 from ca_service.client.credentials import DEFAULT_AUDIENCE, choose
 from ca_service.client.errors import ClientError, UsageError
 from ca_service.client.files import Layout
-from ca_service.client.http import Endpoint
+from ca_service.client.transport import Endpoint
 from ca_service.crypto.names import parse_name
 from ca_service.domain import KeyType, SubjectName
 from ca_service.errors import CAError

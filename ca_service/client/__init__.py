@@ -5,7 +5,7 @@ No Flask, no store, no CA key: only the standard library's HTTPS client, ``crypt
 the pure helpers of ``ca_service.crypto``. The modules, by concern:
 
 - ``errors``: the three ways a request can fail, each with its exit code;
-- ``http``: HTTPS with bounded timeouts and bounded retries, verified against one root;
+- ``transport``: HTTPS with bounded timeouts and bounded retries, verified against one root;
 - ``bootstrap``: trust on first use made safe by a fingerprint (``step ca bootstrap``);
 - ``credentials``: an API token, or an OIDC ID token from a file, GitHub Actions or GitLab;
 - ``files``: atomic writes, the private key never readable by others, PEM or PKCS#12;

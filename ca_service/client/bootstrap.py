@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 
 from ca_service.client.errors import Unreachable, UsageError
 from ca_service.client.files import PUBLIC, write_atomic
-from ca_service.client.http import Endpoint, HttpsClient, unverified_context
+from ca_service.client.transport import Endpoint, HttpsClient, unverified_context
 
 _HEX = re.compile(r"^[0-9a-f]{64}$")
 

@@ -37,7 +37,7 @@ from ca_service.client import files
 from ca_service.client.bootstrap import ensure_root
 from ca_service.client.credentials import Credential
 from ca_service.client.errors import Refused, Unreachable, UsageError
-from ca_service.client.http import Answer, Endpoint, HttpsClient, verifying_context
+from ca_service.client.transport import Answer, Endpoint, HttpsClient, verifying_context
 from ca_service.crypto.fields import certificate_names
 from ca_service.crypto.keys import SigningKey, generate_private_key, key_type_of, signature_hash
 from ca_service.domain import KeyType, SubjectName

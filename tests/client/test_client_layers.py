@@ -38,4 +38,4 @@ def test_the_client_library_loads_nothing_of_the_server() -> None:
     wrong = [m for m in loaded if any(m == s or m.startswith(s + ".") for s in SERVER_SIDE)]
     assert wrong == []
     # The check sees what it should: the client and cryptography are loaded.
-    assert "ca_service.client.http" in loaded and "cryptography.x509" in loaded
+    assert "ca_service.client.transport" in loaded and "cryptography.x509" in loaded

@@ -18,7 +18,7 @@ from ca_service.client import files, flow
 from ca_service.client.bootstrap import ensure_root, parse_fingerprint
 from ca_service.client.credentials import Credential, check_id_token, choose, oidc_from_github
 from ca_service.client.errors import ClientError, Refused, Unreachable, UsageError
-from ca_service.client.http import (
+from ca_service.client.transport import (
     Endpoint,
     HttpsClient,
     retry_after,
