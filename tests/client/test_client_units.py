@@ -403,3 +403,29 @@ def test_clock_skew_up_to_five_minutes_is_tolerated() -> None:
         flow.verify_issued(ca.cert, cert, (), key, names, start - dt.timedelta(minutes=6))
     with pytest.raises(Refused, match=r"without dns:b\.test"):
         flow.verify_issued(ca.cert, cert, (), key, (*names, parse_name("b.test")), start)
+
+
+def test_a_certificate_of_another_root_is_replaced_not_renewed(tmp_path: Path) -> None:
+    old_ca, new_ca = TinyCA(), TinyCA("New Root")
+    with serve(ca_service_route(old_ca), old_ca.server_context(tmp_path)) as server:
+        assert flow.run(_request(tmp_path, server.url, old_ca)).action == "issued"
+    with serve(ca_service_route(new_ca), new_ca.server_context(tmp_path)) as server:
+        # The CA was rebuilt: a new fingerprint replaces the root file, and the certificate on
+        # disk, which no longer chains to it, is replaced by a fresh issuance.
+        outcome = flow.run(_request(tmp_path, server.url, new_ca))
+        assert outcome.action == "issued" and outcome.root_fetched
+        assert [r.path for r in server.seen if r.method == "POST"] == ["/api/v1/certificates"]
+    assert (tmp_path / "root.pem").read_text() == new_ca.pem
+
+
+def test_p12_with_the_wrong_passphrase_is_a_usage_error(tmp_path: Path) -> None:
+    ca = TinyCA()
+    with serve(ca_service_route(ca), ca.server_context(tmp_path)) as server:
+        base = _request(tmp_path, server.url, ca).__dict__
+        layout = files.Layout(tmp_path / "out" / "app", p12=True)
+        first = flow.Request(**{**base, "layout": layout, "p12_passphrase": b"right"})
+        assert flow.run(first).action == "issued"
+        assert flow.run(first).action == "unchanged"
+        wrong = flow.Request(**{**base, "layout": layout, "p12_passphrase": b"wrong"})
+        with pytest.raises(UsageError, match="passphrase"):
+            flow.run(wrong)
