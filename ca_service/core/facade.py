@@ -39,7 +39,7 @@ from ca_service.domain import (
     StoredCRL,
 )
 from ca_service.refusals import RefusalLog
-from ca_service.signing.keystore import FileKeystore
+from ca_service.signing.keystore import Keystore
 from ca_service.signing.serials import random_serial
 from ca_service.storage.db import Database
 
@@ -49,7 +49,7 @@ class Core:
         self,
         settings: Settings,
         db: Database,
-        keystore: FileKeystore,
+        keystore: Keystore,
         clock: Clock | None = None,
         serials: Callable[[], int] = random_serial,
     ) -> None:

@@ -1,8 +1,9 @@
 """Bringing authorities into existence: a new root with its issuing intermediate, or an
 existing CA adopted, each recorded with its key file and audited in one transaction.
 
-Keys are made or adopted by the keystore, which returns only file names, public keys and
-Signers; a key file whose records do not commit is removed again. This part must never issue
+Keys are made or adopted by the keystore, which returns only the names the store keeps (a file
+name, or a pkcs11: URI of a token key), public keys and Signers; a key made here whose records
+do not commit is removed again (a token key adopted by label never is). This part must never issue
 leaf certificates, and it never sees a private key.
 """
 
@@ -46,6 +47,10 @@ class HierarchySpec:
     root_days: int = 3650
     intermediate_days: int = 1825
     constraints: NameConstraintsSpec = field(default_factory=NameConstraintsSpec)
+    # Keys already in the keystore to use instead of new ones (a token key made at a key
+    # ceremony): the text the keystore names them by (a pkcs11: URI), or None for a new key.
+    root_key: str | None = None
+    intermediate_key: str | None = None
 
 
 # One authority to record: name, parent, certificate, key file, name constraints (None for a
@@ -70,8 +75,11 @@ class Hierarchy:
         keystore = self.ctx.keystore
         now = self.ctx.clock.now()
         with self._removing_keys_on_failure() as written:
-            root_key = keystore.generate(_key_id(root_name), spec.key_type)
-            written.append(root_key.key_file)
+            if spec.root_key is not None:
+                root_key = keystore.existing(spec.root_key, spec.key_type)
+            else:
+                root_key = keystore.generate(_key_id(root_name), spec.key_type)
+                written.append(root_key.key_file)
             root_cert = keystore.sign_root(
                 root_key.key_file,
                 spec.key_type,
@@ -90,6 +98,7 @@ class Hierarchy:
                 spec.constraints,
                 now,
                 written,
+                spec.intermediate_key,
             )
             return self._register(
                 [
@@ -188,10 +197,15 @@ class Hierarchy:
         constraints: NameConstraintsSpec,
         now: dt.datetime,
         written: list[str],
+        existing_key: str | None = None,
     ) -> tuple[x509.Certificate, str]:
-        """A new key for the issuing CA ``name`` and its certificate, signed by ``root``."""
-        key = self.ctx.keystore.generate(_key_id(name), root.key_type)
-        written.append(key.key_file)
+        """A new key (or ``existing_key``) for the issuing CA ``name`` and its certificate,
+        signed by ``root``."""
+        if existing_key is not None:
+            key = self.ctx.keystore.existing(existing_key, root.key_type)
+        else:
+            key = self.ctx.keystore.generate(_key_id(name), root.key_type)
+            written.append(key.key_file)
         crl_url, issuers_url, ocsp_url = self.registry.urls(root_name)
         template = IntermediateTemplate(
             public_key=key.public_key,
