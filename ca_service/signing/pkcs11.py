@@ -226,22 +226,41 @@ class Token:
         return f"Token({self.module_path!r}, {self.label!r})"
 
     def run(self, what: str, op: Callable[[Any], T], *, retry: bool = True) -> T:
-        """``op(session)`` under the module's lock, re-opened and retried once on failure."""
+        """``op(session)`` under the module's lock, re-opened and retried once on failure.
+
+        A missing token or key is looked for once more too: a token (or a key made by another
+        process) that appeared after this process initialised the library is seen only after
+        it initialises again. ``retry=False`` (key generation) re-opens a session that failed
+        to open, but never runs ``op`` twice."""
         with self._module.lock:
+            session = self._attempt(what, self._open, retry=True)
             try:
-                result = op(self._open())
+                result = op(session)
             except (PKCS11Error, _Missing) as first:
                 self._drop()
-                if not retry or isinstance(first, _Missing | PinIncorrect | PinLocked):
+                if not retry or isinstance(first, PinIncorrect | PinLocked):
                     raise self._failure(first, what) from None
-                try:
-                    self._module.restart()
-                    result = op(self._open())
-                except (PKCS11Error, _Missing) as second:
-                    self._drop()
-                    raise self._failure(second, what) from None
+                result = self._attempt(what, lambda: op(self._reopen()), retry=False)
             self._started = True
             return result
+
+    def _attempt(self, what: str, call: Callable[[], T], *, retry: bool) -> T:
+        try:
+            return call()
+        except (PKCS11Error, _Missing) as first:
+            self._drop()
+            if not retry or isinstance(first, PinIncorrect | PinLocked):
+                raise self._failure(first, what) from None
+        try:
+            self._module.restart()
+            return call()
+        except (PKCS11Error, _Missing) as second:
+            self._drop()
+            raise self._failure(second, what) from None
+
+    def _reopen(self) -> Any:
+        self._module.restart()
+        return self._open()
 
     def _open(self) -> Any:
         lib = self._module.library()
@@ -274,6 +293,8 @@ class Token:
 
     def _failure(self, exc: Exception, what: str) -> Exception:
         if isinstance(exc, _Missing):
+            if exc.key:  # the token answers, and the key the store names is not in it
+                return ConfigError(str(exc))
             detail = str(exc)
         elif isinstance(exc, PinIncorrect | PinLenRange):
             detail = f"PKCS#11 token {self.label!r} refused the PIN (wrong PIN)"
@@ -296,13 +317,19 @@ class Token:
             found = session.get_key(object_class=cls, label=ref.label, id=ref.key_id)
         except NoSuchKey:
             kind = "private" if cls is ObjectClass.PRIVATE_KEY else "public"
-            raise _Missing(f"no {kind} key {ref} in PKCS#11 token {self.label!r}") from None
+            raise _Missing(
+                f"no {kind} key {ref} in PKCS#11 token {self.label!r}", key=True
+            ) from None
         self._keys[(ref, cls)] = found
         return found
 
 
 class _Missing(Exception):
-    """Something the configuration names is not in the token (a token or a key)."""
+    """Something the configuration names is not there (the token, or a key in it)."""
+
+    def __init__(self, message: str, *, key: bool = False) -> None:
+        super().__init__(message)
+        self.key = key
 
 
 # ---------------------------------------------------------------------------- signing

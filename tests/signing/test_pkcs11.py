@@ -1,0 +1,402 @@
+"""Issue 16: CA keys in a PKCS#11 token (SoftHSM2), for every supported key type.
+
+``ca-service init --key-backend pkcs11`` runs as a subprocess; issuance from a CSR and a CRL
+too; OCSP answers come from the core in this process (on the same token), and every result is
+checked by openssl and pkilint. The keys are checked in the token (sensitive, never
+extractable) and looked for everywhere else: the data directory and every database row.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from ca_service.config import Settings
+from ca_service.core.facade import Core
+from ca_service.domain import KeyType
+from ca_service.errors import BadRequest, ConfigError
+from ca_service.signing.pkcs11 import KeyRef, Pkcs11Keystore
+from ca_service.storage.db import Database
+from ca_service.wiring import build_authority
+
+from ..conftest import make_settings, run
+from ..helpers import (
+    LEAF_KEY_KIND,
+    all_stored_bytes,
+    csr_pem,
+    lint_cert,
+    lint_crl,
+    make_key,
+    openssl_verify,
+    tree_bytes,
+    write,
+)
+from .softhsm import MODULE, PIN, SoftHSM
+
+CA_SERVICE = str(Path(sys.executable).parent / "ca-service")
+LINT_OCSP = Path(sys.executable).parent / "lint_ocsp_response"
+
+KEY_TYPES = [
+    pytest.param(KeyType.ECDSA_P256, id="p256"),
+    pytest.param(KeyType.ECDSA_P384, id="p384"),
+    pytest.param(KeyType.RSA_2048, id="rsa2048"),
+    pytest.param(KeyType.RSA_3072, id="rsa3072", marks=pytest.mark.slow),
+    pytest.param(KeyType.RSA_4096, id="rsa4096", marks=pytest.mark.slow),
+]
+
+
+@pytest.fixture(scope="session")
+def softhsm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SoftHSM]:
+    """One SoftHSM configuration for this process (SOFTHSM2_CONF is read at initialisation)."""
+    hsm = SoftHSM.create(tmp_path_factory.mktemp("softhsm"))
+    before = os.environ.get("SOFTHSM2_CONF")
+    os.environ["SOFTHSM2_CONF"] = str(hsm.conf)
+    yield hsm
+    if before is None:
+        os.environ.pop("SOFTHSM2_CONF", None)
+    else:
+        os.environ["SOFTHSM2_CONF"] = before
+
+
+def token_settings(tmp_path: Path, db_url: str, label: str) -> Settings:
+    return make_settings(
+        tmp_path,
+        db_url,
+        key_backend="pkcs11",
+        key_passphrase=None,
+        pkcs11_module=MODULE,
+        pkcs11_token_label=label,
+        pkcs11_pin=PIN.encode(),
+    )
+
+
+def cli(
+    hsm: SoftHSM, label: str, tmp_path: Path, db_url: str, *args: str, **env: str
+) -> subprocess.CompletedProcess[str]:
+    """The real ``ca-service`` with the token backend and no key passphrase at all."""
+    full = {k: v for k, v in os.environ.items() if not k.startswith("CA_")}
+    full.update(hsm.env(label))
+    full.update(
+        {
+            "CA_DATA_DIR": str(tmp_path / "data"),
+            "CA_DATABASE_URL": db_url,
+            "CA_PUBLIC_URL": "http://127.0.0.1:8000",
+        }
+    )
+    full.update(env)
+    return subprocess.run(
+        [CA_SERVICE, *args],
+        env=full,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def one_clear_line(result: subprocess.CompletedProcess[str]) -> str:
+    """A start-up failure: non-zero exit, one 'error:' line on stderr, no traceback."""
+    assert result.returncode != 0, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("error: ")]
+    assert len(errors) == 1, result.stderr
+    return errors[0]
+
+
+def assert_no_key_material(core: Core, data_dir: Path, db: Database) -> None:
+    """The CA keys are nowhere but in the token: no key file, no PEM or DER private key in the
+    data directory or any row, and the token says each key is sensitive and never extractable."""
+    keystore = core._ctx.keystore
+    assert isinstance(keystore, Pkcs11Keystore)
+    assert not (data_dir / "keys").exists()
+    on_disk = tree_bytes(data_dir)
+    stored = all_stored_bytes(db)
+    for blob in (on_disk, stored):
+        assert b"PRIVATE KEY" not in blob
+        # PKCS#8 DER of an EC or RSA key starts SEQUENCE, INTEGER 0, SEQUENCE { OID ... }.
+        assert b"\x02\x01\x00\x30\x13\x06\x07\x2a\x86\x48\xce\x3d\x02\x01" not in blob
+        assert b"\x02\x01\x00\x30\x0d\x06\x09\x2a\x86\x48\x86\xf7\x0d\x01\x01\x01" not in blob
+    references = [a.key_file for a in core.list_authorities()]
+    import sqlalchemy as sa
+
+    with db.engine.connect() as conn:
+        references += [r[0] for r in conn.execute(sa.text("SELECT key_file FROM ocsp_responders"))]
+    assert len(references) >= 2
+    for reference in references:
+        assert reference.startswith("pkcs11:object="), reference
+        flags = keystore.key_flags(reference)
+        assert flags == {
+            "sensitive": True,
+            "extractable": False,
+            "never_extractable": True,
+            "always_sensitive": True,
+        }, (reference, flags)
+
+
+def ocsp_round_trip(
+    core: Core, openssl: str, directory: Path, leaf: Path, inter: Path, chain: Path
+) -> str:
+    """An OCSP request by openssl, answered by the core, verified by openssl and pkilint."""
+    request = directory / "req.der"
+    made = run([openssl, "ocsp", "-issuer", str(inter), "-cert", str(leaf), "-reqout", str(request)])
+    assert made.returncode == 0, made.stderr
+    answer = core.answer_ocsp(request.read_bytes())
+    response = write(directory / "resp.der", answer.der)
+    checked = run(
+        [
+            openssl,
+            "ocsp",
+            "-respin",
+            str(response),
+            "-issuer",
+            str(inter),
+            "-cert",
+            str(leaf),
+            "-CAfile",
+            str(chain),
+            "-no_nonce",
+        ]
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "Response verify OK" in checked.stderr + checked.stdout, checked.stderr
+    linted = run([str(LINT_OCSP), "lint", "-s", "WARNING", str(response)])
+    assert linted.returncode == 0 and linted.stdout.strip() == "", linted.stdout + linted.stderr
+    return checked.stdout
+
+
+def init_issue_and_check(
+    softhsm: SoftHSM, openssl: str, tmp_path: Path, db_url: str, key_type: KeyType
+) -> None:
+    label = softhsm.new_token()
+    init = cli(softhsm, label, tmp_path, db_url, "init", "--key-backend", "pkcs11",
+               "--key-type", key_type.value)  # fmt: skip
+    assert init.returncode == 0, init.stderr
+    assert f"issuing CA, {key_type.value}" in init.stdout
+
+    key = make_key(LEAF_KEY_KIND[key_type])
+    csr = write(tmp_path / "leaf.csr", csr_pem(key, "hsm.example.test", ["hsm.example.test"]))
+    issued = cli(softhsm, label, tmp_path, db_url, "issue", "--csr", str(csr),
+                 "--out", str(tmp_path / "leaf"))  # fmt: skip
+    assert issued.returncode == 0, issued.stderr
+    leaf, chain, root = (tmp_path / f"leaf.{s}" for s in ("crt", "chain.pem", "root.pem"))
+    code, out = openssl_verify(openssl, root, leaf, chain)
+    assert code == 0 and "OK" in out, out
+    assert lint_cert(leaf) == ""
+    inter = write(tmp_path / "inter.pem", chain.read_text())
+    code, out = openssl_verify(openssl, root, inter)
+    assert code == 0, out
+
+    crl = tmp_path / "crl.pem"
+    made = cli(softhsm, label, tmp_path, db_url, "crl", "--out", str(crl))
+    assert made.returncode == 0, made.stderr
+    verified = run([openssl, "crl", "-in", str(crl), "-CAfile", str(inter), "-noout", "-verify"])
+    assert verified.returncode == 0 and "verify OK" in verified.stdout + verified.stderr
+    crl_der = write(
+        tmp_path / "crl.der",
+        x509.load_pem_x509_crl(crl.read_bytes()).public_bytes(serialization.Encoding.DER),
+    )
+    assert lint_crl(crl_der) == ""
+
+    core = build_authority(token_settings(tmp_path, db_url, label))
+    try:
+        core.load_keys()
+        bundle = write(tmp_path / "bundle.pem", chain.read_text() + root.read_text())
+        status = ocsp_round_trip(core, openssl, tmp_path, leaf, inter, bundle)
+        assert ": good" in status, status
+        assert_no_key_material(core, tmp_path / "data", core.db)
+    finally:
+        core.db.dispose()
+
+
+@pytest.mark.parametrize("key_type", KEY_TYPES)
+def test_every_key_type_inits_issues_and_signs_crl_and_ocsp_in_the_token(
+    softhsm: SoftHSM, openssl: str, tmp_path: Path, key_type: KeyType
+) -> None:
+    init_issue_and_check(softhsm, openssl, tmp_path, f"sqlite:///{tmp_path / 'ca.db'}", key_type)
+
+
+def test_no_key_material_in_postgresql_either(
+    softhsm: SoftHSM, openssl: str, tmp_path: Path, pg_url: str
+) -> None:
+    init_issue_and_check(softhsm, openssl, tmp_path, pg_url, KeyType.ECDSA_P256)
+
+
+# ---------------------------------------------------------------------------- adoption
+
+
+def _make_token_key(
+    keystore: Pkcs11Keystore, label: str, key_type: KeyType, *, extractable: bool = False
+) -> bytes:
+    """A key made in the token the way a key ceremony would (with the HSM's own tools)."""
+    import secrets
+
+    import pkcs11
+    from pkcs11 import Attribute, MechanismFlag
+
+    key_id = secrets.token_bytes(4)
+    template = {
+        Attribute.TOKEN: True,
+        Attribute.PRIVATE: True,
+        Attribute.SENSITIVE: not extractable,
+        Attribute.EXTRACTABLE: extractable,
+    }
+
+    def op(session: object) -> None:
+        common = {
+            "store": True,
+            "label": label,
+            "id": key_id,
+            "capabilities": MechanismFlag.SIGN | MechanismFlag.VERIFY,
+            "private_template": template,
+            "public_template": {Attribute.TOKEN: True},
+        }
+        if key_type is KeyType.ECDSA_P256:
+            params = session.create_domain_parameters(  # type: ignore[attr-defined]
+                pkcs11.KeyType.EC,
+                {Attribute.EC_PARAMS: bytes.fromhex("06082a8648ce3d030107")},
+                local=True,
+            )
+            params.generate_keypair(**common)
+        else:
+            session.generate_keypair(pkcs11.KeyType.RSA, 2048, **common)  # type: ignore[attr-defined]
+
+    keystore.token.run("making a test key", op, retry=False)
+    return key_id
+
+
+def test_init_adopts_keys_already_in_the_token_by_label_and_by_id(
+    softhsm: SoftHSM, openssl: str, tmp_path: Path
+) -> None:
+    label = softhsm.new_token()
+    keystore = Pkcs11Keystore(MODULE, label, PIN.encode())
+    _make_token_key(keystore, "ceremony-root", KeyType.ECDSA_P256)
+    inter_id = _make_token_key(keystore, "ceremony-issuing", KeyType.ECDSA_P256)
+    db_url = f"sqlite:///{tmp_path / 'ca.db'}"
+    init = cli(softhsm, label, tmp_path, db_url, "init", "--key-backend", "pkcs11",
+               "--root-key-label", "ceremony-root", "--key-id", inter_id.hex())  # fmt: skip
+    assert init.returncode == 0, init.stderr
+    core = build_authority(token_settings(tmp_path, db_url, label))
+    try:
+        core.load_keys()
+        records = {a.name: a for a in core.list_authorities()}
+        assert records["default-root"].key_file == "pkcs11:object=ceremony-root"
+        assert records["default"].key_file == f"pkcs11:id={''.join(f'%{b:02x}' for b in inter_id)}"
+        issued = core.issue_with_new_key(
+            __import__("ca_service.domain", fromlist=["Actor"]).Actor("test"),
+            common_name="adopted.example.test",
+        )
+        leaf = write(tmp_path / "leaf.pem", issued.certificate_pem)
+        root, inter = write(tmp_path / "root.pem", core.chain_pem()[-1]), write(
+            tmp_path / "inter.pem", core.chain_pem()[0]
+        )
+        code, out = openssl_verify(openssl, root, leaf, inter)
+        assert code == 0, out
+    finally:
+        core.db.dispose()
+    # The adopted keys are still there (nothing was destroyed), and a second init names them
+    # once more: the records, not the keys, say they exist already.
+    again = cli(softhsm, label, tmp_path, db_url, "init", "--key-backend", "pkcs11",
+                "--root-key-label", "ceremony-root")  # fmt: skip
+    assert "exists already" in one_clear_line(again)
+
+
+def test_adoption_refuses_an_extractable_key_a_wrong_type_and_a_missing_key(
+    softhsm: SoftHSM, tmp_path: Path
+) -> None:
+    label = softhsm.new_token()
+    keystore = Pkcs11Keystore(MODULE, label, PIN.encode())
+    _make_token_key(keystore, "leaky", KeyType.ECDSA_P256, extractable=True)
+    _make_token_key(keystore, "rsa-one", KeyType.RSA_2048)
+    with pytest.raises(BadRequest, match="can be read out of the token"):
+        keystore.existing("pkcs11:object=leaky", KeyType.ECDSA_P256)
+    with pytest.raises(BadRequest, match="rsa-2048, not ecdsa-p256"):
+        keystore.existing("pkcs11:object=rsa-one", KeyType.ECDSA_P256)
+    with pytest.raises(ConfigError, match="no private key pkcs11:object=absent"):
+        keystore.existing("pkcs11:object=absent", KeyType.ECDSA_P256)
+    db_url = f"sqlite:///{tmp_path / 'ca.db'}"
+    refused = cli(softhsm, label, tmp_path, db_url, "init", "--key-backend", "pkcs11",
+                  "--root-key-label", "leaky")  # fmt: skip
+    assert "can be read out of the token" in one_clear_line(refused)
+    # The file backend has no token keys to adopt.
+    plain = cli(softhsm, label, tmp_path, db_url, "init", "--key-backend", "file",
+                "--root-key-label", "x", CA_KEY_PASSPHRASE="p")  # fmt: skip
+    assert "--key-backend pkcs11" in one_clear_line(plain)
+
+
+def test_key_references_round_trip_as_pkcs11_uris() -> None:
+    ref = KeyRef("a root;key/é", bytes.fromhex("00ff10"))
+    text = str(ref)
+    assert text == "pkcs11:object=a%20root%3Bkey%2F%C3%A9;id=%00%ff%10"
+    assert KeyRef.parse(text) == ref
+    assert KeyRef.parse("pkcs11:id=%01;object=x;type=private") == KeyRef("x", b"\x01")
+    assert KeyRef.of(None, "01:02") == KeyRef(None, b"\x01\x02")
+    with pytest.raises(BadRequest):
+        KeyRef.of(None, "zz")
+    with pytest.raises(BadRequest):
+        KeyRef.parse("pkcs11:type=private")
+    with pytest.raises(ConfigError):
+        KeyRef.parse("default-root-1234.key.pem")
+
+
+# ---------------------------------------------------------------------------- failures at start
+
+
+def test_each_start_failure_is_one_clear_line(softhsm: SoftHSM, tmp_path: Path) -> None:
+    label = softhsm.new_token()
+    db_url = f"sqlite:///{tmp_path / 'ca.db'}"
+    assert cli(softhsm, label, tmp_path, db_url, "init").returncode == 0
+    bind = {"CA_BIND": "127.0.0.1:9"}  # never reached: each start stops before gunicorn
+
+    line = one_clear_line(cli(softhsm, label, tmp_path, db_url, "serve",
+                              CA_PKCS11_MODULE="/nonexistent/libnothing.so", **bind))  # fmt: skip
+    assert "PKCS#11 module /nonexistent/libnothing.so does not exist" in line
+    not_a_module = write(tmp_path / "not-a-module.so", b"not a library")
+    line = one_clear_line(cli(softhsm, label, tmp_path, db_url, "serve",
+                              CA_PKCS11_MODULE=str(not_a_module), **bind))  # fmt: skip
+    assert "cannot load PKCS#11 module" in line and "not a PKCS#11 library" in line
+    line = one_clear_line(cli(softhsm, label, tmp_path, db_url, "serve",
+                              CA_PKCS11_TOKEN_LABEL="no-such-token", **bind))  # fmt: skip
+    assert "no PKCS#11 token labelled 'no-such-token'" in line
+    line = one_clear_line(cli(softhsm, label, tmp_path, db_url, "serve",
+                              CA_PKCS11_PIN="0000-wrong", **bind))  # fmt: skip
+    assert "refused the PIN" in line and "0000" not in line and PIN not in line
+    other = softhsm.new_token("empty")
+    line = one_clear_line(cli(softhsm, other, tmp_path, db_url, "serve", **bind))
+    assert f"no private key pkcs11:object=default-root-" in line and other in line
+    line = one_clear_line(cli(softhsm, label, tmp_path, db_url, "serve",
+                              CA_PKCS11_PIN="", **bind))  # fmt: skip
+    assert "no PKCS#11 PIN" in line
+    line = one_clear_line(cli(softhsm, label, tmp_path, db_url, "serve",
+                              CA_KEY_BACKEND="file", CA_KEY_PASSPHRASE="x", **bind))  # fmt: skip
+    assert "is in a PKCS#11 token" in line and "key_backend = file" in line
+
+
+def test_the_pin_comes_from_a_file_or_the_environment_never_the_config_file(
+    softhsm: SoftHSM, tmp_path: Path
+) -> None:
+    label = softhsm.new_token()
+    db_url = f"sqlite:///{tmp_path / 'ca.db'}"
+    pin_file = write(tmp_path / "pin", PIN + "\n")
+    pin_file.chmod(0o600)
+    config = write(tmp_path / "ca.toml", f'pkcs11_pin_file = "{pin_file}"\n')
+    made = cli(softhsm, label, tmp_path, db_url, "init", CA_PKCS11_PIN="",
+               CA_CONFIG_FILE=str(config))  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    inline = write(tmp_path / "inline.toml", f'pkcs11_pin = "{PIN}"\n')
+    line = one_clear_line(cli(softhsm, label, tmp_path, db_url, "authorities",
+                              CA_PKCS11_PIN="", CA_CONFIG_FILE=str(inline)))  # fmt: skip
+    assert "unknown setting 'pkcs11_pin'" in line and "environment" in line
+    help_text = cli(softhsm, label, tmp_path, db_url, "init", "--help").stdout
+    assert "--pin" not in help_text
+    line = one_clear_line(cli(softhsm, label, tmp_path, db_url, "authorities",
+                              CA_KEY_BACKEND="hsm"))  # fmt: skip
+    assert "key_backend must be 'file' or 'pkcs11'" in line
