@@ -301,9 +301,7 @@ class Token:
         elif isinstance(exc, PinLocked):
             detail = f"PKCS#11 token {self.label!r}: the user PIN is locked"
         else:
-            detail = (
-                f"PKCS#11 token {self.label!r} failed while {what} ({type(exc).__name__})"
-            )
+            detail = f"PKCS#11 token {self.label!r} failed while {what} ({type(exc).__name__})"
         if not self._started:
             return ConfigError(detail)
         return TokenUnavailable(detail)
@@ -501,9 +499,7 @@ class Pkcs11Keystore:
                 public, _ = params.generate_keypair(**common)
             else:
                 common["public_template"][Attribute.PUBLIC_EXPONENT] = b"\x01\x00\x01"
-                public, _ = session.generate_keypair(
-                    P11KeyType.RSA, _RSA_BITS[key_type], **common
-                )
+                public, _ = session.generate_keypair(P11KeyType.RSA, _RSA_BITS[key_type], **common)
             return _public_key(public, key_type)
 
         # Not retried: a second attempt after a failure half-way could leave two keys.

@@ -147,7 +147,9 @@ def ocsp_round_trip(
 ) -> str:
     """An OCSP request by openssl, answered by the core, verified by openssl and pkilint."""
     request = directory / "req.der"
-    made = run([openssl, "ocsp", "-issuer", str(inter), "-cert", str(leaf), "-reqout", str(request)])
+    made = run(
+        [openssl, "ocsp", "-issuer", str(inter), "-cert", str(leaf), "-reqout", str(request)]
+    )
     assert made.returncode == 0, made.stderr
     answer = core.answer_ocsp(request.read_bytes())
     response = write(directory / "resp.der", answer.der)
@@ -177,15 +179,33 @@ def init_issue_and_check(
     softhsm: SoftHSM, openssl: str, tmp_path: Path, db_url: str, key_type: KeyType
 ) -> None:
     label = softhsm.new_token()
-    init = cli(softhsm, label, tmp_path, db_url, "init", "--key-backend", "pkcs11",
-               "--key-type", key_type.value)  # fmt: skip
+    init = cli(
+        softhsm,
+        label,
+        tmp_path,
+        db_url,
+        "init",
+        "--key-backend",
+        "pkcs11",
+        "--key-type",
+        key_type.value,
+    )
     assert init.returncode == 0, init.stderr
     assert f"issuing CA, {key_type.value}" in init.stdout
 
     key = make_key(LEAF_KEY_KIND[key_type])
     csr = write(tmp_path / "leaf.csr", csr_pem(key, "hsm.example.test", ["hsm.example.test"]))
-    issued = cli(softhsm, label, tmp_path, db_url, "issue", "--csr", str(csr),
-                 "--out", str(tmp_path / "leaf"))  # fmt: skip
+    issued = cli(
+        softhsm,
+        label,
+        tmp_path,
+        db_url,
+        "issue",
+        "--csr",
+        str(csr),
+        "--out",
+        str(tmp_path / "leaf"),
+    )
     assert issued.returncode == 0, issued.stderr
     leaf, chain, root = (tmp_path / f"leaf.{s}" for s in ("crt", "chain.pem", "root.pem"))
     code, out = openssl_verify(openssl, root, leaf, chain)
@@ -281,8 +301,19 @@ def test_init_adopts_keys_already_in_the_token_by_label_and_by_id(
     _make_token_key(keystore, "ceremony-root", KeyType.ECDSA_P256)
     inter_id = _make_token_key(keystore, "ceremony-issuing", KeyType.ECDSA_P256)
     db_url = f"sqlite:///{tmp_path / 'ca.db'}"
-    init = cli(softhsm, label, tmp_path, db_url, "init", "--key-backend", "pkcs11",
-               "--root-key-label", "ceremony-root", "--key-id", inter_id.hex())  # fmt: skip
+    init = cli(
+        softhsm,
+        label,
+        tmp_path,
+        db_url,
+        "init",
+        "--key-backend",
+        "pkcs11",
+        "--root-key-label",
+        "ceremony-root",
+        "--key-id",
+        inter_id.hex(),
+    )
     assert init.returncode == 0, init.stderr
     core = build_authority(token_settings(tmp_path, db_url, label))
     try:
@@ -295,8 +326,9 @@ def test_init_adopts_keys_already_in_the_token_by_label_and_by_id(
             common_name="adopted.example.test",
         )
         leaf = write(tmp_path / "leaf.pem", issued.certificate_pem)
-        root, inter = write(tmp_path / "root.pem", core.chain_pem()[-1]), write(
-            tmp_path / "inter.pem", core.chain_pem()[0]
+        root, inter = (
+            write(tmp_path / "root.pem", core.chain_pem()[-1]),
+            write(tmp_path / "inter.pem", core.chain_pem()[0]),
         )
         code, out = openssl_verify(openssl, root, leaf, inter)
         assert code == 0, out
@@ -304,8 +336,17 @@ def test_init_adopts_keys_already_in_the_token_by_label_and_by_id(
         core.db.dispose()
     # The adopted keys are still there (nothing was destroyed), and a second init names them
     # once more: the records, not the keys, say they exist already.
-    again = cli(softhsm, label, tmp_path, db_url, "init", "--key-backend", "pkcs11",
-                "--root-key-label", "ceremony-root")  # fmt: skip
+    again = cli(
+        softhsm,
+        label,
+        tmp_path,
+        db_url,
+        "init",
+        "--key-backend",
+        "pkcs11",
+        "--root-key-label",
+        "ceremony-root",
+    )
     assert "exists already" in one_clear_line(again)
 
 
@@ -323,12 +364,31 @@ def test_adoption_refuses_an_extractable_key_a_wrong_type_and_a_missing_key(
     with pytest.raises(ConfigError, match="no private key pkcs11:object=absent"):
         keystore.existing("pkcs11:object=absent", KeyType.ECDSA_P256)
     db_url = f"sqlite:///{tmp_path / 'ca.db'}"
-    refused = cli(softhsm, label, tmp_path, db_url, "init", "--key-backend", "pkcs11",
-                  "--root-key-label", "leaky")  # fmt: skip
+    refused = cli(
+        softhsm,
+        label,
+        tmp_path,
+        db_url,
+        "init",
+        "--key-backend",
+        "pkcs11",
+        "--root-key-label",
+        "leaky",
+    )
     assert "can be read out of the token" in one_clear_line(refused)
     # The file backend has no token keys to adopt.
-    plain = cli(softhsm, label, tmp_path, db_url, "init", "--key-backend", "file",
-                "--root-key-label", "x", CA_KEY_PASSPHRASE="p")  # fmt: skip
+    plain = cli(
+        softhsm,
+        label,
+        tmp_path,
+        db_url,
+        "init",
+        "--key-backend",
+        "file",
+        "--root-key-label",
+        "x",
+        CA_KEY_PASSPHRASE="p",
+    )
     assert "--key-backend pkcs11" in one_clear_line(plain)
 
 
@@ -356,27 +416,50 @@ def test_each_start_failure_is_one_clear_line(softhsm: SoftHSM, tmp_path: Path) 
     assert cli(softhsm, label, tmp_path, db_url, "init").returncode == 0
     bind = {"CA_BIND": "127.0.0.1:9"}  # never reached: each start stops before gunicorn
 
-    line = one_clear_line(cli(softhsm, label, tmp_path, db_url, "serve",
-                              CA_PKCS11_MODULE="/nonexistent/libnothing.so", **bind))  # fmt: skip
+    line = one_clear_line(
+        cli(
+            softhsm,
+            label,
+            tmp_path,
+            db_url,
+            "serve",
+            CA_PKCS11_MODULE="/nonexistent/libnothing.so",
+            **bind,
+        )
+    )
     assert "PKCS#11 module /nonexistent/libnothing.so does not exist" in line
     not_a_module = write(tmp_path / "not-a-module.so", b"not a library")
-    line = one_clear_line(cli(softhsm, label, tmp_path, db_url, "serve",
-                              CA_PKCS11_MODULE=str(not_a_module), **bind))  # fmt: skip
+    line = one_clear_line(
+        cli(softhsm, label, tmp_path, db_url, "serve", CA_PKCS11_MODULE=str(not_a_module), **bind)
+    )
     assert "cannot load PKCS#11 module" in line and "not a PKCS#11 library" in line
-    line = one_clear_line(cli(softhsm, label, tmp_path, db_url, "serve",
-                              CA_PKCS11_TOKEN_LABEL="no-such-token", **bind))  # fmt: skip
+    line = one_clear_line(
+        cli(
+            softhsm, label, tmp_path, db_url, "serve", CA_PKCS11_TOKEN_LABEL="no-such-token", **bind
+        )
+    )
     assert "no PKCS#11 token labelled 'no-such-token'" in line
-    line = one_clear_line(cli(softhsm, label, tmp_path, db_url, "serve",
-                              CA_PKCS11_PIN="0000-wrong", **bind))  # fmt: skip
+    line = one_clear_line(
+        cli(softhsm, label, tmp_path, db_url, "serve", CA_PKCS11_PIN="0000-wrong", **bind)
+    )
     assert "refused the PIN" in line and "0000" not in line and PIN not in line
     other = softhsm.new_token("empty")
     line = one_clear_line(cli(softhsm, other, tmp_path, db_url, "serve", **bind))
-    assert f"no private key pkcs11:object=default-root-" in line and other in line
-    line = one_clear_line(cli(softhsm, label, tmp_path, db_url, "serve",
-                              CA_PKCS11_PIN="", **bind))  # fmt: skip
+    assert "no private key pkcs11:object=default-root-" in line and other in line
+    line = one_clear_line(cli(softhsm, label, tmp_path, db_url, "serve", CA_PKCS11_PIN="", **bind))
     assert "no PKCS#11 PIN" in line
-    line = one_clear_line(cli(softhsm, label, tmp_path, db_url, "serve",
-                              CA_KEY_BACKEND="file", CA_KEY_PASSPHRASE="x", **bind))  # fmt: skip
+    line = one_clear_line(
+        cli(
+            softhsm,
+            label,
+            tmp_path,
+            db_url,
+            "serve",
+            CA_KEY_BACKEND="file",
+            CA_KEY_PASSPHRASE="x",
+            **bind,
+        )
+    )
     assert "is in a PKCS#11 token" in line and "key_backend = file" in line
 
 
@@ -388,15 +471,26 @@ def test_the_pin_comes_from_a_file_or_the_environment_never_the_config_file(
     pin_file = write(tmp_path / "pin", PIN + "\n")
     pin_file.chmod(0o600)
     config = write(tmp_path / "ca.toml", f'pkcs11_pin_file = "{pin_file}"\n')
-    made = cli(softhsm, label, tmp_path, db_url, "init", CA_PKCS11_PIN="",
-               CA_CONFIG_FILE=str(config))  # fmt: skip
+    made = cli(
+        softhsm, label, tmp_path, db_url, "init", CA_PKCS11_PIN="", CA_CONFIG_FILE=str(config)
+    )
     assert made.returncode == 0, made.stderr
     inline = write(tmp_path / "inline.toml", f'pkcs11_pin = "{PIN}"\n')
-    line = one_clear_line(cli(softhsm, label, tmp_path, db_url, "authorities",
-                              CA_PKCS11_PIN="", CA_CONFIG_FILE=str(inline)))  # fmt: skip
+    line = one_clear_line(
+        cli(
+            softhsm,
+            label,
+            tmp_path,
+            db_url,
+            "authorities",
+            CA_PKCS11_PIN="",
+            CA_CONFIG_FILE=str(inline),
+        )
+    )
     assert "unknown setting 'pkcs11_pin'" in line and "environment" in line
     help_text = cli(softhsm, label, tmp_path, db_url, "init", "--help").stdout
     assert "--pin" not in help_text
-    line = one_clear_line(cli(softhsm, label, tmp_path, db_url, "authorities",
-                              CA_KEY_BACKEND="hsm"))  # fmt: skip
+    line = one_clear_line(
+        cli(softhsm, label, tmp_path, db_url, "authorities", CA_KEY_BACKEND="hsm")
+    )
     assert "key_backend must be 'file' or 'pkcs11'" in line
