@@ -67,8 +67,12 @@ REASONS = [r.value for r in RevocationReason]
 )
 @click.option("--root-key-label", help="pkcs11: adopt the root key with this CKA_LABEL.")
 @click.option("--root-key-id", help="pkcs11: adopt the root key with this CKA_ID (hex).")
-@click.option("--key-label", help="pkcs11: adopt the issuing CA key with this CKA_LABEL.")
-@click.option("--key-id", help="pkcs11: adopt the issuing CA key with this CKA_ID (hex).")
+@click.option(
+    "--key-label",
+    help="pkcs11: adopt the issuing CA key with this CKA_LABEL (with --import-cert: the key of "
+    "the imported CA certificate).",
+)
+@click.option("--key-id", help="pkcs11: as --key-label, by CKA_ID (hex).")
 @handle_errors
 def init(
     name: str,
@@ -112,7 +116,21 @@ def init(
         raise ConfigError(
             f"authority {name!r} exists already; nothing was changed (see --exist-ok)"
         )
-    if import_cert or import_key:
+    if import_cert and inter_key:
+        # The CA's key is in the token already (--key-label/--key-id name it).
+        if import_key or root_key:
+            raise BadRequest("--import-cert with a token key takes --key-label/--key-id only")
+        records = ca.import_authority(
+            name,
+            import_cert.read_bytes(),
+            b"",
+            None,
+            import_chain.read_bytes() if import_chain else None,
+            _actor(),
+            intermediate_days=intermediate_days,
+            key_reference=inter_key,
+        )
+    elif import_cert or import_key:
         if not (import_cert and import_key):
             raise BadRequest("--import-cert and --import-key go together")
         passphrase = (

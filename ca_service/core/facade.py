@@ -114,8 +114,10 @@ class Core:
         actor: Actor,
         *,
         intermediate_days: int = 1825,
+        key_reference: str | None = None,
     ) -> list[AuthorityRecord]:
-        """Adopt an existing CA. A root gets a new issuing intermediate; an intermediate issues."""
+        """Adopt an existing CA. A root gets a new issuing intermediate; an intermediate issues.
+        ``key_reference``: its key is in the token already (a pkcs11: URI), not in ``key_data``."""
         return self._hierarchy.import_authority(
             name,
             cert_pem,
@@ -124,6 +126,7 @@ class Core:
             chain_pem,
             actor,
             intermediate_days=intermediate_days,
+            key_reference=key_reference,
         )
 
     def list_authorities(self) -> list[AuthorityRecord]:

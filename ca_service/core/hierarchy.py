@@ -119,8 +119,12 @@ class Hierarchy:
         actor: Actor,
         *,
         intermediate_days: int = 1825,
+        key_reference: str | None = None,
     ) -> list[AuthorityRecord]:
-        """Adopt an existing CA. A root gets a new issuing intermediate; an intermediate issues."""
+        """Adopt an existing CA. A root gets a new issuing intermediate; an intermediate issues.
+
+        ``key_reference`` (then ``key_data`` is empty): the CA's key is in the keystore already
+        (a token key, by label or id) and must be the certificate's."""
         _check_authority_name(name)
         try:
             cert = x509.load_pem_x509_certificate(cert_pem)
@@ -138,10 +142,16 @@ class Hierarchy:
         self_signed = cert.issuer == cert.subject
         root_name = f"{name}-root"
         with self._removing_keys_on_failure() as written:
-            key_file = self.ctx.keystore.adopt(
-                _key_id(root_name if self_signed else name), key_data, key_passphrase, cert
-            )
-            written.append(key_file)
+            if key_reference is not None:
+                held = self.ctx.keystore.existing(key_reference, key_type_of(cert.public_key()))
+                if held.public_key.public_bytes(*_SPKI) != cert.public_key().public_bytes(*_SPKI):
+                    raise BadRequest(f"token key {key_reference} is not the certificate's key")
+                key_file = held.key_file
+            else:
+                key_file = self.ctx.keystore.adopt(
+                    _key_id(root_name if self_signed else name), key_data, key_passphrase, cert
+                )
+                written.append(key_file)
             key_type = key_type_of(cert.public_key())
             now = self.ctx.clock.now()
             if cert.not_valid_after_utc <= now:
@@ -276,6 +286,9 @@ class Hierarchy:
                 repo.set_default(records[-1].name)
                 records[-1] = repo.get(records[-1].name)
         return records
+
+
+_SPKI = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
 def _key_id(name: str) -> str:

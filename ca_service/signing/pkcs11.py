@@ -514,16 +514,22 @@ class Pkcs11Keystore:
         half readable, of the key type asked for. ``reference``: a pkcs11: URI."""
         ref = KeyRef.parse(reference)
 
-        def op(session: Any) -> tuple[CertificatePublicKeyTypes, bool, bool]:
+        def op(session: Any) -> tuple[CertificatePublicKeyTypes, bool, bool, KeyRef]:
             private = self.token.key(session, ref, ObjectClass.PRIVATE_KEY)
             public = self.token.key(session, ref, ObjectClass.PUBLIC_KEY)
+            # Stored with both label and id as the token has them, so that a label reused
+            # later for another key cannot stand in for this one.
+            full = KeyRef(
+                str(private[Attribute.LABEL]) or None, bytes(private[Attribute.ID]) or None
+            )
             return (
                 _public_key(public, None),
                 bool(private[Attribute.SENSITIVE]),
                 bool(private[Attribute.EXTRACTABLE]),
+                full,
             )
 
-        public_key, sensitive, extractable = self.token.run(f"reading key {ref}", op)
+        public_key, sensitive, extractable, full = self.token.run(f"reading key {ref}", op)
         found = key_type_of(public_key)
         if found is not key_type:
             raise BadRequest(
@@ -534,7 +540,7 @@ class Pkcs11Keystore:
                 f"token key {ref} can be read out of the token (CKA_EXTRACTABLE or not "
                 "CKA_SENSITIVE); a CA key must not be"
             )
-        return NewKey(str(KeyRef(ref.label, ref.key_id)), public_key)
+        return NewKey(str(full), public_key)
 
     def adopt(
         self, key_id: str, data: bytes, passphrase: bytes | None, certificate: x509.Certificate

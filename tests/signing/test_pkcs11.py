@@ -319,8 +319,11 @@ def test_init_adopts_keys_already_in_the_token_by_label_and_by_id(
     try:
         core.load_keys()
         records = {a.name: a for a in core.list_authorities()}
-        assert records["default-root"].key_file == "pkcs11:object=ceremony-root"
-        assert records["default"].key_file == f"pkcs11:id={''.join(f'%{b:02x}' for b in inter_id)}"
+        root_ref = KeyRef.parse(records["default-root"].key_file)
+        inter_ref = KeyRef.parse(records["default"].key_file)
+        # Stored with the label and the id the token has, however they were named.
+        assert root_ref.label == "ceremony-root" and root_ref.key_id is not None
+        assert inter_ref == KeyRef("ceremony-issuing", inter_id)
         issued = core.issue_with_new_key(
             __import__("ca_service.domain", fromlist=["Actor"]).Actor("test"),
             common_name="adopted.example.test",
@@ -494,3 +497,83 @@ def test_the_pin_comes_from_a_file_or_the_environment_never_the_config_file(
         cli(softhsm, label, tmp_path, db_url, "authorities", CA_KEY_BACKEND="hsm")
     )
     assert "key_backend must be 'file' or 'pkcs11'" in line
+
+
+def test_an_intermediate_certified_elsewhere_is_imported_with_its_token_key(
+    softhsm: SoftHSM, openssl: str, tmp_path: Path
+) -> None:
+    """The offline-root ceremony: the issuing CA's certificate was signed elsewhere (here: by a
+    first ca-service on the same token); an online service adopts it with its key by label."""
+    label = softhsm.new_token()
+    offline, online = tmp_path / "offline", tmp_path / "online"
+    offline_db = f"sqlite:///{tmp_path / 'offline.db'}"
+    assert cli(softhsm, label, offline, offline_db, "init", "--name", "acme").returncode == 0
+    core = build_authority(token_settings(offline, offline_db, label))
+    try:
+        records = {a.name: a for a in core.list_authorities()}
+        inter_ref = records["acme"].key_file
+        chain = core.chain_pem("acme")
+    finally:
+        core.db.dispose()
+    inter_label = KeyRef.parse(inter_ref).label
+    assert inter_label is not None
+    cert = write(tmp_path / "inter.pem", chain[0])
+    root = write(tmp_path / "root.pem", chain[-1])
+    online_db = f"sqlite:///{tmp_path / 'online.db'}"
+
+    # The wrong key for the certificate is refused, and nothing is recorded.
+    root_label = KeyRef.parse(records["acme-root"].key_file).label
+    assert root_label is not None
+    wrong = cli(
+        softhsm,
+        label,
+        online,
+        online_db,
+        "init",
+        "--name",
+        "acme",
+        "--import-cert",
+        str(cert),
+        "--key-label",
+        root_label,
+    )
+    assert "is not the certificate's key" in one_clear_line(wrong)
+
+    made = cli(
+        softhsm,
+        label,
+        online,
+        online_db,
+        "init",
+        "--name",
+        "acme",
+        "--import-cert",
+        str(cert),
+        "--import-chain",
+        str(root),
+        "--key-label",
+        inter_label,
+    )
+    assert made.returncode == 0, made.stderr
+    key = make_key("p256")
+    csr = write(tmp_path / "leaf.csr", csr_pem(key, "imported.example.test"))
+    issued = cli(
+        softhsm,
+        label,
+        online,
+        online_db,
+        "issue",
+        "--csr",
+        str(csr),
+        "--out",
+        str(tmp_path / "leaf"),
+    )
+    assert issued.returncode == 0, issued.stderr
+    code, out = openssl_verify(openssl, root, tmp_path / "leaf.crt", cert)
+    assert code == 0, out
+    # Only the online service's records changed; the key is the same token object.
+    online_core = build_authority(token_settings(online, online_db, label))
+    try:
+        assert [a.key_file for a in online_core.list_authorities()] == [inter_ref]
+    finally:
+        online_core.db.dispose()
