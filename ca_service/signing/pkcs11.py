@@ -469,11 +469,6 @@ class Pkcs11Keystore:
     def __repr__(self) -> str:
         return f"Pkcs11Keystore({self.token.module_path!r}, {self.token.label!r})"
 
-    def check(self) -> None:
-        """Open the token now, so that a missing module or token or a wrong PIN is one line
-        at start rather than the first request's failure."""
-        self.token.run("opening a session", lambda session: None)
-
     def generate(self, key_id: str, key_type: KeyType) -> NewKey:
         """A new key pair inside the token, labelled ``key_id`` with a random CKA_ID."""
         if not supported(key_type):
