@@ -577,3 +577,63 @@ def test_an_intermediate_certified_elsewhere_is_imported_with_its_token_key(
         assert [a.key_file for a in online_core.list_authorities()] == [inter_ref]
     finally:
         online_core.db.dispose()
+
+
+def _token_ca(softhsm: SoftHSM, tmp_path: Path) -> tuple[Core, Pkcs11Keystore]:
+    label = softhsm.new_token()
+    core = build_authority(
+        token_settings(tmp_path, f"sqlite:///{tmp_path / 'ca.db'}", label), apply_migrations=True
+    )
+    from ca_service.core.hierarchy import HierarchySpec
+    from ca_service.domain import Actor
+
+    core.create_hierarchy(HierarchySpec(), Actor("test"))
+    core.load_keys()
+    keystore = core._ctx.keystore
+    assert isinstance(keystore, Pkcs11Keystore)
+    return core, keystore
+
+
+def test_a_token_key_that_is_not_the_certificates_is_refused(
+    softhsm: SoftHSM, tmp_path: Path
+) -> None:
+    core, keystore = _token_ca(softhsm, tmp_path)
+    try:
+        records = {a.name: a for a in core.list_authorities()}
+        inter = x509.load_der_x509_certificate(records["default"].cert_der)
+        # The root's key for the intermediate's certificate: a swapped reference.
+        with pytest.raises(ConfigError, match="is not its certificate's key"):
+            keystore.signer(records["default-root"].key_file, inter, KeyType.ECDSA_P256, "x")
+        with pytest.raises(ConfigError, match="its key is a file"):
+            keystore.signer("default-1234.key.pem", inter, KeyType.ECDSA_P256, "x")
+        with pytest.raises(BadRequest, match="not supported with key_backend = pkcs11"):
+            keystore.generate("ed", KeyType.ED25519)
+    finally:
+        core.db.dispose()
+
+
+def test_a_forked_process_opens_its_own_session(softhsm: SoftHSM, tmp_path: Path) -> None:
+    """What a gunicorn worker does after the fork: the parent's session is not reused (the
+    child re-initialises the library) and both processes go on signing."""
+    core, _ = _token_ca(softhsm, tmp_path)
+    try:
+        signer = core._registry.load("default").signer
+        tbs = b"to be signed"
+        from ca_service.signing import algorithms
+
+        algorithms.verify(signer.certificate, signer.key_type, signer.sign_crl_tbs(tbs), tbs)
+        pid = os.fork()
+        if pid == 0:  # the child: exit status says whether its signature verified
+            code = 1
+            try:
+                algorithms.verify(
+                    signer.certificate, signer.key_type, signer.sign_crl_tbs(tbs), tbs
+                )
+                code = 0
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        algorithms.verify(signer.certificate, signer.key_type, signer.sign_crl_tbs(tbs), tbs)
+    finally:
+        core.db.dispose()
