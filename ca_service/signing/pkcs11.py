@@ -185,6 +185,9 @@ class _Module:
     def restart(self) -> None:
         """Finalize and initialise again: after a fork (the parent's handles are not this
         process's) or a failure (a token that went away and came back needs a new look)."""
+        if self.lib is None:  # never loaded (its first initialisation failed): load it now
+            self.library()
+            return
         self.generation += 1
         self.pid = os.getpid()
         # Not initialised, or already torn down: initialize below is what matters.

@@ -446,6 +446,12 @@ def test_each_start_failure_is_one_clear_line(softhsm: SoftHSM, tmp_path: Path) 
         cli(softhsm, label, tmp_path, db_url, "serve", CA_PKCS11_PIN="0000-wrong", **bind)
     )
     assert "refused the PIN" in line and "0000" not in line and PIN not in line
+    # The module loads but cannot initialise (SoftHSM without its configuration).
+    line = one_clear_line(
+        cli(softhsm, label, tmp_path, db_url, "serve",
+            SOFTHSM2_CONF=str(tmp_path / "absent.conf"), **bind)
+    )  # fmt: skip
+    assert f"PKCS#11 token {label!r} failed while" in line and "GeneralError" in line
     other = softhsm.new_token("empty")
     line = one_clear_line(cli(softhsm, other, tmp_path, db_url, "serve", **bind))
     assert "no private key pkcs11:object=default-root-" in line and other in line
