@@ -538,6 +538,8 @@ class Pkcs11Keystore:
                 f"token key {ref} can be read out of the token (CKA_EXTRACTABLE or not "
                 "CKA_SENSITIVE); a CA key must not be"
             )
+        if len(str(full)) > 255:  # the store's key_file column
+            raise BadRequest(f"token key {ref}: its label and id are too long to record")
         return NewKey(str(full), public_key)
 
     def adopt(
