@@ -47,8 +47,8 @@ KEY_TYPES = [
     pytest.param(KeyType.ECDSA_P256, id="p256"),
     pytest.param(KeyType.ECDSA_P384, id="p384"),
     pytest.param(KeyType.RSA_2048, id="rsa2048"),
-    pytest.param(KeyType.RSA_3072, id="rsa3072", marks=pytest.mark.slow),
-    pytest.param(KeyType.RSA_4096, id="rsa4096", marks=pytest.mark.slow),
+    pytest.param(KeyType.RSA_3072, id="rsa3072"),
+    pytest.param(KeyType.RSA_4096, id="rsa4096"),
 ]
 
 
@@ -237,6 +237,7 @@ def init_issue_and_check(
         core.db.dispose()
 
 
+@pytest.mark.slow  # init, issue and crl as ca-service processes, then openssl and pkilint
 @pytest.mark.parametrize("key_type", KEY_TYPES)
 def test_every_key_type_inits_issues_and_signs_crl_and_ocsp_in_the_token(
     softhsm: SoftHSM, openssl: str, tmp_path: Path, key_type: KeyType
@@ -244,6 +245,7 @@ def test_every_key_type_inits_issues_and_signs_crl_and_ocsp_in_the_token(
     init_issue_and_check(softhsm, openssl, tmp_path, f"sqlite:///{tmp_path / 'ca.db'}", key_type)
 
 
+@pytest.mark.slow  # several ca-service processes
 def test_no_key_material_in_postgresql_either(
     softhsm: SoftHSM, openssl: str, tmp_path: Path, pg_url: str
 ) -> None:
@@ -293,6 +295,7 @@ def _make_token_key(
     return key_id
 
 
+@pytest.mark.slow  # several ca-service processes
 def test_init_adopts_keys_already_in_the_token_by_label_and_by_id(
     softhsm: SoftHSM, openssl: str, tmp_path: Path
 ) -> None:
@@ -353,6 +356,7 @@ def test_init_adopts_keys_already_in_the_token_by_label_and_by_id(
     assert "exists already" in one_clear_line(again)
 
 
+@pytest.mark.slow  # several ca-service processes
 def test_adoption_refuses_an_extractable_key_a_wrong_type_and_a_missing_key(
     softhsm: SoftHSM, tmp_path: Path
 ) -> None:
@@ -413,6 +417,7 @@ def test_key_references_round_trip_as_pkcs11_uris() -> None:
 # ---------------------------------------------------------------------------- failures at start
 
 
+@pytest.mark.slow  # several ca-service processes
 def test_each_start_failure_is_one_clear_line(softhsm: SoftHSM, tmp_path: Path) -> None:
     label = softhsm.new_token()
     db_url = f"sqlite:///{tmp_path / 'ca.db'}"
@@ -472,6 +477,7 @@ def test_each_start_failure_is_one_clear_line(softhsm: SoftHSM, tmp_path: Path) 
     assert "is in a PKCS#11 token" in line and "key_backend = file" in line
 
 
+@pytest.mark.slow  # several ca-service processes
 def test_the_pin_comes_from_a_file_or_the_environment_never_the_config_file(
     softhsm: SoftHSM, tmp_path: Path
 ) -> None:
@@ -505,6 +511,7 @@ def test_the_pin_comes_from_a_file_or_the_environment_never_the_config_file(
     assert "key_backend must be 'file' or 'pkcs11'" in line
 
 
+@pytest.mark.slow  # several ca-service processes
 def test_an_intermediate_certified_elsewhere_is_imported_with_its_token_key(
     softhsm: SoftHSM, openssl: str, tmp_path: Path
 ) -> None:
@@ -641,5 +648,51 @@ def test_a_forked_process_opens_its_own_session(softhsm: SoftHSM, tmp_path: Path
         _, status = os.waitpid(pid, 0)
         assert os.waitstatus_to_exitcode(status) == 0
         algorithms.verify(signer.certificate, signer.key_type, signer.sign_crl_tbs(tbs), tbs)
+    finally:
+        core.db.dispose()
+
+
+def test_in_process_every_signature_verifies_under_the_token_keys(
+    softhsm: SoftHSM, tmp_path: Path
+) -> None:
+    """The fast path of the end-to-end tests above: root, intermediate, leaf, CRL, OCSP answer
+    (the delegated responder's certificate and the answer itself), all signed in the token and
+    checked with `cryptography` against the certificates' public keys."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.x509 import ocsp
+
+    from ca_service.domain import Actor
+
+    core, keystore = _token_ca(softhsm, tmp_path)
+    try:
+        issued = core.issue_with_new_key(Actor("test"), common_name="fast.hsm.example.test")
+        leaf = x509.load_pem_x509_certificate(issued.certificate_pem.encode())
+        chain = [x509.load_pem_x509_certificate(p.encode()) for p in core.chain_pem()]
+        inter, root = chain[0], chain[-1]
+        root.verify_directly_issued_by(root)
+        inter.verify_directly_issued_by(root)
+        leaf.verify_directly_issued_by(inter)
+
+        crl = x509.load_der_x509_crl(core.generate_crl("default").der)
+        assert crl.is_signature_valid(inter.public_key())  # type: ignore[arg-type]
+
+        request = ocsp.OCSPRequestBuilder().add_certificate(leaf, inter, hashes.SHA256()).build()
+        answer = ocsp.load_der_ocsp_response(
+            core.answer_ocsp(request.public_bytes(serialization.Encoding.DER)).der
+        )
+        assert answer.certificate_status is ocsp.OCSPCertStatus.GOOD
+        responder = answer.certificates[0]
+        responder.verify_directly_issued_by(inter)
+        from ca_service.signing import algorithms
+
+        algorithms.verify(
+            responder, KeyType.ECDSA_P256, answer.signature, answer.tbs_response_bytes
+        )
+        # The responder's key is a token key too, as sensitive as the CA's.
+        import sqlalchemy as sa
+
+        with core.db.engine.connect() as conn:
+            (ref,) = conn.execute(sa.text("SELECT key_file FROM ocsp_responders")).one()
+        assert keystore.key_flags(ref)["extractable"] is False
     finally:
         core.db.dispose()
