@@ -8,6 +8,7 @@ directory fails only this server's token.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -15,11 +16,14 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.x509 import ocsp
 
 from ..conftest import database, run
 from ..live import LiveServer, assert_problem, fetch_crl, issue, server_tracebacks, start_server
 from .softhsm import SoftHSM
 
+OCSP_REQUEST = "application/ocsp-request"
 REQUESTS = 24  # bounded: 8 client threads, 3 requests each
 THREADS = 8
 
@@ -84,7 +88,17 @@ def test_a_token_failure_is_503_and_the_service_recovers(
     hsm_live: tuple[LiveServer, SoftHSM],
 ) -> None:
     live, hsm = hsm_live
-    issue(live, common_name="before.hsm.example.test")
+    before = x509.load_pem_x509_certificate(
+        issue(live, common_name="before.hsm.example.test").json["certificate"].encode()
+    )
+    # With a nonce, an OCSP answer is signed for this request: no cached answer can serve it.
+    ocsp_request = (
+        ocsp.OCSPRequestBuilder()
+        .add_certificate(before, _chain(live)[0], hashes.SHA256())
+        .add_extension(x509.OCSPNonce(os.urandom(16)), critical=False)
+        .build()
+        .public_bytes(serialization.Encoding.DER)
+    )
     away = hsm.tokendir.with_name("tokens.away")
     hsm.tokendir.rename(away)
     try:
@@ -100,6 +114,11 @@ def test_a_token_failure_is_503_and_the_service_recovers(
             assert body["type"].endswith(":unavailable"), body
             assert "HSM" in body["detail"], body
             assert reply.headers.get("retry-after") == "2"
+        for _ in range(2):
+            reply = live.request(
+                "POST", "/ocsp", raw=ocsp_request, headers={"Content-Type": OCSP_REQUEST}
+            )
+            assert "HSM" in assert_problem(reply, 503)["detail"]
     finally:
         away.rename(hsm.tokendir)
     # Back: the next request re-opens the token (each worker on its own), within a bound.
@@ -120,6 +139,9 @@ def test_a_token_failure_is_503_and_the_service_recovers(
             break
         time.sleep(0.2)
     assert recovered >= 6, "the service did not recover after the token came back"
+    reply = live.request("POST", "/ocsp", raw=ocsp_request, headers={"Content-Type": OCSP_REQUEST})
+    assert reply.status == 200
+    assert ocsp.load_der_ocsp_response(reply.body).certificate_status is ocsp.OCSPCertStatus.GOOD
     log = live.log()
     assert server_tracebacks(live) == 0, log[-3000:]
     assert "PKCS#11 token" in log  # the operator's line names the token and the failure
