@@ -119,15 +119,9 @@ class Core:
         """Adopt an existing CA. A root gets a new issuing intermediate; an intermediate issues.
         ``key_reference``: its key is in the token already (a pkcs11: URI), not in ``key_data``."""
         return self._hierarchy.import_authority(
-            name,
-            cert_pem,
-            key_data,
-            key_passphrase,
-            chain_pem,
-            actor,
-            intermediate_days=intermediate_days,
-            key_reference=key_reference,
-        )
+            name, cert_pem, key_data, key_passphrase, chain_pem, actor,
+            intermediate_days=intermediate_days, key_reference=key_reference,
+        )  # fmt: skip
 
     def list_authorities(self) -> list[AuthorityRecord]:
         return self._registry.list_authorities()

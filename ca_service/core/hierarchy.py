@@ -2,9 +2,8 @@
 existing CA adopted, each recorded with its key file and audited in one transaction.
 
 Keys are made or adopted by the keystore, which returns only the names the store keeps (a file
-name, or a pkcs11: URI of a token key), public keys and Signers; a key made here whose records
-do not commit is removed again (a token key adopted by label never is). This part must never issue
-leaf certificates, and it never sees a private key.
+name, a pkcs11: URI), public keys and Signers; a key made here whose records do not commit is
+removed again. This part must never issue leaf certificates, and it never sees a private key.
 """
 
 from __future__ import annotations
@@ -27,6 +26,7 @@ from ca_service.domain import Actor, AuditEvent, AuthorityRecord, KeyType
 from ca_service.errors import BadRequest, Conflict
 from ca_service.policy.names import NameConstraintsSpec
 from ca_service.signing.issuer import IntermediateTemplate
+from ca_service.signing.keystore import NewKey
 from ca_service.signing.signer import Signer
 from ca_service.storage.db import unit_of_work
 from ca_service.storage.repositories import (
@@ -47,8 +47,7 @@ class HierarchySpec:
     root_days: int = 3650
     intermediate_days: int = 1825
     constraints: NameConstraintsSpec = field(default_factory=NameConstraintsSpec)
-    # Keys already in the keystore to use instead of new ones (a token key made at a key
-    # ceremony): the text the keystore names them by (a pkcs11: URI), or None for a new key.
+    # Keys in the keystore already (token keys from a key ceremony, as pkcs11: URIs), or None.
     root_key: str | None = None
     intermediate_key: str | None = None
 
@@ -75,11 +74,7 @@ class Hierarchy:
         keystore = self.ctx.keystore
         now = self.ctx.clock.now()
         with self._removing_keys_on_failure() as written:
-            if spec.root_key is not None:
-                root_key = keystore.existing(spec.root_key, spec.key_type)
-            else:
-                root_key = keystore.generate(_key_id(root_name), spec.key_type)
-                written.append(root_key.key_file)
+            root_key = self._key(root_name, spec.key_type, spec.root_key, written)
             root_cert = keystore.sign_root(
                 root_key.key_file,
                 spec.key_type,
@@ -122,9 +117,7 @@ class Hierarchy:
         key_reference: str | None = None,
     ) -> list[AuthorityRecord]:
         """Adopt an existing CA. A root gets a new issuing intermediate; an intermediate issues.
-
-        ``key_reference`` (then ``key_data`` is empty): the CA's key is in the keystore already
-        (a token key, by label or id) and must be the certificate's."""
+        ``key_reference``: its key is in the keystore already (a token key), not in key_data."""
         _check_authority_name(name)
         try:
             cert = x509.load_pem_x509_certificate(cert_pem)
@@ -142,17 +135,14 @@ class Hierarchy:
         self_signed = cert.issuer == cert.subject
         root_name = f"{name}-root"
         with self._removing_keys_on_failure() as written:
+            key_type = key_type_of(cert.public_key())  # refuses a key type this service lacks
             if key_reference is not None:
-                held = self.ctx.keystore.existing(key_reference, key_type_of(cert.public_key()))
-                if held.public_key.public_bytes(*_SPKI) != cert.public_key().public_bytes(*_SPKI):
-                    raise BadRequest(f"token key {key_reference} is not the certificate's key")
-                key_file = held.key_file
+                key_file = self.ctx.keystore.existing(key_reference, key_type, cert).key_file
             else:
                 key_file = self.ctx.keystore.adopt(
                     _key_id(root_name if self_signed else name), key_data, key_passphrase, cert
                 )
                 written.append(key_file)
-            key_type = key_type_of(cert.public_key())
             now = self.ctx.clock.now()
             if cert.not_valid_after_utc <= now:
                 raise BadRequest("the CA certificate has expired")
@@ -209,13 +199,8 @@ class Hierarchy:
         written: list[str],
         existing_key: str | None = None,
     ) -> tuple[x509.Certificate, str]:
-        """A new key (or ``existing_key``) for the issuing CA ``name`` and its certificate,
-        signed by ``root``."""
-        if existing_key is not None:
-            key = self.ctx.keystore.existing(existing_key, root.key_type)
-        else:
-            key = self.ctx.keystore.generate(_key_id(name), root.key_type)
-            written.append(key.key_file)
+        """A new key (or ``existing_key``) for the issuing CA ``name``, certified by ``root``."""
+        key = self._key(name, root.key_type, existing_key, written)
         crl_url, issuers_url, ocsp_url = self.registry.urls(root_name)
         template = IntermediateTemplate(
             public_key=key.public_key,
@@ -229,6 +214,13 @@ class Hierarchy:
             ocsp_url=ocsp_url,
         )
         return root.sign_intermediate(template), key.key_file
+
+    def _key(self, name: str, key_type: KeyType, existing: str | None, made: list[str]) -> NewKey:
+        if existing is not None:
+            return self.ctx.keystore.existing(existing, key_type)
+        key = self.ctx.keystore.generate(_key_id(name), key_type)
+        made.append(key.key_file)
+        return key
 
     def _refuse_taken(self, names: Sequence[str]) -> None:
         with unit_of_work(self.ctx.db) as s:
@@ -286,9 +278,6 @@ class Hierarchy:
                 repo.set_default(records[-1].name)
                 records[-1] = repo.get(records[-1].name)
         return records
-
-
-_SPKI = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
 def _key_id(name: str) -> str:

@@ -49,8 +49,11 @@ class Keystore(Protocol):
         """A new key pair of ``key_type``, stored under a new name made from ``key_id``."""
         ...
 
-    def existing(self, reference: str, key_type: KeyType) -> NewKey:
-        """Adopt a key that is in the store already (a token key made at a key ceremony)."""
+    def existing(
+        self, reference: str, key_type: KeyType, certificate: x509.Certificate | None = None
+    ) -> NewKey:
+        """Adopt a key that is in the store already (a token key made at a key ceremony); with
+        ``certificate``, it must be that certificate's key."""
         ...
 
     def adopt(
@@ -97,7 +100,9 @@ class FileKeystore:
         key = generate_private_key(key_type)
         return NewKey(self._store(key_id, key), key.public_key())
 
-    def existing(self, reference: str, key_type: KeyType) -> NewKey:
+    def existing(
+        self, reference: str, key_type: KeyType, certificate: x509.Certificate | None = None
+    ) -> NewKey:
         """Keys by label or id are token keys: refused with the file backend."""
         raise BadRequest("adopting a key by label or id needs key_backend = pkcs11")
 

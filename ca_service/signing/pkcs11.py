@@ -33,6 +33,7 @@ from urllib.parse import quote, unquote, unquote_to_bytes
 import pkcs11
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
@@ -506,10 +507,13 @@ class Pkcs11Keystore:
             self._made.add(str(ref))
         return NewKey(str(ref), public_key)
 
-    def existing(self, reference: str, key_type: KeyType) -> NewKey:
+    def existing(
+        self, reference: str, key_type: KeyType, certificate: x509.Certificate | None = None
+    ) -> NewKey:
         """Adopt a key that is in the token already (made at a key ceremony, by the HSM's own
         tools): its private half must be there, sensitive and not extractable, and its public
-        half readable, of the key type asked for. ``reference``: a pkcs11: URI."""
+        half readable, of the key type asked for (and ``certificate``'s key when given).
+        ``reference``: a pkcs11: URI."""
         ref = KeyRef.parse(reference)
 
         def op(session: Any) -> tuple[CertificatePublicKeyTypes, bool, bool, KeyRef]:
@@ -538,6 +542,11 @@ class Pkcs11Keystore:
                 f"token key {ref} can be read out of the token (CKA_EXTRACTABLE or not "
                 "CKA_SENSITIVE); a CA key must not be"
             )
+        spki = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+        if certificate is not None and (
+            public_key.public_bytes(*spki) != certificate.public_key().public_bytes(*spki)
+        ):
+            raise BadRequest(f"token key {ref} is not the certificate's key")
         if len(str(full)) > 255:  # the store's key_file column
             raise BadRequest(f"token key {ref}: its label and id are too long to record")
         return NewKey(str(full), public_key)
