@@ -175,6 +175,13 @@ def _client_auth(key: str, value: Any) -> str:
     return mode
 
 
+def _choice(key: str, value: Any, choices: tuple[str, ...]) -> str:
+    text = str(value).strip().lower()
+    if text not in choices:
+        raise ConfigError(f"{key} must be {' or '.join(repr(c) for c in choices)}, not {value!r}")
+    return text
+
+
 def _bool(key: str, value: Any) -> bool:
     if isinstance(value, bool):
         return value
@@ -270,6 +277,45 @@ class Settings:
         False,
         "Sign OCSP answers with the CA key itself instead of a delegated responder.",
         _bool,
+    )
+    # -- CA key backend (issue 16): where the CA private keys live and sign.
+    key_backend: str = _setting(
+        "file",
+        '"file": encrypted PKCS#8 files in <data_dir>/keys (needs the key passphrase). '
+        '"pkcs11": keys made and kept inside a PKCS#11 token (HSM, cloud KMS, YubiHSM, '
+        "SoftHSM), which signs every certificate, CRL and OCSP answer; see docs/key-ceremony.md.",
+        lambda key, value: _choice(key, value, ("file", "pkcs11")),
+    )
+    pkcs11_module: str | None = _setting(
+        None,
+        "key_backend = pkcs11: path of the token vendor's PKCS#11 module (a shared library).",
+        _optional_text,
+        example="/usr/lib/softhsm/libsofthsm2.so",
+    )
+    pkcs11_token_label: str | None = _setting(
+        None,
+        "key_backend = pkcs11: the label of the token that holds the CA keys.",
+        _optional_text,
+        example="ca-service",
+    )
+    pkcs11_pin_file: Path | None = _setting(  # noqa: RUF009 (returns a dataclasses.field)
+        None,
+        "key_backend = pkcs11: a file holding the token's user PIN (mode 0600). The PIN itself "
+        "is never a setting of this file nor a command-line option; CA_PKCS11_PIN in the "
+        "environment wins over this file.",
+        lambda key, value: Path(str(value)) if value else None,
+        example="/run/secrets/pkcs11-pin",
+    )
+    pkcs11_pin: bytes | None = field(
+        default=None,
+        repr=False,
+        metadata={
+            "setting": SettingInfo(
+                "The token's user PIN (key_backend = pkcs11): CA_PKCS11_PIN, or "
+                "CA_PKCS11_PIN_FILE naming a file that holds it. Environment only.",
+                secret=True,
+            )
+        },
     )
     profiles: Mapping[str, Profile] = field(
         default_factory=lambda: load_profiles(None),
@@ -378,8 +424,8 @@ def load_settings(
         if value is not None:
             values[key] = value
 
-    passphrase = _secret(env, "key_passphrase")
-    settings = _build(values, passphrase, profiles_raw)
+    secrets = {key: _secret(env, key) for key in _SECRET_KEYS}
+    settings = _build(values, secrets, profiles_raw)
     if mtls_raw is not None:
         settings = replace(settings, mtls_rules=_mtls_rules(mtls_raw, settings))
     return settings
@@ -413,8 +459,10 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
 
 
-def _build(values: dict[str, Any], passphrase: bytes | None, profiles_raw: Any) -> Settings:
-    kwargs: dict[str, Any] = {"key_passphrase": passphrase}
+def _build(
+    values: dict[str, Any], secrets: Mapping[str, bytes | None], profiles_raw: Any
+) -> Settings:
+    kwargs: dict[str, Any] = dict(secrets)
     for f, info in setting_fields():
         if info.parse is not None and f.name in values:
             value = info.parse(f.name, values[f.name])
