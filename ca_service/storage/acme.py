@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
+from ca_service.clock import as_utc
 from ca_service.domain import (
     ACMEAccountRecord,
     ACMEAuthzRecord,
@@ -36,16 +37,26 @@ from ca_service.storage.tokens import policy_from_json, policy_to_json
 
 
 def _utc(value: dt.datetime | None) -> dt.datetime | None:
-    """SQLite hands back naive datetimes; everything above the store compares aware ones."""
-    if value is not None and value.tzinfo is None:
-        return value.replace(tzinfo=dt.UTC)
-    return value
+    """SQLite hands back naive datetimes and psycopg the session's zone; every record carries
+    aware UTC, like the rest of the store's."""
+    return None if value is None else as_utc(value)
 
 
 def _aware(value: dt.datetime) -> dt.datetime:
-    result = _utc(value)
-    assert result is not None
-    return result
+    return as_utc(value)
+
+
+def _db(value: dt.datetime) -> dt.datetime:
+    """A time as it is written or compared: aware UTC. SQLite keeps no offset, so a time in
+    another zone would be stored as its wall clock, hours off, and compared as text; a naive
+    time would mean UTC on SQLite but the session's zone on PostgreSQL. So refuse naive ones."""
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError(f"naive datetime {value.isoformat()} given to the ACME store")
+    return value.astimezone(dt.UTC)
+
+
+def _db_opt(value: dt.datetime | None) -> dt.datetime | None:
+    return None if value is None else _db(value)
 
 
 # ---------------------------------------------------------------------------- nonces
@@ -56,18 +67,18 @@ class NonceRepository:
         self.s = session
 
     def add(self, value: str, expires_at: dt.datetime) -> None:
-        self.s.add(ACMENonceRow(value=value, expires_at=expires_at))
+        self.s.add(ACMENonceRow(value=value, expires_at=_db(expires_at)))
 
     def consume(self, value: str, now: dt.datetime) -> bool:
         """Use a nonce up: True only for the one request that deletes an unexpired row."""
         result = self.s.execute(
-            delete(ACMENonceRow).where(ACMENonceRow.value == value, ACMENonceRow.expires_at > now)
+            delete(ACMENonceRow).where(ACMENonceRow.value == value, ACMENonceRow.expires_at > _db(now))
         )
         return bool(result.rowcount == 1)  # type: ignore[attr-defined]
 
     def purge(self, now: dt.datetime, limit: int = 1000) -> int:
         """Delete at most ``limit`` expired nonces (bounded, so no request pays for a backlog)."""
-        doomed = select(ACMENonceRow.value).where(ACMENonceRow.expires_at <= now).limit(limit)
+        doomed = select(ACMENonceRow.value).where(ACMENonceRow.expires_at <= _db(now)).limit(limit)
         result = self.s.execute(delete(ACMENonceRow).where(ACMENonceRow.value.in_(doomed)))
         return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
@@ -99,7 +110,7 @@ class EABKeyRepository:
                 hmac_key_encrypted=hmac_key_encrypted,
                 policy=policy_to_json(record.policy),
                 created_by=record.created_by,
-                created_at=record.created_at,
+                created_at=_db(record.created_at),
             )
         )
 
@@ -131,7 +142,7 @@ class EABKeyRepository:
             return None
         changed = row.revoked_at is None
         if changed:
-            row.revoked_at = now
+            row.revoked_at = _db(now)
         self.s.flush()
         return _eab(row), changed
 
@@ -167,7 +178,7 @@ class AccountRepository:
                 status=record.status,
                 contact=list(record.contact),
                 eab_kid=record.eab_kid,
-                created_at=record.created_at,
+                created_at=_db(record.created_at),
             )
         )
         self.s.flush()
@@ -255,13 +266,13 @@ class OrderRepository:
                 identifiers=[{"type": i.type, "value": i.value} for i in record.identifiers],
                 authz_ids=list(record.authz_ids),
                 profile=record.profile,
-                expires=record.expires,
-                not_before=record.not_before,
-                not_after=record.not_after,
+                expires=_db(record.expires),
+                not_before=_db_opt(record.not_before),
+                not_after=_db_opt(record.not_after),
                 error=record.error,
                 certificate_serial=record.certificate_serial,
                 replaces=record.replaces,
-                created_at=record.created_at,
+                created_at=_db(record.created_at),
             )
         )
         self.s.flush()
@@ -321,7 +332,7 @@ class OrderRepository:
             self.s.scalar(
                 select(func.count())
                 .select_from(ACMEOrderRow)
-                .where(ACMEOrderRow.account_id == account_id, ACMEOrderRow.created_at >= since)
+                .where(ACMEOrderRow.account_id == account_id, ACMEOrderRow.created_at >= _db(since))
             )
             or 0
         )
@@ -331,7 +342,7 @@ class OrderRepository:
         return _utc(
             self.s.scalar(
                 select(func.min(ACMEOrderRow.created_at)).where(
-                    ACMEOrderRow.account_id == account_id, ACMEOrderRow.created_at >= since
+                    ACMEOrderRow.account_id == account_id, ACMEOrderRow.created_at >= _db(since)
                 )
             )
         )
@@ -365,8 +376,8 @@ class AuthorizationRepository:
                 identifier_type=record.identifier.type,
                 identifier_value=record.identifier.value,
                 status=record.status,
-                expires=record.expires,
-                created_at=record.created_at,
+                expires=_db(record.expires),
+                created_at=_db(record.created_at),
             )
         )
         self.s.flush()
@@ -379,7 +390,7 @@ class AuthorizationRepository:
                     type=c.type,
                     token=c.token,
                     status=c.status,
-                    validated_at=c.validated_at,
+                    validated_at=_db_opt(c.validated_at),
                     error=c.error,
                 )
             )
@@ -423,7 +434,7 @@ class AuthorizationRepository:
                 ACMEAuthzRow.identifier_type == identifier.type,
                 ACMEAuthzRow.identifier_value == identifier.value,
                 ACMEAuthzRow.status == "valid",
-                ACMEAuthzRow.expires > now,
+                ACMEAuthzRow.expires > _db(now),
             )
             .order_by(ACMEAuthzRow.expires.desc())
             .limit(1)
@@ -440,7 +451,7 @@ class AuthorizationRepository:
     ) -> bool:
         values: dict[str, Any] = {"status": status}
         if expires is not None:
-            values["expires"] = expires
+            values["expires"] = _db(expires)
         result = self.s.execute(
             update(ACMEAuthzRow)
             .where(ACMEAuthzRow.id == authz_id, ACMEAuthzRow.status.in_(list(expected)))
@@ -463,7 +474,7 @@ class AuthorizationRepository:
     ) -> bool:
         values: dict[str, Any] = {"status": status}
         if validated_at is not None:
-            values["validated_at"] = validated_at
+            values["validated_at"] = _db(validated_at)
         if error is not None:
             values["error"] = error
         result = self.s.execute(
@@ -479,7 +490,7 @@ class AuthorizationRepository:
             select(ACMEChallengeRow.validated_at).where(
                 ACMEChallengeRow.account_id == account_id,
                 ACMEChallengeRow.status == "invalid",
-                ACMEChallengeRow.validated_at >= since,
+                ACMEChallengeRow.validated_at >= _db(since),
             )
         )
         return sorted(_aware(r) for r in rows if r is not None)
