@@ -205,8 +205,12 @@ class AccountRepository:
         jwk: dict[str, Any] | None = None,
         thumbprint: str | None = None,
     ) -> bool:
-        """Change a ``valid`` account; False when it is no longer in ``expected_status``.
-        A new key that already has an account raises storage.db.DuplicateRow."""
+        """Change a ``valid`` account; False when it is no longer in ``expected_status`` (even
+        when nothing is to change: the caller acts on the answer). A key change names the key
+        and its thumbprint together; a new key that already has an account raises
+        storage.db.DuplicateRow."""
+        if (jwk is None) != (thumbprint is None):
+            raise ValueError("a key change gives the jwk and its thumbprint together")
         values: dict[str, Any] = {}
         if status is not None:
             values["status"] = status
@@ -215,13 +219,10 @@ class AccountRepository:
         if jwk is not None:
             values["jwk"] = jwk
             values["thumbprint"] = thumbprint
+        where = (ACMEAccountRow.id == account_id, ACMEAccountRow.status == expected_status)
         if not values:
-            return True
-        result = self.s.execute(
-            update(ACMEAccountRow)
-            .where(ACMEAccountRow.id == account_id, ACMEAccountRow.status == expected_status)
-            .values(**values)
-        )
+            return self.s.scalar(select(ACMEAccountRow.id).where(*where)) is not None
+        result = self.s.execute(update(ACMEAccountRow).where(*where).values(**values))
         self.s.flush()
         return bool(result.rowcount == 1)  # type: ignore[attr-defined]
 
