@@ -285,15 +285,18 @@ class OrderRepository:
     def for_account(
         self, account_id: str, *, after: str | None = None, limit: int = 100
     ) -> list[ACMEOrderRecord]:
-        """An account's orders, newest first, a page at a time (``after``: the last id seen)."""
+        """An account's orders, newest first, a page at a time (``after``: the last id seen).
+        A cursor that is not an order of this account ends the list: starting over would hand a
+        client following "next" links the first page again, forever."""
         query = select(ACMEOrderRow).where(ACMEOrderRow.account_id == account_id)
         if after is not None:
             anchor = self.s.get(ACMEOrderRow, after)
-            if anchor is not None:
-                query = query.where(
-                    (ACMEOrderRow.created_at < anchor.created_at)
-                    | ((ACMEOrderRow.created_at == anchor.created_at) & (ACMEOrderRow.id < after))
-                )
+            if anchor is None or anchor.account_id != account_id:
+                return []
+            query = query.where(
+                (ACMEOrderRow.created_at < anchor.created_at)
+                | ((ACMEOrderRow.created_at == anchor.created_at) & (ACMEOrderRow.id < after))
+            )
         query = query.order_by(ACMEOrderRow.created_at.desc(), ACMEOrderRow.id.desc())
         return [_order(r) for r in self.s.scalars(query.limit(limit))]
 
