@@ -72,7 +72,9 @@ class NonceRepository:
     def consume(self, value: str, now: dt.datetime) -> bool:
         """Use a nonce up: True only for the one request that deletes an unexpired row."""
         result = self.s.execute(
-            delete(ACMENonceRow).where(ACMENonceRow.value == value, ACMENonceRow.expires_at > _db(now))
+            delete(ACMENonceRow).where(
+                ACMENonceRow.value == value, ACMENonceRow.expires_at > _db(now)
+            )
         )
         return bool(result.rowcount == 1)  # type: ignore[attr-defined]
 
@@ -103,6 +105,7 @@ class EABKeyRepository:
         self.s = session
 
     def add(self, record: EABKeyRecord, hmac_key_encrypted: bytes) -> None:
+        """Store the record whole: one added bound or revoked (an import) stays so."""
         self.s.add(
             ACMEEABKeyRow(
                 kid=record.kid,
@@ -111,6 +114,8 @@ class EABKeyRepository:
                 policy=policy_to_json(record.policy),
                 created_by=record.created_by,
                 created_at=_db(record.created_at),
+                account_id=record.account_id,
+                revoked_at=_db_opt(record.revoked_at),
             )
         )
 
@@ -119,7 +124,9 @@ class EABKeyRepository:
         return (_eab(row), row.hmac_key_encrypted) if row is not None else None
 
     def list(self) -> list[EABKeyRecord]:
-        rows = self.s.scalars(select(ACMEEABKeyRow).order_by(ACMEEABKeyRow.created_at))
+        rows = self.s.scalars(
+            select(ACMEEABKeyRow).order_by(ACMEEABKeyRow.created_at, ACMEEABKeyRow.kid)
+        )
         return [_eab(r) for r in rows]
 
     def bind(self, kid: str, account_id: str) -> bool:
