@@ -392,12 +392,13 @@ class AuthorizationRepository:
             )
         )
         self.s.flush()
-        for c in record.challenges:
+        for position, c in enumerate(record.challenges):
             self.s.add(
                 ACMEChallengeRow(
                     id=c.id,
                     authz_id=record.id,
                     account_id=record.account_id,
+                    position=position,
                     type=c.type,
                     token=c.token,
                     status=c.status,
@@ -411,7 +412,7 @@ class AuthorizationRepository:
         challenges = self.s.scalars(
             select(ACMEChallengeRow)
             .where(ACMEChallengeRow.authz_id == row.id)
-            .order_by(ACMEChallengeRow.type)
+            .order_by(ACMEChallengeRow.position)
         )
         return ACMEAuthzRecord(
             id=row.id,
