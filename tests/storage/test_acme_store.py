@@ -244,7 +244,11 @@ def test_concurrent_consumers_of_one_nonce_get_exactly_one_true(db: Database) ->
         value = f"raced-{round_}"
         with unit_of_work(db, write=True) as s:
             NonceRepository(s).add(value, NOW + HOUR)
-        results = race(db, threads, lambda s, _i, v=value: NonceRepository(s).consume(v, NOW))
+
+        def consume(s: Session, _i: int, value: str = value) -> bool:
+            return NonceRepository(s).consume(value, NOW)
+
+        results = race(db, threads, consume)
         assert sorted(results) == [False] * (threads - 1) + [True], round_
     assert count_rows(db, "acme_nonces") == 0
 
