@@ -379,6 +379,11 @@ class AuthorizationRepository:
         self.s = session
 
     def add(self, record: ACMEAuthzRecord) -> None:
+        """Store an authorization and its challenges, which must name it: a challenge of
+        another authorization would silently be re-parented and read back changed."""
+        strays = [c.id for c in record.challenges if c.authz_id != record.id]
+        if strays:
+            raise ValueError(f"challenges {strays} do not belong to authorization {record.id}")
         self.s.add(
             ACMEAuthzRow(
                 id=record.id,
