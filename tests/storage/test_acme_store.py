@@ -591,6 +591,16 @@ def test_authorization_round_trips_with_its_challenges(db: Database) -> None:
         assert repo.get_challenge("no-such-challenge") is None
 
 
+def test_an_authorization_with_another_ones_challenge_is_refused(db: Database) -> None:
+    owner = add_account(db)
+    record, other = authz(owner.id), authz(owner.id)
+    mixed = dataclasses.replace(record, challenges=(record.challenges[0], other.challenges[1]))
+    with pytest.raises(ValueError, match="do not belong"), unit_of_work(db, write=True) as s:
+        AuthorizationRepository(s).add(mixed)
+    assert count_rows(db, "acme_authorizations") == 0
+    assert count_rows(db, "acme_challenges") == 0
+
+
 def test_many_keeps_the_order_asked(db: Database) -> None:
     owner = add_account(db)
     a, b, c = (authz(owner.id, created_at=NOW + k * SECOND) for k in range(3))
