@@ -311,6 +311,21 @@ class OrderRepository:
         row = self.s.scalar(select(ACMEOrderRow).where(ACMEOrderRow.certificate_serial == serial))
         return _order(row) if row is not None else None
 
+    def ids_for_certificates(
+        self, certificates: Collection[tuple[str, str]]
+    ) -> dict[tuple[str, str], str]:
+        """The order id of each (authority, serial) that an ACME order was finalized with."""
+        serials = sorted({serial for _, serial in certificates})
+        if not serials:
+            return {}
+        rows = self.s.execute(
+            select(ACMEOrderRow.authority, ACMEOrderRow.certificate_serial, ACMEOrderRow.id).where(
+                ACMEOrderRow.certificate_serial.in_(serials)
+            )
+        )
+        wanted = set(certificates)
+        return {(a, s): i for a, s, i in rows if s is not None and (a, s) in wanted}
+
     def replacing(self, serial: str) -> list[ACMEOrderRecord]:
         """Orders that name ``serial`` in ``replaces`` (RFC 9773 section 5)."""
         rows = self.s.scalars(select(ACMEOrderRow).where(ACMEOrderRow.replaces == serial))
