@@ -14,6 +14,7 @@ are followed here, one hop at a time, so that each hop obeys the same rules (Bou
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import http.client
 import ipaddress
@@ -21,6 +22,7 @@ import re
 import select
 import socket
 import ssl
+import threading
 import time
 import urllib.parse
 from collections.abc import Callable
@@ -274,19 +276,7 @@ def _http_get(
                 # Only a failed connection moves on to the next address; an answer is final.
                 last_error = f"{_url_host(address)}:{port}: {_os_reason(exc)}"
                 continue
-            conn.request(
-                "GET",
-                path,
-                headers={
-                    "Host": host_header,
-                    "User-Agent": USER_AGENT,
-                    "Accept": "*/*",
-                    "Connection": "close",
-                },
-            )
-            response = conn.getresponse()
-            body = response.read(config.max_body_bytes + 1)
-            return response.status, response.getheader("Location"), body
+            return _exchange(conn, url, path, host_header, config)
         except (OSError, http.client.HTTPException, ValueError) as exc:
             raise ValidationFailed(
                 "connection", f"http-01: GET {url} failed: {_os_reason(exc)}"
@@ -294,6 +284,50 @@ def _http_get(
         finally:
             conn.close()
     raise ValidationFailed("connection", f"http-01: GET {url}: could not connect ({last_error})")
+
+
+def _exchange(
+    conn: _PinnedHTTPConnection, url: str, path: str, host_header: str, config: ValidationConfig
+) -> tuple[int, str | None, bytes]:
+    """Send the GET and read the answer, all of it within one timeout.
+
+    The socket timeout bounds each read, not their sum: a peer that drips a byte just under the
+    timeout would hold a validator for hours over an 8 KB body. A watchdog shuts the socket at
+    the deadline, which ends any read in progress.
+    """
+    expired = threading.Event()
+
+    def abort() -> None:
+        expired.set()
+        if conn.sock is not None:
+            with contextlib.suppress(OSError):
+                conn.sock.shutdown(socket.SHUT_RDWR)
+
+    watchdog = threading.Timer(config.timeout_seconds, abort)
+    watchdog.daemon = True
+    watchdog.start()
+    try:
+        conn.request(
+            "GET",
+            path,
+            headers={
+                "Host": host_header,
+                "User-Agent": USER_AGENT,
+                "Accept": "*/*",
+                "Connection": "close",
+            },
+        )
+        response = conn.getresponse()
+        body = response.read(config.max_body_bytes + 1)
+    except (OSError, http.client.HTTPException, ValueError):
+        if expired.is_set():
+            raise TimeoutError from None
+        raise
+    finally:
+        watchdog.cancel()
+    if expired.is_set():
+        raise TimeoutError
+    return response.status, response.getheader("Location"), body
 
 
 def _os_reason(exc: BaseException) -> str:

@@ -352,6 +352,36 @@ def test_http01_slow_server_times_out(loopback_dns: LoopbackDNS) -> None:
     assert exc.acme_type == "connection" and "timed out" in exc.detail
 
 
+def test_http01_dripping_server_is_cut_off_by_one_deadline(loopback_dns: LoopbackDNS) -> None:
+    # Each byte comes well within the per-read timeout; the whole answer would not.
+    stop = threading.Event()
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        port = listener.getsockname()[1]
+
+        def drip() -> None:
+            conn, _ = listener.accept()
+            with conn:
+                conn.recv(4096)
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n")
+                for _ in range(100):
+                    if stop.wait(0.05):
+                        return
+                    try:
+                        conn.sendall(b"x")
+                    except OSError:
+                        return
+
+        thread = threading.Thread(target=drip, daemon=True)
+        thread.start()
+        config = _config(loopback_dns, port, timeout_seconds=0.3)
+        exc = _fails(lambda: validate_http01(NAME, TOKEN, KEY_AUTH, config))
+        stop.set()
+        thread.join(timeout=5)
+    assert exc.acme_type == "connection" and "timed out" in exc.detail
+
+
 def test_http01_garbage_answer_is_a_connection_failure(loopback_dns: LoopbackDNS) -> None:
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
