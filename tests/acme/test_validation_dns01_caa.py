@@ -290,3 +290,12 @@ def test_tags_are_case_insensitive() -> None:
     assert caa.refusal(records, wildcard=False, identities=(US,)) is None
     records = [caa.CAARecord(128, "IssueWild", ";")]
     assert caa.refusal(records, wildcard=True, identities=(US,)) is not None
+
+
+def test_validate_wildcard_checks_issuewild(loopback_dns: LoopbackDNS) -> None:
+    loopback_dns.set("_acme-challenge.www.example.test", "TXT", [DNS01_VALUE])
+    loopback_dns.set("example.test", "CAA", ['0 issue "ca.example.test"', '0 issuewild ";"'])
+    config = _config(loopback_dns)
+    validate("dns-01", NAME, "", KEY_AUTH, wildcard=False, config=config)
+    exc = _fails(lambda: validate("dns-01", NAME, "", KEY_AUTH, wildcard=True, config=config))
+    assert exc.acme_type == "caa" and "issuewild" in exc.detail

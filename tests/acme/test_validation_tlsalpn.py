@@ -45,6 +45,7 @@ def make_cert(
     digest: bytes | None = None,
     critical: bool = True,
     with_extension: bool = True,
+    raw_san: bytes | None = None,
 ) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     """A self-signed acme-tls/1 certificate, correct by default, each part breakable."""
     key = ec.generate_private_key(ec.SECP256R1())
@@ -59,7 +60,10 @@ def make_cert(
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(days=1))
     )
-    if sans:
+    if raw_san is not None:  # a subjectAltName of arbitrary (possibly broken) DER
+        san_oid = x509.oid.ExtensionOID.SUBJECT_ALTERNATIVE_NAME
+        builder = builder.add_extension(x509.UnrecognizedExtension(san_oid, raw_san), False)
+    elif sans:
         builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
     if with_extension:
         value = digest if digest is not None else hashlib.sha256(KEY_AUTH.encode()).digest()
@@ -177,7 +181,9 @@ def serve() -> Iterator[Callable[..., ALPNServer]]:
     def start(
         sans: list[x509.GeneralName] | None = None, host: str = "127.0.0.1", **kw: object
     ) -> ALPNServer:
-        cert_kw = {k: kw.pop(k) for k in ("digest", "critical", "with_extension") if k in kw}
+        cert_kw = {
+            k: kw.pop(k) for k in ("digest", "critical", "with_extension", "raw_san") if k in kw
+        }
         cert, key = make_cert(
             [x509.DNSName("a.example.test")] if sans is None else sans,
             **cert_kw,  # type: ignore[arg-type]
@@ -299,6 +305,14 @@ def test_tlsalpn01_no_san_fails(
     server = serve([])
     exc = _fails(lambda: validate_tlsalpn01(NAME, KEY_AUTH, _config(loopback_dns, server.port)))
     assert exc.acme_type == "unauthorized" and "no subjectAltName" in exc.detail
+
+
+def test_tlsalpn01_unparsable_certificate_fails_cleanly(
+    loopback_dns: LoopbackDNS, serve: Callable[..., ALPNServer]
+) -> None:
+    server = serve(raw_san=b"\x30\x03\x82\x05ab")  # a dNSName whose length overruns
+    exc = _fails(lambda: validate_tlsalpn01(NAME, KEY_AUTH, _config(loopback_dns, server.port)))
+    assert exc.acme_type == "unauthorized" and "malformed" in exc.detail
 
 
 def test_tlsalpn01_connection_refused(loopback_dns: LoopbackDNS) -> None:
