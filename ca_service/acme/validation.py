@@ -171,8 +171,8 @@ def _query(name: str, rdtype: str, config: ValidationConfig) -> dns.resolver.Ans
     "hidden", and for CAA treating hidden as absent would let an attacker who can break DNS skip
     the check (fail closed).
     """
-    resolver = _resolver(config)
     try:
+        resolver = _resolver(config)  # a bad resolver host is a ValueError here
         qname = dns.name.from_text(name)
         return resolver.resolve(qname, rdtype, search=False, raise_on_no_answer=False)
     except dns.resolver.NXDOMAIN:

@@ -299,3 +299,9 @@ def test_validate_wildcard_checks_issuewild(loopback_dns: LoopbackDNS) -> None:
     validate("dns-01", NAME, "", KEY_AUTH, wildcard=False, config=config)
     exc = _fails(lambda: validate("dns-01", NAME, "", KEY_AUTH, wildcard=True, config=config))
     assert exc.acme_type == "caa" and "issuewild" in exc.detail
+
+
+def test_a_resolver_that_is_not_an_address_is_a_dns_failure() -> None:
+    config = ValidationConfig(resolver=("not an address", 53), timeout_seconds=0.3)
+    exc = _fails(lambda: validate_dns01(NAME, KEY_AUTH, config))
+    assert exc.acme_type == "dns"
