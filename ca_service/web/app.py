@@ -10,6 +10,7 @@ import secrets
 from flask import Flask, Response, g, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
+from ca_service.acme.eab import EABKeys
 from ca_service.config import Settings, check_mtls_authorities, load_settings
 from ca_service.core.facade import Core
 from ca_service.tokens import TokenService
@@ -39,6 +40,8 @@ def create_app(
     app.extensions["ca_core"] = ca
     app.extensions["ca_tokens"] = TokenService(ca.db, ca.clock, ca.refusals)
     app.extensions["ca_settings"] = settings
+    # Seals and opens the EAB HMAC keys under the CA key passphrase (never stored in the DB).
+    app.extensions["ca_eab"] = EABKeys(ca.db, ca.clock, settings.require_passphrase())
     # Given to /openapi.json and /docs here, so that those views need not import the generator
     # that reads them (web/openapi.py reads every route).
     app.extensions["ca_openapi"] = openapi.document
