@@ -219,9 +219,7 @@ GOOD = {"name": "bad-body", "allowed_names": ["*.eab-api.example.test"]}
         ([GOOD], ""),
     ],
 )
-def test_bad_bodies_are_400_and_write_nothing(
-    live: LiveServer, body: Any, words: str
-) -> None:
+def test_bad_bodies_are_400_and_write_nothing(live: LiveServer, body: Any, words: str) -> None:
     rows = _rows(live)
     created = len(_events(live, "acme.eab.create"))
     reply = live.request("POST", EAB, token=live.admin_token, body=body)
