@@ -48,10 +48,12 @@ def encode_hmac_key(key: bytes) -> str:
 
 
 def _check_name(name: str) -> str:
-    name = name.strip()
-    if not 1 <= len(name) <= NAME_MAX or not name.isprintable():
+    """The name as given, less surrounding spaces. The length is that of the text sent (the
+    document's maxLength), so no name the document calls too long is accepted once stripped."""
+    stripped = name.strip()
+    if not stripped or len(name) > NAME_MAX or not name.isprintable():
         raise BadRequest(f"an EAB key needs a name of 1 to {NAME_MAX} printable characters")
-    return name
+    return stripped
 
 
 def _audit_policy(record: EABKeyRecord) -> dict[str, object]:

@@ -152,6 +152,7 @@ def test_unknown_and_malformed_kids(ca: Core) -> None:
         ({"name": ""}, "name"),
         ({"name": "   "}, "name"),
         ({"name": "x" * 129}, "name"),
+        ({"name": " " + "x" * 128}, "name"),  # too long as sent, even if not once stripped
         ({"name": "bell\x07"}, "name"),
         ({"name": "two\nlines"}, "name"),
         ({"allowed_names": []}, "allowed name"),
@@ -178,6 +179,8 @@ def test_a_bad_grant_is_refused_and_writes_nothing(
 def test_a_name_of_128_characters_is_accepted(ca: Core) -> None:
     record, _ = _create(ca, name="n" * 128)
     assert record.name == "n" * 128
+    padded, _ = _create(ca, name="  padded ")
+    assert padded.name == "padded"
 
 
 # ---------------------------------------------------------------------------- sealing
