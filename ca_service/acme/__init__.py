@@ -1,1 +1,1 @@
-"""The ACME front end (RFC 8555): protocol state, JWS, validation; finalize calls the core."""
+"""ACME server (RFC 8555): protocol front end, challenge validation and CAA."""

@@ -103,6 +103,11 @@ class ACMEProblem(CAError):
         }
         if self.subproblems:
             body["subproblems"] = [s.as_json() for s in self.subproblems]
+        if self.acme_type == "badSignatureAlgorithm":
+            # RFC 8555 section 6.2: the answer lists the algorithms that are accepted.
+            from ca_service.acme.jws import ACCOUNT_ALGORITHMS
+
+            body["algorithms"] = list(ACCOUNT_ALGORITHMS)
         return body
 
     def stored(self) -> dict[str, Any]:
