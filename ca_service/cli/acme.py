@@ -78,7 +78,10 @@ def eab_create(
         known_profiles=ca.settings.profiles,
         known_authorities={a.name for a in ca.list_authorities()},
     )
-    directory = ca.settings.public_url.rstrip("/") + "/acme/directory"
+    # The default authority's directory, or that of the one authority the key is limited to.
+    only = record.policy.authorities[0] if record.policy.authorities else None
+    directory = ca.settings.public_url.rstrip("/") + (f"/acme/{only}" if only else "/acme")
+    directory += "/directory"
     example = (
         f"certbot certonly --server {shlex.quote(directory)} --eab-kid {record.kid} "
         f"--eab-hmac-key {hmac_key} -d {shlex.quote(_example_name(record))}"

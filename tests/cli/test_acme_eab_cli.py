@@ -80,7 +80,9 @@ def test_create_prints_the_key_once_with_a_certbot_example(inited: Settings) -> 
     raw = base64.urlsafe_b64decode(hmac_key + "=")
     assert len(raw) == 32 and "=" not in hmac_key
     assert "shown once" in note
-    assert "certbot" in example and "--server http://127.0.0.1:8000/acme/directory" in example
+    # Limited to the authority "default": its own directory.
+    assert example.startswith("example:  certbot certonly")
+    assert "--server http://127.0.0.1:8000/acme/default/directory" in example
     assert f"--eab-kid {kid}" in example and f"--eab-hmac-key {hmac_key}" in example
     assert "-d www.cli-eab.example.test" in example
 
@@ -127,6 +129,10 @@ def test_json_output_is_the_api_record(inited: Settings) -> None:
     _validate("EABKey", revoked)
     assert revoked["kid"] == created["kid"] and revoked["revoked_at"] is not None
     assert "hmac_key" not in revoked
+
+    # Not limited to one authority: the default authority's directory.
+    text = ok(inited, "acme", "eab", "create", "--name", "any CA", "--allow", "a.example.test")
+    assert "--server http://127.0.0.1:8000/acme/directory " in text
 
 
 def test_revoke_is_idempotent_and_needs_no_passphrase(inited: Settings) -> None:
