@@ -100,6 +100,8 @@ def _problem(exc: CAError) -> Response:
     elif problem.status == 503:
         response.headers["Retry-After"] = "5"
     response.headers["Cache-Control"] = "no-store"
+    if problem.location:
+        response.headers["Location"] = problem.location
     return response
 
 
