@@ -476,6 +476,15 @@ def issue(
 
 
 ALLOWED = "127.0.0.0/8,*.acme.test"
+# The default profiles refuse wildcards; ACME wildcard orders name this one.
+WILD_PROFILE = """
+[profiles.wild]
+extended_key_usages = ["serverAuth"]
+default_validity_days = 30
+max_validity_days = 90
+require_dns_or_ip = true
+allow_wildcards = true
+"""
 
 
 @dataclass
@@ -505,7 +514,10 @@ def live_acme(backend: str, base: Any, **env: str) -> Iterator[ACMEServerUnderTe
         LoopbackDNS(base / "dns.json", default_a="127.0.0.1") as dns,
         database(backend, base) as url,
     ):
+        config = base / "ca-service.toml"
+        config.write_text(WILD_PROFILE)
         settings = {
+            "CA_CONFIG_FILE": str(config),
             "CA_ACME_REQUIRE_EAB": "false",
             "CA_ACME_DEFAULT_ALLOWED_NAMES": ALLOWED,
             "CA_ACME_DEFAULT_ALLOW_WILDCARDS": "true",
@@ -544,6 +556,8 @@ def app_acme(db_url: str, base: Any, **overrides: Any) -> Iterator[ACMEServerUnd
 
     from .dns_server import LoopbackDNS
 
+    from ca_service.policy.profiles import load_profiles
+
     public = "https://ca.acme.test:8443"
     with responder() as http01, LoopbackDNS(base / "dns.json", default_a="127.0.0.1") as dns:
         settings = make_settings(
@@ -557,6 +571,9 @@ def app_acme(db_url: str, base: Any, **overrides: Any) -> Iterator[ACMEServerUnd
             acme_dns_resolver=f"127.0.0.1:{dns.port}",
             acme_validation_attempts=1,
             acme_validation_timeout_seconds=2,
+            profiles=load_profiles(
+                {"wild": {"extended_key_usages": ["serverAuth"], "allow_wildcards": True}}
+            ),
             **overrides,
         )
         core = new_ca(settings)
