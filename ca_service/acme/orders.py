@@ -490,8 +490,17 @@ class Orders:
         if order.certificate_serial:
             body["certificate"] = urls.certificate(order.certificate_serial)
         if order.replaces:
-            body["replaces"] = order.replaces
+            # RFC 9773 section 5: the order echoes the CertID it was given, not our serial.
+            body["replaces"] = self._cert_id(order.replaces, order.authority)
         return body
+
+    def _cert_id(self, serial: str, authority: str) -> str:
+        from cryptography import x509
+
+        from ca_service.acme.ari import cert_id
+
+        record = self.core.get_certificate(serial, authority)
+        return cert_id(x509.load_der_x509_certificate(record.der))
 
     def authz_json(self, authz: ACMEAuthzRecord) -> dict[str, Any]:
         body: dict[str, Any] = {
