@@ -250,13 +250,15 @@ class Orders:
         if order.expires <= now:
             new = "invalid"
             error = ACMEProblem("malformed", "the order expired").stored()
-        elif order.status == "pending":
+        else:
+            # A ready order is checked too: an authorization that expired or was deactivated
+            # since makes it invalid (section 7.1.6), or finalize would issue without one.
             authzs = [self._refresh_authz(a) for a in self._authzs(order.authz_ids)]
             failed = [a for a in authzs if a.status != "valid" and a.status != "pending"]
             if failed:
                 new = "invalid"
                 error = self._authz_error(failed)
-            elif authzs and all(a.status == "valid" for a in authzs):
+            elif order.status == "pending" and authzs and all(a.status == "valid" for a in authzs):
                 new = "ready"
         if new is None:
             return order
