@@ -251,12 +251,15 @@ class AppTransport:
 class Client:
     """One ACME directory, spoken to by hand."""
 
-    def __init__(self, transport: Transport, directory_url: str) -> None:
+    def __init__(self, transport: Transport, directory_url: str, *, load: bool = True) -> None:
         self.transport = transport
         self.directory_url = directory_url
+        self.directory: dict[str, Any] = {}
+        if not load:
+            return
         reply = self.get(directory_url)
         assert reply.status == 200, reply.body[:300]
-        self.directory: dict[str, Any] = reply.json
+        self.directory = reply.json
 
     def get(self, url: str, method: str = "GET") -> Reply:
         return self.transport.send(method, url, None, {})
@@ -544,21 +547,21 @@ class NoEAB:
 
 
 @contextmanager
-def app_acme(db_url: str, base: Any, **overrides: Any) -> Iterator[ACMEServerUnderTest]:
+def app_acme(
+    db_url: str, base: Any, public: str = "https://ca.acme.test:8443", **overrides: Any
+) -> Iterator[ACMEServerUnderTest]:
     """The ACME server in this process, on a Core with a fake clock, validating synchronously
     (``ACMEServer(core, eab, run_validation=lambda work: work())``) behind the real Flask app."""
     import datetime as dt
 
     from ca_service.acme.server import ACMEServer
     from ca_service.clock import FixedClock
+    from ca_service.policy.profiles import load_profiles
     from ca_service.web.app import create_app
     from tests.conftest import make_settings, new_ca
 
     from .dns_server import LoopbackDNS
 
-    from ca_service.policy.profiles import load_profiles
-
-    public = "https://ca.acme.test:8443"
     with responder() as http01, LoopbackDNS(base / "dns.json", default_a="127.0.0.1") as dns:
         settings = make_settings(
             base,
@@ -582,7 +585,9 @@ def app_acme(db_url: str, base: Any, **overrides: Any) -> Iterator[ACMEServerUnd
         app = create_app(settings, authority=core)
         app.extensions["ca_acme"] = ACMEServer(core, NoEAB(), run_validation=lambda work: work())
         try:
-            client = Client(AppTransport(app), public + "/acme/directory")
+            client = Client(
+                AppTransport(app), public + "/acme/directory", load=public[:6] == "https:"
+            )
             yield ACMEServerUnderTest(client, http01, public, core=core, app=app, clock=clock)
         finally:
             core.db.dispose()

@@ -10,8 +10,8 @@ import pytest
 from tests.live import db_engine, server_tracebacks
 
 from .acme_client import (
-    ACMEServerUnderTest,
     AccountKey,
+    ACMEServerUnderTest,
     Reply,
     assert_acme_problem,
     inner_jws,

@@ -13,8 +13,8 @@ import pytest
 from tests.live import server_tracebacks
 
 from .acme_client import (
-    ACMEServerUnderTest,
     AccountKey,
+    ACMEServerUnderTest,
     assert_acme_problem,
     b64,
     live_acme,

@@ -4,6 +4,7 @@ challenges, the state machines driven by requests, finalize and the certificate 
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,8 +18,8 @@ from tests.helpers import lint_cert, openssl_verify, tamper_signature, write
 from tests.live import db_engine, list_all, server_tracebacks
 
 from .acme_client import (
-    ACMEServerUnderTest,
     AccountKey,
+    ACMEServerUnderTest,
     assert_acme_problem,
     authorize,
     b64,
@@ -109,7 +110,7 @@ def test_unsupported_and_rejected_identifiers(
     named = {s["identifier"]["value"]: s["type"] for s in both["subproblems"]}
     assert named == {
         "-x-.acme.test": "urn:ietf:params:acme:error:rejectedIdentifier",
-        "ip:not-an-ip".split(":", 1)[1]: "urn:ietf:params:acme:error:rejectedIdentifier",
+        ["ip", "not-an-ip"][1]: "urn:ietf:params:acme:error:rejectedIdentifier",
     }
     for bad in ({"identifiers": []}, {"identifiers": "a"}, {"identifiers": [{"type": "dns"}]}):
         assert_acme_problem(c.post(c.directory["newOrder"], bad, key, kid=kid), 400, "malformed")
@@ -391,7 +392,7 @@ def test_issued_certificate(acme: ACMEServerUnderTest, tmp_path: Path, openssl: 
     assert san.get_values_for_type(x509.DNSName) == ["cert.acme.test"]
     # Leaf then intermediates: each certificate is issued by the next.
     certs = [x509.load_pem_x509_certificate(p.encode()) for p in pems]
-    for child, parent in zip(certs, certs[1:], strict=False):
+    for child, parent in itertools.pairwise(certs):
         assert child.issuer == parent.subject
     download = c.fetch(final["certificate"], key, kid)
     assert download.content_type == "application/pem-certificate-chain"

@@ -18,8 +18,8 @@ from cryptography.x509.oid import NameOID
 from tests.live import fetch_crl, list_all, server_tracebacks
 
 from .acme_client import (
-    ACMEServerUnderTest,
     AccountKey,
+    ACMEServerUnderTest,
     assert_acme_problem,
     b64,
     issue,
