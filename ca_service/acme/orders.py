@@ -64,6 +64,17 @@ class _Pool:
             self._pool.submit(work)
 
 
+def orderable_profiles(settings: Any) -> tuple[str, ...]:
+    """The profiles an ACME order may name, as the directory's meta.profiles lists them: those
+    for TLS servers (what ACME validates names for) and the configured default."""
+    return tuple(
+        name
+        for name, profile in settings.profiles.items()
+        if "serverAuth" in getattr(profile, "extended_key_usages", ())
+        or name == settings.acme_default_profile
+    )
+
+
 def _challenge_types(identifier: ACMEIdentifier) -> tuple[str, ...]:
     if identifier.wildcard:
         return ("dns-01",)
@@ -102,8 +113,8 @@ class Orders:
             )
         identifiers = parse_identifiers(payload.get("identifiers"))
         profile = payload.get("profile", self.settings.acme_default_profile)
-        if not isinstance(profile, str) or profile not in self.settings.profiles:
-            known = ", ".join(sorted(self.settings.profiles))
+        if not isinstance(profile, str) or profile not in orderable_profiles(self.settings):
+            known = ", ".join(sorted(orderable_profiles(self.settings)))
             raise ACMEProblem("malformed", f"unknown profile {profile!r}; known: {known}")
         self._limit_orders(account)
         actor = self.accounts.actor(account, context)
