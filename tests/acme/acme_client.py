@@ -501,6 +501,7 @@ class ACMEServerUnderTest:
     core: Any = None
     app: Any = None
     clock: Any = None
+    dns: Any = None
 
 
 @contextmanager
@@ -534,7 +535,7 @@ def live_acme(backend: str, base: Any, **env: str) -> Iterator[ACMEServerUnderTe
         live = start_server(base / "data", url, tls=True, workers=2, extra_env=settings)
         try:
             client = Client(LiveTransport(live.root_pem), live.base_url + "/acme/directory")
-            yield ACMEServerUnderTest(client, http01, live.base_url, live=live)
+            yield ACMEServerUnderTest(client, http01, live.base_url, live=live, dns=dns)
         finally:
             live.stop()
 
@@ -588,6 +589,8 @@ def app_acme(
             client = Client(
                 AppTransport(app), public + "/acme/directory", load=public[:6] == "https:"
             )
-            yield ACMEServerUnderTest(client, http01, public, core=core, app=app, clock=clock)
+            yield ACMEServerUnderTest(
+                client, http01, public, core=core, app=app, clock=clock, dns=dns
+            )
         finally:
             core.db.dispose()

@@ -416,3 +416,62 @@ def test_issued_certificate(acme: ACMEServerUnderTest, tmp_path: Path, openssl: 
     assert_acme_problem(c.fetch(final["certificate"], other, other_kid), 404, "malformed")
     assert_acme_problem(c.post(final["certificate"], {}, key, kid=kid), 400, "malformed")
     assert c.fetch(url, key, kid).json["certificate"] == final["certificate"]
+
+
+def test_wildcard_order_by_dns01_end_to_end(
+    acme: ACMEServerUnderTest, account: tuple[AccountKey, str]
+) -> None:
+    import hashlib
+
+    key, kid = account
+    c = acme.client
+    placed = c.new_order(key, kid, "*.star.acme.test", "star.acme.test", profile="wild")
+    assert placed.status == 201, placed.body
+    url = placed.headers["location"]
+    for authz_url in placed.json["authorizations"]:
+        authz = c.fetch(authz_url, key, kid).json
+        chall = next(ch for ch in authz["challenges"] if ch["type"] == "dns-01")
+        digest = hashlib.sha256(f"{chall['token']}.{key.thumbprint}".encode()).digest()
+        acme.dns.add("_acme-challenge.star.acme.test", "TXT", b64(digest))
+        assert c.post(chall["url"], {}, key, kid=kid).status == 200
+        done = poll(
+            lambda u=authz_url: c.fetch(u, key, kid), lambda r: r.json["status"] != "pending"
+        )
+        assert done.json["status"] == "valid", done.json
+    ready = poll(lambda: c.fetch(url, key, kid), lambda r: r.json["status"] != "pending")
+    assert ready.json["status"] == "ready", ready.json
+    # The CSR must name the wildcard itself, not its base only.
+    assert_acme_problem(
+        finalize(c, key, kid, url, make_csr(["star.acme.test", "x.star.acme.test"])), 400, "badCSR"
+    )
+    done = finalize(c, key, kid, url, make_csr(["*.star.acme.test", "star.acme.test"]))
+    assert done.status == 200, done.body
+    chain = c.fetch(done.json["certificate"], key, kid).body
+    leaf = x509.load_pem_x509_certificate(chain)
+    san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert sorted(san.get_values_for_type(x509.DNSName)) == ["*.star.acme.test", "star.acme.test"]
+
+
+def test_weak_csr_key_is_bad_csr_and_issues_nothing(
+    acme: ACMEServerUnderTest, account: tuple[AccountKey, str]
+) -> None:
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key, kid = account
+    url = _ready_order(acme, key, kid, "weak.acme.test")
+    certs = _count(acme, "certificates")
+    weak = rsa.generate_private_key(public_exponent=65537, key_size=1024)  # noqa: S505
+    reply = finalize(acme.client, key, kid, url, make_csr(["weak.acme.test"], weak))
+    assert_acme_problem(reply, 400, "badCSR")
+    assert _count(acme, "certificates") == certs
+    assert acme.client.fetch(url, key, kid).json["status"] == "ready"
+
+
+def test_only_advertised_profiles_can_be_ordered(
+    acme: ACMEServerUnderTest, account: tuple[AccountKey, str]
+) -> None:
+    key, kid = account
+    advertised = set(acme.client.directory["meta"]["profiles"])
+    assert {"server", "wild"} <= advertised and "client" not in advertised
+    reply = acme.client.new_order(key, kid, "prof.acme.test", profile="client")
+    assert_acme_problem(reply, 400, "malformed")
