@@ -400,6 +400,10 @@ def poll(fetch: Callable[[], Reply], done: Callable[[Reply], bool], seconds: flo
     return reply
 
 
+def fetcher(client: Client, url: str, key: AccountKey, kid: str) -> Callable[[], Reply]:
+    return lambda: client.fetch(url, key, kid)
+
+
 def authorize(
     client: Client, key: AccountKey, kid: str, order: dict[str, Any], http01: Responder | None
 ) -> None:
@@ -413,10 +417,7 @@ def authorize(
             http01.allow(chall["token"], key)
         answered = client.post(chall["url"], {}, key, kid=kid)
         assert answered.status == 200, answered.body[:500]
-        poll(
-            lambda u=authz_url: client.fetch(u, key, kid),
-            lambda r: r.json["status"] != "pending",
-        )
+        poll(fetcher(client, authz_url, key, kid), lambda r: r.json["status"] != "pending")
 
 
 def make_csr(names: list[str], private: Any = None, common_name: str | None = None) -> bytes:

@@ -23,6 +23,7 @@ from .acme_client import (
     assert_acme_problem,
     authorize,
     b64,
+    fetcher,
     finalize,
     issue,
     live_acme,
@@ -112,6 +113,7 @@ def test_unsupported_and_rejected_identifiers(
         "-x-.acme.test": "urn:ietf:params:acme:error:rejectedIdentifier",
         ["ip", "not-an-ip"][1]: "urn:ietf:params:acme:error:rejectedIdentifier",
     }
+    bad: dict[str, Any]
     for bad in ({"identifiers": []}, {"identifiers": "a"}, {"identifiers": [{"type": "dns"}]}):
         assert_acme_problem(c.post(c.directory["newOrder"], bad, key, kid=kid), 400, "malformed")
     assert (_count(acme, "acme_authorizations"), _count(acme, "acme_orders")) == before
@@ -386,7 +388,7 @@ def test_issued_certificate(acme: ACMEServerUnderTest, tmp_path: Path, openssl: 
     ]
     assert len(pems) >= 2
     leaf = x509.load_pem_x509_certificate(pems[0].encode())
-    assert leaf.public_key().public_numbers() == leaf_key.public_key().public_numbers()
+    assert leaf.public_key() == leaf_key.public_key()
     san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert {str(i) for i in san.get_values_for_type(x509.IPAddress)} == {"127.0.0.1"}
     assert san.get_values_for_type(x509.DNSName) == ["cert.acme.test"]
@@ -434,9 +436,7 @@ def test_wildcard_order_by_dns01_end_to_end(
         digest = hashlib.sha256(f"{chall['token']}.{key.thumbprint}".encode()).digest()
         acme.dns.add("_acme-challenge.star.acme.test", "TXT", b64(digest))
         assert c.post(chall["url"], {}, key, kid=kid).status == 200
-        done = poll(
-            lambda u=authz_url: c.fetch(u, key, kid), lambda r: r.json["status"] != "pending"
-        )
+        done = poll(fetcher(c, authz_url, key, kid), lambda r: r.json["status"] != "pending")
         assert done.json["status"] == "valid", done.json
     ready = poll(lambda: c.fetch(url, key, kid), lambda r: r.json["status"] != "pending")
     assert ready.json["status"] == "ready", ready.json
@@ -475,3 +475,57 @@ def test_only_advertised_profiles_can_be_ordered(
     assert {"server", "wild"} <= advertised and "client" not in advertised
     reply = acme.client.new_order(key, kid, "prof.acme.test", profile="client")
     assert_acme_problem(reply, 400, "malformed")
+
+
+def _together(*calls: Any) -> list[Any]:
+    """Run the calls at once in threads (each signs with a nonce of its own)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(len(calls)) as pool:
+        return list(pool.map(lambda f: f(), calls))
+
+
+def test_racing_finalizes_issue_once(
+    acme: ACMEServerUnderTest, account: tuple[AccountKey, str]
+) -> None:
+    key, kid = account
+    c = acme.client
+    url = _ready_order(acme, key, kid, "race.acme.test")
+    order = c.fetch(url, key, kid).json
+    certs = _count(acme, "certificates")
+    bodies = [{"csr": b64(make_csr(["race.acme.test"]))} for _ in range(4)]
+    nonces = [c.nonce() for _ in bodies]
+    replies = _together(
+        *[
+            (lambda b=b, n=n: c.post(order["finalize"], b, key, kid=kid, nonce=n))
+            for b, n in zip(bodies, nonces, strict=True)
+        ]
+    )
+    statuses = sorted(r.status for r in replies)
+    assert statuses == [200, 403, 403, 403], [r.body[:200] for r in replies]
+    for reply in replies:
+        if reply.status == 403:
+            assert_acme_problem(reply, 403, "orderNotReady")
+    assert _count(acme, "certificates") == certs + 1
+    assert c.fetch(url, key, kid).json["status"] == "valid"
+
+
+def test_racing_challenge_answers_validate_once(
+    acme: ACMEServerUnderTest, account: tuple[AccountKey, str]
+) -> None:
+    key, kid = account
+    c = acme.client
+    placed = c.new_order(key, kid, "racechall.acme.test")
+    authz_url = placed.json["authorizations"][0]
+    chall = next(
+        ch for ch in c.fetch(authz_url, key, kid).json["challenges"] if ch["type"] == "http-01"
+    )
+    acme.http01.allow(chall["token"], key)
+    nonces = [c.nonce() for _ in range(4)]
+    replies = _together(
+        *[(lambda n=n: c.post(chall["url"], {}, key, kid=kid, nonce=n)) for n in nonces]
+    )
+    assert all(r.status == 200 and r.json["url"] == chall["url"] for r in replies)
+    done = poll(fetcher(c, authz_url, key, kid), lambda r: r.json["status"] != "pending")
+    assert done.json["status"] == "valid"
+    assert acme.http01.hits.get(chall["token"], 0) == 1

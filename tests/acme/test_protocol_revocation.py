@@ -82,7 +82,8 @@ def _record(acme: ACMEServerUnderTest, cert: x509.Certificate) -> dict[str, Any]
         if int(c["serial"], 16) == int(serial, 16)
     ]
     assert len(matches) == 1, serial
-    return matches[0]
+    found: dict[str, Any] = matches[0]
+    return found
 
 
 # ---------------------------------------------------------------------------- revokeCert (7.6)
