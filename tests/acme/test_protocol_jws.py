@@ -354,3 +354,28 @@ def test_body_over_the_limit_is_413(
     # RFC 8555 section 6.5: every answer to a POST carries a nonce, errors included.
     assert reply.headers.get("replay-nonce"), reply.headers
     assert reply.json["type"].startswith("urn:ietf:params:acme:error:"), reply.json
+
+
+def test_jwk_not_on_its_curve_is_bad_public_key(acme: ACMEServerUnderTest) -> None:
+    key = new_key("ES256")
+    public = dict(key.public)
+    public["y"] = public["x"]  # (x, x) is not a point of P-256
+    reply = acme.client.post(
+        acme.client.directory["newAccount"],
+        {"termsOfServiceAgreed": True},
+        key,
+        with_jwk=False,
+        protected_extra={"jwk": public},
+    )
+    assert_acme_problem(reply, 400, "badPublicKey")
+
+
+def test_post_as_get_where_a_payload_is_needed(
+    acme: ACMEServerUnderTest, account: tuple[AccountKey, str]
+) -> None:
+    key, kid = account
+    c = acme.client
+    for url in (c.directory["newOrder"], c.directory["revokeCert"], c.directory["keyChange"]):
+        assert_acme_problem(c.post(url, None, key, kid=kid), 400, "malformed")
+    assert_acme_problem(c.post(c.directory["newAccount"], None, new_key()), 400, "malformed")
+    assert_acme_problem(c.post(c.directory["newOrder"], b"[1]", key, kid=kid), 400, "malformed")

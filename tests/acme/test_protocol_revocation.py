@@ -358,3 +358,17 @@ def test_replaces(acme: ACMEServerUnderTest, account: tuple[AccountKey, str]) ->
     assert _record(acme, old)["successor"] == _record(acme, new)["serial"]
     again = c.new_order(key, kid, "renew.acme.test", replaces=cert_id(old))
     assert_acme_problem(again, 409, "alreadyReplaced")
+
+
+def test_renewal_info_serial_must_be_der(
+    acme: ACMEServerUnderTest, account: tuple[AccountKey, str]
+) -> None:
+    """RFC 9773 4.1: the serial part is the DER INTEGER's content octets: a padded
+    (non-minimal) spelling of a real serial is not that certificate's CertID."""
+    cert, _, _ = _issue(acme, account, "ari.acme.test")
+    aki, _ = cert_id(cert).split(".")
+    n = cert.serial_number
+    padded = b"\x00" + n.to_bytes((n.bit_length() + 8) // 8, "big")
+    enc = base64.urlsafe_b64encode(padded).rstrip(b"=").decode()
+    reply = _renewal_info(acme, f"{aki}.{enc}")
+    assert reply.status == 400, (reply.status, reply.body)
