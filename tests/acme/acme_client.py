@@ -565,22 +565,20 @@ def app_acme(
     from .dns_server import LoopbackDNS
 
     with responder() as http01, LoopbackDNS(base / "dns.json", default_a="127.0.0.1") as dns:
-        settings = make_settings(
-            base,
-            db_url,
-            public_url=public,
-            acme_require_eab=False,
-            acme_default_allowed_names=tuple(ALLOWED.split(",")),
-            acme_default_allow_wildcards=True,
-            acme_http01_port=http01.port,
-            acme_dns_resolver=f"127.0.0.1:{dns.port}",
-            acme_validation_attempts=1,
-            acme_validation_timeout_seconds=2,
-            profiles=load_profiles(
+        values: dict[str, Any] = {
+            "public_url": public,
+            "acme_require_eab": False,
+            "acme_default_allowed_names": tuple(ALLOWED.split(",")),
+            "acme_default_allow_wildcards": True,
+            "acme_http01_port": http01.port,
+            "acme_dns_resolver": f"127.0.0.1:{dns.port}",
+            "acme_validation_attempts": 1,
+            "acme_validation_timeout_seconds": 2,
+            "profiles": load_profiles(
                 {"wild": {"extended_key_usages": ["serverAuth"], "allow_wildcards": True}}
             ),
-            **overrides,
-        )
+        }
+        settings = make_settings(base, db_url, **{**values, **overrides})
         core = new_ca(settings)
         clock = FixedClock(dt.datetime.now(dt.UTC))
         core.clock = clock
