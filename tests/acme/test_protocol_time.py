@@ -271,3 +271,54 @@ def test_finalize_records_the_certificate_before_valid(acme: ACMEServerUnderTest
     record = acme.core.get_certificate(serial)
     assert record.requester == f"acme:{kid.rsplit('/', 1)[1]}"
     assert record.created_at <= acme.clock.now()
+
+
+def test_nonce_expires(acme: ACMEServerUnderTest) -> None:
+    c = acme.client
+    key, kid = _account(acme)
+    nonce = c.nonce()
+    lifetime = dt.timedelta(seconds=acme.core.settings.acme_nonce_lifetime_seconds)
+    acme.clock.advance(lifetime + dt.timedelta(seconds=1))
+    assert_acme_problem(c.post(kid, None, key, kid=kid, nonce=nonce), 400, "badNonce")
+    assert c.post(kid, None, key, kid=kid).status == 200
+
+
+def test_bad_orders_cursor(acme: ACMEServerUnderTest) -> None:
+    c = acme.client
+    key, kid = _account(acme)
+    c.new_order(key, kid, "cursor.acme.test")
+    for cursor in ("zzz", "%00", "x" * 300):
+        reply = c.fetch(f"{kid}/orders?cursor={cursor}", key, kid)
+        assert reply.status in (200, 400), (cursor, reply.status, reply.body[:300])
+        if reply.status == 200:
+            assert isinstance(reply.json["orders"], list)
+        else:
+            assert reply.json["type"].startswith("urn:ietf:params:acme:error:")
+
+
+def test_too_many_identifiers_and_contacts(acme: ACMEServerUnderTest) -> None:
+    c = acme.client
+    key, kid = _account(acme)
+    many = [f"n{i}.acme.test" for i in range(101)]
+    assert_acme_problem(c.new_order(key, kid, *many), 400, "rejectedIdentifier")
+    assert c.new_order(key, kid, *many[:100]).status == 201
+    contacts = [f"mailto:a{i}@example.test" for i in range(11)]
+    assert_acme_problem(c.post(kid, {"contact": contacts}, key, kid=kid), 400, "invalidContact")
+    assert c.fetch(kid, key, kid).json["contact"] == []
+
+
+def test_get_on_post_only_resources_is_405(acme: ACMEServerUnderTest) -> None:
+    """Section 6.3: resources other than the directory and newNonce are not served by GET."""
+    c = acme.client
+    key, kid = _account(acme)
+    placed = c.new_order(key, kid, "get.acme.test")
+    for url in (
+        kid,
+        placed.headers["location"],
+        placed.json["authorizations"][0],
+        c.directory["newOrder"],
+        c.directory["newAccount"],
+    ):
+        reply = c.get(url)
+        assert reply.status == 405, (url, reply.status)
+        assert reply.content_type == "application/problem+json"
