@@ -224,6 +224,10 @@ class Orders:
         record = certificate_of(self.core, raw)
         if record.authority != account.authority:
             raise ACMEProblem("malformed", "replaces names a certificate of another authority")
+        if record.requester != f"acme:{account.id}":
+            # RFC 9773 section 5 (SHOULD): only the account a certificate was issued to may
+            # replace it; another one could otherwise hold its renewal with alreadyReplaced.
+            raise ACMEProblem("malformed", "replaces names a certificate of another account")
         theirs = set(record.sans)
         ours = {f"{i.type}:{i.value}" for i in identifiers}
         if not theirs & ours:
