@@ -372,3 +372,20 @@ def test_renewal_info_serial_must_be_der(
     enc = base64.urlsafe_b64encode(padded).rstrip(b"=").decode()
     reply = _renewal_info(acme, f"{aki}.{enc}")
     assert reply.status == 400, (reply.status, reply.body)
+
+
+def test_replaces_of_another_accounts_certificate(
+    acme: ACMEServerUnderTest, account: tuple[AccountKey, str]
+) -> None:
+    """RFC 9773 section 5: the server SHOULD check that the replaced certificate was issued to
+    the same account; another account must not mark someone else's certificate replaced."""
+    theirs, _, _ = _issue(acme, account, "steal.acme.test")
+    other = new_key()
+    other_kid = acme.client.account(other)
+    reply = acme.client.new_order(other, other_kid, "steal.acme.test", replaces=cert_id(theirs))
+    assert_acme_problem(reply, 400, "malformed")
+    assert _record(acme, theirs)["successor"] is None
+    key, kid = account
+    assert (
+        acme.client.new_order(key, kid, "steal.acme.test", replaces=cert_id(theirs)).status == 201
+    )
