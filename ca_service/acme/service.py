@@ -350,7 +350,10 @@ class Accounts:
                 holder = AccountRepository(s).by_thumbprint(account.authority, new_thumb)
             where = self.urls(account.authority).account(holder.id) if holder else ""
             raise ACMEProblem(
-                "malformed", f"the new key already belongs to an account {where}", status=409
+                "malformed",
+                f"the new key already belongs to an account {where}",
+                status=409,
+                location=where or None,
             ) from None
         assert updated is not None
         return updated
