@@ -484,6 +484,14 @@ class Orders:
             with unit_of_work(self.core.db, write=True) as s:
                 OrderRepository(s).move(order.id, {"processing"}, "invalid", error=problem.stored())
             raise problem from None
+        except Exception:
+            # A bug, not a refusal: the order must not stay "processing" for ever (the client
+            # would poll it until it expires). It becomes invalid and the error propagates to
+            # the generic 500 handler, which logs it with the request id.
+            stored = ACMEProblem("serverInternal", "the certificate could not be issued").stored()
+            with unit_of_work(self.core.db, write=True) as s:
+                OrderRepository(s).move(order.id, {"processing"}, "invalid", error=stored)
+            raise
         with unit_of_work(self.core.db, write=True) as s:
             repo = OrderRepository(s)
             repo.move(order.id, {"processing"}, "valid", certificate_serial=issued.record.serial)
