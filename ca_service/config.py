@@ -142,6 +142,16 @@ def _public_url(key: str, value: Any) -> str:
     return url
 
 
+def _optional_public_url(key: str, value: Any) -> str | None:
+    if not value:
+        return None
+    url = str(value).rstrip("/")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigError(f"{key} must be an absolute http(s) URL, not {url!r}")
+    return url
+
+
 def _optional_text(key: str, value: Any) -> str | None:
     return str(value) if value else None
 
@@ -259,6 +269,16 @@ class Settings:
         "The base URL clients reach this service at. It is written into every certificate (CRL "
         "Distribution Point, AIA caIssuers and OCSP), so choose it before issuing.",
         _public_url,
+    )
+    revocation_url: str | None = _setting(
+        None,
+        "The base URL written into certificates for the CRL Distribution Point, AIA caIssuers "
+        "and OCSP (the service answers /ca/<name>/crl, /ca/<name>/ca.cer and /ocsp). Unset: "
+        "public_url. Make it http when public_url is https (for ACME): the CA/Browser Forum "
+        "requirements (7.1.2.7.7, 7.1.2.11.2) ask for http, and clients rarely fetch "
+        "revocation over TLS, whose own certificate they would then have to check first.",
+        _optional_public_url,
+        example="http://ca.example.test",
     )
     default_authority: str | None = _setting(
         None,
@@ -433,6 +453,11 @@ class Settings:
     acme_nonce_lifetime_seconds: int = _setting(
         3600, "ACME: seconds a Replay-Nonce stays usable (60 to 86400).", _int(60, 86400)
     )
+
+    @property
+    def certificate_url(self) -> str:
+        """The base of the revocation and caIssuers URLs that certificates carry."""
+        return self.revocation_url or self.public_url
 
     @property
     def resolved_database_url(self) -> str:
