@@ -86,3 +86,19 @@ def test_only_the_signing_pkcs11_module_imports_the_pkcs11_binding() -> None:
         if PKCS11_IMPORT.search(path.read_text(encoding="utf-8"))
     }
     assert importers == {"signing/pkcs11.py"}, sorted(importers)
+
+
+FLASK_IMPORT = re.compile(r"^\s*(from|import)\s+(flask|werkzeug)\b", re.MULTILINE)
+
+
+def test_nothing_below_the_web_layer_imports_flask() -> None:
+    """ACME, OIDC, the client and the core are Flask-free: a view is only a translation."""
+    outside = sorted(
+        path.relative_to(PACKAGE).as_posix()
+        for path in PACKAGE.rglob("*.py")
+        if not path.relative_to(PACKAGE).as_posix().startswith("web/")
+        and FLASK_IMPORT.search(path.read_text(encoding="utf-8"))
+    )
+    assert outside == [], outside
+    # The check sees what it should: the web layer itself imports Flask.
+    assert FLASK_IMPORT.search((PACKAGE / "web" / "acme.py").read_text(encoding="utf-8"))

@@ -105,17 +105,10 @@ class Core:
         return self._hierarchy.create_hierarchy(spec, actor)
 
     def import_authority(
-        self,
-        name: str,
-        cert_pem: bytes,
-        key_data: bytes,
-        key_passphrase: bytes | None,
-        chain_pem: bytes | None,
-        actor: Actor,
-        *,
-        intermediate_days: int = 1825,
+        self, name: str, cert_pem: bytes, key_data: bytes, key_passphrase: bytes | None,
+        chain_pem: bytes | None, actor: Actor, *, intermediate_days: int = 1825,
         key_reference: str | None = None,
-    ) -> list[AuthorityRecord]:
+    ) -> list[AuthorityRecord]:  # fmt: skip
         """Adopt an existing CA. A root gets a new issuing intermediate; an intermediate issues.
         ``key_reference``: its key is in the token already (a pkcs11: URI), not in ``key_data``."""
         return self._hierarchy.import_authority(
@@ -171,16 +164,26 @@ class Core:
         validity_days: int | None = None,
         authority: str | None = None,
         extra_names: Sequence[str] = (),
+        replaces: str | None = None,
     ) -> IssuedCertificate:
-        """Issue for the key and names of a CSR, whose signature proves possession of the key."""
+        """Issue for the key and names of a CSR, whose signature proves possession of the key;
+        ``replaces`` links a predecessor (see Issuance.issue_from_csr)."""
         return self._issuance.issue_from_csr(
-            csr,
-            actor,
-            profile=profile,
-            validity_days=validity_days,
-            authority=authority,
-            extra_names=extra_names,
-        )
+            csr, actor, profile=profile, validity_days=validity_days, authority=authority,
+            extra_names=extra_names, replaces=replaces,
+        )  # fmt: skip
+
+    @audits_refusals("certificate.order", issuing_target)
+    def preflight(
+        self,
+        names: Sequence[str],
+        actor: Actor,
+        *,
+        profile: str = "server",
+        authority: str | None = None,
+    ) -> None:
+        """Refuse now, naming the rule, what issuance would refuse for these names later."""
+        self._issuance.preflight(names, actor, profile=profile, authority=authority)
 
     @audits_refusals("certificate.issue", issuing_target)
     def issue_with_new_key(
