@@ -13,6 +13,7 @@ import sys
 
 import click
 
+from ca_service.cli.acme import acme
 from ca_service.cli.authorities import authorities, authority_group, init, set_default
 from ca_service.cli.certificates import crl, export, issue, list_, release_hold, renew, revoke, show
 from ca_service.cli.db import db
@@ -28,7 +29,8 @@ def cli() -> None:
     """ca-service: a self-hosted certificate authority.
 
     Settings come from CA_* environment variables (see config/ca-service.example.toml); the CA
-    keys are encrypted with CA_KEY_PASSPHRASE or the file named by CA_KEY_PASSPHRASE_FILE.
+    keys are encrypted with CA_KEY_PASSPHRASE or the file named by CA_KEY_PASSPHRASE_FILE, or
+    kept in a PKCS#11 token with CA_KEY_BACKEND=pkcs11 (docs/key-ceremony.md).
     """
     logging.basicConfig(level=os.environ.get("CA_LOG_LEVEL", "WARNING").upper())
 
@@ -48,6 +50,7 @@ for _command in (
     export,
     serve,
     token,
+    acme,
     db,
     probe,
     request,

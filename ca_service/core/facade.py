@@ -39,7 +39,7 @@ from ca_service.domain import (
     StoredCRL,
 )
 from ca_service.refusals import RefusalLog
-from ca_service.signing.keystore import FileKeystore
+from ca_service.signing.keystore import Keystore
 from ca_service.signing.serials import random_serial
 from ca_service.storage.db import Database
 
@@ -49,7 +49,7 @@ class Core:
         self,
         settings: Settings,
         db: Database,
-        keystore: FileKeystore,
+        keystore: Keystore,
         clock: Clock | None = None,
         serials: Callable[[], int] = random_serial,
     ) -> None:
@@ -105,26 +105,16 @@ class Core:
         return self._hierarchy.create_hierarchy(spec, actor)
 
     def import_authority(
-        self,
-        name: str,
-        cert_pem: bytes,
-        key_data: bytes,
-        key_passphrase: bytes | None,
-        chain_pem: bytes | None,
-        actor: Actor,
-        *,
-        intermediate_days: int = 1825,
-    ) -> list[AuthorityRecord]:
-        """Adopt an existing CA. A root gets a new issuing intermediate; an intermediate issues."""
+        self, name: str, cert_pem: bytes, key_data: bytes, key_passphrase: bytes | None,
+        chain_pem: bytes | None, actor: Actor, *, intermediate_days: int = 1825,
+        key_reference: str | None = None,
+    ) -> list[AuthorityRecord]:  # fmt: skip
+        """Adopt an existing CA. A root gets a new issuing intermediate; an intermediate issues.
+        ``key_reference``: its key is in the token already (a pkcs11: URI), not in ``key_data``."""
         return self._hierarchy.import_authority(
-            name,
-            cert_pem,
-            key_data,
-            key_passphrase,
-            chain_pem,
-            actor,
-            intermediate_days=intermediate_days,
-        )
+            name, cert_pem, key_data, key_passphrase, chain_pem, actor,
+            intermediate_days=intermediate_days, key_reference=key_reference,
+        )  # fmt: skip
 
     def list_authorities(self) -> list[AuthorityRecord]:
         return self._registry.list_authorities()
@@ -179,14 +169,9 @@ class Core:
         """Issue for the key and names of a CSR, whose signature proves possession of the key;
         ``replaces`` links a predecessor (see Issuance.issue_from_csr)."""
         return self._issuance.issue_from_csr(
-            csr,
-            actor,
-            profile=profile,
-            validity_days=validity_days,
-            authority=authority,
-            extra_names=extra_names,
-            replaces=replaces,
-        )
+            csr, actor, profile=profile, validity_days=validity_days, authority=authority,
+            extra_names=extra_names, replaces=replaces,
+        )  # fmt: skip
 
     @audits_refusals("certificate.order", issuing_target)
     def preflight(
