@@ -429,3 +429,22 @@ def test_p12_with_the_wrong_passphrase_is_a_usage_error(tmp_path: Path) -> None:
         wrong = flow.Request(**{**base, "layout": layout, "p12_passphrase": b"wrong"})
         with pytest.raises(UsageError, match="passphrase"):
             flow.run(wrong)
+
+
+@pytest.mark.parametrize(
+    ("text", "value"), [("1/3", 1 / 3), ("0.25", 0.25), ("30%", 0.3), ("0", 0.0), ("1", 1.0)]
+)
+def test_renew_within_forms(text: str, value: float) -> None:
+    from ca_service.cli.request import parse_fraction
+
+    assert parse_fraction(text) == pytest.approx(value)
+
+
+@pytest.mark.parametrize("text", ["1/0", "4/3", "101%", "-0.1", "a third", ""])
+def test_renew_within_refusals(text: str) -> None:
+    import click
+
+    from ca_service.cli.request import parse_fraction
+
+    with pytest.raises(click.BadParameter):
+        parse_fraction(text)
