@@ -321,7 +321,8 @@ class NSSStore:
     def install(self, root: Root, *, dry_run: bool) -> list[Outcome]:
         databases = self.databases if self.databases is not None else discover_nss_dbs(self.home)
         if not databases:
-            return [Outcome(self.kind, "-", "skipped", "no NSS databases found (--nss-db DIR)")]
+            where = str(self.home or Path.home())
+            return [Outcome(self.kind, where, "skipped", "no NSS databases found (--nss-db DIR)")]
         certutil = self._certutil()
         if certutil is None:
             action = "refused" if self.explicit else "skipped"
@@ -408,7 +409,8 @@ class JavaStore:
     """Java's cacerts through ``keytool``: the JDK's own (``-cacerts``) or ``--java-cacerts``."""
 
     kind = "java"
-    DEFAULT = "-cacerts"
+    # How the JDK's own store is named in outcomes and in the record (keytool -cacerts).
+    DEFAULT = "the JDK's cacerts (keytool -cacerts)"
 
     def __init__(self, cacerts: Path | None = None, *, storepass: str = JAVA_STOREPASS) -> None:
         self.cacerts = cacerts
