@@ -500,6 +500,28 @@ class Settings:
         3600, "ACME: seconds a Replay-Nonce stays usable (60 to 86400).", _int(60, 86400)
     )
 
+    # ------------------------------------------------------------------ OIDC provisioners
+    oidc_allow_http_issuers: bool = _setting(
+        False,
+        "OIDC: accept provisioners whose issuer is plain http. For tests only: an attacker on "
+        "the path could then mint tokens; the service logs a warning at start.",
+        _bool,
+    )
+    oidc_leeway_seconds: int = _setting(
+        60,
+        "OIDC: clock skew allowed when checking exp, nbf and iat of an ID token (0 to 300).",
+        _int(0, 300),
+    )
+    oidc_jwks_cache_seconds: int = _setting(
+        300, "OIDC: seconds an issuer's JWKS is cached (10 to 86400).", _int(10, 86400)
+    )
+    oidc_jwks_refetch_seconds: int = _setting(
+        30,
+        "OIDC: the shortest time between two fetches of one JWKS when a token names an "
+        "unknown kid (1 to 3600), so that forged kids cannot make us hammer the issuer.",
+        _int(1, 3600),
+    )
+
     @property
     def certificate_url(self) -> str:
         """The base of the revocation and caIssuers URLs that certificates carry."""

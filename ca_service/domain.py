@@ -482,3 +482,27 @@ class ACMEOrderRecord:
     error: dict[str, Any] | None = None
     certificate_serial: str | None = None
     replaces: str | None = None
+
+
+# ---------------------------------------------------------------------------- OIDC provisioners
+
+
+@dataclass(frozen=True)
+class ProvisionerRecord:
+    """An OIDC provisioner: which issuer's ID tokens (for which audience, with which claims)
+    may ask for certificates, and for which names. ``claims`` maps a claim to the patterns
+    its value must match (all claims must match); ``allowed_names`` may hold ``{claim}``
+    placeholders, filled from the token when it is used."""
+
+    name: str
+    type: str
+    issuer: str
+    audience: str
+    jwks_uri: str | None
+    claims: dict[str, tuple[str, ...]]
+    allowed_names: tuple[str, ...]
+    profiles: tuple[str, ...] | None
+    max_validity_days: int | None
+    authorities: tuple[str, ...] | None
+    created_by: str
+    created_at: dt.datetime

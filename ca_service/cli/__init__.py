@@ -20,6 +20,7 @@ from ca_service.cli.db import db
 from ca_service.cli.serve import serve
 from ca_service.cli.tls import probe
 from ca_service.cli.tokens import token
+from ca_service.cli.trust import trust
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -52,6 +53,7 @@ for _command in (
     acme,
     db,
     probe,
+    trust,
 ):
     cli.add_command(_command)
 

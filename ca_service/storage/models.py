@@ -268,3 +268,36 @@ class ACMENonceRow(Base):
 
     value: Mapped[str] = mapped_column(String(64), primary_key=True)
     expires_at: Mapped[dt.datetime] = mapped_column(UTC_DATETIME, index=True)
+
+
+# ---------------------------------------------------------------------------- OIDC provisioners
+
+
+class ProvisionerRow(Base):
+    """OIDC provisioners, in the database so that every replica sees the same ones."""
+
+    __tablename__ = "oidc_provisioners"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    type: Mapped[str] = mapped_column(String(16))
+    issuer: Mapped[str] = mapped_column(String(512), index=True)
+    audience: Mapped[str] = mapped_column(String(512))
+    jwks_uri: Mapped[str | None] = mapped_column(String(1024))
+    claims: Mapped[dict[str, list[str]]] = mapped_column(JSON)
+    allowed_names: Mapped[list[str]] = mapped_column(JSON)
+    profiles: Mapped[list[str] | None] = mapped_column(JSON)
+    max_validity_days: Mapped[int | None] = mapped_column(Integer)
+    authorities: Mapped[list[str] | None] = mapped_column(JSON)
+    created_by: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[dt.datetime] = mapped_column(UTC_DATETIME)
+
+
+class UsedTokenRow(Base):
+    """The ``jti`` of every ID token used, until it expires: a replay is refused by the
+    primary key, on every worker and replica of one database."""
+
+    __tablename__ = "oidc_used_tokens"
+
+    issuer: Mapped[str] = mapped_column(String(512), primary_key=True)
+    jti: Mapped[str] = mapped_column(String(255), primary_key=True)
+    expires_at: Mapped[dt.datetime] = mapped_column(UTC_DATETIME, index=True)
