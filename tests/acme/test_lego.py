@@ -1,0 +1,138 @@
+"""lego (Go, from Debian) against a live ``ca-service serve --tls`` on SQLite and PostgreSQL:
+tls-alpn-01 on a loopback port, dns-01 through its ``exec`` provider writing TXT records into
+the LoopbackDNS that lego and the server both use as resolver, a wildcard over dns-01, and an
+account bound with EAB (``--eab --kid --hmac``) in every case since the server requires it.
+
+Every certificate lego wrote is checked by `openssl verify` against the root from the store and
+by pkilint.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ..live import LiveServer, certificate_count, free_port
+from .clients import (
+    Lego,
+    api_certificate,
+    assert_good_certificate,
+    create_eab,
+    directory_url,
+    start_acme_server,
+    write_root,
+)
+
+pytestmark = pytest.mark.slow
+
+
+@dataclass
+class Setup:
+    live: LiveServer
+    root: Path
+    eab: tuple[str, str]
+    tls_port: int
+    dns: Any
+    home: Path
+
+    def lego(self, **solver: Any) -> Lego:
+        return Lego(
+            self.home / secrets.token_hex(3),
+            directory_url(self.live.base_url),
+            self.root,
+            eab=self.eab,
+            **solver,
+        )
+
+
+@pytest.fixture
+def setup(tmp_path: Path, db_url: str, loopback_dns: Any) -> Iterator[Setup]:
+    tls_port = free_port()
+    live = start_acme_server(tmp_path, db_url, dns_port=loopback_dns.port, tlsalpn01_port=tls_port)
+    try:
+        root = write_root(live, tmp_path / "trust")
+        eab = create_eab(live, ["*.acme.test"], name="lego")
+        yield Setup(live, root, eab, tls_port, loopback_dns, tmp_path / "lego")
+    finally:
+        live.stop()
+
+
+def _name(label: str) -> str:
+    return f"{label}-{secrets.token_hex(3)}.acme.test"
+
+
+def _dns_lego(setup: Setup) -> Lego:
+    return setup.lego(dns_port=setup.dns.port, records=Path(setup.dns.records_path))
+
+
+def test_lego_obtains_and_renews_over_tls_alpn01(setup: Setup, openssl: str) -> None:
+    name = _name("alpn")
+    before = certificate_count(setup.live)
+    lego = setup.lego(tls_port=setup.tls_port)
+
+    got = lego.run(name)
+    assert got.ok, got.explain()
+    assert got.issued is not None, got.explain()
+    cert = assert_good_certificate(openssl, setup.root, got.issued, [name])
+    record = api_certificate(setup.live, got.issued.serial_hex)
+    assert str(record["requester"]).startswith("acme:"), record
+    assert certificate_count(setup.live) == before + 1
+
+    renewed = lego.renew(name)
+    assert renewed.ok, renewed.explain()
+    assert renewed.issued is not None
+    again = assert_good_certificate(openssl, setup.root, renewed.issued, [name])
+    assert again.serial_number != cert.serial_number
+    assert certificate_count(setup.live) == before + 2
+
+
+def test_lego_obtains_over_dns01_through_the_exec_provider(setup: Setup, openssl: str) -> None:
+    name = _name("dns")
+    got = _dns_lego(setup).run(name)
+    assert got.ok, got.explain()
+    assert got.issued is not None, got.explain()
+    assert_good_certificate(openssl, setup.root, got.issued, [name])
+    assert str(api_certificate(setup.live, got.issued.serial_hex)["requester"]).startswith("acme:")
+    # lego cleaned up after itself through the hook: no challenge record is left behind.
+    records = Path(setup.dns.records_path).read_text()
+    assert f"_acme-challenge.{name}" not in records, records
+
+
+def test_lego_obtains_a_wildcard_over_dns01(setup: Setup, openssl: str) -> None:
+    base = f"wild-{secrets.token_hex(3)}.acme.test"
+    names = [f"*.{base}", base]
+    got = _dns_lego(setup).run(*names)
+    assert got.ok, got.explain()
+    assert got.issued is not None, got.explain()
+    assert_good_certificate(openssl, setup.root, got.issued, names)
+
+
+def test_lego_obtains_the_exact_wildcard_name(setup: Setup, openssl: str) -> None:
+    """``*.wild.acme.test`` alone: a wildcard order whose authorization is for
+    ``wild.acme.test`` with ``wildcard: true`` (RFC 8555 section 7.1.3), dns-01 only."""
+    got = _dns_lego(setup).run("*.wild.acme.test")
+    assert got.ok, got.explain()
+    assert got.issued is not None, got.explain()
+    assert_good_certificate(openssl, setup.root, got.issued, ["*.wild.acme.test"])
+
+
+def test_lego_without_eab_is_refused_when_the_server_requires_it(setup: Setup) -> None:
+    before = certificate_count(setup.live)
+    lego = Lego(
+        setup.home / "no-eab",
+        directory_url(setup.live.base_url),
+        setup.root,
+        tls_port=setup.tls_port,
+    )
+    refused = lego.run(_name("noeab"))
+    assert not refused.ok, refused.explain()
+    # lego reads meta.externalAccountRequired and stops, or relays the server's problem type.
+    said = refused.proc.stderr.lower()
+    assert "externalaccountrequired" in said or "external account" in said, refused.explain()
+    assert refused.issued is None
+    assert certificate_count(setup.live) == before
