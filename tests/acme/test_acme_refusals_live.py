@@ -23,14 +23,18 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from ..helpers import write
 from ..live import LiveServer, certificate_count, free_port
 from .clients import (
     AcmeReply,
     Http01Responder,
+    Issued,
     RawAcme,
+    assert_good_certificate,
     b64url,
     create_eab,
     directory_url,
+    split_pem,
     start_acme_server,
 )
 
@@ -90,8 +94,8 @@ def assert_acme_problem(reply: AcmeReply, error: str, status: int | None = None)
     return body  # type: ignore[no-any-return]
 
 
-def _csr(names: list[str]) -> bytes:
-    key = ec.generate_private_key(ec.SECP256R1())
+def _csr(names: list[str], key: ec.EllipticCurvePrivateKey | None = None) -> bytes:
+    key = key or ec.generate_private_key(ec.SECP256R1())
     csr = (
         x509.CertificateSigningRequestBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
@@ -264,7 +268,9 @@ def test_a_name_outside_the_eab_policy_is_rejected_identifier(setup: Setup) -> N
     assert certificate_count(setup.live) == before
 
 
-def test_a_csr_that_does_not_match_the_order_is_bad_csr(setup: Setup) -> None:
+def test_a_csr_that_does_not_match_the_order_is_bad_csr(
+    setup: Setup, openssl: str, tmp_path: Path
+) -> None:
     acme = setup.client()
     name = _name("csr")
     order = _ready_order(setup, acme, name)
@@ -279,10 +285,28 @@ def test_a_csr_that_does_not_match_the_order_is_bad_csr(setup: Setup) -> None:
     assert "certificate" not in still.json
 
     # The matching CSR finalizes the same order: one certificate, for the order's name.
-    done = acme.post(order["finalize"], {"csr": b64url(_csr([name]))})
+    key = ec.generate_private_key(ec.SECP256R1())
+    done = acme.post(order["finalize"], {"csr": b64url(_csr([name], key))})
     assert done.status == 200, done.body[:500]
     valid = acme.poll(order["url"], ("valid", "invalid"))
     assert valid.json["status"] == "valid", valid.body[:500]
     cert = acme.post(valid.json["certificate"], None)
     assert cert.status == 200 and cert.body.startswith(b"-----BEGIN CERTIFICATE-----")
     assert certificate_count(setup.live) == before + 1
+    certs = split_pem(cert.body)
+    assert len(certs) >= 2, cert.body[:300]  # the leaf and its chain, without the root
+    issued = Issued(
+        write(tmp_path / "leaf.pem", certs[0]),
+        write(tmp_path / "chain.pem", b"".join(certs[1:])),
+        write(
+            tmp_path / "key.pem",
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            ),
+        ),
+    )
+    assert setup.live.root_pem is not None
+    root = write(tmp_path / "root.pem", setup.live.root_pem)
+    assert_good_certificate(openssl, root, issued, [name])
