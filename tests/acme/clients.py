@@ -10,12 +10,14 @@ leaf, its chain) and on the client's own words (its log) rather than on the exit
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shlex
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,6 +26,7 @@ from cryptography import x509
 
 if TYPE_CHECKING:
     from ..live import LiveServer
+    from .dns_server import LoopbackDNS
 
 REPO = Path(__file__).resolve().parents[2]
 CERTBOT = str(Path(sys.executable).parent / "certbot")
@@ -345,6 +348,26 @@ def start_acme_server(
     }
     env.update(extra_env or {})
     return start_server(base / "data", database_url, tls=True, extra_env=env)
+
+
+@contextlib.contextmanager
+def acme_stack(
+    base: Path, database_url: str, **server: Any
+) -> Iterator[tuple[LiveServer, LoopbackDNS]]:
+    """A LoopbackDNS (every name not in its records is A 127.0.0.1) and the ACME server using
+    it as resolver; both stopped on exit. ``server`` goes to ``start_acme_server``."""
+    from .dns_server import LoopbackDNS
+
+    dns = LoopbackDNS(base / "dns-records.json", default_a="127.0.0.1")
+    dns.start()
+    try:
+        live = start_acme_server(base, database_url, dns_port=dns.port, **server)
+        try:
+            yield live, dns
+        finally:
+            live.stop()
+    finally:
+        dns.stop()
 
 
 def write_root(live: LiveServer, directory: Path) -> Path:

@@ -30,12 +30,12 @@ from .clients import (
     Http01Responder,
     Issued,
     RawAcme,
+    acme_stack,
     assert_good_certificate,
     b64url,
     create_eab,
     directory_url,
     split_pem,
-    start_acme_server,
 )
 
 PREFIX = "urn:ietf:params:acme:error:"
@@ -59,17 +59,18 @@ class Setup:
         return acme
 
 
-@pytest.fixture
-def setup(tmp_path: Path, db_url: str, loopback_dns: Any) -> Iterator[Setup]:
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory, module_db_url: str) -> Iterator[Setup]:
+    """One server per backend for the module: every test makes its own account (a fresh key)."""
     port = free_port()
-    live = start_acme_server(tmp_path, db_url, dns_port=loopback_dns.port, http01_port=port)
-    responder = Http01Responder(port)
-    try:
-        eab = create_eab(live, ["*.acme.test"], name="refusals")
-        yield Setup(live, eab, responder)
-    finally:
-        responder.stop()
-        live.stop()
+    base = tmp_path_factory.mktemp("acme-refusals")
+    with acme_stack(base, module_db_url, http01_port=port) as (live, _dns):
+        responder = Http01Responder(port)
+        try:
+            eab = create_eab(live, ["*.acme.test"], name="refusals")
+            yield Setup(live, eab, responder)
+        finally:
+            responder.stop()
 
 
 def _name(label: str) -> str:

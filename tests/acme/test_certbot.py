@@ -15,7 +15,6 @@ import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
@@ -24,11 +23,11 @@ from cryptography import x509
 from ..live import LiveServer, certificate_count, fetch_crl, free_port
 from .clients import (
     Certbot,
+    acme_stack,
     api_certificate,
     assert_good_certificate,
     create_eab,
     directory_url,
-    start_acme_server,
     write_root,
 )
 
@@ -43,17 +42,24 @@ class Setup:
     eab: tuple[str, str]
 
 
-@pytest.fixture
-def setup(tmp_path: Path, db_url: str, loopback_dns: Any) -> Iterator[Setup]:
+@pytest.fixture(scope="module")
+def stack(
+    tmp_path_factory: pytest.TempPathFactory, module_db_url: str
+) -> Iterator[tuple[LiveServer, Path, tuple[str, str], int]]:
+    """One server per backend for the module; each test has a certbot of its own."""
     http_port = free_port()
-    live = start_acme_server(tmp_path, db_url, dns_port=loopback_dns.port, http01_port=http_port)
-    try:
-        root = write_root(live, tmp_path / "trust")
+    base = tmp_path_factory.mktemp("acme-certbot")
+    with acme_stack(base, module_db_url, http01_port=http_port) as (live, _dns):
+        root = write_root(live, base / "trust")
         eab = create_eab(live, ["*.acme.test"], name="certbot")
-        certbot = Certbot(tmp_path / "certbot", directory_url(live.base_url), root, http_port)
-        yield Setup(live, certbot, root, eab)
-    finally:
-        live.stop()
+        yield live, root, eab, http_port
+
+
+@pytest.fixture
+def setup(stack: tuple[LiveServer, Path, tuple[str, str], int], tmp_path: Path) -> Setup:
+    live, root, eab, http_port = stack
+    certbot = Certbot(tmp_path / "certbot", directory_url(live.base_url), root, http_port)
+    return Setup(live, certbot, root, eab)
 
 
 def _name(label: str) -> str:

@@ -20,13 +20,14 @@ import pytest
 from ..live import LiveServer, certificate_count, free_port
 from .clients import (
     Lego,
+    acme_stack,
     api_certificate,
     assert_good_certificate,
     create_eab,
     directory_url,
-    start_acme_server,
     write_root,
 )
+from .dns_server import LoopbackDNS
 
 pytestmark = pytest.mark.slow
 
@@ -37,7 +38,7 @@ class Setup:
     root: Path
     eab: tuple[str, str]
     tls_port: int
-    dns: Any
+    dns: LoopbackDNS
     home: Path
 
     def lego(self, **solver: Any) -> Lego:
@@ -50,16 +51,25 @@ class Setup:
         )
 
 
-@pytest.fixture
-def setup(tmp_path: Path, db_url: str, loopback_dns: Any) -> Iterator[Setup]:
+@pytest.fixture(scope="module")
+def stack(
+    tmp_path_factory: pytest.TempPathFactory, module_db_url: str
+) -> Iterator[tuple[LiveServer, Path, tuple[str, str], int, LoopbackDNS]]:
+    """One server (and its LoopbackDNS) per backend for the module; each test its own lego."""
     tls_port = free_port()
-    live = start_acme_server(tmp_path, db_url, dns_port=loopback_dns.port, tlsalpn01_port=tls_port)
-    try:
-        root = write_root(live, tmp_path / "trust")
+    base = tmp_path_factory.mktemp("acme-lego")
+    with acme_stack(base, module_db_url, tlsalpn01_port=tls_port) as (live, dns):
+        root = write_root(live, base / "trust")
         eab = create_eab(live, ["*.acme.test"], name="lego")
-        yield Setup(live, root, eab, tls_port, loopback_dns, tmp_path / "lego")
-    finally:
-        live.stop()
+        yield live, root, eab, tls_port, dns
+
+
+@pytest.fixture
+def setup(
+    stack: tuple[LiveServer, Path, tuple[str, str], int, LoopbackDNS], tmp_path: Path
+) -> Setup:
+    live, root, eab, tls_port, dns = stack
+    return Setup(live, root, eab, tls_port, dns, tmp_path / "lego")
 
 
 def _name(label: str) -> str:
