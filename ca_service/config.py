@@ -190,6 +190,43 @@ def _hostnames_setting(key: str, value: Any) -> tuple[str, ...]:
     return _hostnames(value)
 
 
+def _patterns(key: str, value: Any) -> tuple[str, ...]:
+    """A comma-separated string (environment) or a list (TOML) of name patterns, checked now."""
+    from ca_service.policy.names import validate_pattern
+
+    items = value if isinstance(value, list) else str(value).split(",")
+    patterns = tuple(str(item).strip() for item in items if str(item).strip())
+    try:
+        return tuple(validate_pattern(p) for p in patterns)
+    except CAError as exc:
+        raise ConfigError(f"{key}: {exc.detail}") from None
+
+
+def _words(key: str, value: Any) -> tuple[str, ...]:
+    items = value if isinstance(value, list) else str(value).split(",")
+    return tuple(str(item).strip().lower() for item in items if str(item).strip())
+
+
+def _resolver(key: str, value: Any) -> str | None:
+    text = str(value).strip()
+    if not text:
+        return None
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"{key} must be HOST:PORT, not {text!r}")
+    return text
+
+
+def _optional_url(key: str, value: Any) -> str | None:
+    text = str(value).strip()
+    if not text:
+        return None
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigError(f"{key} must be an absolute http(s) URL, not {text!r}")
+    return text
+
+
 @dataclass(frozen=True)
 class Settings:
     """Every setting of the service, each defined once: name, type, default and explanation."""
@@ -304,6 +341,97 @@ class Settings:
     mtls_rules: tuple[MTLSRule, ...] = field(
         default=(),
         metadata={"setting": SettingInfo("Mutual TLS rules ([[mtls]]).", table="mtls")},
+    )
+
+    # ------------------------------------------------------------------ ACME (RFC 8555)
+    acme_require_eab: bool = _setting(
+        True,
+        "ACME: new accounts must be bound to an External Account Binding key (made with "
+        "`ca-service acme eab create` or POST /api/v1/acme/eab), whose policy they inherit.",
+        _bool,
+    )
+    acme_default_allowed_names: tuple[str, ...] = _setting(
+        (),
+        "ACME without EAB: the name patterns every account may order (like a token's "
+        "allowed_names: host, *.domain, CIDR). Empty: such accounts may order nothing. In the "
+        "environment, comma-separated.",
+        _patterns,
+    )
+    acme_default_profile: str = _setting(
+        "server",
+        "ACME: the profile of certificates an order does not name one for.",
+        _optional_text,
+    )
+    acme_terms_of_service: str | None = _setting(
+        None,
+        "ACME: URL of the terms of service (directory meta termsOfService).",
+        _optional_url,
+        example="https://ca.example.test/terms",
+    )
+    acme_website: str | None = _setting(
+        None,
+        "ACME: URL of a page about this CA (directory meta website).",
+        _optional_url,
+        example="https://ca.example.test/",
+    )
+    acme_default_allow_wildcards: bool = _setting(
+        False,
+        "ACME without EAB: whether accounts may order wildcard names (by dns-01 only) that "
+        "acme_default_allowed_names cover.",
+        _bool,
+    )
+    acme_caa_identities: tuple[str, ...] = _setting(
+        (),
+        "ACME: the issuer domain names a CAA record must name to allow this CA (RFC 8659). "
+        "Empty: the host of public_url. In the environment, comma-separated.",
+        _words,
+    )
+    acme_http01_port: int = _setting(
+        80, "ACME: the port http-01 validation connects to (1 to 65535).", _int(1, 65535)
+    )
+    acme_tlsalpn01_port: int = _setting(
+        443, "ACME: the port tls-alpn-01 validation connects to (1 to 65535).", _int(1, 65535)
+    )
+    acme_dns_resolver: str | None = _setting(
+        None,
+        "ACME: HOST:PORT of the DNS server used for A/AAAA, TXT and CAA lookups during "
+        "validation. Unset: the system's resolvers.",
+        _resolver,
+        example="127.0.0.1:53",
+    )
+    acme_validation_timeout_seconds: int = _setting(
+        5,
+        "ACME: timeout of each network step of a validation (connect, read, DNS), 1 to 30.",
+        _int(1, 30),
+    )
+    acme_validation_attempts: int = _setting(
+        3, "ACME: tries of a failing validation before it is invalid (1 to 5).", _int(1, 5)
+    )
+    acme_order_lifetime_hours: int = _setting(
+        24 * 7,
+        "ACME: hours an order and its pending authorizations live (1 to 720).",
+        _int(1, 720),
+    )
+    acme_authz_reuse_hours: int = _setting(
+        24 * 30,
+        "ACME: hours a valid authorization is reused for new orders of the same account "
+        "(0 to 720; 0: never reused).",
+        _int(0, 720),
+    )
+    acme_orders_per_hour: int = _setting(
+        300,
+        "ACME: new orders one account may place per hour (1 to 100000); more answer "
+        "rateLimited with Retry-After.",
+        _int(1, 100_000),
+    )
+    acme_failed_validations_per_hour: int = _setting(
+        60,
+        "ACME: failed validations one account may cause per hour (1 to 100000); more answer "
+        "rateLimited with Retry-After.",
+        _int(1, 100_000),
+    )
+    acme_nonce_lifetime_seconds: int = _setting(
+        3600, "ACME: seconds a Replay-Nonce stays usable (60 to 86400).", _int(60, 86400)
     )
 
     @property

@@ -388,3 +388,94 @@ class SerialStatus:
     status: CertStatus
     revoked_at: dt.datetime | None
     reason: RevocationReason | None
+
+
+# ---------------------------------------------------------------------------- ACME (RFC 8555)
+# The records the ACME store returns. States are the RFC's words (section 7.1.6); which moves
+# between them are allowed is ca_service/acme/states.py's business, not the store's.
+
+
+@dataclass(frozen=True)
+class ACMEIdentifier:
+    """An order's identifier: ``dns`` (lower-case A-label, ``*.`` kept for a wildcard) or
+    ``ip`` (RFC 8738)."""
+
+    type: str
+    value: str
+
+    @property
+    def wildcard(self) -> bool:
+        return self.type == "dns" and self.value.startswith("*.")
+
+    @property
+    def base(self) -> str:
+        """The name an authorization is for: a wildcard's name without ``*.``."""
+        return self.value[2:] if self.wildcard else self.value
+
+
+@dataclass(frozen=True)
+class EABKeyRecord:
+    """An External Account Binding key: a name, the policy its accounts inherit, and whether
+    it is still usable. The HMAC key itself never leaves the store's encrypted column except
+    to verify a binding."""
+
+    kid: str
+    name: str
+    policy: CallerPolicy
+    created_by: str
+    created_at: dt.datetime
+    account_id: str | None = None
+    revoked_at: dt.datetime | None = None
+
+
+@dataclass(frozen=True)
+class ACMEAccountRecord:
+    id: str
+    authority: str
+    jwk: dict[str, Any]
+    thumbprint: str
+    status: str
+    contact: tuple[str, ...]
+    eab_kid: str | None
+    created_at: dt.datetime
+
+
+@dataclass(frozen=True)
+class ACMEChallengeRecord:
+    id: str
+    authz_id: str
+    type: str
+    token: str
+    status: str
+    validated_at: dt.datetime | None = None
+    error: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class ACMEAuthzRecord:
+    id: str
+    account_id: str
+    authority: str
+    identifier: ACMEIdentifier
+    status: str
+    expires: dt.datetime
+    created_at: dt.datetime
+    challenges: tuple[ACMEChallengeRecord, ...] = ()
+
+
+@dataclass(frozen=True)
+class ACMEOrderRecord:
+    id: str
+    account_id: str
+    authority: str
+    status: str
+    identifiers: tuple[ACMEIdentifier, ...]
+    authz_ids: tuple[str, ...]
+    profile: str
+    expires: dt.datetime
+    created_at: dt.datetime
+    not_before: dt.datetime | None = None
+    not_after: dt.datetime | None = None
+    error: dict[str, Any] | None = None
+    certificate_serial: str | None = None
+    replaces: str | None = None

@@ -13,9 +13,7 @@ log = logging.getLogger("ca_service.scheduler")
 CRL_CHECK_SECONDS = 60.0
 
 
-def start_crl_refresher(
-    ca: Core, interval: float = CRL_CHECK_SECONDS
-) -> threading.Event:
+def start_crl_refresher(ca: Core, interval: float = CRL_CHECK_SECONDS) -> threading.Event:
     """Check every ``interval`` seconds that each CRL is current; set the returned event to stop.
 
     Every serving process runs one; they need no coordination, because a CRL is regenerated only

@@ -194,7 +194,7 @@ def start_server(
             "CA_KEY_PASSPHRASE": "live-test-passphrase",
             "CA_BIND": f"127.0.0.1:{port}",
             "CA_WORKERS": str(workers),
-            "CA_PUBLIC_URL": f"http://127.0.0.1:{port}",
+            "CA_PUBLIC_URL": f"{'https' if tls else 'http'}://127.0.0.1:{port}",
             "CA_LOG_LEVEL": "WARNING",
         }
     )

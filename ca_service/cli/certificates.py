@@ -240,9 +240,7 @@ def renew(
     click.echo(f"renewed {renewed}, skipped {skipped}", err=True)
 
 
-def _renewal_candidates(
-    ca: Core, now: dt.datetime, page_size: int
-) -> Iterator[CertificateRecord]:
+def _renewal_candidates(ca: Core, now: dt.datetime, page_size: int) -> Iterator[CertificateRecord]:
     """Every certificate ``renew --all-due`` should consider, the most due first, a page per
     read transaction (none is held while renewing); those issued by this run are left out."""
     up_to_id = ca.catalog.last_certificate_id()

@@ -174,8 +174,10 @@ class Core:
         validity_days: int | None = None,
         authority: str | None = None,
         extra_names: Sequence[str] = (),
+        replaces: str | None = None,
     ) -> IssuedCertificate:
-        """Issue for the key and names of a CSR, whose signature proves possession of the key."""
+        """Issue for the key and names of a CSR, whose signature proves possession of the key;
+        ``replaces`` links a predecessor (see Issuance.issue_from_csr)."""
         return self._issuance.issue_from_csr(
             csr,
             actor,
@@ -183,7 +185,20 @@ class Core:
             validity_days=validity_days,
             authority=authority,
             extra_names=extra_names,
+            replaces=replaces,
         )
+
+    @audits_refusals("certificate.order", issuing_target)
+    def preflight(
+        self,
+        names: Sequence[str],
+        actor: Actor,
+        *,
+        profile: str = "server",
+        authority: str | None = None,
+    ) -> None:
+        """Refuse now, naming the rule, what issuance would refuse for these names later."""
+        self._issuance.preflight(names, actor, profile=profile, authority=authority)
 
     @audits_refusals("certificate.issue", issuing_target)
     def issue_with_new_key(

@@ -66,8 +66,12 @@ class Issuance:
         validity_days: int | None = None,
         authority: str | None = None,
         extra_names: Sequence[str] = (),
+        replaces: str | None = None,
     ) -> IssuedCertificate:
-        """Issue for the key and names of a CSR, whose signature proves possession of the key."""
+        """Issue for the key and names of a CSR, whose signature proves possession of the key.
+        ``replaces``: the serial of a certificate of the same authority that this one succeeds
+        (ACME's RFC 9773 ``replaces``); unlike ``renew`` it may be revoked, which is often why
+        it is replaced."""
         parsed = parse_csr(csr)
         names = parsed.names + tuple(parse_name(n) for n in extra_names)
         request = IssuanceRequest(
@@ -79,7 +83,39 @@ class Issuance:
             validity_days=validity_days,
             authority=authority,
         )
-        return self._issue(request, actor)
+        renews = None
+        if replaces is not None:
+            renews = self.registry.get_certificate(replaces, authority)
+        return self._issue(request, actor, renews=renews)
+
+    def preflight(
+        self,
+        names: Sequence[str],
+        actor: Actor,
+        *,
+        profile: str,
+        authority: str | None = None,
+    ) -> None:
+        """Would the caller's policy and the profile allow a certificate for ``names``? The
+        same check issuance runs, on a stand-in key, with nothing signed or stored: for front
+        ends that must refuse a name before any work is done for it (ACME's newOrder)."""
+        request = IssuanceRequest(
+            public_key=_KEY_NOT_YET_MADE,
+            key_type=KeyType.ECDSA_P256,
+            common_name=None,
+            names=tuple(parse_name(n) for n in names),
+            profile=profile,
+            validity_days=None,
+            authority=authority,
+        )
+        name = authority or self.registry.default_authority()
+        loaded = self.registry.load(name)
+        if loaded.record.is_root:
+            raise PolicyRejected(
+                f"{name!r} is a root CA; issue from its intermediate", rule="authority.is_root"
+            )
+        now = self.ctx.clock.now()
+        check(request, self.ctx.settings.profiles, loaded.view, actor.policy, now, 1)
 
     def issue_with_new_key(
         self,

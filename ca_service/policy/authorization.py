@@ -177,3 +177,26 @@ def certificate_rights(rule: Grant | None) -> tuple[Role | None, CallerPolicy]:
         subjects=list(rule.allowed_subjects) if rule.allowed_subjects else None,
     )
     return role, policy
+
+
+def check_acme_may_revoke(
+    account_identity: str | None,
+    record: CertificateRecord,
+    *,
+    signed_by_certificate_key: bool,
+    authorized_for_all_names: bool,
+) -> None:
+    """RFC 8555 section 7.6: a certificate is revoked over ACME by the account that ordered
+    it, by an account holding valid authorizations for every one of its names, or by a
+    request signed with the certificate's own key (whoever holds it may kill it)."""
+    if signed_by_certificate_key:
+        return
+    if account_identity is not None and (
+        record.requester == account_identity or authorized_for_all_names
+    ):
+        return
+    raise Forbidden(
+        "this account neither ordered the certificate nor holds authorizations for all of "
+        "its names; sign with the certificate's key instead",
+        rule="acme.revoke_not_authorized",
+    )

@@ -165,3 +165,101 @@ class OCSPResponderRow(Base):
     not_before: Mapped[dt.datetime] = mapped_column(UTC_DATETIME)
     not_after: Mapped[dt.datetime] = mapped_column(UTC_DATETIME)
     created_at: Mapped[dt.datetime] = mapped_column(UTC_DATETIME)
+
+
+# ---------------------------------------------------------------------------- ACME (RFC 8555)
+# Ids are random url-safe strings: they appear in URLs, and sequential ids would let anyone
+# count a CA's accounts and orders. Authority names are kept as text: they never change.
+
+
+class ACMEEABKeyRow(Base):
+    """External Account Binding keys. The HMAC key is stored encrypted (AES-GCM under a key
+    derived from the CA passphrase): a copy of the database alone cannot bind accounts."""
+
+    __tablename__ = "acme_eab_keys"
+
+    kid: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(128))
+    hmac_key_encrypted: Mapped[bytes] = mapped_column(LargeBinary)
+    policy: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    created_by: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[dt.datetime] = mapped_column(UTC_DATETIME)
+    account_id: Mapped[str | None] = mapped_column(String(32))
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(UTC_DATETIME)
+
+
+class ACMEAccountRow(Base):
+    __tablename__ = "acme_accounts"
+    __table_args__ = (
+        UniqueConstraint("authority", "thumbprint", name="uq_acme_accounts_authority_thumbprint"),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    authority: Mapped[str] = mapped_column(String(64))
+    jwk: Mapped[dict[str, Any]] = mapped_column(JSON)
+    thumbprint: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16))
+    contact: Mapped[list[str] | None] = mapped_column(JSON)
+    eab_kid: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[dt.datetime] = mapped_column(UTC_DATETIME)
+
+
+class ACMEOrderRow(Base):
+    __tablename__ = "acme_orders"
+    __table_args__ = (Index("ix_acme_orders_account_created", "account_id", "created_at"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    account_id: Mapped[str] = mapped_column(ForeignKey("acme_accounts.id"))
+    authority: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16))
+    identifiers: Mapped[list[dict[str, str]]] = mapped_column(JSON)
+    authz_ids: Mapped[list[str]] = mapped_column(JSON)
+    profile: Mapped[str] = mapped_column(String(32))
+    expires: Mapped[dt.datetime] = mapped_column(UTC_DATETIME)
+    not_before: Mapped[dt.datetime | None] = mapped_column(UTC_DATETIME)
+    not_after: Mapped[dt.datetime | None] = mapped_column(UTC_DATETIME)
+    error: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    certificate_serial: Mapped[str | None] = mapped_column(String(42), index=True)
+    replaces: Mapped[str | None] = mapped_column(String(42))
+    created_at: Mapped[dt.datetime] = mapped_column(UTC_DATETIME)
+
+
+class ACMEAuthzRow(Base):
+    __tablename__ = "acme_authorizations"
+    __table_args__ = (
+        Index("ix_acme_authz_reuse", "account_id", "identifier_type", "identifier_value"),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    account_id: Mapped[str] = mapped_column(ForeignKey("acme_accounts.id"))
+    authority: Mapped[str] = mapped_column(String(64))
+    identifier_type: Mapped[str] = mapped_column(String(8))
+    identifier_value: Mapped[str] = mapped_column(String(255))
+    status: Mapped[str] = mapped_column(String(16))
+    expires: Mapped[dt.datetime] = mapped_column(UTC_DATETIME)
+    created_at: Mapped[dt.datetime] = mapped_column(UTC_DATETIME)
+
+
+class ACMEChallengeRow(Base):
+    __tablename__ = "acme_challenges"
+    __table_args__ = (Index("ix_acme_challenges_authz", "authz_id"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    authz_id: Mapped[str] = mapped_column(ForeignKey("acme_authorizations.id"))
+    # The account again, so that counting an account's failed validations needs no join.
+    account_id: Mapped[str] = mapped_column(String(32), index=True)
+    type: Mapped[str] = mapped_column(String(16))
+    token: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16))
+    validated_at: Mapped[dt.datetime | None] = mapped_column(UTC_DATETIME)
+    error: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+
+
+class ACMENonceRow(Base):
+    """Replay-Nonces handed out and not yet used: one row each, deleted by the request that
+    uses it, so a nonce is single-use across every worker and replica of one database."""
+
+    __tablename__ = "acme_nonces"
+
+    value: Mapped[str] = mapped_column(String(64), primary_key=True)
+    expires_at: Mapped[dt.datetime] = mapped_column(UTC_DATETIME, index=True)

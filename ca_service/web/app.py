@@ -10,6 +10,7 @@ import secrets
 from flask import Flask, Response, g, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
+from ca_service.acme.server import ACMEServer
 from ca_service.config import Settings, check_mtls_authorities, load_settings
 from ca_service.core.facade import Core
 from ca_service.tokens import TokenService
@@ -21,9 +22,7 @@ from ca_service.wiring import build_authority
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
-def create_app(
-    settings: Settings | None = None, authority: Core | None = None
-) -> Flask:
+def create_app(settings: Settings | None = None, authority: Core | None = None) -> Flask:
     """Build the app. Keys are loaded here, so a wrong passphrase stops the worker at start."""
     settings = settings or load_settings()
     logging.basicConfig(level=settings.log_level)
@@ -39,6 +38,7 @@ def create_app(
     app.extensions["ca_core"] = ca
     app.extensions["ca_tokens"] = TokenService(ca.db, ca.clock, ca.refusals)
     app.extensions["ca_settings"] = settings
+    app.extensions["ca_acme"] = ACMEServer(ca, _NoEAB())
     # Given to /openapi.json and /docs here, so that those views need not import the generator
     # that reads them (web/openapi.py reads every route).
     app.extensions["ca_openapi"] = openapi.document
@@ -68,3 +68,10 @@ def create_app(
     problems.register(app)
     register_routes(app)
     return app
+
+
+class _NoEAB:
+    """Until EAB keys exist (work in progress)."""
+
+    def hmac_key(self, kid: str) -> None:
+        return None

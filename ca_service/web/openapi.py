@@ -181,7 +181,7 @@ def _document() -> dict[str, Any]:
     app = _routes_app()
     paths: dict[str, dict[str, Any]] = {}
     for rule in app.url_map.iter_rules():
-        if rule.endpoint == "static":
+        if rule.endpoint == "static" or rule.endpoint.startswith(PROTOCOL_BLUEPRINTS):
             continue
         view = app.view_functions[rule.endpoint]
         contract = contract_of(view)
@@ -194,6 +194,11 @@ def _document() -> dict[str, Any]:
     for template, operations in paths.items():
         spec.path(path=template, operations=operations)
     return spec.to_dict()
+
+
+# Routes whose contract is an RFC, not this document: ACME (RFC 8555) speaks JWS, not JSON
+# bodies, and its clients read its directory, not OpenAPI.
+PROTOCOL_BLUEPRINTS = ("acme.",)
 
 
 def document() -> dict[str, Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from flask import Flask
 
+from ca_service.web.acme import acme
 from ca_service.web.api import api
 from ca_service.web.docs import docs
 from ca_service.web.ocsp import ocsp
@@ -16,3 +17,4 @@ def register_routes(app: Flask) -> None:
     app.register_blueprint(api)
     app.register_blueprint(docs)
     app.register_blueprint(ocsp)
+    app.register_blueprint(acme)
