@@ -198,9 +198,6 @@ def start_server(
             "CA_LOG_LEVEL": "WARNING",
         }
     )
-    if tls:
-        # ACME is served only under an https public URL; a TLS server is reached at that URL.
-        env["CA_PUBLIC_URL"] = f"https://127.0.0.1:{port}"
     options = ["--tls"] if tls else []
     if as_options:
         options += ["--bind", env.pop("CA_BIND"), "--workers", env.pop("CA_WORKERS")]
