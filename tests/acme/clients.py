@@ -387,9 +387,12 @@ def create_eab(
     name: str = "harness",
     profiles: list[str] | None = None,
     max_validity_days: int | None = None,
+    allow_wildcards: bool | None = None,
 ) -> tuple[str, str]:
     """An External Account Binding key made by the admin through the API: (kid, hmac key)."""
     body: dict[str, object] = {"name": name, "allowed_names": allowed_names}
+    if allow_wildcards is not None:
+        body["allow_wildcards"] = allow_wildcards
     if profiles is not None:
         body["profiles"] = profiles
     if max_validity_days is not None:

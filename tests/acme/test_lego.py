@@ -58,9 +58,13 @@ def stack(
     """One server (and its LoopbackDNS) per backend for the module; each test its own lego."""
     tls_port = free_port()
     base = tmp_path_factory.mktemp("acme-lego")
-    with acme_stack(base, module_db_url, tlsalpn01_port=tls_port) as (live, dns):
+    # Wildcards need both the profile's leave and the EAB key's (dns-01 only, RFC 8555 8.4).
+    config = base / "ca-service.toml"
+    config.write_text("[profiles.server]\nallow_wildcards = true\n")
+    extra = {"CA_CONFIG_FILE": str(config)}
+    with acme_stack(base, module_db_url, tlsalpn01_port=tls_port, extra_env=extra) as (live, dns):
         root = write_root(live, base / "trust")
-        eab = create_eab(live, ["*.acme.test"], name="lego")
+        eab = create_eab(live, ["*.acme.test"], name="lego", allow_wildcards=True)
         yield live, root, eab, tls_port, dns
 
 
