@@ -154,6 +154,11 @@ class Certificate(_Model):
     requester: str
     created_at: Time
     successor: str | None = Field(description="Serial of the certificate that renewed this one")
+    acme_order: str | None = Field(
+        default=None,
+        description="Path of the ACME order the certificate was issued for "
+        "(/acme/<authority>/order/<id>); null when it was not issued through ACME",
+    )
 
 
 # The convention of certbot and step (and RFC 8555's chain): what a server sends is fullchain.
@@ -339,6 +344,7 @@ def _certificate_fields(r: CertificateRecord, now: dt.datetime) -> dict[str, Any
         "requester": r.requester,
         "created_at": r.created_at,
         "successor": r.successor,
+        "acme_order": r.acme_order,
     }
 
 

@@ -205,6 +205,9 @@ class CertificateRecord:
     created_at: dt.datetime
     # Serial of the certificate that renewed this one, if any.
     successor: str | None = None
+    # The path of the ACME order it was issued for (/acme/<authority>/order/<id>), when the
+    # listing was asked to say (Catalog.with_acme_orders); None otherwise.
+    acme_order: str | None = None
 
     def status_at(self, now: dt.datetime) -> CertStatus:
         if self.status is CertStatus.VALID and self.not_after <= now:

@@ -24,8 +24,10 @@ ORDER: Mapping[str, frozenset[str]] = {
     "invalid": frozenset(),
 }
 
+# The RFC's figure joins pending's own line to the one below valid, so a pending
+# authorization may also be revoked, deactivated or expire without ever being valid.
 AUTHORIZATION: Mapping[str, frozenset[str]] = {
-    "pending": frozenset({"valid", "invalid", "expired", "deactivated"}),
+    "pending": frozenset({"valid", "invalid", "expired", "deactivated", "revoked"}),
     "valid": frozenset({"expired", "deactivated", "revoked"}),
     "invalid": frozenset(),
     "expired": frozenset(),

@@ -295,7 +295,8 @@ def list_(
         limit=limit,
     )
     # Only the catalog, not the whole core: listing needs no CA key (nor its passphrase).
-    records = Catalog(db).collect_certificates(flt, now)
+    catalog = Catalog(db)
+    records = catalog.with_acme_orders(catalog.collect_certificates(flt, now))
     if as_json:
         click.echo(json.dumps([certificate_json(r, now) for r in records], indent=2))
         return

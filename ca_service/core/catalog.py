@@ -14,6 +14,7 @@ import datetime as dt
 from collections.abc import Sequence
 
 from ca_service.domain import AuditEvent, CertificateFilter, CertificateRecord
+from ca_service.storage.acme import OrderRepository
 from ca_service.storage.db import Database, unit_of_work
 from ca_service.storage.repositories import AuditRepository, CertificateRepository
 
@@ -46,6 +47,22 @@ class Catalog:
                 if cursor is None or len(records) >= flt.limit:
                     return records
                 flt = dataclasses.replace(flt, after_id=cursor, limit=flt.limit - len(records))
+
+    def with_acme_orders(self, records: Sequence[CertificateRecord]) -> list[CertificateRecord]:
+        """The records, each with the path of the ACME order it was issued for (one query
+        for the whole page, on the orders' certificate index)."""
+        if not records:
+            return []
+        with unit_of_work(self._db) as s:
+            ids = OrderRepository(s).ids_for_certificates(
+                [(r.authority, r.serial) for r in records]
+            )
+        return [
+            dataclasses.replace(r, acme_order=f"/acme/{r.authority}/order/{ids[key]}")
+            if (key := (r.authority, r.serial)) in ids
+            else r
+            for r in records
+        ]
 
     def find_certificates(
         self, serial: str, authority: str | None = None

@@ -105,26 +105,14 @@ class Core:
         return self._hierarchy.create_hierarchy(spec, actor)
 
     def import_authority(
-        self,
-        name: str,
-        cert_pem: bytes,
-        key_data: bytes,
-        key_passphrase: bytes | None,
-        chain_pem: bytes | None,
-        actor: Actor,
-        *,
-        intermediate_days: int = 1825,
-    ) -> list[AuthorityRecord]:
+        self, name: str, cert_pem: bytes, key_data: bytes, key_passphrase: bytes | None,
+        chain_pem: bytes | None, actor: Actor, *, intermediate_days: int = 1825,
+    ) -> list[AuthorityRecord]:  # fmt: skip
         """Adopt an existing CA. A root gets a new issuing intermediate; an intermediate issues."""
         return self._hierarchy.import_authority(
-            name,
-            cert_pem,
-            key_data,
-            key_passphrase,
-            chain_pem,
-            actor,
+            name, cert_pem, key_data, key_passphrase, chain_pem, actor,
             intermediate_days=intermediate_days,
-        )
+        )  # fmt: skip
 
     def list_authorities(self) -> list[AuthorityRecord]:
         return self._registry.list_authorities()
@@ -179,14 +167,9 @@ class Core:
         """Issue for the key and names of a CSR, whose signature proves possession of the key;
         ``replaces`` links a predecessor (see Issuance.issue_from_csr)."""
         return self._issuance.issue_from_csr(
-            csr,
-            actor,
-            profile=profile,
-            validity_days=validity_days,
-            authority=authority,
-            extra_names=extra_names,
-            replaces=replaces,
-        )
+            csr, actor, profile=profile, validity_days=validity_days, authority=authority,
+            extra_names=extra_names, replaces=replaces,
+        )  # fmt: skip
 
     @audits_refusals("certificate.order", issuing_target)
     def preflight(

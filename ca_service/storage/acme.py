@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
+from ca_service.clock import as_utc
 from ca_service.domain import (
     ACMEAccountRecord,
     ACMEAuthzRecord,
@@ -36,16 +37,26 @@ from ca_service.storage.tokens import policy_from_json, policy_to_json
 
 
 def _utc(value: dt.datetime | None) -> dt.datetime | None:
-    """SQLite hands back naive datetimes; everything above the store compares aware ones."""
-    if value is not None and value.tzinfo is None:
-        return value.replace(tzinfo=dt.UTC)
-    return value
+    """SQLite hands back naive datetimes and psycopg the session's zone; every record carries
+    aware UTC, like the rest of the store's."""
+    return None if value is None else as_utc(value)
 
 
 def _aware(value: dt.datetime) -> dt.datetime:
-    result = _utc(value)
-    assert result is not None
-    return result
+    return as_utc(value)
+
+
+def _db(value: dt.datetime) -> dt.datetime:
+    """A time as it is written or compared: aware UTC. SQLite keeps no offset, so a time in
+    another zone would be stored as its wall clock, hours off, and compared as text; a naive
+    time would mean UTC on SQLite but the session's zone on PostgreSQL. So refuse naive ones."""
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError(f"naive datetime {value.isoformat()} given to the ACME store")
+    return value.astimezone(dt.UTC)
+
+
+def _db_opt(value: dt.datetime | None) -> dt.datetime | None:
+    return None if value is None else _db(value)
 
 
 # ---------------------------------------------------------------------------- nonces
@@ -56,18 +67,20 @@ class NonceRepository:
         self.s = session
 
     def add(self, value: str, expires_at: dt.datetime) -> None:
-        self.s.add(ACMENonceRow(value=value, expires_at=expires_at))
+        self.s.add(ACMENonceRow(value=value, expires_at=_db(expires_at)))
 
     def consume(self, value: str, now: dt.datetime) -> bool:
         """Use a nonce up: True only for the one request that deletes an unexpired row."""
         result = self.s.execute(
-            delete(ACMENonceRow).where(ACMENonceRow.value == value, ACMENonceRow.expires_at > now)
+            delete(ACMENonceRow).where(
+                ACMENonceRow.value == value, ACMENonceRow.expires_at > _db(now)
+            )
         )
         return bool(result.rowcount == 1)  # type: ignore[attr-defined]
 
     def purge(self, now: dt.datetime, limit: int = 1000) -> int:
         """Delete at most ``limit`` expired nonces (bounded, so no request pays for a backlog)."""
-        doomed = select(ACMENonceRow.value).where(ACMENonceRow.expires_at <= now).limit(limit)
+        doomed = select(ACMENonceRow.value).where(ACMENonceRow.expires_at <= _db(now)).limit(limit)
         result = self.s.execute(delete(ACMENonceRow).where(ACMENonceRow.value.in_(doomed)))
         return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
@@ -92,6 +105,7 @@ class EABKeyRepository:
         self.s = session
 
     def add(self, record: EABKeyRecord, hmac_key_encrypted: bytes) -> None:
+        """Store the record whole: one added bound or revoked (an import) stays so."""
         self.s.add(
             ACMEEABKeyRow(
                 kid=record.kid,
@@ -99,7 +113,9 @@ class EABKeyRepository:
                 hmac_key_encrypted=hmac_key_encrypted,
                 policy=policy_to_json(record.policy),
                 created_by=record.created_by,
-                created_at=record.created_at,
+                created_at=_db(record.created_at),
+                account_id=record.account_id,
+                revoked_at=_db_opt(record.revoked_at),
             )
         )
 
@@ -108,7 +124,9 @@ class EABKeyRepository:
         return (_eab(row), row.hmac_key_encrypted) if row is not None else None
 
     def list(self) -> list[EABKeyRecord]:
-        rows = self.s.scalars(select(ACMEEABKeyRow).order_by(ACMEEABKeyRow.created_at))
+        rows = self.s.scalars(
+            select(ACMEEABKeyRow).order_by(ACMEEABKeyRow.created_at, ACMEEABKeyRow.kid)
+        )
         return [_eab(r) for r in rows]
 
     def bind(self, kid: str, account_id: str) -> bool:
@@ -131,7 +149,7 @@ class EABKeyRepository:
             return None
         changed = row.revoked_at is None
         if changed:
-            row.revoked_at = now
+            row.revoked_at = _db(now)
         self.s.flush()
         return _eab(row), changed
 
@@ -167,7 +185,7 @@ class AccountRepository:
                 status=record.status,
                 contact=list(record.contact),
                 eab_kid=record.eab_kid,
-                created_at=record.created_at,
+                created_at=_db(record.created_at),
             )
         )
         self.s.flush()
@@ -194,8 +212,12 @@ class AccountRepository:
         jwk: dict[str, Any] | None = None,
         thumbprint: str | None = None,
     ) -> bool:
-        """Change a ``valid`` account; False when it is no longer in ``expected_status``.
-        A new key that already has an account raises storage.db.DuplicateRow."""
+        """Change a ``valid`` account; False when it is no longer in ``expected_status`` (even
+        when nothing is to change: the caller acts on the answer). A key change names the key
+        and its thumbprint together; a new key that already has an account raises
+        storage.db.DuplicateRow."""
+        if (jwk is None) != (thumbprint is None):
+            raise ValueError("a key change gives the jwk and its thumbprint together")
         values: dict[str, Any] = {}
         if status is not None:
             values["status"] = status
@@ -204,13 +226,10 @@ class AccountRepository:
         if jwk is not None:
             values["jwk"] = jwk
             values["thumbprint"] = thumbprint
+        where = (ACMEAccountRow.id == account_id, ACMEAccountRow.status == expected_status)
         if not values:
-            return True
-        result = self.s.execute(
-            update(ACMEAccountRow)
-            .where(ACMEAccountRow.id == account_id, ACMEAccountRow.status == expected_status)
-            .values(**values)
-        )
+            return self.s.scalar(select(ACMEAccountRow.id).where(*where)) is not None
+        result = self.s.execute(update(ACMEAccountRow).where(*where).values(**values))
         self.s.flush()
         return bool(result.rowcount == 1)  # type: ignore[attr-defined]
 
@@ -255,13 +274,13 @@ class OrderRepository:
                 identifiers=[{"type": i.type, "value": i.value} for i in record.identifiers],
                 authz_ids=list(record.authz_ids),
                 profile=record.profile,
-                expires=record.expires,
-                not_before=record.not_before,
-                not_after=record.not_after,
+                expires=_db(record.expires),
+                not_before=_db_opt(record.not_before),
+                not_after=_db_opt(record.not_after),
                 error=record.error,
                 certificate_serial=record.certificate_serial,
                 replaces=record.replaces,
-                created_at=record.created_at,
+                created_at=_db(record.created_at),
             )
         )
         self.s.flush()
@@ -273,21 +292,39 @@ class OrderRepository:
     def for_account(
         self, account_id: str, *, after: str | None = None, limit: int = 100
     ) -> list[ACMEOrderRecord]:
-        """An account's orders, newest first, a page at a time (``after``: the last id seen)."""
+        """An account's orders, newest first, a page at a time (``after``: the last id seen).
+        A cursor that is not an order of this account ends the list: starting over would hand a
+        client following "next" links the first page again, forever."""
         query = select(ACMEOrderRow).where(ACMEOrderRow.account_id == account_id)
         if after is not None:
             anchor = self.s.get(ACMEOrderRow, after)
-            if anchor is not None:
-                query = query.where(
-                    (ACMEOrderRow.created_at < anchor.created_at)
-                    | ((ACMEOrderRow.created_at == anchor.created_at) & (ACMEOrderRow.id < after))
-                )
+            if anchor is None or anchor.account_id != account_id:
+                return []
+            query = query.where(
+                (ACMEOrderRow.created_at < anchor.created_at)
+                | ((ACMEOrderRow.created_at == anchor.created_at) & (ACMEOrderRow.id < after))
+            )
         query = query.order_by(ACMEOrderRow.created_at.desc(), ACMEOrderRow.id.desc())
         return [_order(r) for r in self.s.scalars(query.limit(limit))]
 
     def by_certificate(self, serial: str) -> ACMEOrderRecord | None:
         row = self.s.scalar(select(ACMEOrderRow).where(ACMEOrderRow.certificate_serial == serial))
         return _order(row) if row is not None else None
+
+    def ids_for_certificates(
+        self, certificates: Collection[tuple[str, str]]
+    ) -> dict[tuple[str, str], str]:
+        """The order id of each (authority, serial) that an ACME order was finalized with."""
+        serials = sorted({serial for _, serial in certificates})
+        if not serials:
+            return {}
+        rows = self.s.execute(
+            select(ACMEOrderRow.authority, ACMEOrderRow.certificate_serial, ACMEOrderRow.id).where(
+                ACMEOrderRow.certificate_serial.in_(serials)
+            )
+        )
+        wanted = set(certificates)
+        return {(a, s): i for a, s, i in rows if s is not None and (a, s) in wanted}
 
     def replacing(self, serial: str) -> list[ACMEOrderRecord]:
         """Orders that name ``serial`` in ``replaces`` (RFC 9773 section 5)."""
@@ -321,7 +358,7 @@ class OrderRepository:
             self.s.scalar(
                 select(func.count())
                 .select_from(ACMEOrderRow)
-                .where(ACMEOrderRow.account_id == account_id, ACMEOrderRow.created_at >= since)
+                .where(ACMEOrderRow.account_id == account_id, ACMEOrderRow.created_at >= _db(since))
             )
             or 0
         )
@@ -331,7 +368,7 @@ class OrderRepository:
         return _utc(
             self.s.scalar(
                 select(func.min(ACMEOrderRow.created_at)).where(
-                    ACMEOrderRow.account_id == account_id, ACMEOrderRow.created_at >= since
+                    ACMEOrderRow.account_id == account_id, ACMEOrderRow.created_at >= _db(since)
                 )
             )
         )
@@ -357,6 +394,11 @@ class AuthorizationRepository:
         self.s = session
 
     def add(self, record: ACMEAuthzRecord) -> None:
+        """Store an authorization and its challenges, which must name it: a challenge of
+        another authorization would silently be re-parented and read back changed."""
+        strays = [c.id for c in record.challenges if c.authz_id != record.id]
+        if strays:
+            raise ValueError(f"challenges {strays} do not belong to authorization {record.id}")
         self.s.add(
             ACMEAuthzRow(
                 id=record.id,
@@ -365,21 +407,22 @@ class AuthorizationRepository:
                 identifier_type=record.identifier.type,
                 identifier_value=record.identifier.value,
                 status=record.status,
-                expires=record.expires,
-                created_at=record.created_at,
+                expires=_db(record.expires),
+                created_at=_db(record.created_at),
             )
         )
         self.s.flush()
-        for c in record.challenges:
+        for position, c in enumerate(record.challenges):
             self.s.add(
                 ACMEChallengeRow(
                     id=c.id,
                     authz_id=record.id,
                     account_id=record.account_id,
+                    position=position,
                     type=c.type,
                     token=c.token,
                     status=c.status,
-                    validated_at=c.validated_at,
+                    validated_at=_db_opt(c.validated_at),
                     error=c.error,
                 )
             )
@@ -389,7 +432,7 @@ class AuthorizationRepository:
         challenges = self.s.scalars(
             select(ACMEChallengeRow)
             .where(ACMEChallengeRow.authz_id == row.id)
-            .order_by(ACMEChallengeRow.type)
+            .order_by(ACMEChallengeRow.position)
         )
         return ACMEAuthzRecord(
             id=row.id,
@@ -423,7 +466,7 @@ class AuthorizationRepository:
                 ACMEAuthzRow.identifier_type == identifier.type,
                 ACMEAuthzRow.identifier_value == identifier.value,
                 ACMEAuthzRow.status == "valid",
-                ACMEAuthzRow.expires > now,
+                ACMEAuthzRow.expires > _db(now),
             )
             .order_by(ACMEAuthzRow.expires.desc())
             .limit(1)
@@ -440,7 +483,7 @@ class AuthorizationRepository:
     ) -> bool:
         values: dict[str, Any] = {"status": status}
         if expires is not None:
-            values["expires"] = expires
+            values["expires"] = _db(expires)
         result = self.s.execute(
             update(ACMEAuthzRow)
             .where(ACMEAuthzRow.id == authz_id, ACMEAuthzRow.status.in_(list(expected)))
@@ -463,7 +506,7 @@ class AuthorizationRepository:
     ) -> bool:
         values: dict[str, Any] = {"status": status}
         if validated_at is not None:
-            values["validated_at"] = validated_at
+            values["validated_at"] = _db(validated_at)
         if error is not None:
             values["error"] = error
         result = self.s.execute(
@@ -479,7 +522,7 @@ class AuthorizationRepository:
             select(ACMEChallengeRow.validated_at).where(
                 ACMEChallengeRow.account_id == account_id,
                 ACMEChallengeRow.status == "invalid",
-                ACMEChallengeRow.validated_at >= since,
+                ACMEChallengeRow.validated_at >= _db(since),
             )
         )
         return sorted(_aware(r) for r in rows if r is not None)

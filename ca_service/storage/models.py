@@ -248,6 +248,9 @@ class ACMEChallengeRow(Base):
     authz_id: Mapped[str] = mapped_column(ForeignKey("acme_authorizations.id"))
     # The account again, so that counting an account's failed validations needs no join.
     account_id: Mapped[str] = mapped_column(String(32), index=True)
+    # Where the challenge stands in its authorization's list: the order the server offered
+    # them in is the order every later read shows.
+    position: Mapped[int] = mapped_column(Integer)
     type: Mapped[str] = mapped_column(String(16))
     token: Mapped[str] = mapped_column(String(64))
     status: Mapped[str] = mapped_column(String(16))

@@ -192,7 +192,7 @@ def list_certificates() -> Response:
     )
     records, next_id = ca.catalog.list_certificates(flt, now)
     page = CertificatePage(
-        items=[wire.certificate(r, now) for r in records],
+        items=[wire.certificate(r, now) for r in ca.catalog.with_acme_orders(records)],
         next_cursor=encode_cursor(next_id) if next_id is not None else None,
     )
     return jsonify(wire.as_json(page))
@@ -218,6 +218,7 @@ def _parse_time(text: str, name: str) -> dt.datetime:
 def get_certificate(serial: str) -> Response:
     ca = core()
     record = ca.get_certificate(serial, request.args.get("authority") or None)
+    record = ca.catalog.with_acme_orders([record])[0]
     pem = x509.load_der_x509_certificate(record.der).public_bytes(serialization.Encoding.PEM)
     chain, root = ca.issuer_chain(record.authority)
     if _wants_pem():

@@ -115,6 +115,7 @@ def upgrade() -> None:
         sa.Column("id", sa.String(length=32), nullable=False),
         sa.Column("authz_id", sa.String(length=32), nullable=False),
         sa.Column("account_id", sa.String(length=32), nullable=False),
+        sa.Column("position", sa.Integer(), nullable=False),
         sa.Column("type", sa.String(length=16), nullable=False),
         sa.Column("token", sa.String(length=64), nullable=False),
         sa.Column("status", sa.String(length=16), nullable=False),
