@@ -72,3 +72,19 @@ def test_front_ends_read_the_store_only_through_the_core() -> None:
             assert "unit_of_work" not in text and "Repository(" not in text, rel
     # The check sees what it should: the CLI's allowed imports are there.
     assert seen.get("cli/db.py") == {"import migrate"}
+
+
+FLASK_IMPORT = re.compile(r"^\s*(from|import)\s+(flask|werkzeug)\b", re.MULTILINE)
+
+
+def test_nothing_below_the_web_layer_imports_flask() -> None:
+    """ACME, OIDC, the client and the core are Flask-free: a view is only a translation."""
+    outside = sorted(
+        path.relative_to(PACKAGE).as_posix()
+        for path in PACKAGE.rglob("*.py")
+        if not path.relative_to(PACKAGE).as_posix().startswith("web/")
+        and FLASK_IMPORT.search(path.read_text(encoding="utf-8"))
+    )
+    assert outside == [], outside
+    # The check sees what it should: the web layer itself imports Flask.
+    assert FLASK_IMPORT.search((PACKAGE / "web" / "acme.py").read_text(encoding="utf-8"))

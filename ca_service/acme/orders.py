@@ -384,6 +384,7 @@ class Orders:
                 key_authorization,
                 wildcard=authz.identifier.wildcard,
                 config=config,
+                account_uri=self.accounts.urls(authz.authority).account(authz.account_id),
             )
         except ValidationFailed as failure:
             self._fail(authz, challenge, failure)

@@ -11,7 +11,6 @@ finalizes through the core facade, like every other front end.
 from __future__ import annotations
 
 import datetime as dt
-import random
 import re
 import secrets
 from collections.abc import Callable
@@ -22,6 +21,7 @@ from urllib.parse import urlsplit
 from jwcrypto import jwk
 
 from ca_service.acme import jws
+from ca_service.acme.nonces import Nonces, nonce_key
 from ca_service.acme.problems import ACMEProblem
 from ca_service.acme.urls import ACMEUrls
 from ca_service.acme.validation import ValidationConfig
@@ -29,14 +29,12 @@ from ca_service.config import Settings
 from ca_service.core.facade import Core
 from ca_service.domain import ACMEAccountRecord, Actor, AuditEvent, CallerPolicy, EABKeyRecord
 from ca_service.errors import NotFound
-from ca_service.storage.acme import AccountRepository, EABKeyRepository, NonceRepository
+from ca_service.storage.acme import AccountRepository, EABKeyRepository
 from ca_service.storage.db import DuplicateRow, unit_of_work
 from ca_service.storage.repositories import AuditRepository
 
 _MAILTO = re.compile(r"^mailto:[^@\s,;]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,63}$")
 MAX_CONTACTS = 10
-# A 128-bit random nonce; base64url, as RFC 8555 section 6.5.1 requires.
-NONCE_BYTES = 16
 
 
 class EABLookup(Protocol):
@@ -75,6 +73,11 @@ class Accounts:
     def __init__(self, core: Core, eab: EABLookup) -> None:
         self.core = core
         self.eab = eab
+        self.nonces = Nonces(
+            core.db,
+            nonce_key(core.settings.require_passphrase()),
+            dt.timedelta(seconds=core.settings.acme_nonce_lifetime_seconds),
+        )
 
     @property
     def settings(self) -> Settings:
@@ -105,23 +108,10 @@ class Accounts:
     # ------------------------------------------------------------------ nonces
 
     def new_nonce(self) -> str:
-        value = jws.random_token(NONCE_BYTES)
-        now = self.now()
-        expires = now + dt.timedelta(seconds=self.settings.acme_nonce_lifetime_seconds)
-        with unit_of_work(self.core.db, write=True) as s:
-            repo = NonceRepository(s)
-            repo.add(value, expires)
-            # Expired nonces are swept a bounded batch at a time, now and then, by whichever
-            # request is here: no scheduler is needed, and no request pays for a backlog.
-            if random.random() < 0.02:  # noqa: S311 (not a secret: when to sweep)
-                repo.purge(now)
-        return str(value)
+        return self.nonces.issue(self.now())
 
     def _use_nonce(self, value: str) -> bool:
-        if len(value) > 64:
-            return False
-        with unit_of_work(self.core.db, write=True) as s:
-            return NonceRepository(s).consume(value, self.now())
+        return self.nonces.use(value, self.now())
 
     # ------------------------------------------------------------------ authentication
 

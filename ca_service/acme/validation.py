@@ -14,6 +14,7 @@ are followed here, one hop at a time, so that each hop obeys the same rules (Bou
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import http.client
 import ipaddress
@@ -21,6 +22,7 @@ import re
 import select
 import socket
 import ssl
+import threading
 import time
 import urllib.parse
 from collections.abc import Callable
@@ -40,6 +42,8 @@ ACME_TLS_ALPN = b"acme-tls/1"
 # RFC 8737 section 6.1: id-pe-acmeIdentifier.
 ID_PE_ACME_IDENTIFIER = ObjectIdentifier("1.3.6.1.5.5.7.1.31")
 CHALLENGE_PATH = "/.well-known/acme-challenge/"
+MAX_REDIRECT_PATH = 2000  # Boulder's bound on a redirect target's path
+MAX_DETAIL = 400
 USER_AGENT = "ca-service-acme-validator"
 # Failures worth another attempt: the client may not have put the answer in place yet, or the
 # network hiccuped. A wrong key authorization or a CAA refusal will not change by waiting.
@@ -80,6 +84,10 @@ class ValidationFailed(Exception):
     """
 
     def __init__(self, acme_type: str, detail: str) -> None:
+        # Details quote what the peer sent (URLs, names): keep them one printable, bounded line.
+        detail = "".join(c if c.isprintable() else "?" for c in detail)
+        if len(detail) > MAX_DETAIL:
+            detail = detail[: MAX_DETAIL - 3] + "..."
         super().__init__(detail)
         self.acme_type = acme_type
         self.detail = detail
@@ -107,6 +115,12 @@ def _dns01_value(key_authorization: str) -> str:
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
+def _is_dns_name(value: str) -> bool:
+    """A lower-case LDH name of two labels or more (underscores allowed, as in DNS itself)."""
+    labels = value.split(".")
+    return len(value) <= 253 and len(labels) >= 2 and all(_DNS_LABEL.match(lb) for lb in labels)
+
+
 def _check_identifier(identifier: Identifier) -> IPAddress | None:
     """Refuse identifiers this module cannot safely validate; return the address of an IP one."""
     if identifier.type == "ip":
@@ -121,10 +135,9 @@ def _check_identifier(identifier: Identifier) -> IPAddress | None:
             "rejectedIdentifier", f"identifier type {identifier.type!r} is not supported"
         )
     value = identifier.value
-    labels = value.split(".")
     # The front end normalises names; a value that is not a plain lower-case A-label here (a
     # wildcard, a trailing dot, an empty label) would make us validate a different name.
-    if len(value) > 253 or len(labels) < 2 or not all(_DNS_LABEL.match(lb) for lb in labels):
+    if not _is_dns_name(value):
         raise ValidationFailed(
             "rejectedIdentifier", f"{value!r} is not a lower-case DNS name in A-label form"
         )
@@ -158,8 +171,8 @@ def _query(name: str, rdtype: str, config: ValidationConfig) -> dns.resolver.Ans
     "hidden", and for CAA treating hidden as absent would let an attacker who can break DNS skip
     the check (fail closed).
     """
-    resolver = _resolver(config)
     try:
+        resolver = _resolver(config)  # a bad resolver host is a ValueError here
         qname = dns.name.from_text(name)
         return resolver.resolve(qname, rdtype, search=False, raise_on_no_answer=False)
     except dns.resolver.NXDOMAIN:
@@ -185,15 +198,21 @@ def _rrset(answer: dns.resolver.Answer | None) -> list[object]:
 
 
 def _resolve_addresses(name: str, config: ValidationConfig) -> list[str]:
-    """AAAA then A addresses of ``name`` (Boulder tries IPv6 first and falls back to IPv4)."""
+    """The addresses to try for ``name``, in order: its first AAAA, then its first A.
+
+    Boulder's policy: IPv6 first with one fallback to IPv4, so a name with many dead addresses
+    costs at most two connection timeouts, and a broken IPv6 setup does not block validation.
+    """
     addresses: list[str] = []
     failure: ValidationFailed | None = None
     for rdtype in ("AAAA", "A"):
         try:
-            addresses.extend(str(r) for r in _rrset(_query(name, rdtype, config)))
+            found = [str(r) for r in _rrset(_query(name, rdtype, config))]
         except ValidationFailed as exc:
             # One family failing is survivable if the other answers.
             failure = exc
+            continue
+        addresses.extend(found[:1])
     if not addresses:
         raise failure or ValidationFailed("dns", f"no A or AAAA record for {name}")
     return addresses
@@ -241,6 +260,11 @@ class _PinnedHTTPSConnection(_PinnedHTTPConnection):
         self.sock = context.wrap_socket(self.sock, server_hostname=self._server_name)
 
 
+def _short(url: str) -> str:
+    """A URL for a failure detail: redirect targets come from the peer and may be long."""
+    return url if len(url) <= 160 else url[:157] + "..."
+
+
 def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
@@ -274,26 +298,60 @@ def _http_get(
                 # Only a failed connection moves on to the next address; an answer is final.
                 last_error = f"{_url_host(address)}:{port}: {_os_reason(exc)}"
                 continue
-            conn.request(
-                "GET",
-                path,
-                headers={
-                    "Host": host_header,
-                    "User-Agent": USER_AGENT,
-                    "Accept": "*/*",
-                    "Connection": "close",
-                },
-            )
-            response = conn.getresponse()
-            body = response.read(config.max_body_bytes + 1)
-            return response.status, response.getheader("Location"), body
+            return _exchange(conn, url, path, host_header, config)
         except (OSError, http.client.HTTPException, ValueError) as exc:
             raise ValidationFailed(
-                "connection", f"http-01: GET {url} failed: {_os_reason(exc)}"
+                "connection", f"http-01: GET {_short(url)} failed: {_os_reason(exc)}"
             ) from None
         finally:
             conn.close()
-    raise ValidationFailed("connection", f"http-01: GET {url}: could not connect ({last_error})")
+    raise ValidationFailed(
+        "connection", f"http-01: GET {_short(url)}: could not connect ({last_error})"
+    )
+
+
+def _exchange(
+    conn: _PinnedHTTPConnection, url: str, path: str, host_header: str, config: ValidationConfig
+) -> tuple[int, str | None, bytes]:
+    """Send the GET and read the answer, all of it within one timeout.
+
+    The socket timeout bounds each read, not their sum: a peer that drips a byte just under the
+    timeout would hold a validator for hours over an 8 KB body. A watchdog shuts the socket at
+    the deadline, which ends any read in progress.
+    """
+    expired = threading.Event()
+
+    def abort() -> None:
+        expired.set()
+        if conn.sock is not None:
+            with contextlib.suppress(OSError):
+                conn.sock.shutdown(socket.SHUT_RDWR)
+
+    watchdog = threading.Timer(config.timeout_seconds, abort)
+    watchdog.daemon = True
+    watchdog.start()
+    try:
+        conn.request(
+            "GET",
+            path,
+            headers={
+                "Host": host_header,
+                "User-Agent": USER_AGENT,
+                "Accept": "*/*",
+                "Connection": "close",
+            },
+        )
+        response = conn.getresponse()
+        body = response.read(config.max_body_bytes + 1)
+    except (OSError, http.client.HTTPException, ValueError):
+        if expired.is_set():
+            raise TimeoutError from None
+        raise
+    finally:
+        watchdog.cancel()
+    if expired.is_set():
+        raise TimeoutError
+    return response.status, response.getheader("Location"), body
 
 
 def _os_reason(exc: BaseException) -> str:
@@ -314,35 +372,56 @@ def _is_ip(host: str) -> bool:
     return True
 
 
-def _redirect_target(current: str, location: str, config: ValidationConfig) -> str:
-    """The absolute URL of a redirect, if the rules allow following it."""
+def _redirect_target(
+    current: str, location: str, identifier: Identifier, config: ValidationConfig
+) -> str:
+    """The absolute URL of a redirect, if the rules allow following it (else "connection").
+
+    The rules are Boulder's: http or https only, only the ports validation itself uses (80/443 or
+    the configured ones), a host that is a DNS name (an IP literal only for that very IP
+    identifier), no credentials, a bounded path.
+    """
     try:
         target = urllib.parse.urljoin(current, location.strip())
         parts = urllib.parse.urlsplit(target)
         port = parts.port
     except ValueError:
         raise ValidationFailed(
-            "connection", f"http-01: redirect from {current} to an invalid URL"
+            "connection", f"http-01: redirect from {_short(current)} to an invalid URL"
         ) from None
+    where = f"http-01: redirect from {_short(current)} to {_short(target)}"
     if parts.scheme not in ("http", "https"):
-        raise ValidationFailed(
-            "connection",
-            f"http-01: redirect from {current} to {target!r}: only http and https are followed",
-        )
-    if not parts.hostname:
-        raise ValidationFailed("connection", f"http-01: redirect from {current} has no host")
+        raise ValidationFailed("connection", f"{where}: only http and https are followed")
+    host = (parts.hostname or "").rstrip(".")
+    if not host:
+        raise ValidationFailed("connection", f"{where}: no host")
+    if parts.username is not None or parts.password is not None:
+        raise ValidationFailed("connection", f"{where}: credentials in a URL are not followed")
     effective = port or (443 if parts.scheme == "https" else 80)
     allowed = {config.http01_port, config.tlsalpn01_port, 80, 443}
     if effective not in allowed:
         raise ValidationFailed(
             "connection",
-            f"http-01: redirect from {current} to port {effective}: only ports "
+            f"http-01: redirect from {_short(current)} to port {effective}: only ports "
             f"{', '.join(str(p) for p in sorted(allowed))} are followed",
         )
-    if parts.username is not None or parts.password is not None:
+    if _is_ip(host):
+        # An address literal would skip our resolver; for an IP identifier its own address is
+        # what validation reaches anyway.
+        if identifier.type != "ip" or ipaddress.ip_address(host) != ipaddress.ip_address(
+            identifier.value
+        ):
+            raise ValidationFailed(
+                "connection", f"{where}: only DNS names are followed, not IP addresses"
+            )
+    elif host.endswith(".well-known"):
         raise ValidationFailed(
-            "connection", f"http-01: redirect from {current} carries credentials"
+            "connection", f"{where}: the host ends in .well-known (a '/' missing in the redirect?)"
         )
+    elif not _is_dns_name(host):
+        raise ValidationFailed("connection", f"{where}: the host is not a valid DNS name")
+    if len(parts.path) + len(parts.query) > MAX_REDIRECT_PATH:
+        raise ValidationFailed("connection", f"{where}: the path is too long")
     return urllib.parse.urlunsplit((parts.scheme, parts.netloc, parts.path, parts.query, ""))
 
 
@@ -356,35 +435,42 @@ def validate_http01(
     port = "" if config.http01_port == 80 else f":{config.http01_port}"
     safe_token = urllib.parse.quote(token, safe="-_")
     url = f"http://{host_header}{port}{CHALLENGE_PATH}{safe_token}"
-    first_url = url
+    seen = [url]
     for hop in range(config.max_redirects + 1):
         status, location, body = _http_get(url, host_header, config)
-        if status in (301, 302, 303, 307, 308):
-            if location is None:
+        if status == 303 or (300 <= status < 400 and location is not None):
+            # CA/B Forum BRs 3.2.2.4.19 allow following 301, 302, 307 and 308 only.
+            if status not in (301, 302, 307, 308):
                 raise ValidationFailed(
-                    "incorrectResponse", f"http-01: GET {url} returned {status} without Location"
+                    "connection",
+                    f"http-01: GET {_short(url)} returned {status}: redirect not followed",
                 )
+            assert location is not None
             if hop == config.max_redirects:
                 raise ValidationFailed(
                     "connection",
-                    f"http-01: GET {first_url}: more than {config.max_redirects} redirects",
+                    f"http-01: GET {seen[0]}: more than {config.max_redirects} redirects",
                 )
-            url = _redirect_target(url, location, config)
-            parts = urllib.parse.urlsplit(url)
-            host_header = parts.netloc
+            url = _redirect_target(url, location, identifier, config)
+            if url in seen:
+                raise ValidationFailed("connection", f"http-01: redirect loop at {_short(url)}")
+            seen.append(url)
+            host_header = urllib.parse.urlsplit(url).netloc
             continue
         if status != 200:
-            raise ValidationFailed("incorrectResponse", f"http-01: GET {url} returned {status}")
+            raise ValidationFailed(
+                "incorrectResponse", f"http-01: GET {_short(url)} returned {status}"
+            )
         if len(body) > config.max_body_bytes:
             raise ValidationFailed(
                 "incorrectResponse",
-                f"http-01: GET {url} returned more than {config.max_body_bytes} bytes",
+                f"http-01: GET {_short(url)} returned more than {config.max_body_bytes} bytes",
             )
         # RFC 8555 section 8.3: the client may serve trailing whitespace (a newline) after it.
         if body.rstrip() != key_authorization.encode("utf-8"):
             raise ValidationFailed(
                 "unauthorized",
-                f"http-01: GET {url} returned a body that is not the key authorization",
+                f"http-01: GET {_short(url)} returned a body that is not the key authorization",
             )
         return
     raise AssertionError("unreachable")  # pragma: no cover
@@ -541,7 +627,12 @@ def validate_tlsalpn01(
                 raise
             failure = exc  # could not connect: try the next address
             continue
-        _check_alpn_certificate(cert, identifier, address, key_authorization)
+        try:
+            _check_alpn_certificate(cert, identifier, address, key_authorization)
+        except ValueError:  # cryptography refuses malformed or duplicate extensions
+            raise ValidationFailed(
+                "unauthorized", "tls-alpn-01: the validation certificate is malformed"
+            ) from None
         return
     assert failure is not None
     raise failure

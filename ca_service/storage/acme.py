@@ -13,6 +13,7 @@ from collections.abc import Collection
 from typing import Any
 
 from sqlalchemy import delete, func, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from ca_service.clock import as_utc
@@ -66,17 +67,17 @@ class NonceRepository:
     def __init__(self, session: Session) -> None:
         self.s = session
 
-    def add(self, value: str, expires_at: dt.datetime) -> None:
-        self.s.add(ACMENonceRow(value=value, expires_at=_db(expires_at)))
-
-    def consume(self, value: str, now: dt.datetime) -> bool:
-        """Use a nonce up: True only for the one request that deletes an unexpired row."""
-        result = self.s.execute(
-            delete(ACMENonceRow).where(
-                ACMENonceRow.value == value, ACMENonceRow.expires_at > _db(now)
-            )
-        )
-        return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+    def use(self, value: str, expires_at: dt.datetime) -> bool:
+        """Record a nonce as used, until it would have expired anyway: True for the one
+        request that inserts the row, False for every replay (the primary key refuses it on
+        every worker and replica of one database)."""
+        try:
+            with self.s.begin_nested():
+                self.s.add(ACMENonceRow(value=value, expires_at=_db(expires_at)))
+                self.s.flush()
+        except IntegrityError:
+            return False
+        return True
 
     def purge(self, now: dt.datetime, limit: int = 1000) -> int:
         """Delete at most ``limit`` expired nonces (bounded, so no request pays for a backlog)."""

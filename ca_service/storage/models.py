@@ -259,8 +259,10 @@ class ACMEChallengeRow(Base):
 
 
 class ACMENonceRow(Base):
-    """Replay-Nonces handed out and not yet used: one row each, deleted by the request that
-    uses it, so a nonce is single-use across every worker and replica of one database."""
+    """Replay-Nonces that have been used, each kept until it would have expired anyway. A
+    nonce is issued without a write (acme/nonces.py signs it), so an unauthenticated flood of
+    newNonce costs the store nothing; its use is one insert, refused for a replay by the
+    primary key on every worker and replica of one database."""
 
     __tablename__ = "acme_nonces"
 

@@ -290,6 +290,74 @@ def test_http01_redirect_chain_is_bounded(
     assert len(http_server.hits) == 6
 
 
+@pytest.mark.parametrize(
+    ("location", "reason"),
+    [
+        ("http://127.0.0.1:{port}/x", "not IP addresses"),
+        ("http://[::1]:{port}/x", "not IP addresses"),
+        ("http://a.example.test.well-known/acme-challenge/x", "ends in .well-known"),
+        ("http://bad_host!.example.test:{port}/x", "not a valid DNS name"),
+        ("http://user:pw@a.example.test:{port}/x", "credentials"),
+        ("http://a.example.test:{port}/" + "p" * 2001, "path is too long"),
+        ("http://a.example.test:99999/x", "invalid URL"),
+    ],
+)
+def test_http01_redirect_rules(
+    loopback_dns: LoopbackDNS, http_server: ChallengeHTTPServer, location: str, reason: str
+) -> None:
+    http_server.redirect(PATH, location.format(port=http_server.port))
+    http_server.serve("/x", 200, KEY_AUTH.encode())
+    exc = _fails(
+        lambda: validate_http01(NAME, TOKEN, KEY_AUTH, _config(loopback_dns, http_server.port))
+    )
+    assert exc.acme_type == "connection" and reason in exc.detail
+    assert len(http_server.hits) == 1  # the target was never fetched
+    assert len(exc.detail) <= 400
+
+
+def test_http01_ip_identifier_may_redirect_to_its_own_address(
+    http_server: ChallengeHTTPServer,
+) -> None:
+    http_server.redirect(PATH, f"http://127.0.0.1:{http_server.port}/x")
+    http_server.serve("/x", 200, KEY_AUTH.encode())
+    config = ValidationConfig(
+        http01_port=http_server.port, resolver=("127.0.0.1", 9), timeout_seconds=0.5
+    )
+    validate_http01(Identifier("ip", "127.0.0.1"), TOKEN, KEY_AUTH, config)
+    assert [p for p, _ in http_server.hits] == [PATH, "/x"]
+
+
+@pytest.mark.parametrize("status", [303, 300, 304])
+def test_http01_only_301_302_307_308_are_followed(
+    loopback_dns: LoopbackDNS, http_server: ChallengeHTTPServer, status: int
+) -> None:
+    http_server.redirect(PATH, "/x", status=status)
+    http_server.serve("/x", 200, KEY_AUTH.encode())
+    exc = _fails(
+        lambda: validate_http01(NAME, TOKEN, KEY_AUTH, _config(loopback_dns, http_server.port))
+    )
+    assert exc.acme_type == "connection" and f"returned {status}" in exc.detail
+    assert len(http_server.hits) == 1
+
+
+def test_http01_redirect_loop_is_refused(
+    loopback_dns: LoopbackDNS, http_server: ChallengeHTTPServer
+) -> None:
+    http_server.redirect(PATH, "/a")
+    http_server.redirect("/a", PATH, status=301)
+    exc = _fails(
+        lambda: validate_http01(NAME, TOKEN, KEY_AUTH, _config(loopback_dns, http_server.port))
+    )
+    assert exc.acme_type == "connection" and "redirect loop" in exc.detail
+    assert len(http_server.hits) == 2
+
+
+def test_failure_details_are_one_bounded_printable_line() -> None:
+    exc = ValidationFailed("connection", "a\r\nb\x00c" + "x" * 1000)
+    assert exc.detail.startswith("a??b?c") and len(exc.detail) == 400
+    assert exc.detail.isprintable() and str(exc) == exc.detail and exc.acme_type == "connection"
+
+
 def _self_signed(tmp_path: Path, name: str) -> tuple[Path, Path]:
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
@@ -349,6 +417,36 @@ def test_http01_slow_server_times_out(loopback_dns: LoopbackDNS) -> None:
         port = silent.getsockname()[1]
         config = _config(loopback_dns, port, timeout_seconds=0.3)
         exc = _fails(lambda: validate_http01(NAME, TOKEN, KEY_AUTH, config))
+    assert exc.acme_type == "connection" and "timed out" in exc.detail
+
+
+def test_http01_dripping_server_is_cut_off_by_one_deadline(loopback_dns: LoopbackDNS) -> None:
+    # Each byte comes well within the per-read timeout; the whole answer would not.
+    stop = threading.Event()
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        port = listener.getsockname()[1]
+
+        def drip() -> None:
+            conn, _ = listener.accept()
+            with conn:
+                conn.recv(4096)
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n")
+                for _ in range(100):
+                    if stop.wait(0.05):
+                        return
+                    try:
+                        conn.sendall(b"x")
+                    except OSError:
+                        return
+
+        thread = threading.Thread(target=drip, daemon=True)
+        thread.start()
+        config = _config(loopback_dns, port, timeout_seconds=0.3)
+        exc = _fails(lambda: validate_http01(NAME, TOKEN, KEY_AUTH, config))
+        stop.set()
+        thread.join(timeout=5)
     assert exc.acme_type == "connection" and "timed out" in exc.detail
 
 

@@ -174,41 +174,26 @@ def all_datetimes(record: Any) -> list[dt.datetime]:
 # ---------------------------------------------------------------------------- nonces
 
 
-def test_a_nonce_is_consumed_once(db: Database) -> None:
+def test_a_nonce_is_used_once(db: Database) -> None:
     with unit_of_work(db, write=True) as s:
-        NonceRepository(s).add("nonce-a", NOW + HOUR)
-        NonceRepository(s).add("nonce-b", NOW + HOUR)
+        assert NonceRepository(s).use("nonce-a", NOW + HOUR) is True
+        assert NonceRepository(s).use("nonce-b", NOW + HOUR) is True
     with unit_of_work(db, write=True) as s:
-        assert NonceRepository(s).consume("nonce-a", NOW) is True
+        assert NonceRepository(s).use("nonce-a", NOW + HOUR) is False
+    # The refused replay left the transaction usable (a savepoint, not the whole unit).
     with unit_of_work(db, write=True) as s:
-        assert NonceRepository(s).consume("nonce-a", NOW) is False
-        assert NonceRepository(s).consume("never-issued", NOW) is False
-    assert count_rows(db, "acme_nonces") == 1  # nonce-b is untouched
-    with unit_of_work(db, write=True) as s:
-        assert NonceRepository(s).consume("nonce-b", NOW) is True
+        assert NonceRepository(s).use("nonce-b", NOW + HOUR) is False
+        assert NonceRepository(s).use("nonce-c", NOW + HOUR) is True
+    assert count_rows(db, "acme_nonces") == 3
 
 
-def test_an_expired_nonce_cannot_be_consumed(db: Database) -> None:
-    with unit_of_work(db, write=True) as s:
-        NonceRepository(s).add("old", NOW - SECOND)
-        NonceRepository(s).add("edge", NOW)
-        NonceRepository(s).add("fresh", NOW + SECOND)
-    with unit_of_work(db, write=True) as s:
-        repo = NonceRepository(s)
-        assert repo.consume("old", NOW) is False
-        assert repo.consume("edge", NOW) is False  # expires_at is the first instant it is dead
-        assert repo.consume("fresh", NOW) is True
-    # A refused consume is not a use: the expired rows stay until purge removes them.
-    assert count_rows(db, "acme_nonces") == 2
-
-
-def test_purge_deletes_only_expired_nonces_and_at_most_its_limit(db: Database) -> None:
+def test_purge_deletes_only_expired_used_nonces_and_at_most_its_limit(db: Database) -> None:
     with unit_of_work(db, write=True) as s:
         repo = NonceRepository(s)
         for i in range(7):
-            repo.add(f"expired-{i}", NOW - i * SECOND)
+            assert repo.use(f"expired-{i}", NOW - i * SECOND)
         for i in range(3):
-            repo.add(f"live-{i}", NOW + (i + 1) * SECOND)
+            assert repo.use(f"live-{i}", NOW + (i + 1) * SECOND)
     with unit_of_work(db, write=True) as s:
         assert NonceRepository(s).purge(NOW, limit=3) == 3
     assert count_rows(db, "acme_nonces") == 7
@@ -219,8 +204,9 @@ def test_purge_deletes_only_expired_nonces_and_at_most_its_limit(db: Database) -
     with unit_of_work(db, write=True) as s:
         assert NonceRepository(s).purge(NOW) == 0
     with unit_of_work(db, write=True) as s:
+        # The live ones are still remembered as used.
         repo = NonceRepository(s)
-        assert [repo.consume(f"live-{i}", NOW) for i in range(3)] == [True, True, True]
+        assert [repo.use(f"live-{i}", NOW + HOUR) for i in range(3)] == [False] * 3
 
 
 def race(db: Database, threads: int, attempt: Callable[[Session, int], bool]) -> list[bool]:
@@ -238,19 +224,17 @@ def race(db: Database, threads: int, attempt: Callable[[Session, int], bool]) ->
         return [f.result(timeout=60) for f in futures]
 
 
-def test_concurrent_consumers_of_one_nonce_get_exactly_one_true(db: Database) -> None:
+def test_concurrent_users_of_one_nonce_get_exactly_one_true(db: Database) -> None:
     threads = 8
     for round_ in range(3):
         value = f"raced-{round_}"
-        with unit_of_work(db, write=True) as s:
-            NonceRepository(s).add(value, NOW + HOUR)
 
-        def consume(s: Session, _i: int, value: str = value) -> bool:
-            return NonceRepository(s).consume(value, NOW)
+        def use(s: Session, _i: int, value: str = value) -> bool:
+            return NonceRepository(s).use(value, NOW + HOUR)
 
-        results = race(db, threads, consume)
+        results = race(db, threads, use)
         assert sorted(results) == [False] * (threads - 1) + [True], round_
-    assert count_rows(db, "acme_nonces") == 0
+    assert count_rows(db, "acme_nonces") == 3
 
 
 # ---------------------------------------------------------------------------- accounts
@@ -767,7 +751,7 @@ def test_a_time_given_in_another_zone_is_stored_as_that_instant(db: Database) ->
     local = NOW.astimezone(plus2)
     owner = add_account(db, account(created_at=local))
     with unit_of_work(db, write=True) as s:
-        NonceRepository(s).add("zoned", (NOW + HOUR).astimezone(plus2))
+        assert NonceRepository(s).use("zoned", (NOW + HOUR).astimezone(plus2))
         OrderRepository(s).add(order(owner.id, id="zoned-order", created_at=local))
     assert get_account(db, owner.id) == owner
     assert get_order(db, "zoned-order").created_at == NOW
@@ -776,7 +760,9 @@ def test_a_time_given_in_another_zone_is_stored_as_that_instant(db: Database) ->
         minus5 = dt.timezone(dt.timedelta(hours=-5))
         assert OrderRepository(s).count_since(owner.id, NOW.astimezone(minus5)) == 1
         assert OrderRepository(s).count_since(owner.id, (NOW + SECOND).astimezone(minus5)) == 0
-        assert NonceRepository(s).consume("zoned", (NOW + 59 * 60 * SECOND).astimezone(minus5))
+        # Swept only once expired, whatever zone "now" is given in.
+        assert NonceRepository(s).purge((NOW + 59 * 60 * SECOND).astimezone(minus5)) == 0
+        assert NonceRepository(s).purge((NOW + HOUR).astimezone(minus5)) == 1
 
 
 def test_a_naive_time_is_refused(db: Database) -> None:
@@ -784,9 +770,9 @@ def test_a_naive_time_is_refused(db: Database) -> None:
     naive = NOW.replace(tzinfo=None)
     with unit_of_work(db, write=True) as s:
         with pytest.raises(ValueError, match="naive"):
-            NonceRepository(s).add("naive", naive)
+            NonceRepository(s).use("naive", naive)
         with pytest.raises(ValueError, match="naive"):
-            NonceRepository(s).consume("naive", naive)
+            NonceRepository(s).purge(naive)
         with pytest.raises(ValueError, match="naive"):
             OrderRepository(s).count_since("someone", naive)
     assert count_rows(db, "acme_nonces") == 0
