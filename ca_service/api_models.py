@@ -126,12 +126,30 @@ class TokenRequest(_Model):
     expires_in_days: int | Absent = Field(None, json_schema_extra={"minimum": 1, "maximum": 3650})
 
 
+class EABKeyRequest(_Model):
+    """An External Account Binding key's grant: what the ACME accounts it binds may order."""
+
+    name: str = Field(
+        description="What the key is for, 1 to 128 printable characters",
+        json_schema_extra={"minLength": 1, "maxLength": 128},
+    )
+    allowed_names: list[str] = Field(
+        description="Patterns the accounts may order: host, *.domain, CIDR",
+        json_schema_extra={"minItems": 1},
+    )
+    profiles: list[str] | Absent = None
+    max_validity_days: int | Absent = Field(None, json_schema_extra={"minimum": 1})
+    authorities: list[str] | Absent = None
+    allow_wildcards: bool | Absent = None
+
+
 REQUEST_MODELS: tuple[type[BaseModel], ...] = (
     IssueRequest,
     RevokeRequest,
     RenewRequest,
     AuthorityRevokeRequest,
     TokenRequest,
+    EABKeyRequest,
 )
 
 # ---------------------------------------------------------------------------- answers
@@ -240,6 +258,32 @@ class TokenList(_Model):
     items: list[Token]
 
 
+class EABKey(_Model):
+    """An External Account Binding key (RFC 8555 section 7.3.4) and the policy it grants."""
+
+    kid: str = Field(description="The key identifier an ACME client sends (--eab-kid)")
+    hmac_key: str | SkipJsonSchema[None] = Field(
+        None,
+        description="base64url, no padding (--eab-hmac-key). Only in the answer that creates "
+        "the key: it is stored encrypted and cannot be fetched again.",
+    )
+    name: str
+    allowed_names: list[str]
+    profiles: list[str] | None
+    max_validity_days: int | None
+    authorities: list[str] | None
+    allow_wildcards: bool
+    created_at: Time
+    bound_account: str | None = Field(
+        description="The ACME account bound with the key; a key binds one account only"
+    )
+    revoked_at: Time | None
+
+
+class EABKeyList(_Model):
+    items: list[EABKey]
+
+
 class AuditEvent(_Model):
     id: int | None
     at: Time
@@ -309,6 +353,8 @@ RESPONSE_MODELS: tuple[type[BaseModel], ...] = (
     AuthorityList,
     Token,
     TokenList,
+    EABKey,
+    EABKeyList,
     AuditEvent,
     AuditPage,
     Alive,
@@ -430,6 +476,26 @@ def token(r: TokenRecord, now: dt.datetime, *, secret: str | None = None) -> Tok
     if secret is not None:
         fields["token"] = secret
     return Token(**fields)
+
+
+def eab_key(r: domain.EABKeyRecord, *, hmac_key: str | None = None) -> EABKey:
+    """An EAB key record; ``hmac_key`` only in the answer that creates it."""
+    p = r.policy
+    fields: dict[str, Any] = {
+        "kid": r.kid,
+        "name": r.name,
+        "allowed_names": list(p.allowed_names or ()),
+        "profiles": list(p.profiles) if p.profiles is not None else None,
+        "max_validity_days": p.max_validity_days,
+        "authorities": list(p.authorities) if p.authorities is not None else None,
+        "allow_wildcards": p.allow_wildcards,
+        "created_at": r.created_at,
+        "bound_account": r.account_id,
+        "revoked_at": r.revoked_at,
+    }
+    if hmac_key is not None:
+        fields["hmac_key"] = hmac_key
+    return EABKey(**fields)
 
 
 def audit(e: StoredAuditEvent) -> AuditEvent:

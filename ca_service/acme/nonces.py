@@ -19,9 +19,7 @@ import secrets
 import struct
 from hashlib import sha256
 
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-
+from ca_service.crypto.sealed import derive_key
 from ca_service.storage.acme import NonceRepository
 from ca_service.storage.db import Database, unit_of_work
 
@@ -32,7 +30,9 @@ _LENGTH = 8 + _RANDOM + _MAC
 
 
 def nonce_key(passphrase: bytes) -> bytes:
-    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_INFO).derive(passphrase)
+    """The MAC key of nonces: derived like every key made from the passphrase (crypto/sealed),
+    for this purpose only."""
+    return derive_key(passphrase, _INFO)
 
 
 class Nonces:

@@ -13,6 +13,7 @@ import sys
 
 import click
 
+from ca_service.cli.acme import acme
 from ca_service.cli.authorities import authorities, authority_group, init, set_default
 from ca_service.cli.certificates import crl, export, issue, list_, release_hold, renew, revoke, show
 from ca_service.cli.db import db
@@ -47,6 +48,7 @@ for _command in (
     export,
     serve,
     token,
+    acme,
     db,
     probe,
 ):

@@ -10,6 +10,7 @@ import secrets
 from flask import Flask, Response, g, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
+from ca_service.acme.eab import EABKeys
 from ca_service.acme.server import ACMEServer
 from ca_service.config import Settings, check_mtls_authorities, load_settings
 from ca_service.core.facade import Core
@@ -38,7 +39,11 @@ def create_app(settings: Settings | None = None, authority: Core | None = None) 
     app.extensions["ca_core"] = ca
     app.extensions["ca_tokens"] = TokenService(ca.db, ca.clock, ca.refusals)
     app.extensions["ca_settings"] = settings
-    app.extensions["ca_acme"] = ACMEServer(ca, _NoEAB())
+    # Seals and opens the EAB HMAC keys under the CA key passphrase (never stored in the DB):
+    # the admin API makes them, newAccount opens them to verify a binding.
+    eab = EABKeys(ca.db, ca.clock, settings.require_passphrase())
+    app.extensions["ca_eab"] = eab
+    app.extensions["ca_acme"] = ACMEServer(ca, eab)
     # Given to /openapi.json and /docs here, so that those views need not import the generator
     # that reads them (web/openapi.py reads every route).
     app.extensions["ca_openapi"] = openapi.document
@@ -68,10 +73,3 @@ def create_app(settings: Settings | None = None, authority: Core | None = None) 
     problems.register(app)
     register_routes(app)
     return app
-
-
-class _NoEAB:
-    """Until EAB keys exist (work in progress)."""
-
-    def hmac_key(self, kid: str) -> None:
-        return None

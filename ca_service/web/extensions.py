@@ -1,5 +1,6 @@
 """Typed access to what the app factory keeps in ``app.extensions`` (the core, the token
-service, the settings), so that views get checked types instead of untyped dictionary reads."""
+service, the EAB keys, the settings), so that views get checked types instead of untyped
+dictionary reads."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from typing import Any
 
 from flask import current_app
 
+from ca_service.acme.eab import EABKeys
 from ca_service.config import Settings
 from ca_service.core.facade import Core
 from ca_service.tokens import TokenService
@@ -28,6 +30,13 @@ def settings() -> Settings:
 def tokens() -> TokenService:
     service = current_app.extensions["ca_tokens"]
     assert isinstance(service, TokenService)
+    return service
+
+
+def eab_keys() -> EABKeys:
+    """The External Account Binding keys of ACME (ca_service.acme.eab)."""
+    service = current_app.extensions["ca_eab"]
+    assert isinstance(service, EABKeys)
     return service
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from flask import Flask
 
 from ca_service.web.acme import acme
+from ca_service.web.acme_admin import acme_admin
 from ca_service.web.api import api
 from ca_service.web.docs import docs
 from ca_service.web.ocsp import ocsp
@@ -15,6 +16,7 @@ from ca_service.web.public import public
 def register_routes(app: Flask) -> None:
     app.register_blueprint(public)
     app.register_blueprint(api)
+    app.register_blueprint(acme_admin)
     app.register_blueprint(docs)
     app.register_blueprint(ocsp)
     app.register_blueprint(acme)
