@@ -132,9 +132,11 @@ def test_plain_renew_keeps_a_fresh_certificate(setup: Setup) -> None:
     assert acme_serials(setup.live) == count
 
 
+@pytest.mark.parametrize("reason", ["keyCompromise", "certificateHold"])
 def test_plain_renew_replaces_a_certificate_the_admin_revoked_because_of_ari(
-    setup: Setup, openssl: str
+    setup: Setup, openssl: str, reason: str
 ) -> None:
+    """Revoked, or only on hold: ARI's window is in the past either way."""
     name = _name("ari")
     got = setup.certbot.certonly(name, eab=setup.eab)
     assert got.ok and got.issued is not None, got.explain()
@@ -144,9 +146,10 @@ def test_plain_renew_replaces_a_certificate_the_admin_revoked_because_of_ari(
         "POST",
         f"/api/v1/certificates/{old}/revoke",
         token=setup.live.admin_token,
-        body={"reason": "keyCompromise"},
+        body={"reason": reason},
     )
     assert reply.status == 200, reply.body[:500]
+    assert api_certificate(setup.live, old)["revocation_reason"] == reason
 
     # No --force-renewal: the certificate is far from expiry, so only ARI can make certbot act.
     renewed = setup.certbot.renew(name)
