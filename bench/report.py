@@ -331,6 +331,10 @@ def markdown(results: dict[str, Any]) -> str:
     else:
         lines += [f"{cfssl.get('status', 'not run')}: {cfssl.get('reason', '')}", ""]
 
+    if results.get("hsm"):
+        from bench.hsm import markdown as hsm_markdown
+
+        lines += hsm_markdown(results["hsm"])
     lines += ["## Store scenarios (no HTTP)", ""]
     ecdsa_ceiling = _get(ceiling, "ecdsa-p256", "per_s")
     for db, store in results.get("store", {}).items():

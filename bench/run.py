@@ -18,11 +18,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from bench import acme_orders, http_scenarios, references, report, store
+from bench import acme_orders, hsm, http_scenarios, references, report, store
 from bench.common import database_url, leaf_csr_pem, machine_info, pg_reachable, progress
 from ca_service.domain import KeyType
 
-SCENARIOS = ("openssl", "ceiling", "cfssl", "store", "http", "acme")
+SCENARIOS = ("openssl", "ceiling", "cfssl", "store", "http", "hsm", "acme")
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -73,6 +73,12 @@ MODES = {
     "tiny": Mode("tiny", ("sqlite",), 1, (50, 1.0), (), (1,), 1.0, 0, (1_000, 2_000), 10.0, 30.0,
                  (20, 0.5), (20, 0.5), (1,), 1.0, 200, (ECDSA,), 1, 1, 4, 2, False),
 }  # fmt: skip
+# The hsm scenario per mode: CA key types, and the count and time bound of each loop.
+HSM_PLANS: dict[str, tuple[tuple[KeyType, ...], int, float]] = {
+    "full": ((ECDSA, KeyType.ECDSA_P384, RSA, KeyType.RSA_3072), 3000, 4.0),
+    "quick": ((ECDSA, RSA), 300, 1.0),
+    "tiny": ((ECDSA,), 20, 0.3),
+}
 
 
 def run(mode: Mode, only: set[str], out_dir: Path, command: str) -> dict[str, Any]:
@@ -86,6 +92,7 @@ def run(mode: Mode, only: set[str], out_dir: Path, command: str) -> dict[str, An
         "references": {},
         "store": {},
         "http": {},
+        "hsm": {},
     }
     pg_error = pg_reachable() if "postgresql" in mode.dbs else None
     dbs = [db for db in mode.dbs if db != "postgresql" or pg_error is None]
@@ -144,6 +151,12 @@ def run(mode: Mode, only: set[str], out_dir: Path, command: str) -> dict[str, An
                             "status": "error",
                             "reason": repr(exc),
                         }
+    if "hsm" in only:
+        progress("hsm: issuance with the CA key in SoftHSM2 against a key file")
+        try:
+            results["hsm"] = hsm.hsm_family(csr, *HSM_PLANS[mode.name])
+        except Exception as exc:  # record and go on, as the other scenarios do
+            results["hsm"] = {"status": "error", "reason": repr(exc)}
     if "acme" in only:
         results["acme"] = acme_orders.run_scenario(dbs, mode.name)
     results["elapsed_s"] = round(time.monotonic() - started, 1)

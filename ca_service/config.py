@@ -142,6 +142,16 @@ def _public_url(key: str, value: Any) -> str:
     return url
 
 
+def _optional_public_url(key: str, value: Any) -> str | None:
+    if not value:
+        return None
+    url = str(value).rstrip("/")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigError(f"{key} must be an absolute http(s) URL, not {url!r}")
+    return url
+
+
 def _optional_text(key: str, value: Any) -> str | None:
     return str(value) if value else None
 
@@ -173,6 +183,13 @@ def _client_auth(key: str, value: Any) -> str:
     if mode not in _CLIENT_AUTH:
         raise ConfigError("tls_client_auth must be off, optional or required")
     return mode
+
+
+def _choice(key: str, value: Any, choices: tuple[str, ...]) -> str:
+    text = str(value).strip().lower()
+    if text not in choices:
+        raise ConfigError(f"{key} must be {' or '.join(repr(c) for c in choices)}, not {value!r}")
+    return text
 
 
 def _bool(key: str, value: Any) -> bool:
@@ -260,6 +277,16 @@ class Settings:
         "Distribution Point, AIA caIssuers and OCSP), so choose it before issuing.",
         _public_url,
     )
+    revocation_url: str | None = _setting(
+        None,
+        "The base URL written into certificates for the CRL Distribution Point, AIA caIssuers "
+        "and OCSP (the service answers /ca/<name>/crl, /ca/<name>/ca.cer and /ocsp). Unset: "
+        "public_url. Make it http when public_url is https (for ACME): the CA/Browser Forum "
+        "requirements (7.1.2.7.7, 7.1.2.11.2) ask for http, and clients rarely fetch "
+        "revocation over TLS, whose own certificate they would then have to check first.",
+        _optional_public_url,
+        example="http://ca.example.test",
+    )
     default_authority: str | None = _setting(
         None,
         "Issuing authority used when a request names none (unset: the one marked default in "
@@ -307,6 +334,45 @@ class Settings:
         False,
         "Sign OCSP answers with the CA key itself instead of a delegated responder.",
         _bool,
+    )
+    # -- CA key backend (issue 16): where the CA private keys live and sign.
+    key_backend: str = _setting(
+        "file",
+        '"file": encrypted PKCS#8 files in <data_dir>/keys (needs the key passphrase). '
+        '"pkcs11": keys made and kept inside a PKCS#11 token (HSM, cloud KMS, YubiHSM, '
+        "SoftHSM), which signs every certificate, CRL and OCSP answer; see docs/key-ceremony.md.",
+        lambda key, value: _choice(key, value, ("file", "pkcs11")),
+    )
+    pkcs11_module: str | None = _setting(
+        None,
+        "key_backend = pkcs11: path of the token vendor's PKCS#11 module (a shared library).",
+        _optional_text,
+        example="/usr/lib/softhsm/libsofthsm2.so",
+    )
+    pkcs11_token_label: str | None = _setting(
+        None,
+        "key_backend = pkcs11: the label of the token that holds the CA keys.",
+        _optional_text,
+        example="ca-service",
+    )
+    pkcs11_pin_file: Path | None = _setting(  # noqa: RUF009 (returns a dataclasses.field)
+        None,
+        "key_backend = pkcs11: a file holding the token's user PIN (mode 0600). The PIN itself "
+        "is never a setting of this file nor a command-line option; CA_PKCS11_PIN in the "
+        "environment wins over this file.",
+        lambda key, value: Path(str(value)) if value else None,
+        example="/run/secrets/pkcs11-pin",
+    )
+    pkcs11_pin: bytes | None = field(
+        default=None,
+        repr=False,
+        metadata={
+            "setting": SettingInfo(
+                "The token's user PIN (key_backend = pkcs11): CA_PKCS11_PIN, or "
+                "CA_PKCS11_PIN_FILE naming a file that holds it. Environment only.",
+                secret=True,
+            )
+        },
     )
     profiles: Mapping[str, Profile] = field(
         default_factory=lambda: load_profiles(None),
@@ -435,6 +501,11 @@ class Settings:
     )
 
     @property
+    def certificate_url(self) -> str:
+        """The base of the revocation and caIssuers URLs that certificates carry."""
+        return self.revocation_url or self.public_url
+
+    @property
     def resolved_database_url(self) -> str:
         if self.database_url:
             return self.database_url
@@ -506,8 +577,8 @@ def load_settings(
         if value is not None:
             values[key] = value
 
-    passphrase = _secret(env, "key_passphrase")
-    settings = _build(values, passphrase, profiles_raw)
+    secrets = {key: _secret(env, key) for key in _SECRET_KEYS}
+    settings = _build(values, secrets, profiles_raw)
     if mtls_raw is not None:
         settings = replace(settings, mtls_rules=_mtls_rules(mtls_raw, settings))
     return settings
@@ -541,8 +612,10 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
 
 
-def _build(values: dict[str, Any], passphrase: bytes | None, profiles_raw: Any) -> Settings:
-    kwargs: dict[str, Any] = {"key_passphrase": passphrase}
+def _build(
+    values: dict[str, Any], secrets: Mapping[str, bytes | None], profiles_raw: Any
+) -> Settings:
+    kwargs: dict[str, Any] = dict(secrets)
     for f, info in setting_fields():
         if info.parse is not None and f.name in values:
             value = info.parse(f.name, values[f.name])

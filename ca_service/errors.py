@@ -81,3 +81,12 @@ class Unavailable(CAError):
     code = "unavailable"
     title = "Service unavailable"
     retry_after = 2  # seconds: a PostgreSQL restart or failover takes about one
+    # What HTTP callers read (the detail names internal hosts or devices).
+    public_detail = "the database is unavailable for now; retry the request shortly"
+
+
+class TokenUnavailable(Unavailable):
+    """The PKCS#11 token that holds the CA keys failed or went away while the service runs;
+    the next request re-opens it, so the same request may succeed if retried."""
+
+    public_detail = "the CA key store (HSM) is unavailable for now; retry the request shortly"

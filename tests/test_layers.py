@@ -74,6 +74,20 @@ def test_front_ends_read_the_store_only_through_the_core() -> None:
     assert seen.get("cli/db.py") == {"import migrate"}
 
 
+PKCS11_IMPORT = re.compile(r"^\s*(?:from|import)\s+pkcs11\b", re.MULTILINE)
+
+
+def test_only_the_signing_pkcs11_module_imports_the_pkcs11_binding() -> None:
+    """Issue 16: the token binding stays behind the keystore; nothing above signing/ holds a
+    session or a key handle."""
+    importers = {
+        path.relative_to(PACKAGE).as_posix()
+        for path in PACKAGE.rglob("*.py")
+        if PKCS11_IMPORT.search(path.read_text(encoding="utf-8"))
+    }
+    assert importers == {"signing/pkcs11.py"}, sorted(importers)
+
+
 FLASK_IMPORT = re.compile(r"^\s*(from|import)\s+(flask|werkzeug)\b", re.MULTILINE)
 
 

@@ -46,6 +46,14 @@ def cert_id(cert: x509.Certificate) -> str:
     return f"{_b64(aki.key_identifier)}.{_b64(serial.to_bytes(length, 'big'))}"
 
 
+def _der_positive(octets: bytes) -> bool:
+    """The content octets of a DER INTEGER that is positive: no sign bit, no padding byte
+    unless the next one has its top bit set (RFC 9773 4.1 names a serial by exactly these)."""
+    if octets[0] & 0x80:
+        return False
+    return not (len(octets) > 1 and octets[0] == 0 and not octets[1] & 0x80)
+
+
 def _authority_with_key_id(core: Core, key_id: bytes) -> str | None:
     for record in core.list_authorities():
         cert = core.authority_certificate(record.name)
@@ -67,7 +75,7 @@ def certificate_of(core: Core, raw: Any) -> CertificateRecord:
         key_id, serial_bytes = _unb64(left), _unb64(right)
     except (ValueError, binascii.Error):
         raise ACMEProblem("malformed", "a CertID is base64url(AKI).base64url(serial)") from None
-    if not key_id or not serial_bytes or len(serial_bytes) > 21:
+    if not key_id or not serial_bytes or len(serial_bytes) > 21 or not _der_positive(serial_bytes):
         raise ACMEProblem("malformed", "a CertID is base64url(AKI).base64url(serial)")
     authority = _authority_with_key_id(core, key_id)
     if authority is None:

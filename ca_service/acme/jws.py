@@ -124,6 +124,9 @@ def import_account_key(data: Any, alg: str) -> jwk.JWK:
         raise ACMEProblem("badPublicKey", "jwk must be a public key; it carries private parts")
     try:
         key = jwk.JWK(**data)
+        # Build the key now: jwcrypto checks an EC point only when it makes the key, which
+        # would otherwise first happen inside verify and read as a bad signature.
+        key.get_op_key("verify")
     except (JWException, ValueError, TypeError, KeyError):
         raise ACMEProblem("badPublicKey", "jwk is not a valid public key") from None
     kty, curve = ACCOUNT_ALGORITHMS[alg]

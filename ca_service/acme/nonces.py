@@ -17,6 +17,7 @@ import hmac
 import random
 import secrets
 import struct
+from collections.abc import Callable
 from hashlib import sha256
 
 from ca_service.crypto.sealed import derive_key
@@ -36,12 +37,21 @@ def nonce_key(passphrase: bytes) -> bytes:
 
 
 class Nonces:
-    def __init__(self, db: Database, key: bytes, lifetime: dt.timedelta) -> None:
+    """``key``: the MAC key, or a function that makes it on first use (the CA passphrase is
+    read only once ACME is used, so a service that never serves ACME does not need one)."""
+
+    def __init__(
+        self, db: Database, key: bytes | Callable[[], bytes], lifetime: dt.timedelta
+    ) -> None:
         self._db = db
-        self._key = key
+        self._key_source = key
+        self._key: bytes | None = key if isinstance(key, bytes) else None
         self._lifetime = lifetime
 
     def _mac(self, body: bytes) -> bytes:
+        if self._key is None:
+            assert callable(self._key_source)
+            self._key = self._key_source()
         return hmac.new(self._key, body, sha256).digest()[:_MAC]
 
     def issue(self, now: dt.datetime) -> str:

@@ -64,6 +64,17 @@ class _Pool:
             self._pool.submit(work)
 
 
+def orderable_profiles(settings: Any) -> tuple[str, ...]:
+    """The profiles an ACME order may name, as the directory's meta.profiles lists them: those
+    for TLS servers (what ACME validates names for) and the configured default."""
+    return tuple(
+        name
+        for name, profile in settings.profiles.items()
+        if "serverAuth" in getattr(profile, "extended_key_usages", ())
+        or name == settings.acme_default_profile
+    )
+
+
 def _challenge_types(identifier: ACMEIdentifier) -> tuple[str, ...]:
     if identifier.wildcard:
         return ("dns-01",)
@@ -102,8 +113,8 @@ class Orders:
             )
         identifiers = parse_identifiers(payload.get("identifiers"))
         profile = payload.get("profile", self.settings.acme_default_profile)
-        if not isinstance(profile, str) or profile not in self.settings.profiles:
-            known = ", ".join(sorted(self.settings.profiles))
+        if not isinstance(profile, str) or profile not in orderable_profiles(self.settings):
+            known = ", ".join(sorted(orderable_profiles(self.settings)))
             raise ACMEProblem("malformed", f"unknown profile {profile!r}; known: {known}")
         self._limit_orders(account)
         actor = self.accounts.actor(account, context)
@@ -213,6 +224,10 @@ class Orders:
         record = certificate_of(self.core, raw)
         if record.authority != account.authority:
             raise ACMEProblem("malformed", "replaces names a certificate of another authority")
+        if record.requester != f"acme:{account.id}":
+            # RFC 9773 section 5 (SHOULD): only the account a certificate was issued to may
+            # replace it; another one could otherwise hold its renewal with alreadyReplaced.
+            raise ACMEProblem("malformed", "replaces names a certificate of another account")
         theirs = set(record.sans)
         ours = {f"{i.type}:{i.value}" for i in identifiers}
         if not theirs & ours:
@@ -250,13 +265,15 @@ class Orders:
         if order.expires <= now:
             new = "invalid"
             error = ACMEProblem("malformed", "the order expired").stored()
-        elif order.status == "pending":
+        else:
+            # A ready order is checked too: an authorization that expired or was deactivated
+            # since makes it invalid (section 7.1.6), or finalize would issue without one.
             authzs = [self._refresh_authz(a) for a in self._authzs(order.authz_ids)]
             failed = [a for a in authzs if a.status != "valid" and a.status != "pending"]
             if failed:
                 new = "invalid"
                 error = self._authz_error(failed)
-            elif authzs and all(a.status == "valid" for a in authzs):
+            elif order.status == "pending" and authzs and all(a.status == "valid" for a in authzs):
                 new = "ready"
         if new is None:
             return order
@@ -467,6 +484,14 @@ class Orders:
             with unit_of_work(self.core.db, write=True) as s:
                 OrderRepository(s).move(order.id, {"processing"}, "invalid", error=problem.stored())
             raise problem from None
+        except Exception:
+            # A bug, not a refusal: the order must not stay "processing" for ever (the client
+            # would poll it until it expires). It becomes invalid and the error propagates to
+            # the generic 500 handler, which logs it with the request id.
+            stored = ACMEProblem("serverInternal", "the certificate could not be issued").stored()
+            with unit_of_work(self.core.db, write=True) as s:
+                OrderRepository(s).move(order.id, {"processing"}, "invalid", error=stored)
+            raise
         with unit_of_work(self.core.db, write=True) as s:
             repo = OrderRepository(s)
             repo.move(order.id, {"processing"}, "valid", certificate_serial=issued.record.serial)
@@ -491,8 +516,17 @@ class Orders:
         if order.certificate_serial:
             body["certificate"] = urls.certificate(order.certificate_serial)
         if order.replaces:
-            body["replaces"] = order.replaces
+            # RFC 9773 section 5: the order echoes the CertID it was given, not our serial.
+            body["replaces"] = self._cert_id(order.replaces, order.authority)
         return body
+
+    def _cert_id(self, serial: str, authority: str) -> str:
+        from cryptography import x509
+
+        from ca_service.acme.ari import cert_id
+
+        record = self.core.get_certificate(serial, authority)
+        return cert_id(x509.load_der_x509_certificate(record.der))
 
     def authz_json(self, authz: ACMEAuthzRecord) -> dict[str, Any]:
         body: dict[str, Any] = {

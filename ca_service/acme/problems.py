@@ -86,6 +86,7 @@ class ACMEProblem(CAError):
         subproblems: tuple[Subproblem, ...] = (),
         retry_after: int | None = None,
         rule: str | None = None,
+        location: str | None = None,
     ) -> None:
         if acme_type not in STATUS:
             raise ValueError(f"unknown ACME error type {acme_type!r}")
@@ -94,6 +95,9 @@ class ACMEProblem(CAError):
         self.status = status or STATUS[acme_type]
         self.subproblems = subproblems
         self.retry_after = retry_after
+        # The resource the error is about, for the answer's Location (a keyChange conflict
+        # names the account holding the key, RFC 8555 section 7.3.5).
+        self.location = location
 
     def as_json(self) -> dict[str, Any]:
         body: dict[str, Any] = {

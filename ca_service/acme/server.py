@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from ca_service.acme import ari
-from ca_service.acme.orders import Orders, Runner
+from ca_service.acme.orders import Orders, Runner, orderable_profiles
 from ca_service.acme.service import Accounts, EABLookup
 from ca_service.core.facade import Core
 
@@ -26,10 +26,7 @@ class ACMEServer:
                 ari_identities(settings.acme_caa_identities, settings.public_url)
             ),
             "profiles": {
-                name: f"ca-service profile {name!r}"
-                for name, profile in settings.profiles.items()
-                if "serverAuth" in getattr(profile, "extended_key_usages", ())
-                or name == settings.acme_default_profile
+                name: f"ca-service profile {name!r}" for name in orderable_profiles(settings)
             },
         }
         if settings.acme_terms_of_service:

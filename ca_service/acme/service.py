@@ -73,9 +73,11 @@ class Accounts:
     def __init__(self, core: Core, eab: EABLookup) -> None:
         self.core = core
         self.eab = eab
+        # The CA passphrase keys the nonces (and seals EAB keys) with every key backend:
+        # replicas share it, and a PKCS#11 token offers no secret all of them can derive from.
         self.nonces = Nonces(
             core.db,
-            nonce_key(core.settings.require_passphrase()),
+            lambda: nonce_key(core.settings.require_passphrase()),
             dt.timedelta(seconds=core.settings.acme_nonce_lifetime_seconds),
         )
 
@@ -350,7 +352,10 @@ class Accounts:
                 holder = AccountRepository(s).by_thumbprint(account.authority, new_thumb)
             where = self.urls(account.authority).account(holder.id) if holder else ""
             raise ACMEProblem(
-                "malformed", f"the new key already belongs to an account {where}", status=409
+                "malformed",
+                f"the new key already belongs to an account {where}",
+                status=409,
+                location=where or None,
             ) from None
         assert updated is not None
         return updated

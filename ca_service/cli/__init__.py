@@ -28,7 +28,8 @@ def cli() -> None:
     """ca-service: a self-hosted certificate authority.
 
     Settings come from CA_* environment variables (see config/ca-service.example.toml); the CA
-    keys are encrypted with CA_KEY_PASSPHRASE or the file named by CA_KEY_PASSPHRASE_FILE.
+    keys are encrypted with CA_KEY_PASSPHRASE or the file named by CA_KEY_PASSPHRASE_FILE, or
+    kept in a PKCS#11 token with CA_KEY_BACKEND=pkcs11 (docs/key-ceremony.md).
     """
     logging.basicConfig(level=os.environ.get("CA_LOG_LEVEL", "WARNING").upper())
 

@@ -10,7 +10,7 @@ import click
 from cryptography import x509
 
 from ca_service import api_models
-from ca_service.cli.context import _actor, _authority
+from ca_service.cli.context import _actor, _authority, _settings
 from ca_service.cli.output import _print_authorities, handle_errors
 from ca_service.core.hierarchy import HierarchySpec
 from ca_service.domain import KeyType, RevocationReason
@@ -58,6 +58,21 @@ REASONS = [r.value for r in RevocationReason]
     help="PEM issuers above an imported intermediate.",
 )
 @click.option("--exist-ok", is_flag=True, help="Succeed without change when the authority exists.")
+@click.option(
+    "--key-backend",
+    type=click.Choice(["file", "pkcs11"]),
+    help="Where the CA keys are made (default: the key_backend setting). pkcs11: inside the "
+    "token of pkcs11_module / pkcs11_token_label; the PIN comes from CA_PKCS11_PIN(_FILE) or "
+    "pkcs11_pin_file, never from an option.",
+)
+@click.option("--root-key-label", help="pkcs11: adopt the root key with this CKA_LABEL.")
+@click.option("--root-key-id", help="pkcs11: adopt the root key with this CKA_ID (hex).")
+@click.option(
+    "--key-label",
+    help="pkcs11: adopt the issuing CA key with this CKA_LABEL (with --import-cert: the key of "
+    "the imported CA certificate).",
+)
+@click.option("--key-id", help="pkcs11: as --key-label, by CKA_ID (hex).")
 @handle_errors
 def init(
     name: str,
@@ -73,8 +88,20 @@ def init(
     import_key_passphrase_file: Path | None,
     import_chain: Path | None,
     exist_ok: bool,
+    key_backend: str | None,
+    root_key_label: str | None,
+    root_key_id: str | None,
+    key_label: str | None,
+    key_id: str | None,
 ) -> None:
     """Create (or adopt) a root CA and an issuing intermediate, and the database."""
+    if key_backend is not None:
+        root = click.get_current_context().find_root()
+        root.obj = _settings().with_overrides(key_backend=key_backend)
+    root_key = _token_key(root_key_label, root_key_id)
+    inter_key = _token_key(key_label, key_id)
+    if (root_key or inter_key) and _settings().key_backend != "pkcs11":
+        raise BadRequest("--root-key-* and --key-* adopt token keys: use --key-backend pkcs11")
     ca = _authority(migrate_first=True)
     # Open every existing key first: a wrong passphrase must stop init before it writes new keys
     # under that passphrase next to the old ones.
@@ -89,7 +116,21 @@ def init(
         raise ConfigError(
             f"authority {name!r} exists already; nothing was changed (see --exist-ok)"
         )
-    if import_cert or import_key:
+    if import_cert and inter_key:
+        # The CA's key is in the token already (--key-label/--key-id name it).
+        if import_key or root_key:
+            raise BadRequest("--import-cert with a token key takes --key-label/--key-id only")
+        records = ca.import_authority(
+            name,
+            import_cert.read_bytes(),
+            b"",
+            None,
+            import_chain.read_bytes() if import_chain else None,
+            _actor(),
+            intermediate_days=intermediate_days,
+            key_reference=inter_key,
+        )
+    elif import_cert or import_key:
         if not (import_cert and import_key):
             raise BadRequest("--import-cert and --import-key go together")
         passphrase = (
@@ -113,6 +154,8 @@ def init(
             root_days=root_days,
             intermediate_days=intermediate_days,
             constraints=NameConstraintsSpec.parse(permit, exclude),
+            root_key=root_key,
+            intermediate_key=inter_key,
         )
         # Only after the options are checked, so that a bad option is the one line printed.
         click.echo(f"creating root and issuing CA {name!r} ({key_type}) ...", err=True)
@@ -122,6 +165,15 @@ def init(
         if not record.is_root:
             ca.generate_crl(record.name)
     _print_authorities(records)
+
+
+def _token_key(label: str | None, key_id: str | None) -> str | None:
+    """The pkcs11: URI of a token key named by label and/or id, or None for a new key."""
+    if not label and not key_id:
+        return None
+    from ca_service.signing.pkcs11 import KeyRef
+
+    return str(KeyRef.of(label, key_id))
 
 
 def _parse_subject(text: str | None) -> x509.Name | None:

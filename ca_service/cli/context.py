@@ -45,7 +45,8 @@ def _database() -> Database:
 
 def _authority(*, migrate_first: bool = False) -> Core:
     settings = _settings()
-    settings.require_passphrase()
+    if settings.key_backend == "file":
+        settings.require_passphrase()
     return build_authority(settings, db=_database(), apply_migrations=migrate_first)
 
 

@@ -75,6 +75,14 @@ def serve(bind: str | None, workers: int | None, timeout: int | None, tls: bool 
             f"{settings.tls_client_auth}",
             err=True,
         )
+    if settings.certificate_url.startswith("https://"):
+        click.echo(
+            f"warning: certificates carry https revocation URLs ({settings.certificate_url}); "
+            "most clients fetch CRLs and OCSP only over http: set revocation_url "
+            "(CA_REVOCATION_URL) to an http URL that reaches /ca/ and /ocsp (a proxy's http "
+            "side, say)",
+            err=True,
+        )
     ca.db.dispose()
     click.echo(f"serving on {scheme}://{settings.bind} ({settings.workers} workers)", err=True)
     sys.stdout.flush()

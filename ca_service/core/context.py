@@ -21,7 +21,7 @@ from ca_service.crypto.fields import certificate_names, common_name_of
 from ca_service.crypto.keys import fingerprint_sha256, key_type_of
 from ca_service.domain import CertificateRecord, CertStatus
 from ca_service.errors import BadRequest
-from ca_service.signing.keystore import FileKeystore
+from ca_service.signing.keystore import Keystore
 from ca_service.signing.serials import parse_serial, serial_hex
 from ca_service.storage.db import Database
 
@@ -30,7 +30,7 @@ from ca_service.storage.db import Database
 class Context:
     settings: Settings
     db: Database
-    keystore: FileKeystore
+    keystore: Keystore
     clock: Clock
     serials: Callable[[], int]
 

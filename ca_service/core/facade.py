@@ -39,7 +39,7 @@ from ca_service.domain import (
     StoredCRL,
 )
 from ca_service.refusals import RefusalLog
-from ca_service.signing.keystore import FileKeystore
+from ca_service.signing.keystore import Keystore
 from ca_service.signing.serials import random_serial
 from ca_service.storage.db import Database
 
@@ -49,7 +49,7 @@ class Core:
         self,
         settings: Settings,
         db: Database,
-        keystore: FileKeystore,
+        keystore: Keystore,
         clock: Clock | None = None,
         serials: Callable[[], int] = random_serial,
     ) -> None:
@@ -107,11 +107,13 @@ class Core:
     def import_authority(
         self, name: str, cert_pem: bytes, key_data: bytes, key_passphrase: bytes | None,
         chain_pem: bytes | None, actor: Actor, *, intermediate_days: int = 1825,
+        key_reference: str | None = None,
     ) -> list[AuthorityRecord]:  # fmt: skip
-        """Adopt an existing CA. A root gets a new issuing intermediate; an intermediate issues."""
+        """Adopt an existing CA. A root gets a new issuing intermediate; an intermediate issues.
+        ``key_reference``: its key is in the token already (a pkcs11: URI), not in ``key_data``."""
         return self._hierarchy.import_authority(
             name, cert_pem, key_data, key_passphrase, chain_pem, actor,
-            intermediate_days=intermediate_days,
+            intermediate_days=intermediate_days, key_reference=key_reference,
         )  # fmt: skip
 
     def list_authorities(self) -> list[AuthorityRecord]:

@@ -1,9 +1,9 @@
 """Bringing authorities into existence: a new root with its issuing intermediate, or an
 existing CA adopted, each recorded with its key file and audited in one transaction.
 
-Keys are made or adopted by the keystore, which returns only file names, public keys and
-Signers; a key file whose records do not commit is removed again. This part must never issue
-leaf certificates, and it never sees a private key.
+Keys are made or adopted by the keystore, which returns only the names the store keeps (a file
+name, a pkcs11: URI), public keys and Signers; a key made here whose records do not commit is
+removed again. This part must never issue leaf certificates, and it never sees a private key.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from ca_service.domain import Actor, AuditEvent, AuthorityRecord, KeyType
 from ca_service.errors import BadRequest, Conflict
 from ca_service.policy.names import NameConstraintsSpec
 from ca_service.signing.issuer import IntermediateTemplate
+from ca_service.signing.keystore import NewKey
 from ca_service.signing.signer import Signer
 from ca_service.storage.db import unit_of_work
 from ca_service.storage.repositories import (
@@ -46,6 +47,9 @@ class HierarchySpec:
     root_days: int = 3650
     intermediate_days: int = 1825
     constraints: NameConstraintsSpec = field(default_factory=NameConstraintsSpec)
+    # Keys in the keystore already (token keys from a key ceremony, as pkcs11: URIs), or None.
+    root_key: str | None = None
+    intermediate_key: str | None = None
 
 
 # One authority to record: name, parent, certificate, key file, name constraints (None for a
@@ -70,8 +74,7 @@ class Hierarchy:
         keystore = self.ctx.keystore
         now = self.ctx.clock.now()
         with self._removing_keys_on_failure() as written:
-            root_key = keystore.generate(_key_id(root_name), spec.key_type)
-            written.append(root_key.key_file)
+            root_key = self._key(root_name, spec.key_type, spec.root_key, written)
             root_cert = keystore.sign_root(
                 root_key.key_file,
                 spec.key_type,
@@ -90,6 +93,7 @@ class Hierarchy:
                 spec.constraints,
                 now,
                 written,
+                spec.intermediate_key,
             )
             return self._register(
                 [
@@ -110,8 +114,10 @@ class Hierarchy:
         actor: Actor,
         *,
         intermediate_days: int = 1825,
+        key_reference: str | None = None,
     ) -> list[AuthorityRecord]:
-        """Adopt an existing CA. A root gets a new issuing intermediate; an intermediate issues."""
+        """Adopt an existing CA. A root gets a new issuing intermediate; an intermediate issues.
+        ``key_reference``: its key is in the keystore already (a token key), not in key_data."""
         _check_authority_name(name)
         try:
             cert = x509.load_pem_x509_certificate(cert_pem)
@@ -129,11 +135,14 @@ class Hierarchy:
         self_signed = cert.issuer == cert.subject
         root_name = f"{name}-root"
         with self._removing_keys_on_failure() as written:
-            key_file = self.ctx.keystore.adopt(
-                _key_id(root_name if self_signed else name), key_data, key_passphrase, cert
-            )
-            written.append(key_file)
-            key_type = key_type_of(cert.public_key())
+            key_type = key_type_of(cert.public_key())  # refuses a key type this service lacks
+            if key_reference is not None:
+                key_file = self.ctx.keystore.existing(key_reference, key_type, cert).key_file
+            else:
+                key_file = self.ctx.keystore.adopt(
+                    _key_id(root_name if self_signed else name), key_data, key_passphrase, cert
+                )
+                written.append(key_file)
             now = self.ctx.clock.now()
             if cert.not_valid_after_utc <= now:
                 raise BadRequest("the CA certificate has expired")
@@ -188,10 +197,10 @@ class Hierarchy:
         constraints: NameConstraintsSpec,
         now: dt.datetime,
         written: list[str],
+        existing_key: str | None = None,
     ) -> tuple[x509.Certificate, str]:
-        """A new key for the issuing CA ``name`` and its certificate, signed by ``root``."""
-        key = self.ctx.keystore.generate(_key_id(name), root.key_type)
-        written.append(key.key_file)
+        """A new key (or ``existing_key``) for the issuing CA ``name``, certified by ``root``."""
+        key = self._key(name, root.key_type, existing_key, written)
         crl_url, issuers_url, ocsp_url = self.registry.urls(root_name)
         template = IntermediateTemplate(
             public_key=key.public_key,
@@ -205,6 +214,13 @@ class Hierarchy:
             ocsp_url=ocsp_url,
         )
         return root.sign_intermediate(template), key.key_file
+
+    def _key(self, name: str, key_type: KeyType, existing: str | None, made: list[str]) -> NewKey:
+        if existing is not None:
+            return self.ctx.keystore.existing(existing, key_type)
+        key = self.ctx.keystore.generate(_key_id(name), key_type)
+        made.append(key.key_file)
+        return key
 
     def _refuse_taken(self, names: Sequence[str]) -> None:
         with unit_of_work(self.ctx.db) as s:

@@ -75,7 +75,7 @@ class Registry:
 
     def urls(self, authority: str) -> tuple[str, str, str]:
         """CRL, caIssuers and OCSP URLs that certificates issued by ``authority`` carry."""
-        base = self.ctx.settings.public_url
+        base = self.ctx.settings.certificate_url
         return f"{base}/ca/{authority}/crl", f"{base}/ca/{authority}/ca.cer", f"{base}/ocsp"
 
     def list_authorities(self) -> list[AuthorityRecord]:

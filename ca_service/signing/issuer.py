@@ -5,15 +5,19 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.x509.oid import AuthorityInformationAccessOID
 
-from ca_service.crypto.keys import SigningKey, signature_hash
+from ca_service.crypto import der
+from ca_service.crypto.keys import SigningKey, generate_private_key, signature_hash
 from ca_service.domain import ApprovedTemplate, KeyType
 from ca_service.policy.names import NameConstraintsSpec
+from ca_service.signing import algorithms
 
 
 @dataclass(frozen=True)
@@ -39,6 +43,13 @@ def sign_leaf(
     issuer_ski: x509.SubjectKeyIdentifier,
 ) -> x509.Certificate:
     """Build and sign an end-entity certificate exactly as the template says."""
+    return build_leaf(template, issuer, issuer_ski).sign(key, signature_hash(key_type))
+
+
+def build_leaf(
+    template: ApprovedTemplate, issuer: x509.Certificate, issuer_ski: x509.SubjectKeyIdentifier
+) -> x509.CertificateBuilder:
+    """The end-entity certificate the template says, to be signed by the issuer's key."""
     sans = [n.general_name() for n in template.names]
     builder = x509.CertificateBuilder(
         issuer_name=issuer.subject,
@@ -68,7 +79,7 @@ def sign_leaf(
     builder = builder.add_extension(_aia(template.ca_issuers_url, template.ocsp_url), False)
     if template.ocsp_nocheck:
         builder = builder.add_extension(x509.OCSPNoCheck(), False)
-    return builder.sign(key, signature_hash(key_type))
+    return builder
 
 
 _KEY_USAGE_BITS = (
@@ -135,12 +146,24 @@ def sign_root(
     not_after: dt.datetime,
 ) -> x509.Certificate:
     """A self-signed root with pathLen 1: it may certify intermediates, which certify leaves."""
-    ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
-    builder = (
+    builder = build_root(key.public_key(), subject, serial, not_before, not_after)
+    return builder.sign(key, signature_hash(key_type))
+
+
+def build_root(
+    public_key: CertificatePublicKeyTypes,
+    subject: x509.Name,
+    serial: int,
+    not_before: dt.datetime,
+    not_after: dt.datetime,
+) -> x509.CertificateBuilder:
+    """The root certificate of ``public_key``, to be signed by its own private half."""
+    ski = x509.SubjectKeyIdentifier.from_public_key(public_key)
+    return (
         x509.CertificateBuilder(
             issuer_name=subject,
             subject_name=subject,
-            public_key=key.public_key(),
+            public_key=public_key,
             serial_number=serial,
             not_valid_before=not_before,
             not_valid_after=not_after,
@@ -150,7 +173,6 @@ def sign_root(
         .add_extension(ski, False)
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski), False)
     )
-    return builder.sign(key, signature_hash(key_type))
 
 
 def sign_intermediate(
@@ -167,6 +189,15 @@ def sign_intermediate(
     that checks every certificate of a path by OCSP only (Java's PKIX with ocsp.enable and CRL
     distribution points off) rejects the whole path when the intermediate names no responder.
     """
+    return build_intermediate(template, parent, parent_ski).sign(key, signature_hash(key_type))
+
+
+def build_intermediate(
+    template: IntermediateTemplate,
+    parent: x509.Certificate,
+    parent_ski: x509.SubjectKeyIdentifier,
+) -> x509.CertificateBuilder:
+    """The issuing CA's certificate (see ``sign_intermediate``), to be signed by the parent."""
     t = template
     builder = (
         x509.CertificateBuilder(
@@ -188,7 +219,52 @@ def sign_intermediate(
     )
     if not t.constraints.empty:
         builder = builder.add_extension(_name_constraints(t.constraints), True)
-    return builder.sign(key, signature_hash(key_type))
+    return builder
+
+
+# One throwaway key per algorithm family, made once per process: the stand-in signer whose
+# only use is to have `cryptography` encode a TBSCertificate (see sign_externally).
+_PLACEHOLDERS: dict[str, SigningKey] = {}
+_PLACEHOLDER_LOCK = threading.Lock()
+
+
+def _placeholder(key_type: KeyType) -> SigningKey:
+    family = "rsa" if key_type.value.startswith("rsa") else "ec"
+    with _PLACEHOLDER_LOCK:
+        key = _PLACEHOLDERS.get(family)
+        if key is None:
+            key = _PLACEHOLDERS[family] = generate_private_key(
+                KeyType.RSA_2048 if family == "rsa" else KeyType.ECDSA_P256
+            )
+        return key
+
+
+def sign_externally(
+    builder: x509.CertificateBuilder, key_type: KeyType, sign_tbs: Callable[[bytes], bytes]
+) -> tuple[x509.Certificate, bytes, bytes]:
+    """A certificate signed by a key `cryptography` cannot hold (one inside a PKCS#11 token).
+
+    `cryptography` signs certificates only with its own key objects, so the builder signs with
+    a throwaway key of the same algorithm family: its TBSCertificate then names the signature
+    algorithm ``key_type`` uses (ecdsa-with-SHA256/384 depends on the hash alone, and
+    sha256WithRSAEncryption on no key size), and those exact bytes are signed by ``sign_tbs``
+    and re-assembled as Certificate ::= SEQUENCE { tbs, algorithm, BIT STRING signature }.
+    Returns the certificate, its TBS bytes and the signature, for the caller to verify.
+    """
+    draft = builder.sign(_placeholder(key_type), signature_hash(key_type))
+    algorithm = algorithms.algorithm_identifier(key_type)
+    tbs = draft.tbs_certificate_bytes
+    if algorithm not in tbs:
+        raise RuntimeError("the TBSCertificate names another signature algorithm")
+    signature = sign_tbs(tbs)
+    cert = x509.load_der_x509_certificate(
+        der.sequence(tbs, algorithm, der.bit_string(signature))
+    )
+    if cert.tbs_certificate_bytes != tbs or cert.signature_algorithm_oid != (
+        draft.signature_algorithm_oid
+    ):
+        raise RuntimeError("the certificate just assembled does not parse back")
+    return cert, tbs, signature
 
 
 def _name_constraints(spec: NameConstraintsSpec) -> x509.NameConstraints:

@@ -1,9 +1,10 @@
 """CA private keys at rest, and the Signers made of them: the only way a key reaches use.
 
-Keys are encrypted PKCS#8 files, mode 0600, never overwritten; the database holds only the
-file's name. The core asks this module to make, adopt, load and remove keys by file name, and
-gets back public keys and Signers, never a private key. A future PKCS#11 keystore implements
-the same methods over keys that never leave their token.
+``Keystore`` is what the core asks to make, adopt, load and remove keys by the name the store
+keeps (the ``key_file`` column), getting back public keys and Signers, never a private key.
+``FileKeystore`` keeps encrypted PKCS#8 files, mode 0600, never overwritten, and the column
+holds the file's name; ``signing.pkcs11.Pkcs11Keystore`` keeps keys that never leave a
+PKCS#11 token, and the column holds a ``pkcs11:`` URI. wiring.py picks one (``key_backend``).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
@@ -29,7 +31,7 @@ from ca_service.crypto.keys import (
 from ca_service.domain import KeyType
 from ca_service.errors import BadRequest, ConfigError, Conflict
 from ca_service.signing.issuer import sign_root
-from ca_service.signing.signer import FileKeySigner
+from ca_service.signing.signer import FileKeySigner, Signer
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,49 @@ class NewKey:
 
     key_file: str
     public_key: CertificatePublicKeyTypes
+
+
+class Keystore(Protocol):
+    """Where CA keys live; every method names a key by the text the store keeps for it."""
+
+    def generate(self, key_id: str, key_type: KeyType) -> NewKey:
+        """A new key pair of ``key_type``, stored under a new name made from ``key_id``."""
+        ...
+
+    def existing(
+        self, reference: str, key_type: KeyType, certificate: x509.Certificate | None = None
+    ) -> NewKey:
+        """Adopt a key that is in the store already (a token key made at a key ceremony); with
+        ``certificate``, it must be that certificate's key."""
+        ...
+
+    def adopt(
+        self, key_id: str, data: bytes, passphrase: bytes | None, certificate: x509.Certificate
+    ) -> str:
+        """Store an imported key file that must be ``certificate``'s."""
+        ...
+
+    def sign_root(
+        self,
+        key_file: str,
+        key_type: KeyType,
+        subject: x509.Name,
+        serial: int,
+        not_before: dt.datetime,
+        not_after: dt.datetime,
+    ) -> x509.Certificate:
+        """The self-signed root certificate of the stored key ``key_file``."""
+        ...
+
+    def signer(
+        self, key_file: str, certificate: x509.Certificate, key_type: KeyType, what: str
+    ) -> Signer:
+        """The Signer of ``certificate``; refuses a stored key that is not the certificate's."""
+        ...
+
+    def remove(self, key_file: str) -> None:
+        """Undo a ``generate`` or ``adopt`` whose database record could not be committed."""
+        ...
 
 
 class FileKeystore:
@@ -54,6 +99,12 @@ class FileKeystore:
         """Make a key pair and store it under a new file named for ``key_id``."""
         key = generate_private_key(key_type)
         return NewKey(self._store(key_id, key), key.public_key())
+
+    def existing(
+        self, reference: str, key_type: KeyType, certificate: x509.Certificate | None = None
+    ) -> NewKey:
+        """Keys by label or id are token keys: refused with the file backend."""
+        raise BadRequest("adopting a key by label or id needs key_backend = pkcs11")
 
     def adopt(
         self, key_id: str, data: bytes, passphrase: bytes | None, certificate: x509.Certificate
@@ -113,6 +164,11 @@ class FileKeystore:
             cached = self._cache.get(key_file)
         if cached is not None:
             return cached
+        if key_file.startswith("pkcs11:"):
+            raise ConfigError(
+                f"{what}: its key is in a PKCS#11 token ({key_file}) but key_backend = file; "
+                "set key_backend = pkcs11 and the token's settings"
+            )
         path = self.directory / key_file
         if path.parent != self.directory:
             raise ConfigError(f"{what}: key file name {key_file!r} is not a plain file name")

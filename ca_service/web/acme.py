@@ -15,6 +15,7 @@ import logging
 from typing import Any
 
 from flask import Blueprint, Response, current_app, g, request
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from ca_service.acme.jws import SignedRequest
 from ca_service.acme.problems import ACMEProblem, from_ca_error
@@ -99,7 +100,21 @@ def _problem(exc: CAError) -> Response:
     elif problem.status == 503:
         response.headers["Retry-After"] = "5"
     response.headers["Cache-Control"] = "no-store"
+    if problem.location:
+        response.headers["Location"] = problem.location
     return response
+
+
+@acme.errorhandler(RequestEntityTooLarge)
+def _too_large(exc: RequestEntityTooLarge) -> Response:
+    """A body over the limit is refused before any view runs; on an ACME route it is still an
+    ACME problem with a fresh nonce (RFC 8555 section 6.5: every answer to a POST has one)."""
+    limit = current_app.config.get("MAX_CONTENT_LENGTH")
+    return _problem(
+        ACMEProblem(
+            "malformed", f"the request body is larger than the limit of {limit} bytes", status=413
+        )
+    )
 
 
 def _signed(authority: str, path: str, *, key_by: str = "kid") -> tuple[SignedRequest, Any]:

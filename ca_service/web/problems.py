@@ -93,7 +93,7 @@ def register(app: Flask) -> None:
                 503,
                 exc.code,
                 exc.title,
-                "the database is unavailable for now; retry the request shortly",
+                exc.public_detail,
             )
             response.headers["Retry-After"] = str(exc.retry_after)
             return response

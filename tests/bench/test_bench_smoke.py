@@ -45,6 +45,14 @@ def test_tiny_run_writes_results(tmp_path: Path) -> None:
     assert _positive(sqlite["issuance_empty"]["per_s"])
     assert _positive(sqlite["issuance_full"]["per_s"])
 
+    # Issue 16: the same CA key type in a file and in a SoftHSM2 token, in the same run.
+    hsm = saved["hsm"]["ecdsa-p256"]
+    for backend in ("file", "softhsm"):
+        for step in ("issue", "sign"):
+            assert _positive(hsm[backend][step]["per_s"]), (backend, step)
+    assert _positive(hsm["issue_softhsm_vs_file"])
+    assert "PKCS#11 token (SoftHSM2)" in (tmp_path / "RESULTS.md").read_text()
+
     http = saved["http"]["sqlite"]["ecdsa-p256"]
     assert http["status"] == "ok", http
     for figures in (
