@@ -1,5 +1,6 @@
 """Typed access to what the app factory keeps in ``app.extensions`` (the core, the token
-service, the settings), so that views get checked types instead of untyped dictionary reads."""
+service, the OIDC services, the settings), so that views get checked types instead of untyped
+dictionary reads."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from flask import current_app
 
 from ca_service.config import Settings
 from ca_service.core.facade import Core
+from ca_service.oidc.provisioners import ProvisionerService
+from ca_service.oidc.verify import OIDCVerifier
 from ca_service.tokens import TokenService
 
 
@@ -29,6 +32,19 @@ def tokens() -> TokenService:
     service = current_app.extensions["ca_tokens"]
     assert isinstance(service, TokenService)
     return service
+
+
+def provisioners() -> ProvisionerService:
+    service = current_app.extensions["ca_provisioners"]
+    assert isinstance(service, ProvisionerService)
+    return service
+
+
+def oidc() -> OIDCVerifier:
+    """The ID token verifier, with this process's JWKS cache."""
+    verifier = current_app.extensions["ca_oidc"]
+    assert isinstance(verifier, OIDCVerifier)
+    return verifier
 
 
 def api_document() -> dict[str, Any]:

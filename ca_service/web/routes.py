@@ -9,12 +9,14 @@ from ca_service.web.acme import acme
 from ca_service.web.api import api
 from ca_service.web.docs import docs
 from ca_service.web.ocsp import ocsp
+from ca_service.web.provisioners import bp as provisioners
 from ca_service.web.public import public
 
 
 def register_routes(app: Flask) -> None:
     app.register_blueprint(public)
     app.register_blueprint(api)
+    app.register_blueprint(provisioners)
     app.register_blueprint(docs)
     app.register_blueprint(ocsp)
     app.register_blueprint(acme)

@@ -76,7 +76,7 @@ def test_authenticated_routes_document_401_and_403(app: Flask) -> None:
     """The statuses come from the decorators: a view behind @require answers 401 and 403."""
     spec = document()
     protected = [(p, m) for p, m, v in _operations(app) if hasattr(v, "ca_role")]
-    assert len(protected) == 11
+    assert len(protected) == 15
     for path, method in protected:
         assert {"401", "403"} <= set(spec["paths"][path][method]["responses"]), (path, method)
     public = [(p, m) for p, m, v in _operations(app) if not hasattr(v, "ca_role")]
