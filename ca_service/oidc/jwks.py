@@ -32,6 +32,20 @@ USABLE_KEY_TYPES = frozenset({"RSA", "EC", "OKP"})
 Fetch = Callable[[str], Any]
 
 
+class _HTTPOnlyRedirects(urllib.request.HTTPRedirectHandler):
+    """Follow redirects to http(s) only (urllib would also follow one to ftp)."""
+
+    def redirect_request(
+        self, req: Any, fp: Any, code: int, msg: str, headers: Any, newurl: str
+    ) -> urllib.request.Request | None:
+        if urllib.parse.urlsplit(newurl).scheme not in ("http", "https"):
+            raise urllib.error.URLError("redirect to a URL that is not http(s)")
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+_OPENER = urllib.request.build_opener(_HTTPOnlyRedirects())
+
+
 def fetch_json(url: str) -> Any:
     """GET ``url`` (http or https only), at most MAX_BODY bytes, as JSON; Unavailable on any
     failure, with a reason that names the URL but echoes nothing the peer sent."""
@@ -39,7 +53,7 @@ def fetch_json(url: str) -> Any:
         raise Unavailable(f"cannot fetch {url!r}: not an http(s) URL", rule="oidc.jwks_fetch")
     req = urllib.request.Request(url, headers={"Accept": "application/json"})  # noqa: S310
     try:
-        with urllib.request.urlopen(req, timeout=TIMEOUT_SECONDS) as resp:  # noqa: S310
+        with _OPENER.open(req, timeout=TIMEOUT_SECONDS) as resp:
             body = resp.read(MAX_BODY + 1)
     except (urllib.error.URLError, OSError, ValueError) as exc:
         reason = getattr(exc, "reason", None) or type(exc).__name__

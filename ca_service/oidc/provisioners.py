@@ -70,13 +70,18 @@ class ProvisionerSpec:
 def check_url(what: str, url: str, *, allow_http: bool) -> str:
     """An issuer or JWKS URL: https (http only with oidc_allow_http_issuers), a host, no
     query, fragment or credentials."""
-    parts = urllib.parse.urlsplit(url)
+    try:
+        parts = urllib.parse.urlsplit(url)
+        host = parts.hostname
+        _ = parts.port  # a port that is not a number raises here
+    except ValueError:
+        raise BadRequest(f"{what} {url[:200]!r} is not a URL") from None
     if parts.scheme != "https" and not (allow_http and parts.scheme == "http"):
         raise BadRequest(
             f"{what} {url!r} must be an https URL (rule: provisioner.https)",
             rule="provisioner.https",
         )
-    if not parts.hostname or parts.query or parts.fragment or parts.username or len(url) > 512:
+    if not host or parts.query or parts.fragment or parts.username or len(url) > 512:
         raise BadRequest(
             f"{what} {url!r} must be a URL with a host and no query, fragment or credentials, "
             "of at most 512 characters"

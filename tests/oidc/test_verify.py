@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives import serialization
 
 from ca_service.core.facade import Core
 from ca_service.domain import Actor
-from ca_service.errors import BadRequest, CAError, Conflict, Forbidden, Unauthorized
+from ca_service.errors import BadRequest, CAError, Conflict, Forbidden, Unauthorized, Unavailable
 from ca_service.oidc.jwks import JWKSCache
 from ca_service.oidc.provisioners import ProvisionerService, ProvisionerSpec
 from ca_service.oidc.verify import OIDCVerifier
@@ -242,6 +242,9 @@ def test_provisioner_checks(ca: Core) -> None:
         (_spec(allowed_names=()), None),
         (_spec(max_validity_days=0), None),
         (_spec(issuer="https://issuer.example.test/?q=1"), None),
+        (_spec(issuer="https://[::1"), None),
+        (_spec(issuer="https://issuer.example.test:port"), None),
+        (_spec(issuer="https://user@issuer.example.test"), None),
     ]
     for spec, rule in bad:
         with pytest.raises(BadRequest) as info:
@@ -274,3 +277,40 @@ def test_provisioner_checks(ca: Core) -> None:
     assert [p.name for p in service.list()] == ["gl", "p"]
     actions = [e.action for e in ca.catalog.audit_events(limit=50)]
     assert actions.count("provisioner.create") == 3 and actions.count("provisioner.delete") == 1
+
+
+def test_a_jwks_body_is_bounded(oidc_issuer: OIDCIssuer) -> None:
+    oidc_issuer.extra_jwks = [{"kty": "oct", "k": "A" * (300 * 1024)}]
+    cache = JWKSCache(cache_seconds=60, refetch_seconds=30, allow_http=True)
+    with pytest.raises(Unavailable) as info:
+        cache.key(oidc_issuer.url, None, oidc_issuer.keys["RS256"].kid)
+    assert "bytes" in info.value.detail and info.value.rule == "oidc.jwks_fetch"
+
+
+def test_symmetric_keys_in_a_jwks_are_never_used(oidc_issuer: OIDCIssuer) -> None:
+    oidc_issuer.extra_jwks = [{"kty": "oct", "kid": "hmac", "k": "c2VjcmV0"}]
+    cache = JWKSCache(cache_seconds=60, refetch_seconds=30, allow_http=True)
+    assert cache.key(oidc_issuer.url, None, oidc_issuer.keys["RS256"].kid).key_id
+    with pytest.raises(Unauthorized) as info:
+        cache.key(oidc_issuer.url, None, "hmac")
+    assert info.value.rule == "oidc.unknown_kid"
+
+
+def test_an_unreachable_issuer_is_unavailable_and_rate_limited(ticks: Ticks) -> None:
+    calls: list[str] = []
+
+    def down(url: str) -> Any:
+        calls.append(url)
+        raise Unavailable("down", rule="oidc.jwks_fetch")
+
+    cache = JWKSCache(
+        cache_seconds=60, refetch_seconds=30, allow_http=True, fetch=down, monotonic=ticks
+    )
+    for _ in range(5):
+        with pytest.raises(Unavailable):
+            cache.key("https://issuer.example.test", None, "k")
+    assert len(calls) == 1
+    ticks.now += 31
+    with pytest.raises(Unavailable):
+        cache.key("https://issuer.example.test", None, "k")
+    assert len(calls) == 2
