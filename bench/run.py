@@ -18,11 +18,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from bench import hsm, http_scenarios, references, report, store
+from bench import acme_orders, hsm, http_scenarios, references, report, store
 from bench.common import database_url, leaf_csr_pem, machine_info, pg_reachable, progress
 from ca_service.domain import KeyType
 
-SCENARIOS = ("openssl", "ceiling", "cfssl", "store", "http", "hsm")
+SCENARIOS = ("openssl", "ceiling", "cfssl", "store", "http", "hsm", "acme")
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -157,15 +157,22 @@ def run(mode: Mode, only: set[str], out_dir: Path, command: str) -> dict[str, An
             results["hsm"] = hsm.hsm_family(csr, *HSM_PLANS[mode.name])
         except Exception as exc:  # record and go on, as the other scenarios do
             results["hsm"] = {"status": "error", "reason": repr(exc)}
+    if "acme" in only:
+        results["acme"] = acme_orders.run_scenario(dbs, mode.name)
     results["elapsed_s"] = round(time.monotonic() - started, 1)
     results["targets"] = report.evaluate(results)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "results.json").write_text(
         scrub(json.dumps(results, indent=1, sort_keys=True)) + "\n"
     )
-    (out_dir / "RESULTS.md").write_text(scrub(report.markdown(results)))
+    (out_dir / "RESULTS.md").write_text(scrub(render(results)))
     progress(f"done in {results['elapsed_s']:.0f} s: {out_dir / 'RESULTS.md'}")
     return results
+
+
+def render(results: dict[str, Any]) -> str:
+    """RESULTS.md: the report's tables, then the ACME scenario's (absent from older runs)."""
+    return report.markdown(results) + acme_orders.markdown(results.get("acme", {}))
 
 
 def _portable(argv: list[str]) -> list[str]:
@@ -217,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
         (out / "results.json").write_text(
             scrub(json.dumps(results, indent=1, sort_keys=True)) + "\n"
         )
-        (out / "RESULTS.md").write_text(scrub(report.markdown(results)))
+        (out / "RESULTS.md").write_text(scrub(render(results)))
         return 0
     if args.db:
         mode = replace(mode, dbs=tuple(db for db in mode.dbs if db in args.db))

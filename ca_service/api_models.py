@@ -143,6 +143,34 @@ class EABKeyRequest(_Model):
     allow_wildcards: bool | Absent = None
 
 
+class ProvisionerRequest(_Model):
+    name: str = Field(description="1 to 64 of a-z 0-9 . _ -; part of the caller's identity")
+    type: Literal["oidc"] | Absent = None
+    preset: Literal["github-actions", "gitlab"] | Absent = Field(
+        None,
+        description="Fills the issuer (github-actions: https://token.actions.githubusercontent.com"
+        ", gitlab: https://gitlab.com unless issuer is given) and requires a claim rule on the "
+        "repository (project)",
+    )
+    issuer: str | Absent = Field(None, description="https URL; required without a preset")
+    audience: str
+    jwks_uri: str | Absent = Field(
+        None, description="Else discovered from <issuer>/.well-known/openid-configuration"
+    )
+    claims: dict[str, str | list[str]] | Absent = Field(
+        None,
+        description="Claim -> glob pattern, or a list of them (any may match); every claim "
+        "listed must be present and match",
+    )
+    allowed_names: list[str] = Field(
+        description="Name patterns; {claim} placeholders (DNS names only) are filled with the "
+        "token's claim made into a DNS label"
+    )
+    profiles: list[str] | Absent = None
+    max_validity_days: int | Absent = Field(None, json_schema_extra={"minimum": 1})
+    authorities: list[str] | Absent = None
+
+
 REQUEST_MODELS: tuple[type[BaseModel], ...] = (
     IssueRequest,
     RevokeRequest,
@@ -150,6 +178,7 @@ REQUEST_MODELS: tuple[type[BaseModel], ...] = (
     AuthorityRevokeRequest,
     TokenRequest,
     EABKeyRequest,
+    ProvisionerRequest,
 )
 
 # ---------------------------------------------------------------------------- answers
@@ -284,6 +313,25 @@ class EABKeyList(_Model):
     items: list[EABKey]
 
 
+class Provisioner(_Model):
+    name: str
+    type: Literal["oidc"]
+    issuer: str
+    audience: str
+    jwks_uri: str | None
+    claims: dict[str, list[str]]
+    allowed_names: list[str]
+    profiles: list[str] | None
+    max_validity_days: int | None
+    authorities: list[str] | None
+    created_by: str
+    created_at: Time
+
+
+class ProvisionerList(_Model):
+    items: list[Provisioner]
+
+
 class AuditEvent(_Model):
     id: int | None
     at: Time
@@ -355,6 +403,8 @@ RESPONSE_MODELS: tuple[type[BaseModel], ...] = (
     TokenList,
     EABKey,
     EABKeyList,
+    Provisioner,
+    ProvisionerList,
     AuditEvent,
     AuditPage,
     Alive,
@@ -496,6 +546,23 @@ def eab_key(r: domain.EABKeyRecord, *, hmac_key: str | None = None) -> EABKey:
     if hmac_key is not None:
         fields["hmac_key"] = hmac_key
     return EABKey(**fields)
+
+
+def provisioner(r: domain.ProvisionerRecord) -> Provisioner:
+    return Provisioner(
+        name=r.name,
+        type="oidc",
+        issuer=r.issuer,
+        audience=r.audience,
+        jwks_uri=r.jwks_uri,
+        claims={k: list(v) for k, v in r.claims.items()},
+        allowed_names=list(r.allowed_names),
+        profiles=list(r.profiles) if r.profiles is not None else None,
+        max_validity_days=r.max_validity_days,
+        authorities=list(r.authorities) if r.authorities is not None else None,
+        created_by=r.created_by,
+        created_at=r.created_at,
+    )
 
 
 def audit(e: StoredAuditEvent) -> AuditEvent:

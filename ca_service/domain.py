@@ -144,6 +144,10 @@ class Actor:
     request_id: str | None = None
     client_address: str | None = None
     policy: CallerPolicy = field(default_factory=CallerPolicy.unrestricted)
+    # What the credential said about the caller, kept in every audit event of this actor
+    # (an OIDC token's jti, repository, ref, workflow): the core records it without knowing
+    # what kind of credential it came from.
+    credential: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -349,7 +353,9 @@ class AuditEvent:
         at: dt.datetime,
         details: dict[str, Any] | None = None,
     ) -> AuditEvent:
-        """An event by ``actor``, with the request context the actor carries."""
+        """An event by ``actor``, with the request context (and credential) the actor carries."""
+        if actor.credential:
+            details = {**(details or {}), "credential": dict(actor.credential)}
         return cls(
             at=at,
             actor=actor.identity[:255],

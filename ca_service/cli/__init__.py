@@ -17,10 +17,12 @@ from ca_service.cli.acme import acme
 from ca_service.cli.authorities import authorities, authority_group, init, set_default
 from ca_service.cli.certificates import crl, export, issue, list_, release_hold, renew, revoke, show
 from ca_service.cli.db import db
+from ca_service.cli.provisioners import provisioner
 from ca_service.cli.request import request
 from ca_service.cli.serve import serve
 from ca_service.cli.tls import probe
 from ca_service.cli.tokens import token
+from ca_service.cli.trust import trust
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -51,8 +53,10 @@ for _command in (
     serve,
     token,
     acme,
+    provisioner,
     db,
     probe,
+    trust,
     request,
 ):
     cli.add_command(_command)

@@ -123,22 +123,42 @@ def build_policy(
 
 
 def check_token_targets(
-    policy: CallerPolicy, known_profiles: Collection[str], known_authorities: Collection[str]
+    policy: CallerPolicy,
+    known_profiles: Collection[str],
+    known_authorities: Collection[str],
+    *,
+    kind: str = "token",
 ) -> None:
-    """A new token may name only profiles and authorities that exist: one naming a typo would
-    be stored, shown as restricted, and refuse every issuance it was made for."""
+    """A new token (or OIDC provisioner: ``kind``) may name only profiles and authorities that
+    exist: one naming a typo would be stored, shown as restricted, and refuse every issuance
+    it was made for."""
     for profile in policy.profiles or ():
         if profile not in known_profiles:
             raise BadRequest(
-                f"unknown profile {profile!r} (rule: token.unknown_profile)",
-                rule="token.unknown_profile",
+                f"unknown profile {profile!r} (rule: {kind}.unknown_profile)",
+                rule=f"{kind}.unknown_profile",
             )
     for name in policy.authorities or ():
         if name not in known_authorities:
             raise BadRequest(
-                f"unknown authority {name!r} (rule: token.unknown_authority)",
-                rule="token.unknown_authority",
+                f"unknown authority {name!r} (rule: {kind}.unknown_authority)",
+                rule=f"{kind}.unknown_authority",
             )
+
+
+# The only endpoints a caller authenticated by an OIDC ID token may call: a pipeline's token
+# proves which job runs, not that it may read the CA's records or manage it.
+OIDC_OPERATIONS = frozenset({"issue", "renew"})
+
+
+def check_oidc_operation(operation: str | None) -> None:
+    """An OIDC principal may issue and renew (its own certificates, ``check_may_renew``),
+    nothing else."""
+    if operation not in OIDC_OPERATIONS:
+        raise Forbidden(
+            "an OIDC ID token may only issue certificates and renew its own",
+            rule="oidc.operation",
+        )
 
 
 class Grant(Protocol):

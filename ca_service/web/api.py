@@ -59,7 +59,7 @@ def _wants_pem() -> bool:
 
 
 @api.post("/certificates")
-@require(Role.ISSUER)
+@require(Role.ISSUER, oidc_operation="issue")
 @operation(
     "Issue a certificate",
     description="From a CSR, or with a key pair generated here. Needs the issuer or admin "
@@ -254,7 +254,7 @@ def revoke_certificate(serial: str, body: RevokeRequest) -> Response:
 
 
 @api.post("/certificates/<serial>/renew")
-@require(None)
+@require(None, oidc_operation="renew")
 @operation(
     "Renew a certificate: a successor with the same names and profile",
     description="For a new CSR's key, or the same public key. Allowed to the certificate "

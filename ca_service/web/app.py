@@ -14,11 +14,16 @@ from ca_service.acme.eab import EABKeys
 from ca_service.acme.server import ACMEServer
 from ca_service.config import Settings, check_mtls_authorities, load_settings
 from ca_service.core.facade import Core
+from ca_service.oidc.jwks import JWKSCache
+from ca_service.oidc.provisioners import ProvisionerService
+from ca_service.oidc.verify import OIDCVerifier
 from ca_service.tokens import TokenService
 from ca_service.web import openapi, problems
 from ca_service.web.body import check_url
 from ca_service.web.routes import register_routes
 from ca_service.wiring import build_authority
+
+log = logging.getLogger("ca_service.web")
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
@@ -44,6 +49,22 @@ def create_app(settings: Settings | None = None, authority: Core | None = None) 
     eab = EABKeys(ca.db, ca.clock, settings.require_passphrase())
     app.extensions["ca_eab"] = eab
     app.extensions["ca_acme"] = ACMEServer(ca, eab)
+    app.extensions["ca_provisioners"] = ProvisionerService(ca.db, ca.clock)
+    # One JWKS cache per process, shared by its threads (each worker fetches for itself).
+    jwks = JWKSCache(
+        cache_seconds=settings.oidc_jwks_cache_seconds,
+        refetch_seconds=settings.oidc_jwks_refetch_seconds,
+        allow_http=settings.oidc_allow_http_issuers,
+    )
+    app.extensions["ca_oidc"] = OIDCVerifier(
+        ca.db, jwks, leeway_seconds=settings.oidc_leeway_seconds, clock=ca.clock
+    )
+    if settings.oidc_allow_http_issuers:
+        log.warning(
+            "INSECURE: oidc_allow_http_issuers = true: OIDC provisioners may trust plain-http "
+            "issuers, whose keys anyone on the path can replace. For tests only; never in "
+            "production."
+        )
     # Given to /openapi.json and /docs here, so that those views need not import the generator
     # that reads them (web/openapi.py reads every route).
     app.extensions["ca_openapi"] = openapi.document

@@ -1,8 +1,11 @@
-"""Authentication (a bearer token, or a client certificate over HTTPS) and role checks for the
-HTTP layer. A request with an Authorization header is judged by its token alone."""
+"""Authentication (a bearer token, an OIDC ID token, or a client certificate over HTTPS) and
+role checks for the HTTP layer. A request with an Authorization header is judged by its
+credential alone: ``cas_...`` is an API token, three base64url parts an ID token (ca_service.oidc).
+"""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from functools import wraps
 from typing import Any, TypeVar
@@ -11,23 +14,28 @@ from flask import g, request
 
 from ca_service.domain import Actor, Role, TokenRecord
 from ca_service.errors import CAError, Forbidden, PolicyRejected, Unauthorized
+from ca_service.oidc.verify import OIDCPrincipal, TokenRefused
 from ca_service.policy import authorization
-from ca_service.web.extensions import tokens
+from ca_service.web.extensions import oidc, tokens
 from ca_service.web.mtls import CertificatePrincipal, authenticate_certificate, peer_certificate_der
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-Principal = TokenRecord | CertificatePrincipal
+Principal = TokenRecord | CertificatePrincipal | OIDCPrincipal
+
+_JWT = re.compile(r"^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*$")
 
 
 def principal() -> Principal:
     record = g.get("principal")
-    assert isinstance(record, TokenRecord | CertificatePrincipal), "route is missing @require"
+    assert isinstance(record, TokenRecord | CertificatePrincipal | OIDCPrincipal), (
+        "route is missing @require"
+    )
     return record
 
 
-def _authenticate() -> Principal:
+def _authenticate(oidc_operation: str | None) -> Principal:
     header = request.headers.get("Authorization", "")
     scheme, _, credentials = header.partition(" ")
     if not header:
@@ -37,21 +45,37 @@ def _authenticate() -> Principal:
         raise Unauthorized("this endpoint needs an 'Authorization: Bearer <token>' header")
     if scheme.lower() != "bearer" or not credentials.strip():
         raise Unauthorized("malformed Authorization header; expected 'Bearer <token>'")
-    return tokens().authenticate(credentials)
+    presented = credentials.strip()
+    if _JWT.match(presented):
+        # Counted as "oidc" until verified: the claims of an unverified token are anyone's.
+        g.auth_identity = "oidc"
+        verifier = oidc()
+        try:
+            found = verifier.verify(presented)
+        except TokenRefused as exc:
+            g.auth_identity = exc.identity
+            raise
+        g.auth_identity = found.identity
+        # Before the jti is spent: a token sent to the wrong endpoint stays usable.
+        authorization.check_oidc_operation(oidc_operation)
+        verifier.consume(found)
+        return found
+    return tokens().authenticate(presented)
 
 
-def require(role: Role | None) -> Callable[[F], F]:
+def require(role: Role | None, *, oidc_operation: str | None = None) -> Callable[[F], F]:
     """Authenticate the caller and check its role. Every refusal of the request, here or in
     the view (a role, a rule, a certificate that is not the caller's), is audited once.
     ``None``: any authenticated caller, and the view decides (e.g. a certificate renewing
-    itself, which needs no role)."""
+    itself, which needs no role). ``oidc_operation`` names the operation for
+    authorization.check_oidc_operation: without it, an OIDC ID token is refused here."""
 
     def decorator(view: F) -> F:
         @wraps(view)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             identity = "anonymous"
             try:
-                record = _authenticate()
+                record = _authenticate(oidc_operation)
                 identity = record.identity
                 if role is not None:
                     authorization.check_role(record, role)

@@ -1,6 +1,6 @@
 """Typed access to what the app factory keeps in ``app.extensions`` (the core, the token
-service, the EAB keys, the settings), so that views get checked types instead of untyped
-dictionary reads."""
+service, the EAB keys, the OIDC services, the settings), so that views get checked types
+instead of untyped dictionary reads."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ from flask import current_app
 from ca_service.acme.eab import EABKeys
 from ca_service.config import Settings
 from ca_service.core.facade import Core
+from ca_service.oidc.provisioners import ProvisionerService
+from ca_service.oidc.verify import OIDCVerifier
 from ca_service.tokens import TokenService
 
 
@@ -38,6 +40,19 @@ def eab_keys() -> EABKeys:
     service = current_app.extensions["ca_eab"]
     assert isinstance(service, EABKeys)
     return service
+
+
+def provisioners() -> ProvisionerService:
+    service = current_app.extensions["ca_provisioners"]
+    assert isinstance(service, ProvisionerService)
+    return service
+
+
+def oidc() -> OIDCVerifier:
+    """The ID token verifier, with this process's JWKS cache."""
+    verifier = current_app.extensions["ca_oidc"]
+    assert isinstance(verifier, OIDCVerifier)
+    return verifier
 
 
 def api_document() -> dict[str, Any]:

@@ -414,6 +414,15 @@ def test_issued_certificate(acme: ACMEServerUnderTest, tmp_path: Path, openssl: 
     assert record.status == 200, record.body
     assert record.json["requester"] == f"acme:{kid.rsplit('/', 1)[1]}"
     assert int(record.json["serial"], 16) == int(serial, 16)
+    # Listed with its order (issue 11 item 5), by path, in the one record and in the listing.
+    order_path = "/" + url.split("/", 3)[3]
+    assert record.json["acme_order"] == order_path
+    listing = acme.live.request(
+        "GET", "/api/v1/certificates?limit=500", token=acme.live.admin_token
+    ).json["items"]
+    mine = [i for i in listing if int(i["serial"], 16) == int(serial, 16)]
+    assert [i["acme_order"] for i in mine] == [order_path]
+    assert all(i["acme_order"] is None for i in listing if i["requester"] == "admin")
     # Another account cannot download it.
     assert_acme_problem(c.fetch(final["certificate"], other, other_kid), 404, "malformed")
     assert_acme_problem(c.post(final["certificate"], {}, key, kid=kid), 400, "malformed")

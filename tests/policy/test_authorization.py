@@ -221,3 +221,30 @@ def test_a_grant_is_validated_when_it_is_made() -> None:
         assert refused.value.detail == "max_validity_days must be a positive integer", days
     # Wildcards are granted only when asked for.
     assert not authorization.build_policy(Role.ISSUER, names=["*.a.test"]).allow_wildcards
+
+
+def test_provisioner_targets_name_their_own_rules() -> None:
+    with pytest.raises(BadRequest) as info:
+        authorization.check_token_targets(
+            CallerPolicy(profiles=("nope",)), {"server"}, set(), kind="provisioner"
+        )
+    assert info.value.rule == "provisioner.unknown_profile"
+    assert "provisioner.unknown_profile" in info.value.detail
+    with pytest.raises(BadRequest) as info:
+        authorization.check_token_targets(
+            CallerPolicy(authorities=("nope",)), set(), {"default"}, kind="provisioner"
+        )
+    assert info.value.rule == "provisioner.unknown_authority"
+
+
+@pytest.mark.parametrize("operation", ["issue", "renew"])
+def test_an_oidc_caller_may_issue_and_renew(operation: str) -> None:
+    authorization.check_oidc_operation(operation)
+
+
+@pytest.mark.parametrize("operation", [None, "revoke", "list", "", "Issue"])
+def test_an_oidc_caller_may_do_nothing_else(operation: str | None) -> None:
+    with pytest.raises(Forbidden) as info:
+        authorization.check_oidc_operation(operation)
+    assert info.value.rule == "oidc.operation"
+    assert "issue" in info.value.detail

@@ -77,9 +77,20 @@ def schema(db: Database) -> dict[str, Any]:
     return out
 
 
-def model_diff(db: Database) -> list[Any]:
+def model_diff(db: Database, tables: frozenset[str] | set[str] | None = None) -> list[Any]:
+    """What the models have that the database has not (or the reverse); with ``tables``, only
+    for those tables: at revision 0006 the models of later migrations are not there yet."""
+
+    def include(obj: Any, name: str | None, type_: str, reflected: bool, other: Any) -> bool:
+        if not include_object(obj, name, type_, reflected, other):
+            return False
+        if tables is None:
+            return True
+        table = name if type_ == "table" else getattr(getattr(obj, "table", None), "name", None)
+        return table in tables
+
     with db.engine.connect() as conn:
-        context = MigrationContext.configure(conn, opts={"include_object": include_object})
+        context = MigrationContext.configure(conn, opts={"include_object": include})
         return list(compare_metadata(context, Base.metadata))
 
 
@@ -93,7 +104,7 @@ def test_0006_upgrades_from_0005_and_downgrades_cleanly(db: Database) -> None:
     before = schema(db)
     assert not ACME_TABLES & set(before)
     # The schema comparison sees the ACME tables: at 0005 it reports exactly them as missing.
-    diff = model_diff(db)
+    diff = model_diff(db, ACME_TABLES)
     assert {d[1].name for d in diff if d[0] == "add_table"} == ACME_TABLES
     assert {d[1].table.name for d in diff if d[0] == "add_index"} <= ACME_TABLES
     assert all(d[0] in {"add_table", "add_index"} for d in diff), diff
@@ -103,22 +114,23 @@ def test_0006_upgrades_from_0005_and_downgrades_cleanly(db: Database) -> None:
     after = schema(db)
     assert set(after) == set(before) | ACME_TABLES
     assert {t: after[t] for t in before} == before  # nothing else touched
-    assert model_diff(db) == []
+    assert model_diff(db, ACME_TABLES) == []
     assert ("uq_acme_accounts_authority_thumbprint", ("authority", "thumbprint")) in after[
         "acme_accounts"
     ]["unique"]
     assert ("ix_acme_nonces_expires_at", ("expires_at",), False) in after["acme_nonces"]["indexes"]
     now = dt.datetime(2026, 12, 1, tzinfo=dt.UTC)
     with unit_of_work(db, write=True) as s:
-        NonceRepository(s).add("kept-until-downgrade", now + dt.timedelta(hours=1))
+        assert NonceRepository(s).use("kept-until-downgrade", now + dt.timedelta(hours=1))
 
     downgrade(db, "0005")
     assert version(db) == "0005"
     assert schema(db) == before  # every ACME table and index gone, the rest as it was
 
     # And up again over the downgraded database: the same schema as the first time, empty.
-    migrate.upgrade(db)
+    migrate.upgrade(db, "0006")
     assert schema(db) == after
-    assert model_diff(db) == []
+    assert model_diff(db, ACME_TABLES) == []
     with unit_of_work(db, write=True) as s:
-        assert NonceRepository(s).consume("kept-until-downgrade", now) is False
+        # The used-nonce table came back empty: the nonce is not remembered as used.
+        assert NonceRepository(s).use("kept-until-downgrade", now + dt.timedelta(hours=1))

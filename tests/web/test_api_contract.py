@@ -76,8 +76,9 @@ def test_authenticated_routes_document_401_and_403(app: Flask) -> None:
     """The statuses come from the decorators: a view behind @require answers 401 and 403."""
     spec = document()
     protected = [(p, m) for p, m, v in _operations(app) if hasattr(v, "ca_role")]
-    # 11 before ACME, and the four /api/v1/acme/eab operations (web/acme_admin.py).
-    assert len(protected) == 15
+    # 11 before ACME, the four /api/v1/acme/eab operations (web/acme_admin.py) and the four
+    # /api/v1/provisioners operations (web/provisioners.py).
+    assert len(protected) == 19
     for path, method in protected:
         assert {"401", "403"} <= set(spec["paths"][path][method]["responses"]), (path, method)
     public = [(p, m) for p, m, v in _operations(app) if not hasattr(v, "ca_role")]
