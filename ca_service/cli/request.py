@@ -23,7 +23,7 @@ import click
 from click.core import ParameterSource
 
 from ca_service.client import flow
-from ca_service.client.credentials import DEFAULT_AUDIENCE, choose
+from ca_service.client.credentials import choose
 from ca_service.client.errors import ClientError, UsageError
 from ca_service.client.files import Layout
 from ca_service.client.transport import Endpoint
@@ -135,9 +135,9 @@ def _passphrase(path: Path | None) -> bytes | None:
 )
 @click.option(
     "--audience",
-    default=DEFAULT_AUDIENCE,
-    show_default=True,
-    help="Audience to ask GitHub Actions for (and to expect in the ID token).",
+    metavar="AUD",
+    help="Audience to ask GitHub Actions for (and to expect in the ID token). Default: the "
+    "--server URL, as the server's provisioner names it.",
 )
 @click.option(
     "--root-fingerprint",
@@ -192,7 +192,7 @@ def request(
     oidc: bool,
     oidc_token_file: Path | None,
     oidc_token_env: str | None,
-    audience: str,
+    audience: str | None,
     root_fingerprint: str | None,
     root_file: Path | None,
     renew_within: str,
@@ -239,7 +239,9 @@ def request(
             oidc=oidc,
             oidc_token_file=oidc_token_file,
             oidc_token_env=oidc_token_env,
-            audience=audience,
+            # The server's own URL by default: a token minted for one CA cannot be replayed
+            # at another, as it could if every deployment shared one fixed audience.
+            audience=audience or endpoint.url,
             environ=os.environ,
             warn=warn,
             timeout=timeout,

@@ -30,7 +30,6 @@ from typing import Any
 
 from ca_service.client.errors import Refused, Unreachable, UsageError
 
-DEFAULT_AUDIENCE = "ca-service"
 GITHUB_URL = "ACTIONS_ID_TOKEN_REQUEST_URL"
 GITHUB_TOKEN = "ACTIONS_ID_TOKEN_REQUEST_TOKEN"  # noqa: S105 - a variable name
 MAX_TOKEN = 16 * 1024

@@ -10,6 +10,8 @@ test_request_oidc_live.py once the server side is merged.
 from __future__ import annotations
 
 import json
+import urllib.parse
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -21,11 +23,11 @@ from .helpers import request
 RUNTIME_TOKEN = "ghs_runtime_request_token"
 
 
-def github_route(jwt: str, audience: str) -> object:
+def github_route(jwt: str, audience: Callable[[], str]) -> object:
     def route(req: Seen) -> Reply:
         if req.headers.get("authorization") != f"bearer {RUNTIME_TOKEN}":
             return json_reply(401, {"message": "Bad credentials"})
-        if f"audience={audience}" not in req.path or "api-version=2.0" not in req.path:
+        if f"audience={audience()}" not in req.path or "api-version=2.0" not in req.path:
             return json_reply(400, {"message": "wrong audience"})
         return json_reply(200, {"count": 1, "value": jwt})
 
@@ -35,11 +37,15 @@ def github_route(jwt: str, audience: str) -> object:
 @pytest.mark.slow
 def test_github_actions_token_is_sent_as_bearer(tmp_path: Path) -> None:
     ca = TinyCA()
-    jwt = fake_jwt({"iss": "https://token.actions.githubusercontent.com", "aud": "ca-service"})
+    jwt = fake_jwt({"iss": "https://token.actions.githubusercontent.com"})
+    audience: list[str] = []
+    route = github_route(jwt, lambda: audience[0])
     with (
-        serve(github_route(jwt, "ca-service")) as github,  # type: ignore[arg-type]
+        serve(route) as github,  # type: ignore[arg-type]
         serve(ca_service_route(ca), ca.server_context(tmp_path)) as server,
     ):
+        # The default audience is the server's URL, as given to --server.
+        audience.append(urllib.parse.quote(server.url, safe=""))
         env = {
             "ACTIONS_ID_TOKEN_REQUEST_URL": f"{github.url}/_apis/idtoken?api-version=2.0",
             "ACTIONS_ID_TOKEN_REQUEST_TOKEN": RUNTIME_TOKEN,
@@ -64,7 +70,7 @@ def test_github_actions_token_is_sent_as_bearer(tmp_path: Path) -> None:
 
 def test_gitlab_id_token_variable(tmp_path: Path) -> None:
     ca = TinyCA()
-    jwt = fake_jwt({"iss": "https://gitlab.example.test", "aud": "ca-service"})
+    jwt = fake_jwt({"iss": "https://gitlab.example.test", "aud": "ca-service"})  # another aud
     with serve(ca_service_route(ca), ca.server_context(tmp_path)) as server:
         result = request(
             "--server", server.url, "--name", "ci.example.test", "--out", str(tmp_path / "g"),
@@ -75,6 +81,8 @@ def test_gitlab_id_token_variable(tmp_path: Path) -> None:
         assert result.returncode == 0, result.stderr
         posts = [r for r in server.seen if r.method == "POST"]
         assert posts[0].headers["authorization"] == f"Bearer {jwt}"
+        # Its audience is not the server URL: said, not refused (the server decides).
+        assert "warning: the ID token's audience is 'ca-service'" in result.stderr
 
 
 def test_oidc_without_a_source_is_a_usage_error(tmp_path: Path) -> None:
