@@ -18,6 +18,7 @@ from ca_service.cli.authorities import authorities, authority_group, init, set_d
 from ca_service.cli.certificates import crl, export, issue, list_, release_hold, renew, revoke, show
 from ca_service.cli.db import db
 from ca_service.cli.provisioners import provisioner
+from ca_service.cli.request import request
 from ca_service.cli.serve import serve
 from ca_service.cli.tls import probe
 from ca_service.cli.tokens import token
@@ -56,6 +57,7 @@ for _command in (
     db,
     probe,
     trust,
+    request,
 ):
     cli.add_command(_command)
 
