@@ -4,9 +4,13 @@ PostgreSQL."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
+import ssl
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -345,18 +349,55 @@ def test_wrong_content_type_is_415(
 def test_body_over_the_limit_is_413(
     acme: ACMEServerUnderTest, account: tuple[AccountKey, str]
 ) -> None:
+    """The size is judged by Content-Length before any byte of the body is read, so the
+    request announces 2 MB and sends only its start: the server must answer 413 at once. (A
+    client that pushes the whole body races the server's close over TLS: it can see the reset
+    while still writing, never the answer, which is why this test does not.)"""
     key, kid = account
     c = acme.client
-    # Just over the 64 KiB limit: the socket buffers take it whole, so the client has sent it
-    # all before the server answers and closes. Megabytes would race that close (the client
-    # would see a reset while still writing, not the answer).
-    huge = {"identifiers": [{"type": "dns", "value": "a.acme.test"}], "pad": "x" * 70_000}
-    reply = c.post(c.directory["newOrder"], huge, key, kid=kid)
-    assert reply.status == 413
-    assert reply.content_type == "application/problem+json"
+    body = sign(key, {"identifiers": []}, url=kid, nonce=c.nonce(), kid=kid)
+    status, headers, answer = _announce_and_read(acme, kid, 2_000_000, body)
+    assert status == 413
+    assert headers.get("content-type") == "application/problem+json"
     # RFC 8555 section 6.5: every answer to a POST carries a nonce, errors included.
-    assert reply.headers.get("replay-nonce"), reply.headers
-    assert reply.json["type"].startswith("urn:ietf:params:acme:error:"), reply.json
+    assert headers.get("replay-nonce"), headers
+    assert json.loads(answer)["type"].startswith("urn:ietf:params:acme:error:"), answer
+
+
+def _announce_and_read(
+    acme: ACMEServerUnderTest, url: str, length: int, start: bytes
+) -> tuple[int, dict[str, str], bytes]:
+    """POST to ``url`` announcing ``length`` bytes, send ``start``, read the answer to its end."""
+    parts = urlsplit(url)
+    context = ssl.create_default_context(cadata=acme.live.root_pem)
+    head = (
+        f"POST {parts.path} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
+        f"Content-Type: application/jose+json\r\nContent-Length: {length}\r\n\r\n"
+    ).encode()
+    data = b""
+    with (
+        socket.create_connection((parts.hostname, parts.port), timeout=30) as raw,
+        context.wrap_socket(raw, server_hostname=parts.hostname) as sock,
+    ):
+        sock.sendall(head + start)
+        with contextlib.suppress(ssl.SSLError, OSError):
+            while len(data) < 1_000_000:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+    head_text, _, answer = data.partition(b"\r\n\r\n")
+    lines = head_text.decode("latin-1").split("\r\n")
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    length_header = headers.get("content-length")
+    return (
+        int(lines[0].split()[1]),
+        headers,
+        (answer[: int(length_header)] if length_header else answer),
+    )
 
 
 def test_jwk_not_on_its_curve_is_bad_public_key(acme: ACMEServerUnderTest) -> None:
