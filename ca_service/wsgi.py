@@ -10,12 +10,12 @@ from __future__ import annotations
 import atexit
 
 from ca_service.scheduler import start_crl_refresher
-from ca_service.web.app import create_app
+from ca_service.web.app import create_app_when_the_database_answers
 
 # A CRL of 2 MB or more (about 45,000 entries) is re-signed after a revocation in the background.
 BACKGROUND_CRL_BYTES = 2_000_000
 
-app = create_app()
+app = create_app_when_the_database_answers()
 _ca = app.extensions["ca_core"]
 _ca.publish_crls_in_background(BACKGROUND_CRL_BYTES)
 _stop_crl_refresher = start_crl_refresher(_ca)

@@ -6,6 +6,8 @@ from __future__ import annotations
 import logging
 import re
 import secrets
+import sys
+import time
 
 from flask import Flask, Response, g, request
 from werkzeug.exceptions import RequestEntityTooLarge
@@ -14,6 +16,7 @@ from ca_service.acme.eab import EABKeys
 from ca_service.acme.server import ACMEServer
 from ca_service.config import Settings, check_mtls_authorities, load_settings
 from ca_service.core.facade import Core
+from ca_service.errors import Unavailable
 from ca_service.oidc.jwks import JWKSCache
 from ca_service.oidc.provisioners import ProvisionerService
 from ca_service.oidc.verify import OIDCVerifier
@@ -26,6 +29,26 @@ from ca_service.wiring import build_authority
 log = logging.getLogger("ca_service.web")
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+def create_app_when_the_database_answers() -> Flask:
+    """The app for a gunicorn worker (ca_service.wsgi). A database outage while a worker boots
+    (a restart, a failover) is waited out for a while, then ends the worker with one line and
+    exit status 1, which the master answers by starting another. Left to gunicorn, the error
+    would be a traceback and a "boot error", on which the master stops the whole service."""
+    settings = load_settings()
+    logging.basicConfig(level=settings.log_level)
+    # Within the worker timeout, which also bounds a boot.
+    deadline = time.monotonic() + max(1, min(20, settings.timeout // 2))
+    while True:
+        try:
+            return create_app(settings)
+        except Unavailable as exc:
+            if time.monotonic() >= deadline:
+                log.error("worker not started: %s; the master starts another", exc.detail)
+                sys.exit(1)
+            log.warning("worker waiting for the database: %s", exc.detail)
+            time.sleep(1)
 
 
 def create_app(settings: Settings | None = None, authority: Core | None = None) -> Flask:

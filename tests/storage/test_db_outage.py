@@ -11,6 +11,8 @@ is written, no traceback is logged, and issuance works again once the database i
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 import socket
 import threading
 import time
@@ -182,3 +184,46 @@ def test_database_outage_is_503_with_retry_after_and_recovers(
     assert _certificates(direct) == stored
     assert server_tracebacks(live) == 0, live.log()[-3000:]
     assert "database is unreachable" in live.log()
+
+
+def _workers(live: LiveServer) -> set[int]:
+    """The PIDs of the gunicorn master's children (its workers)."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == live.proc.pid:
+                found.add(int(entry.name))
+    return found
+
+
+def test_a_worker_that_boots_during_an_outage_waits_for_the_database(
+    outage: tuple[LiveServer, Forwarder, str],
+) -> None:
+    """Seen in CI: a worker (re)started while the database was away died in create_app with
+    a traceback (and gunicorn would treat a boot error as fatal for the whole service). Now it
+    waits for the database with one line per second, then serves."""
+    live, forwarder, _ = outage
+    assert _issue(live, 0).status == 201
+    before = _workers(live)
+    assert len(before) == 2, before
+    forwarder.close()
+    victim = min(before)
+    os.kill(victim, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and "worker waiting for the database" not in live.log():
+        time.sleep(0.2)
+    assert "worker waiting for the database" in live.log(), live.log()[-3000:]
+    forwarder.open()
+    # Both workers serve again: the respawned one finished its boot once the database was back.
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and len(_workers(live)) < 2:
+        time.sleep(0.2)
+    served = [_issue(live, n).status for n in range(10, 20)]
+    assert served == [201] * 10, served
+    assert victim not in _workers(live) and len(_workers(live)) == 2
+    assert server_tracebacks(live) == 0, live.log()[-3000:]
+    assert live.proc.poll() is None  # the master kept running
