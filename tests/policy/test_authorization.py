@@ -247,4 +247,5 @@ def test_an_oidc_caller_may_do_nothing_else(operation: str | None) -> None:
     with pytest.raises(Forbidden) as info:
         authorization.check_oidc_operation(operation)
     assert info.value.rule == "oidc.operation"
-    assert "issue" in info.value.detail
+    # The caller reads this line: it says what an ID token may do, in its exact words.
+    assert info.value.detail == "an OIDC ID token may only issue certificates and renew its own"
