@@ -244,6 +244,7 @@ def test_limits_of_the_provisioner_apply(env: Env) -> None:
     assert_problem(reply, 403)
 
 
+@pytest.mark.slow  # waits out the JWKS cache (10 s)
 def test_key_rotation_at_the_issuer(env: Env) -> None:
     assert (
         post_issue(
