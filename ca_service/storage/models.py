@@ -301,3 +301,23 @@ class UsedTokenRow(Base):
     issuer: Mapped[str] = mapped_column(String(512), primary_key=True)
     jti: Mapped[str] = mapped_column(String(255), primary_key=True)
     expires_at: Mapped[dt.datetime] = mapped_column(UTC_DATETIME, index=True)
+
+
+# ---------------------------------------------------------------------------- admin UI sessions
+
+
+class UISessionRow(Base):
+    """Server-side sessions of the admin web UI (issue 13). The cookie carries a random id; only
+    its SHA-256 is kept, as for API tokens. Every request joins the session to its API token, so
+    revoking the token ends its sessions at once, on every replica."""
+
+    __tablename__ = "ui_sessions"
+
+    id_sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    token_id: Mapped[str] = mapped_column(ForeignKey("api_tokens.id"), index=True)
+    # The per-session CSRF secret: the forms carry it, and it is worthless without the cookie.
+    csrf: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[dt.datetime] = mapped_column(UTC_DATETIME)
+    last_seen_at: Mapped[dt.datetime] = mapped_column(UTC_DATETIME)
+    # The absolute end of the session; the idle end is last_seen_at + the idle setting.
+    expires_at: Mapped[dt.datetime] = mapped_column(UTC_DATETIME, index=True)
