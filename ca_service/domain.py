@@ -416,6 +416,19 @@ class TokenRecord:
 
 
 @dataclass(frozen=True)
+class UISession:
+    """A signed-in admin UI session, joined to its API token as it stands now: the session
+    lives only while that token is active (a revoked token ends its sessions at once)."""
+
+    id_sha256: str
+    token: TokenRecord
+    csrf: str
+    created_at: dt.datetime
+    last_seen_at: dt.datetime
+    expires_at: dt.datetime
+
+
+@dataclass(frozen=True)
 class AuditEvent:
     """One line of the audit log: who did (or was refused) what, on what, from where."""
 

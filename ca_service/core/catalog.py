@@ -21,10 +21,12 @@ from ca_service.domain import (
     CertificatePage,
     CertificateQuery,
     CertificateRecord,
+    ResponderRecord,
 )
 from ca_service.storage.acme import OrderRepository
 from ca_service.storage.db import Database, unit_of_work
-from ca_service.storage.repositories import AuditRepository, CertificateRepository
+from ca_service.storage.ocsp_repository import OCSPRepository
+from ca_service.storage.repositories import AuditRepository, CertificateRepository, CRLRepository
 from ca_service.storage.search import AuditSearch, CertificateSearch
 
 
@@ -166,3 +168,15 @@ class Catalog:
     def latest_audit_events(self, limit: int = 10) -> list[AuditEvent]:
         """The newest audit events, for the dashboard."""
         return self.audit_page(limit=limit)[0]
+
+    def crl_header(self, authority: str) -> tuple[int, dt.datetime, dt.datetime] | None:
+        """Number, thisUpdate and nextUpdate of the authority's stored CRL, without its body
+        (tens of megabytes at a million entries); None before the first CRL."""
+        with unit_of_work(self._db) as s:
+            return CRLRepository(s).latest_header(authority)
+
+    def ocsp_responder(self, authority: str, now: dt.datetime) -> ResponderRecord | None:
+        """The delegated OCSP responder certificate in use (None: none made yet, or the CA
+        signs its answers itself)."""
+        with unit_of_work(self._db) as s:
+            return OCSPRepository(s).latest_responder(authority, now)
