@@ -766,6 +766,7 @@ def test_a_token_made_in_the_ui_shows_its_secret_once(
         {"csrf": page.csrf(), "name": "n", "role": "reader", "authorities": "no-such-ca"},
     )
     assert typo.status == 400
+    assert "unknown authority 'no-such-ca'" in typo.one("p", id="authorities-error").text
 
     revoked = browser.post(f"/ui/tokens/{token_id}/revoke", {"csrf": page.csrf()})
     assert revoked.status == 303
