@@ -79,14 +79,27 @@ def to_sign_in() -> Response:
 
 
 def check_origin() -> None:
-    """A browser names the page a POST comes from (Origin); one of another site is refused,
-    also on the sign-in form, which has no session to hold a CSRF token yet."""
+    """A browser says where a POST comes from; one from another site is refused, also on the
+    sign-in form, which has no session to hold a CSRF token yet.
+
+    Sec-Fetch-Site (sent by current browsers) is asked first: cross-site or same-site (a
+    sibling host) is refused. Origin is compared with this service's own; Chromium sends
+    ``Origin: null`` for a page's own forms under ``Referrer-Policy: no-referrer``, which is
+    accepted only when Sec-Fetch-Site says same-origin. No header at all (a non-browser
+    client) is left to the CSRF token."""
+    site = request.headers.get("Sec-Fetch-Site")
     origin = request.headers.get("Origin")
-    if origin is None:
+    if site in ("cross-site", "same-site"):
+        _refuse_origin()
+    if origin is None or (origin == "null" and site == "same-origin"):
         return
     allowed = {_origin(request.host_url), _origin(core().settings.public_url)}
     if origin.rstrip("/") not in allowed:
-        raise CSRFRefused("This form was sent from another site; it was refused.", rule="ui.csrf")
+        _refuse_origin()
+
+
+def _refuse_origin() -> None:
+    raise CSRFRefused("This form was sent from another site; it was refused.", rule="ui.csrf")
 
 
 def _origin(url: str) -> str:

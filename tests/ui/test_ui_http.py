@@ -230,8 +230,31 @@ def test_a_sign_in_posted_from_another_site_is_refused(
     browser = Browser(live)
     page = browser.post("/ui/login", {"token": admin[0]}, Origin="https://evil.example")
     assert page.status == 403 and COOKIE not in browser.cookies
+    for headers in (
+        {"Origin": "null", "Sec-Fetch-Site": "cross-site"},
+        {"Origin": "null"},  # null is trusted only with same-origin
+        {"Origin": live.base_url, "Sec-Fetch-Site": "same-site"},  # a sibling host
+        {"Sec-Fetch-Site": "cross-site"},
+    ):
+        refused = browser.post("/ui/login", {"token": admin[0]}, **headers)
+        assert refused.status == 403, headers
+        assert "sent from another site" in refused.text and COOKIE not in browser.cookies
     same = browser.post("/ui/login", {"token": admin[0]}, Origin=live.base_url)
     assert same.status == 303 and COOKIE in browser.cookies
+    # What Chromium sends for a page's own form under Referrer-Policy: no-referrer.
+    chromium = Browser(live)
+    page = chromium.post(
+        "/ui/login", {"token": admin[0]}, Origin="null", **{"Sec-Fetch-Site": "same-origin"}
+    )
+    assert page.status == 303 and COOKIE in chromium.cookies
+    dashboard = chromium.follow(page)
+    out = chromium.post(
+        "/ui/logout",
+        {"csrf": dashboard.csrf()},
+        Origin="null",
+        **{"Sec-Fetch-Site": "same-origin"},
+    )
+    assert out.status == 303 and COOKIE not in chromium.cookies
 
 
 def test_idle_and_absolute_expiry_end_a_session(live: LiveServer, admin: tuple[str, str]) -> None:
