@@ -80,6 +80,7 @@ class ValidityBar:
 
     elapsed_width: float
     marker_x: float
+    marker_anchor: str  # where the "now" label sits against its line: start, middle, end
     summary: str
     state: str  # a CSS class: future, current, ending, past
     width: int = WIDTH
@@ -99,4 +100,8 @@ def validity_bar(not_before: dt.datetime, not_after: dt.datetime, now: dt.dateti
             f"(until {not_after:%Y-%m-%d %H:%M} UTC)."
         )
         state = "ending" if left.total_seconds() < life * 0.1 else "current"
-    return ValidityBar(round(WIDTH * passed, 1), round(WIDTH * passed, 1), summary, state)
+    x = round(WIDTH * passed, 1)
+    anchor = "start" if x < 40 else "end" if x > WIDTH - 40 else "middle"
+    # A sliver even at 0%, so a new certificate's bar does not read as an empty box.
+    elapsed = max(x, 4.0) if state != "future" else 0.0
+    return ValidityBar(elapsed, min(max(x, 1.5), WIDTH - 1.5), anchor, summary, state)

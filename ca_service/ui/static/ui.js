@@ -6,7 +6,7 @@ document.addEventListener("DOMContentLoaded", function () {
     if (!navigator.clipboard) { return; }
     var button = document.createElement("button");
     button.type = "button";
-    button.className = "secondary";
+    button.className = "secondary copy";
     button.textContent = "Copy";
     button.setAttribute("aria-label", "Copy " + (el.getAttribute("data-copy") || "value"));
     button.addEventListener("click", function () {
