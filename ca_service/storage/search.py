@@ -13,7 +13,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import and_, case, func, or_, select, tuple_
+from sqlalchemy import and_, case, func, literal_column, or_, select, tuple_
 from sqlalchemy.orm import Session
 
 from ca_service.clock import as_utc as _utc
@@ -30,7 +30,7 @@ from ca_service.domain import (
     RevocationReason,
 )
 from ca_service.errors import BadRequest
-from ca_service.storage.models import AuditRow, AuthorityRow, CertificateRow
+from ca_service.storage.models import REQUESTER_KIND_SQL, AuditRow, AuthorityRow, CertificateRow
 from ca_service.storage.repositories import MIN_INDEXED_TERM, CertificateRepository, audit_event
 
 HOLD = RevocationReason.CERTIFICATE_HOLD.value
@@ -189,12 +189,10 @@ class CertificateSearch:
         if query.profile:
             stmt = stmt.where(CertificateRow.profile == query.profile)
         if query.requester_kind:
-            # A range rather than LIKE 'kind:%': an index on requester serves it on both
-            # databases (SQLite's LIKE is case-insensitive, so it cannot use one).
-            kind = query.requester_kind
-            stmt = stmt.where(
-                CertificateRow.requester >= kind + ":", CertificateRow.requester < kind + ";"
-            )
+            # The expression of the index, as literal SQL: a bound parameter inside it would
+            # make another expression, which the index does not serve.
+            kind: Any = literal_column(REQUESTER_KIND_SQL[self.s.get_bind().dialect.name])
+            stmt = stmt.where(kind == query.requester_kind)
         return stmt
 
     def _page(

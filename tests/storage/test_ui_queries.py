@@ -434,3 +434,30 @@ def test_audit_page_filters_and_walks_newest_first(store: Store) -> None:
     for limit in (0, 201):
         with pytest.raises(BadRequest):
             ca.catalog.audit_page(limit=limit)
+
+
+def test_the_requester_kind_filter_is_served_by_its_expression_index(store: Store) -> None:
+    """The query writes the index's expression character for character (models.REQUESTER_KIND_SQL
+    against migration 0008): a drift between the two would silently scan the table at 1M."""
+    captured: list[tuple[str, Any]] = []
+
+    def capture(*args: Any) -> None:
+        captured.append((args[2], args[3]))
+
+    sa.event.listen(store.ca.db.engine, "before_cursor_execute", capture)
+    try:
+        query = CertificateQuery(requester_kind="cli")
+        assert store.ca.catalog.search_certificates(query, NOW).records
+    finally:
+        sa.event.remove(store.ca.db.engine, "before_cursor_execute", capture)
+    (statement, params), *_ = [c for c in captured if "FROM certificates" in c[0]]
+    with store.ca.db.engine.connect() as conn:
+        if store.sqlite:
+            plan = " ".join(
+                str(r[3]) for r in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + statement, params)
+            )
+        else:
+            # A handful of rows: the planner would rather scan, unless told not to.
+            conn.exec_driver_sql("SET enable_seqscan = off")
+            plan = " ".join(str(r[0]) for r in conn.exec_driver_sql("EXPLAIN " + statement, params))
+    assert "ix_certificates_requester_kind" in plan, plan
