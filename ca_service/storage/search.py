@@ -13,7 +13,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import and_, case, func, literal_column, or_, select, tuple_
+from sqlalchemy import and_, func, literal_column, or_, select, tuple_
 from sqlalchemy.orm import Session
 
 from ca_service.clock import as_utc as _utc
@@ -30,7 +30,13 @@ from ca_service.domain import (
     RevocationReason,
 )
 from ca_service.errors import BadRequest
-from ca_service.storage.models import REQUESTER_KIND_SQL, AuditRow, AuthorityRow, CertificateRow
+from ca_service.storage.models import (
+    REQUESTER_KIND_SQL,
+    UTC_DATETIME,
+    AuditRow,
+    AuthorityRow,
+    CertificateRow,
+)
 from ca_service.storage.repositories import MIN_INDEXED_TERM, CertificateRepository, audit_event
 
 HOLD = RevocationReason.CERTIFICATE_HOLD.value
@@ -163,11 +169,20 @@ class CertificateSearch:
             if authority_id is None:
                 return None
             stmt = stmt.where(CertificateRow.authority_id == authority_id)
+        # The expiry column the filters compare. Newest first on SQLite, a copy the index of
+        # (status, not_after, id) cannot serve (unary plus): SQLite keeps no statistics, and
+        # without them it takes that index for every range, then sorts all the valid (or all
+        # the expired: most of a CA's store) rows by id, 0.4 to 3.6 s at 1M; walking the
+        # id-ordered indexes instead stops at the page size. PostgreSQL's planner has
+        # statistics and picks between the two itself.
+        expiry: Any = CertificateRow.not_after
+        if query.sort is CertificateSort.ISSUED and self.s.get_bind().dialect.name == "sqlite":
+            expiry = literal_column("+certificates.not_after", UTC_DATETIME)
         state = CertificateState(query.status.value) if query.status else None
         if state is CertificateState.VALID:
-            stmt = stmt.where(CertificateRow.status == VALID, CertificateRow.not_after > now)
+            stmt = stmt.where(CertificateRow.status == VALID, expiry > now)
         elif state is CertificateState.EXPIRED:
-            stmt = stmt.where(CertificateRow.status == VALID, CertificateRow.not_after <= now)
+            stmt = stmt.where(CertificateRow.status == VALID, expiry <= now)
         elif state is CertificateState.REVOKED:
             stmt = stmt.where(
                 CertificateRow.status == REVOKED,
@@ -183,8 +198,8 @@ class CertificateSearch:
         if query.expiring_within_days is not None:
             stmt = stmt.where(
                 CertificateRow.status == VALID,
-                CertificateRow.not_after > now,
-                CertificateRow.not_after <= now + dt.timedelta(days=query.expiring_within_days),
+                expiry > now,
+                expiry <= now + dt.timedelta(days=query.expiring_within_days),
             )
         if query.profile:
             stmt = stmt.where(CertificateRow.profile == query.profile)
@@ -234,29 +249,34 @@ class CertificateSearch:
     # ------------------------------------------------------------------ the dashboard
 
     def status_counts(self, now: dt.datetime) -> list[AuthorityStatusCounts]:
-        """Every authority (zeros included) with its count of certificates in each state."""
-        valid = CertificateRow.status == VALID
-        hold = and_(CertificateRow.status == REVOKED, CertificateRow.revocation_reason == HOLD)
+        """Every authority (zeros included) with its count of certificates in each state.
 
-        def count(condition: Any) -> Any:
-            return func.sum(case((condition, 1), else_=0))
+        Per authority, counts of ranges of the CRL index (authority_id, status, not_after),
+        which hold every column they look at (index only), and of the hold index: one pass
+        over all the rows' columns instead took 2-3 s at 1M on SQLite. Expiry still costs a
+        step per stored entry (SQLite and PostgreSQL count no range without walking it).
+        """
 
-        rows = self.s.execute(
-            select(
-                CertificateRow.authority_id,
-                count(and_(valid, CertificateRow.not_after > now)),
-                count(and_(valid, CertificateRow.not_after <= now)),
-                count(CertificateRow.status == REVOKED),
-                count(hold),
-            ).group_by(CertificateRow.authority_id)
-        ).all()
-        counts = {r[0]: [int(n or 0) for n in r[1:]] for r in rows}
+        def count(*where: Any) -> int:
+            return int(self.s.scalar(select(func.count()).where(*where)) or 0)
+
         out = []
-        for authority_id, name in self.s.execute(
+        for a, name in self.s.execute(
             select(AuthorityRow.id, AuthorityRow.name).order_by(AuthorityRow.name)
         ):
-            n_valid, n_expired, n_revoked, n_hold = counts.get(authority_id, [0, 0, 0, 0])
-            out.append(AuthorityStatusCounts(name, n_valid, n_revoked - n_hold, n_expired, n_hold))
+            mine = CertificateRow.authority_id == a
+            valid = and_(mine, CertificateRow.status == VALID)
+            unexpired = count(valid, CertificateRow.not_after > now)
+            hold = count(CertificateRow.revocation_reason == HOLD, mine)
+            out.append(
+                AuthorityStatusCounts(
+                    authority=name,
+                    valid=unexpired,
+                    revoked=count(mine, CertificateRow.status == REVOKED) - hold,
+                    expired=count(valid, CertificateRow.not_after <= now),
+                    on_hold=hold,
+                )
+            )
         return out
 
     def expiry_histogram(self, now: dt.datetime, days: int) -> list[tuple[dt.date, int]]:
