@@ -163,9 +163,14 @@ def _audit_fill(ca: Core) -> tuple[int, int]:
         )
         n = int(conn.execute(sa.text("SELECT count(*) FROM audit_events")).scalar_one())
         stored = int(conn.execute(sa.text("SELECT count(*) FROM certificates")).scalar_one())
-        if not sqlite:
-            conn.execute(sa.text("ANALYZE audit_events"))
-            conn.execute(sa.text("ANALYZE certificates"))
+    if not sqlite:
+        # What autovacuum does within minutes of a million inserts (PostgreSQL 13+ vacuums
+        # insert-only tables too): statistics, and the visibility map that lets the counts
+        # read their index alone. Measured right after a bulk load, without it, the dashboard
+        # counts read the heap (2 s instead of 0.2).
+        with ca.db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.execute(sa.text("VACUUM (ANALYZE) certificates"))
+            conn.execute(sa.text("VACUUM (ANALYZE) audit_events"))
     return n, stored
 
 

@@ -71,8 +71,8 @@ class CertificateRow(Base):
         Index("ix_certificates_profile_id", "profile", "id"),
         Index("ix_certificates_not_after_id", "not_after", "id"),
         Index("ix_certificates_status_expiry", "status", "not_after", "id"),
-        # Certificates on hold, counted per authority for the dashboard.
-        Index("ix_certificates_hold", "revocation_reason", "authority_id"),
+        # Certificates on hold (few: a hold is temporary), listed and counted per authority.
+        Index("ix_certificates_hold", "revocation_reason", "authority_id", "id"),
     )
 
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)

@@ -32,7 +32,7 @@ CERTIFICATE_INDEXES = {
     "ix_certificates_profile_id": ["profile", "id"],
     "ix_certificates_not_after_id": ["not_after", "id"],
     "ix_certificates_status_expiry": ["status", "not_after", "id"],
-    "ix_certificates_hold": ["revocation_reason", "authority_id"],
+    "ix_certificates_hold": ["revocation_reason", "authority_id", "id"],
 }
 # The requester kind, as storage/search.py's query writes it, character for character: a
 # database uses an expression index only for the very same expression.
