@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import os
 import random
 import tempfile
 import time
@@ -295,11 +296,16 @@ def measure_db(
     kind: str, db_url: str, data_dir: Path, plan: tuple[int, float, int, float]
 ) -> dict[str, Any]:
     rows, budget_s, runs, seconds = plan
+    load_start = os.getloadavg()[0]
     progress(f"ui {kind}: creating the CAs")
     ca = new_ca(data_dir, db_url, KeyType.ECDSA_P256)
     try:
         mix, pop, fill = _fill(ca, db_url, rows, budget_s)
         out: dict[str, Any] = {"status": "ok", **fill, "cases": {}}
+        out["load_1min"] = {
+            "start": round(load_start, 1),
+            "measuring": round(os.getloadavg()[0], 1),
+        }
         rng = random.Random(13)  # noqa: S311 (which sample to ask for)
         for label, fn in cases(ca, mix, pop).items():
             shown: list[object] = []
@@ -348,15 +354,24 @@ def run_scenario(dbs: list[str], mode: str) -> dict[str, Any]:
     return results
 
 
-def markdown(ui: dict[str, Any]) -> str:
-    """The section of RESULTS.md; empty when the scenario did not run."""
+def markdown(ui: dict[str, Any], machine: dict[str, Any] | None = None, where: str = "") -> str:
+    """The section of RESULTS.md; empty when the scenario did not run. ``where`` names the
+    run the figures come from when it is not the one the rest of the file reports."""
     dbs = [db for db in ("sqlite", "postgresql") if db in ui]
     if not dbs:
         return ""
-    lines = [
-        "",
-        "## Admin UI pages at 1M (issue 13)",
-        "",
+    lines = ["", "## Admin UI pages at 1M (issue 13)", ""]
+    if where:
+        lines += [f"From {where}: a run of this scenario alone, with its own machine and date.", ""]
+    if machine:
+        lines += [
+            f"- machine: {machine['cpu_model']}, {machine['nproc']} cores (nproc), "
+            f"{machine['mem_total_gib']} GiB RAM; Python {machine['python']}; "
+            f"commit `{machine['commit']}`"
+            + (" (work tree had uncommitted changes)" if machine.get("tree_dirty") else ""),
+            "",
+        ]
+    lines += [
         f"Run {ui.get('date', '?')}, {ui['plan']['rows']:,} certificates asked for. Server time of "
         "one page, in process (`Catalog.search_certificates` and the dashboard's reads: query, "
         f"rows, records; no HTTP, no template), up to {ui['plan']['runs']} runs or "
@@ -368,10 +383,12 @@ def markdown(ui: dict[str, Any]) -> str:
         if got.get("status") != "ok":
             lines.append(f"Not measured: {got.get('status')} ({got.get('reason', '')}).")
             continue
+        load = got.get("load_1min", {})
         lines += [
             f"{got['certificates']:,} certificates filled in {got['fill_s']} s "
             f"({got['rows_per_s']:,} rows/s), then {got['audit_events']:,} audit events in "
-            f"{got['audit_fill_s']} s.",
+            f"{got['audit_fill_s']} s. Load average (1 min) {load.get('start', '?')} before the "
+            f"fill, {load.get('measuring', '?')} when the measuring began.",
             "",
             "| page | p50 ms | p99 ms | max ms | runs | rows shown | p99 < 100 ms |",
             "|---|---|---|---|---|---|---|",

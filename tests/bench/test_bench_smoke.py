@@ -99,7 +99,7 @@ def test_results_name_no_directory_of_the_machine(tmp_path: Path) -> None:
         *bench.glob("*.py"),
         *bench.glob("*.json"),
     ]
-    files += [*(bench / "quick").glob("*")]
+    files += [*(bench / "quick").glob("*"), *(bench / "ui-pages").glob("*")]
     for path in files:
         text = path.read_text()
         for fragment in machine:
