@@ -263,9 +263,10 @@ class CertificateQuery:
     """One page of the admin UI's certificate list: filters, order and keyset cursor.
 
     ``q`` is a name substring (common name or SAN, case-insensitive, 3 characters at least),
-    or a serial in hex (colons, ``0x`` and any case allowed), or a SHA-256 fingerprint (64 hex,
-    colons allowed): a serial or fingerprint finds that certificate, and a q that could also be
-    a name is searched as a name too. ``status`` takes CertificateState (or CertStatus, whose
+    or a serial in hex (colons, spaces, ``0x``, leading zeros and any case allowed), or a SHA-256
+    fingerprint (64 hex, colons allowed): a serial or fingerprint finds that certificate, and a
+    q of 3 characters or more is searched as a name too (a shorter one that is not hex is a
+    BadRequest). ``status`` takes CertificateState (or CertStatus, whose
     values it shares): ``revoked`` leaves out the certificates on hold, ``on_hold`` is only
     them. ``expiring_within_days``: valid with not_after in (now, now + N days]. ``cursor`` is
     the opaque ``next_cursor`` of the previous page, for the same sort.

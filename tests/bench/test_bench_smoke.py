@@ -68,6 +68,16 @@ def test_tiny_run_writes_results(tmp_path: Path) -> None:
     visible = http["revocation_visibility"]
     for key in ("revoke_answer_s", "revocation_to_crl_s", "revocation_to_ocsp_s"):
         assert _positive(visible[key]), visible
+    # Issue 13: every admin UI page case ran on the filled store and showed rows.
+    ui = saved["ui"]["sqlite"]
+    assert ui["status"] == "ok", ui
+    assert ui["certificates"] >= ui["wanted"] > 0
+    assert ui["audit_events"] > ui["certificates"]
+    assert len(ui["cases"]) >= 30
+    for label, case in ui["cases"].items():
+        assert _positive(case.get("p99_ms")), (label, case)
+        assert label == "sort expiry, on hold, team-b" or _positive(case["rows_shown"]), label
+    assert "## Admin UI pages at 1M (issue 13)" in (tmp_path / "RESULTS.md").read_text()
     assert {t["status"] for t in saved["targets"]} <= {"met", "missed", "not measured"}
     assert results["elapsed_s"] == saved["elapsed_s"]
 
@@ -89,7 +99,7 @@ def test_results_name_no_directory_of_the_machine(tmp_path: Path) -> None:
         *bench.glob("*.py"),
         *bench.glob("*.json"),
     ]
-    files += [*(bench / "quick").glob("*")]
+    files += [*(bench / "quick").glob("*"), *(bench / "ui-pages").glob("*")]
     for path in files:
         text = path.read_text()
         for fragment in machine:
