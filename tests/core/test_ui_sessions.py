@@ -93,6 +93,7 @@ def test_the_token_is_joined_on_every_resume(
     three, _ = sessions.sign_in(later, WHERE)
     clock.advance(dt.timedelta(minutes=5))
     assert sessions.resume(three) is None
+    tokens.refusals.flush()  # the counted refusal, now rather than after this test's store
 
 
 def test_refusals_and_sign_out(ca: Core, service: tuple[UISessions, TokenService]) -> None:
@@ -111,6 +112,10 @@ def test_refusals_and_sign_out(ca: Core, service: tuple[UISessions, TokenService
             sessions.sign_in(bad, WHERE)
     assert _rows(ca) == []
     assert sessions.resume("") is None and sessions.resume("x" * 500) is None
+    tokens.refusals.flush()
+    for identity, count in (("anonymous", 3), ("oidc", 1)):  # "a.b.c" is shaped as an ID token
+        counted = ca.catalog.audit_page(actor=identity, action="auth.refused")[0]
+        assert sum(e.details["count"] for e in counted if e.details) == count
 
     plain, _ = tokens.create("ui", Role.READER, CallerPolicy(), ACTOR)
     session_id, _ = sessions.sign_in(plain, WHERE)
