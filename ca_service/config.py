@@ -522,6 +522,19 @@ class Settings:
         _int(1, 3600),
     )
 
+    # ------------------------------------------------------------------ admin web UI
+    ui_session_idle_minutes: int = _setting(
+        30,
+        "Admin UI (/ui/): a session unused for this many minutes ends (1 to 1440); signing in "
+        "again needs the token.",
+        _int(1, 1440),
+    )
+    ui_session_max_hours: int = _setting(
+        12,
+        "Admin UI: a session ends this many hours after sign-in however busy it is (1 to 168).",
+        _int(1, 168),
+    )
+
     @property
     def certificate_url(self) -> str:
         """The base of the revocation and caIssuers URLs that certificates carry."""

@@ -232,6 +232,90 @@ class CertificateFilter:
     limit: int = 100
 
 
+class CertificateSort(enum.StrEnum):
+    """The orders of the admin UI's certificate list (issue 13), each a keyset order."""
+
+    ISSUED = "issued"  # newest issued first (id desc)
+    EXPIRY = "expiry"  # soonest not_after first (not_after asc, id asc)
+
+
+class CertificateState(enum.StrEnum):
+    """What the admin UI shows and filters a certificate by: CertStatus, with a certificate on
+    hold (revoked with reason certificateHold, which can still be released) apart from one
+    revoked for good. Not a stored value: the store keeps status and revocation_reason."""
+
+    VALID = "valid"
+    REVOKED = "revoked"
+    EXPIRED = "expired"
+    ON_HOLD = "on_hold"
+
+
+# The kinds of requester identity the service writes (the text before the first ':' of
+# CertificateRecord.requester): API tokens, the local CLI, ACME accounts, OIDC ID tokens, and a
+# client certificate over mutual TLS. A listing may filter on any kind; these are the known ones.
+REQUESTER_KINDS = ("token", "cli", "acme", "oidc", "cert")
+MAX_PAGE = 200
+MAX_EXPIRING_DAYS = 36500
+
+
+@dataclass(frozen=True)
+class CertificateQuery:
+    """One page of the admin UI's certificate list: filters, order and keyset cursor.
+
+    ``q`` is a name substring (common name or SAN, case-insensitive, 3 characters at least),
+    or a serial in hex (colons, ``0x`` and any case allowed), or a SHA-256 fingerprint (64 hex,
+    colons allowed): a serial or fingerprint finds that certificate, and a q that could also be
+    a name is searched as a name too. ``status`` takes CertificateState (or CertStatus, whose
+    values it shares): ``revoked`` leaves out the certificates on hold, ``on_hold`` is only
+    them. ``expiring_within_days``: valid with not_after in (now, now + N days]. ``cursor`` is
+    the opaque ``next_cursor`` of the previous page, for the same sort.
+    """
+
+    q: str | None = None
+    authority: str | None = None
+    status: CertificateState | CertStatus | None = None
+    profile: str | None = None
+    requester_kind: str | None = None
+    expiring_within_days: int | None = None
+    sort: CertificateSort = CertificateSort.ISSUED
+    cursor: str | None = None
+    limit: int = 50
+
+    def __post_init__(self) -> None:
+        # A bound on what one page may cost, checked where every front end passes.
+        if not 1 <= self.limit <= MAX_PAGE:
+            raise BadRequest(f"limit must be between 1 and {MAX_PAGE}, not {self.limit}")
+        days = self.expiring_within_days
+        if days is not None and not 0 <= days <= MAX_EXPIRING_DAYS:
+            raise BadRequest(
+                f"expiring_within_days must be between 0 and {MAX_EXPIRING_DAYS}, not {days}"
+            )
+        kind = self.requester_kind
+        if kind is not None and not (
+            0 < len(kind) <= 32 and all(c.isascii() and (c.isalnum() or c in "-_") for c in kind)
+        ):
+            raise BadRequest(f"requester kind {kind!r} is not a word such as token or acme")
+
+
+@dataclass(frozen=True)
+class CertificatePage:
+    """A page of the certificate list and the cursor of the next one (None: the last page)."""
+
+    records: list[CertificateRecord]
+    next_cursor: str | None
+
+
+@dataclass(frozen=True)
+class AuthorityStatusCounts:
+    """How many certificates of one authority are in each state, for the dashboard."""
+
+    authority: str
+    valid: int
+    revoked: int
+    expired: int
+    on_hold: int
+
+
 @dataclass(frozen=True)
 class AuthorityRecord:
     name: str
@@ -329,6 +413,19 @@ class TokenRecord:
         if self.expires_at is not None and self.expires_at <= now:
             return "expired"
         return "active"
+
+
+@dataclass(frozen=True)
+class UISession:
+    """A signed-in admin UI session, joined to its API token as it stands now: the session
+    lives only while that token is active (a revoked token ends its sessions at once)."""
+
+    id_sha256: str
+    token: TokenRecord
+    csrf: str
+    created_at: dt.datetime
+    last_seen_at: dt.datetime
+    expires_at: dt.datetime
 
 
 @dataclass(frozen=True)

@@ -13,10 +13,21 @@ import dataclasses
 import datetime as dt
 from collections.abc import Sequence
 
-from ca_service.domain import AuditEvent, CertificateFilter, CertificateRecord
+from ca_service.core.context import normalize_serial
+from ca_service.domain import (
+    AuditEvent,
+    AuthorityStatusCounts,
+    CertificateFilter,
+    CertificatePage,
+    CertificateQuery,
+    CertificateRecord,
+    ResponderRecord,
+)
 from ca_service.storage.acme import OrderRepository
 from ca_service.storage.db import Database, unit_of_work
-from ca_service.storage.repositories import AuditRepository, CertificateRepository
+from ca_service.storage.ocsp_repository import OCSPRepository
+from ca_service.storage.repositories import AuditRepository, CertificateRepository, CRLRepository
+from ca_service.storage.search import AuditSearch, CertificateSearch
 
 
 class Catalog:
@@ -108,3 +119,64 @@ class Catalog:
             return AuditRepository(s).list(
                 actor=actor, action=action, after_id=after_id, limit=limit
             )
+
+    # ------------------------------------------------------------ the admin UI (issue 13)
+
+    def search_certificates(self, query: CertificateQuery, now: dt.datetime) -> CertificatePage:
+        """One keyset page of the certificate list (filters, sort, cursor: CertificateQuery);
+        a malformed cursor or out-of-range limit is a BadRequest."""
+        with unit_of_work(self._db) as s:
+            return CertificateSearch(s).search(query, now)
+
+    def status_counts(self, now: dt.datetime) -> list[AuthorityStatusCounts]:
+        """Every authority, by name, with its valid, revoked, expired and on-hold counts."""
+        with unit_of_work(self._db) as s:
+            return CertificateSearch(s).status_counts(now)
+
+    def expiry_histogram(self, now: dt.datetime, days: int = 90) -> list[tuple[dt.date, int]]:
+        """Valid certificates expiring on each UTC day from today, ``days`` days, zeros kept."""
+        with unit_of_work(self._db) as s:
+            return CertificateSearch(s).expiry_histogram(now, days)
+
+    def certificate_history(
+        self, authority: str, serial: str, limit: int = 100
+    ) -> list[AuditEvent]:
+        """The audit events about one certificate (issue, renewals, revocation, release,
+        refusals), newest first; the serial in any form users copy it in."""
+        with unit_of_work(self._db) as s:
+            return AuditSearch(s).certificate_history(authority, normalize_serial(serial), limit)
+
+    def audit_page(
+        self,
+        *,
+        actor: str | None = None,
+        action: str | None = None,
+        target: str | None = None,
+        since: dt.datetime | None = None,
+        until: dt.datetime | None = None,
+        cursor: str | None = None,
+        limit: int = 50,
+    ) -> tuple[list[AuditEvent], str | None]:
+        """A keyset page of the audit log, newest first, and the next page's cursor (or None).
+        ``since`` is inclusive, ``until`` exclusive."""
+        with unit_of_work(self._db) as s:
+            return AuditSearch(s).page(
+                actor=actor, action=action, target=target, since=since, until=until,
+                cursor=cursor, limit=limit,
+            )  # fmt: skip
+
+    def latest_audit_events(self, limit: int = 10) -> list[AuditEvent]:
+        """The newest audit events, for the dashboard."""
+        return self.audit_page(limit=limit)[0]
+
+    def crl_header(self, authority: str) -> tuple[int, dt.datetime, dt.datetime] | None:
+        """Number, thisUpdate and nextUpdate of the authority's stored CRL, without its body
+        (tens of megabytes at a million entries); None before the first CRL."""
+        with unit_of_work(self._db) as s:
+            return CRLRepository(s).latest_header(authority)
+
+    def ocsp_responder(self, authority: str, now: dt.datetime) -> ResponderRecord | None:
+        """The delegated OCSP responder certificate in use (None: none made yet, or the CA
+        signs its answers itself)."""
+        with unit_of_work(self._db) as s:
+            return OCSPRepository(s).latest_responder(authority, now)

@@ -40,6 +40,21 @@ def check_role(caller: Caller, needed: Role) -> None:
         raise Forbidden(f"this endpoint needs the {needed.value} role", rule="caller.role")
 
 
+# Who may sign in to the admin web UI: the people who look (reader) and revoke (admin). An
+# issuer token belongs to a pipeline; a session would hand its holder a browser view of every
+# certificate and keep working after the pipeline's job is done.
+UI_ROLES = frozenset({Role.ADMIN, Role.READER})
+
+
+def check_ui_sign_in(caller: Caller) -> None:
+    """Only admin and reader tokens open a UI session (what each may then do: check_role)."""
+    if caller.role not in UI_ROLES:
+        raise Forbidden(
+            "Issuer tokens cannot sign in to the admin UI; use an admin or reader token.",
+            rule="ui.role",
+        )
+
+
 def revokes_only_own(caller: Caller) -> bool:
     """Whether ``caller`` may revoke only the certificates it requested: all but admins."""
     return caller.role is not Role.ADMIN

@@ -121,6 +121,16 @@ def _like_escape(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
+def _name_like(term: str) -> Any:
+    """``LIKE '%term%'`` on the lower-cased common name or SAN text: what a name search means,
+    whichever index finds the candidates."""
+    pattern = "%" + _like_escape(term) + "%"
+    return or_(
+        func.lower(CertificateRow.common_name).like(pattern, escape="\\"),
+        func.lower(CertificateRow.sans).like(pattern, escape="\\"),
+    )
+
+
 class AuthorityRepository:
     def __init__(self, session: Session) -> None:
         self.s = session
@@ -471,16 +481,8 @@ class CertificateRepository:
         next page's cursor (the page may then hold fewer rows than asked for, even none).
         """
         term = name.lower()
-        is_sqlite = self.s.get_bind().dialect.name == "sqlite"
-        if is_sqlite or len(name) < MIN_INDEXED_TERM:
-            pattern = "%" + _like_escape(term) + "%"
-            query = query.where(
-                or_(
-                    func.lower(CertificateRow.common_name).like(pattern, escape="\\"),
-                    func.lower(CertificateRow.sans).like(pattern, escape="\\"),
-                )
-            )
         if len(name) < MIN_INDEXED_TERM or "\x00" in name:
+            query = query.where(_name_like(term))
             floor = self.s.scalar(
                 select(CertificateRow.id)
                 .where(CertificateRow.id < after_id if after_id is not None else true())
@@ -491,7 +493,21 @@ class CertificateRepository:
             if floor is not None:
                 query = query.where(CertificateRow.id >= floor)
             return query.order_by(CertificateRow.id.desc()), floor
-        if not is_sqlite:
+        query, order = self.indexed_name_filter(query, term, after_id=after_id)
+        return query.order_by(order), None
+
+    def indexed_name_filter(
+        self, query: Any, term: str, *, after_id: int | None = None, newest_first: bool = True
+    ) -> tuple[Any, Any]:
+        """Add the search for ``term`` (lower case, MIN_INDEXED_TERM characters or more) to
+        ``query`` through the trigram index, and return it with the newest-first order that
+        goes with the path taken (which the caller applies, or replaces with its own order when
+        ``newest_first`` is False: the admin UI's sort by expiry).
+
+        ``after_id`` (newest first only) is the keyset cursor, repeated on the index's rowid
+        for SQLite, which otherwise reads the matches above the cursor too.
+        """
+        if self.s.get_bind().dialect.name != "sqlite":
             sample = self._name_sample()
             # The index gets the term's least common slice (LIKE, which GIN serves); strpos, which
             # it does not, checks the whole term on the few rows that come back.
@@ -510,19 +526,26 @@ class CertificateRepository:
             if sample.is_rare(term):
                 # All matches through the index, then the newest: "id + 0" keeps the planner
                 # from walking the primary key newest-first through rows that do not match.
-                return query.order_by((CertificateRow.id + literal_column("0")).desc()), None
+                return query, (CertificateRow.id + literal_column("0")).desc()
             # A common term (or no statistics yet): newest-first stops at the page size.
-            return query.order_by(CertificateRow.id.desc()), None
+            return query, CertificateRow.id.desc()
+        query = query.where(_name_like(term))
+        sample = self._name_sample()
+        if not newest_first and not sample.is_rare(term):
+            # Another order over a common term: walking that order's index and checking each
+            # row with LIKE fills a page after about limit / share rows, where the FTS table
+            # would hand over every match to be sorted.
+            return query, CertificateRow.id.desc()
         # FTS5 phrase of the term's least common slice: its trigrams in a row, i.e. that
         # substring, case-folded; the LIKE above then checks the whole term.
-        slice_ = self._name_sample().rarest_slice(term)
+        slice_ = sample.rarest_slice(term)
         phrase = '"' + slice_.replace('"', '""') + '"'
         query = query.join(_FTS, _FTS.c.rowid == CertificateRow.id).where(
             literal_column(SEARCH_FTS_TABLE).op("MATCH")(phrase)
         )
         if after_id is not None:
             query = query.where(_FTS.c.rowid < after_id)
-        return query.order_by(_FTS.c.rowid.desc()), None
+        return query, _FTS.c.rowid.desc()
 
     def _name_sample(self) -> _NameSample:
         """Stored names, lower-cased, per column (common name, SANs), cached per database.
@@ -689,16 +712,18 @@ class AuditRepository:
         if after_id is not None:
             query = query.where(AuditRow.id < after_id)
         rows = self.s.scalars(query.order_by(AuditRow.id.desc()).limit(limit))
-        return [
-            AuditEvent(
-                at=_utc(r.at),
-                actor=r.actor,
-                action=r.action,
-                target=r.target,
-                request_id=r.request_id,
-                client_address=r.client_address,
-                details=r.details,
-                id=r.id,
-            )
-            for r in rows
-        ]
+        return [audit_event(r) for r in rows]
+
+
+def audit_event(r: AuditRow) -> AuditEvent:
+    """A stored audit row as the domain's event."""
+    return AuditEvent(
+        at=_utc(r.at),
+        actor=r.actor,
+        action=r.action,
+        target=r.target,
+        request_id=r.request_id,
+        client_address=r.client_address,
+        details=r.details,
+        id=r.id,
+    )

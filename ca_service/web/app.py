@@ -16,11 +16,13 @@ from ca_service.acme.eab import EABKeys
 from ca_service.acme.server import ACMEServer
 from ca_service.config import Settings, check_mtls_authorities, load_settings
 from ca_service.core.facade import Core
+from ca_service.core.ui_sessions import UISessions
 from ca_service.errors import Unavailable
 from ca_service.oidc.jwks import JWKSCache
 from ca_service.oidc.provisioners import ProvisionerService
 from ca_service.oidc.verify import OIDCVerifier
 from ca_service.tokens import TokenService
+from ca_service.ui.blueprint import register_ui
 from ca_service.web import openapi, problems
 from ca_service.web.body import check_url
 from ca_service.web.routes import register_routes
@@ -66,6 +68,13 @@ def create_app(settings: Settings | None = None, authority: Core | None = None) 
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions["ca_core"] = ca
     app.extensions["ca_tokens"] = TokenService(ca.db, ca.clock, ca.refusals)
+    app.extensions["ca_ui_sessions"] = UISessions(
+        ca.db,
+        ca.clock,
+        app.extensions["ca_tokens"],
+        idle_minutes=settings.ui_session_idle_minutes,
+        max_hours=settings.ui_session_max_hours,
+    )
     app.extensions["ca_settings"] = settings
     # Seals and opens the EAB HMAC keys under the CA key passphrase (never stored in the DB):
     # the admin API makes them, newAccount opens them to verify a binding.
@@ -116,4 +125,6 @@ def create_app(settings: Settings | None = None, authority: Core | None = None) 
 
     problems.register(app)
     register_routes(app)
+    # The admin web UI (ui/): HTML pages at /ui/ over the same core, and / leading there.
+    register_ui(app)
     return app

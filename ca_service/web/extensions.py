@@ -1,6 +1,6 @@
 """Typed access to what the app factory keeps in ``app.extensions`` (the core, the token
-service, the EAB keys, the OIDC services, the settings), so that views get checked types
-instead of untyped dictionary reads."""
+service, the admin UI's sessions, the EAB keys, the OIDC services, the settings), so that views
+(of the API and of the UI) get checked types instead of untyped dictionary reads."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from flask import current_app
 from ca_service.acme.eab import EABKeys
 from ca_service.config import Settings
 from ca_service.core.facade import Core
+from ca_service.core.ui_sessions import UISessions
 from ca_service.oidc.provisioners import ProvisionerService
 from ca_service.oidc.verify import OIDCVerifier
 from ca_service.tokens import TokenService
@@ -32,6 +33,13 @@ def settings() -> Settings:
 def tokens() -> TokenService:
     service = current_app.extensions["ca_tokens"]
     assert isinstance(service, TokenService)
+    return service
+
+
+def ui_sessions() -> UISessions:
+    """The admin UI's sessions (ca_service.core.ui_sessions)."""
+    service = current_app.extensions["ca_ui_sessions"]
+    assert isinstance(service, UISessions)
     return service
 
 

@@ -196,9 +196,9 @@ def _document() -> dict[str, Any]:
     return spec.to_dict()
 
 
-# Routes whose contract is an RFC, not this document: ACME (RFC 8555) speaks JWS, not JSON
-# bodies, and its clients read its directory, not OpenAPI.
-PROTOCOL_BLUEPRINTS = ("acme.",)
+# Routes whose contract is not this document: ACME (RFC 8555) speaks JWS, not JSON bodies, and
+# its clients read its directory, not OpenAPI; the admin UI (ui/) answers HTML to browsers.
+PROTOCOL_BLUEPRINTS = ("acme.", "ui.")
 
 
 def document() -> dict[str, Any]:

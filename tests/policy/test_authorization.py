@@ -80,6 +80,16 @@ def test_roles_are_ordered_and_a_certificate_without_a_rule_has_none() -> None:
         authorization.check_role(ISSUER, Role.ADMIN)
 
 
+def test_only_admin_and_reader_tokens_sign_in_to_the_ui() -> None:
+    authorization.check_ui_sign_in(ADMIN)
+    authorization.check_ui_sign_in(READER)
+    assert _rule_of(lambda: authorization.check_ui_sign_in(ISSUER)) == "ui.role"
+    unmapped = _Certificate("cert:default/0a1b", None)
+    assert _rule_of(lambda: authorization.check_ui_sign_in(unmapped)) == "ui.role"
+    with pytest.raises(Forbidden, match=r"^Issuer tokens cannot sign in to the admin UI; "):
+        authorization.check_ui_sign_in(ISSUER)
+
+
 def test_an_issuer_revokes_only_its_own_and_an_admin_any() -> None:
     mine = _certificate(ISSUER.identity)
     assert authorization.revokes_only_own(ISSUER) and authorization.revokes_only_own(READER)
