@@ -46,6 +46,11 @@ def render(template: str, status: int = 200, **context: Any) -> Response:
     return Response(body, status=status, mimetype="text/html")
 
 
+def given(values: dict[str, str]) -> dict[str, Any]:
+    """The filters that were given, as URL parameters of another page of the same list."""
+    return {k: v for k, v in values.items() if v}
+
+
 def error_page(status: int, title: str, detail: str) -> Response:
     return render(
         "error.html",

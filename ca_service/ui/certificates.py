@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass, field
-from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -33,7 +32,7 @@ from ca_service.domain import (
 from ca_service.errors import BadRequest
 from ca_service.policy import authorization
 from ca_service.ui import charts, x509_text
-from ca_service.ui.blueprint import render, ui
+from ca_service.ui.blueprint import given, render, ui
 from ca_service.ui.crl_check import crl_listing
 from ca_service.ui.session import actor, current, is_admin, signed_in
 from ca_service.web.extensions import core
@@ -123,7 +122,7 @@ def _query(
 
 def _list_url(form: Form, cursor: str | None) -> str:
     """The same search on another page: the filters as sent, and the cursor."""
-    params: dict[str, Any] = {k: v for k, v in form.values.items() if v}
+    params = given(form.values)
     if cursor:
         params["cursor"] = cursor
     return url_for("ui.certificates", **params)

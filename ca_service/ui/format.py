@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 
+from cryptography import x509
+
 from ca_service.ui.blueprint import ui
 
 
@@ -41,3 +43,9 @@ def colons(hex_text: str) -> str:
     if len(text) % 2:
         text = "0" + text
     return ":".join(text[i : i + 2] for i in range(0, len(text), 2))
+
+
+@ui.app_template_filter("pem_subject")
+def pem_subject(pem: str) -> str:
+    """The subject of a PEM certificate (an authority's chain lists them)."""
+    return x509.load_pem_x509_certificate(pem.encode()).subject.rfc4514_string()
