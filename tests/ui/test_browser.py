@@ -156,8 +156,18 @@ def sign_in(page: Page, fleet: Fleet, token: str) -> None:
 
     page.goto(fleet.url("/ui/"))
     page.get_by_label("Token", exact=True).fill(token)
-    page.get_by_role("button", name="Sign in").click()
-    expect(page.get_by_role("button", name="Sign out")).to_be_visible()
+    with page.expect_request(lambda r: r.method == "POST") as posted:
+        page.get_by_role("button", name="Sign in").click()
+    try:
+        expect(page.get_by_role("button", name="Sign out")).to_be_visible()
+    except AssertionError as exc:
+        # Say why: a refusal of the browser's own form is a server bug, not a slow page.
+        sent = posted.value.all_headers()
+        headers = {k: v for k, v in sent.items() if k.startswith(("origin", "sec-fetch"))}
+        raise AssertionError(
+            f"signing in failed; the browser sent {headers}; the page says:\n"
+            + page.locator("main").inner_text()
+        ) from exc
 
 
 def open_certificate(page: Page, fleet: Fleet, i: int) -> None:
