@@ -18,7 +18,7 @@ import random
 import secrets
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -91,20 +91,32 @@ def prepare(ca: Core) -> Population:
     return Population(int(authority_id), der, offset + 2)
 
 
+# A generator of ``count`` rows in COLUMNS order: (population, count, revoked, now, rng).
+RowMaker = Callable[[Population, int, bool, dt.datetime, random.Random], Iterator[tuple[Any, ...]]]
+
+
+def random_serial_der(pop: Population) -> tuple[int, bytes]:
+    """A fresh 159-bit serial and the template DER patched to carry it."""
+    # Exactly 159 bits: the top bit of 20 octets is clear, the next one set.
+    serial = secrets.randbits(158) | (1 << 158)
+    end = pop.serial_offset + SERIAL_OCTETS
+    return serial, pop.template_der[: pop.serial_offset] + serial.to_bytes(
+        SERIAL_OCTETS, "big"
+    ) + pop.template_der[end:]
+
+
+def random_host(rng: random.Random) -> str:
+    return f"h{rng.getrandbits(40):010x}.svc{rng.randrange(1000)}.example.test"
+
+
 def _rows(
     pop: Population, count: int, revoked: bool, now: dt.datetime, rng: random.Random
 ) -> Iterator[tuple[Any, ...]]:
-    prefix, suffix = (
-        pop.template_der[: pop.serial_offset],
-        pop.template_der[pop.serial_offset + SERIAL_OCTETS :],
-    )
     not_before = now - dt.timedelta(days=10)
     not_after = now + dt.timedelta(days=80)
     for _ in range(count):
-        # Exactly 159 bits: the top bit of 20 octets is clear, the next one set.
-        serial = secrets.randbits(158) | (1 << 158)
-        der = prefix + serial.to_bytes(SERIAL_OCTETS, "big") + suffix
-        host = f"h{rng.getrandbits(40):010x}.svc{rng.randrange(1000)}.example.test"
+        serial, der = random_serial_der(pop)
+        host = random_host(rng)
         revoked_at = now - dt.timedelta(seconds=rng.randrange(1, 300 * 86400)) if revoked else None
         yield (
             pop.authority_id,
@@ -145,11 +157,12 @@ def load(
     revoked: bool,
     deadline: float,
     batch: int = 20_000,
+    rows: RowMaker = _rows,
 ) -> int:
     """Insert up to ``count`` rows, stopping at the first batch boundary past ``deadline``.
 
     Returns the rows really inserted: a slow disk shortens the population, and the report says
-    so, instead of stretching the run.
+    so, instead of stretching the run. ``rows`` makes them (default: the CRL scenario's shape).
     """
     rng = random.Random(secrets.randbits(64))  # noqa: S311 (names and dates, not keys)
     now = dt.datetime.now(dt.UTC)
@@ -164,15 +177,15 @@ def load(
         try:
             while done < count and time.monotonic() < deadline:
                 n = min(batch, count - done)
-                rows = []
-                for row in _rows(pop, n, revoked, now, rng):
+                values = []
+                for row in rows(pop, n, revoked, now, rng):
                     _sample(pop, row)
-                    rows.append(
+                    values.append(
                         (*row[:7], _sqlite_time(row[7]), _sqlite_time(row[8]), row[9],
                          _sqlite_time(row[10]), *row[11:15], _sqlite_time(row[15]))
                     )  # fmt: skip
                 conn.execute("BEGIN")
-                conn.executemany(sql, rows)
+                conn.executemany(sql, values)
                 conn.execute("COMMIT")
                 done += n
         finally:
@@ -186,7 +199,7 @@ def load(
                     conn.cursor() as cur,
                     cur.copy(f"COPY certificates ({', '.join(COLUMNS)}) FROM STDIN") as copy,
                 ):
-                    for row in _rows(pop, n, revoked, now, rng):
+                    for row in rows(pop, n, revoked, now, rng):
                         _sample(pop, row)
                         copy.write_row(row)
                 conn.commit()

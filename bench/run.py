@@ -18,11 +18,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from bench import acme_orders, hsm, http_scenarios, references, report, store
+from bench import acme_orders, hsm, http_scenarios, references, report, store, ui_pages
 from bench.common import database_url, leaf_csr_pem, machine_info, pg_reachable, progress
 from ca_service.domain import KeyType
 
-SCENARIOS = ("openssl", "ceiling", "cfssl", "store", "http", "hsm", "acme")
+SCENARIOS = ("openssl", "ceiling", "cfssl", "store", "http", "hsm", "acme", "ui")
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -159,6 +159,8 @@ def run(mode: Mode, only: set[str], out_dir: Path, command: str) -> dict[str, An
             results["hsm"] = {"status": "error", "reason": repr(exc)}
     if "acme" in only:
         results["acme"] = acme_orders.run_scenario(dbs, mode.name)
+    if "ui" in only:
+        results["ui"] = ui_pages.run_scenario(dbs, mode.name)
     results["elapsed_s"] = round(time.monotonic() - started, 1)
     results["targets"] = report.evaluate(results)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -171,8 +173,13 @@ def run(mode: Mode, only: set[str], out_dir: Path, command: str) -> dict[str, An
 
 
 def render(results: dict[str, Any]) -> str:
-    """RESULTS.md: the report's tables, then the ACME scenario's (absent from older runs)."""
-    return report.markdown(results) + acme_orders.markdown(results.get("acme", {}))
+    """RESULTS.md: the report's tables, then the ACME and admin UI scenarios' (absent from older
+    runs)."""
+    return (
+        report.markdown(results)
+        + acme_orders.markdown(results.get("acme", {}))
+        + ui_pages.markdown(results.get("ui", {}))
+    )
 
 
 def _portable(argv: list[str]) -> list[str]:

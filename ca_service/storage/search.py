@@ -13,7 +13,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select, tuple_
+from sqlalchemy import and_, case, func, or_, select, tuple_
 from sqlalchemy.orm import Session
 
 from ca_service.clock import as_utc as _utc
@@ -123,9 +123,11 @@ class CertificateSearch:
                 raise BadRequest("the search text holds a control character")
             hexed = _hex_of(q)
             if hexed is not None and len(hexed) <= 42:
-                exact += self._rows(base.where(CertificateRow.serial == _serial_form(hexed)))
+                serial = CertificateRow.serial == _serial_form(hexed)
+                exact += self._rows(base.where(serial), query.sort)
             if hexed is not None and len(hexed) == 64:
-                exact += self._rows(base.where(CertificateRow.fingerprint_sha256 == hexed))
+                fingerprint = CertificateRow.fingerprint_sha256 == hexed
+                exact += self._rows(base.where(fingerprint), query.sort)
             if len(q) >= MIN_INDEXED_TERM:
                 name_rows = self._page(base, query, after, q.lower())
                 more = len(name_rows) > query.limit
@@ -224,9 +226,7 @@ class CertificateSearch:
             order = (CertificateRow.not_after, CertificateRow.id)
         return self._rows(stmt.order_by(*order).limit(query.limit + 1), query.sort)
 
-    def _rows(
-        self, stmt: Any, sort: CertificateSort = CertificateSort.ISSUED
-    ) -> list[tuple[_Key, CertificateRecord]]:
+    def _rows(self, stmt: Any, sort: CertificateSort) -> list[tuple[_Key, CertificateRecord]]:
         out = []
         for row, name in self.s.execute(stmt):
             record = CertificateRepository._to_record(row, name)
@@ -237,43 +237,28 @@ class CertificateSearch:
 
     def status_counts(self, now: dt.datetime) -> list[AuthorityStatusCounts]:
         """Every authority (zeros included) with its count of certificates in each state."""
-        is_hold = CertificateRow.revocation_reason == HOLD
+        valid = CertificateRow.status == VALID
+        hold = and_(CertificateRow.status == REVOKED, CertificateRow.revocation_reason == HOLD)
+
+        def count(condition: Any) -> Any:
+            return func.sum(case((condition, 1), else_=0))
+
         rows = self.s.execute(
             select(
                 CertificateRow.authority_id,
-                CertificateRow.status,
-                CertificateRow.not_after > now,
-                is_hold,
-                func.count(),
-            ).group_by(
-                CertificateRow.authority_id,
-                CertificateRow.status,
-                CertificateRow.not_after > now,
-                is_hold,
-            )
+                count(and_(valid, CertificateRow.not_after > now)),
+                count(and_(valid, CertificateRow.not_after <= now)),
+                count(CertificateRow.status == REVOKED),
+                count(hold),
+            ).group_by(CertificateRow.authority_id)
         ).all()
-        counts: dict[int, dict[str, int]] = {}
-        for authority_id, status, unexpired, hold, n in rows:
-            c = counts.setdefault(authority_id, {})
-            if status == VALID:
-                state = "valid" if unexpired else "expired"
-            else:
-                state = "on_hold" if hold else "revoked"
-            c[state] = c.get(state, 0) + int(n)
+        counts = {r[0]: [int(n or 0) for n in r[1:]] for r in rows}
         out = []
         for authority_id, name in self.s.execute(
             select(AuthorityRow.id, AuthorityRow.name).order_by(AuthorityRow.name)
         ):
-            c = counts.get(authority_id, {})
-            out.append(
-                AuthorityStatusCounts(
-                    name,
-                    c.get("valid", 0),
-                    c.get("revoked", 0),
-                    c.get("expired", 0),
-                    c.get("on_hold", 0),
-                )
-            )
+            n_valid, n_expired, n_revoked, n_hold = counts.get(authority_id, [0, 0, 0, 0])
+            out.append(AuthorityStatusCounts(name, n_valid, n_revoked - n_hold, n_expired, n_hold))
         return out
 
     def expiry_histogram(self, now: dt.datetime, days: int) -> list[tuple[dt.date, int]]:

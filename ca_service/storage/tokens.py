@@ -58,8 +58,9 @@ def _utc(value: dt.datetime | None) -> dt.datetime | None:
     return None if value is None else as_utc(value)
 
 
-def _to_record(row: Any) -> TokenRecord:
-    """From an ORM row or a Core row of api_tokens (both have the columns as attributes)."""
+def token_record(row: Any) -> TokenRecord:
+    """From an ORM row or a Core row of api_tokens (both have the columns as attributes); the
+    UI's sessions (storage/ui_sessions.py) read their token's columns through this too."""
     role = Role(row.role)
     created_at = _utc(row.created_at)
     assert created_at is not None
@@ -107,19 +108,19 @@ class TokenRepository:
         )
         self.s.add(row)
         self.s.flush()
-        return _to_record(row)
+        return token_record(row)
 
     def find_with_hash(self, token_id: str) -> tuple[TokenRecord, str] | None:
         """The token and its secret's stored SHA-256, for authentication only."""
         row = self.s.connection().execute(_TOKEN_BY_ID, {"id": token_id}).one_or_none()
         if row is None:
             return None
-        return _to_record(row), str(row.secret_sha256)
+        return token_record(row), str(row.secret_sha256)
 
     def list(self) -> list[TokenRecord]:
         """Every token, newest first."""
         rows = self.s.scalars(select(TokenRow).order_by(TokenRow.created_at.desc()))
-        return [_to_record(r) for r in rows]
+        return [token_record(r) for r in rows]
 
     def revoke(self, token_id: str, now: dt.datetime) -> tuple[TokenRecord, bool]:
         """Mark the token revoked at ``now`` unless it is already; True when this changed it.
@@ -131,7 +132,7 @@ class TokenRepository:
         if changed:
             row.revoked_at = now
         self.s.flush()
-        return _to_record(row), changed
+        return token_record(row), changed
 
     def count(self) -> int:
         return int(self.s.scalar(select(func.count()).select_from(TokenRow)) or 0)

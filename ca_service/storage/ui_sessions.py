@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 from ca_service.clock import as_utc
 from ca_service.domain import UISession
 from ca_service.storage.models import TokenRow, UISessionRow
-from ca_service.storage.tokens import _to_record as token_record
+from ca_service.storage.tokens import token_record
 
 _SESSIONS = UISessionRow.__table__
 _TOKENS = TokenRow.__table__

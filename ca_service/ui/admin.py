@@ -21,6 +21,8 @@ from ca_service.web.extensions import core, eab_keys, provisioners, tokens
 
 TOKEN_FIELDS = ("name", "role", "allowed_names", "allowed_subjects", "max_validity_days",
                 "expires_in_days")  # fmt: skip
+# Which form field a refused grant is about (policy/authorization's rules), for its message.
+_FIELD_OF_RULE = {"token.unknown_profile": "profiles", "token.unknown_authority": "authorities"}
 AUDIT_FILTERS = ("actor", "action", "target", "since", "until")
 AUDIT_PAGE = 50
 
@@ -111,7 +113,8 @@ def create_token() -> Response:
                 policy, ca.settings.profiles, {a.name for a in ca.list_authorities()}
             )
         except BadRequest as exc:
-            errors["allowed_names"] = exc.detail
+            # Said at the field it is about: an unknown profile or authority, else the names.
+            errors[_FIELD_OF_RULE.get(exc.rule or "", "allowed_names")] = exc.detail
     if errors or role is None:
         return _token_page(
             400,
@@ -119,6 +122,7 @@ def create_token() -> Response:
             errors=errors,
             chosen_profiles=chosen_profiles,
             chosen_authorities=chosen_authorities,
+            allow_wildcards=form.get("allow_wildcards") == "yes",
         )
     expires_at = ca.clock.now() + dt.timedelta(days=expires_days) if expires_days else None
     secret, record = tokens().create(values["name"], role, policy, actor(), expires_at=expires_at)

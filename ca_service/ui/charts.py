@@ -51,7 +51,8 @@ def expiry_chart(days: Sequence[tuple[dt.date, int]], now: dt.datetime) -> Expir
     step = WIDTH / max(1, len(days))
     bars = []
     for i, (day, n) in enumerate(days):
-        h = 0.0 if peak == 0 else max(1.0, (plot - 10) * n / peak) if n else 0.0
+        # Scaled to the busiest day; a day with any certificate stays visible (1 unit).
+        h = max(1.0, (plot - 16) * n / peak) if n else 0.0
         label = f"{day:%Y-%m-%d}: {n} certificate{'s' if n != 1 else ''}"
         bars.append(Bar(round(i * step + 1, 1), round(plot - h, 1), round(step - 2, 1), h, label))
     ticks = [

@@ -189,6 +189,12 @@ def test_wheel_installs_and_serves_from_outside_the_checkout(venv: Venv, tmp_pat
         cert = x509.load_pem_x509_certificate(reply.json["certificate"].encode())
         names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
         assert names.get_values_for_type(x509.DNSName) == ["api.example.test"]
+        # The admin UI's templates and static files ship in the wheel (package-data).
+        login = server.request("GET", "/ui/login", check_spec=False)
+        assert login.status == 200 and b'<label for="token">Token</label>' in login.body
+        for asset in ("/ui/static/ui.css", "/ui/static/ui.js"):
+            reply = server.request("GET", asset, check_spec=False)
+            assert reply.status == 200 and len(reply.body) > 200, asset
     finally:
         code = server.stop()
     assert code == 0, server.log()[-4000:]

@@ -109,6 +109,9 @@ def test_root_and_ui_lead_to_the_sign_in_page(live: LiveServer) -> None:
     assert root.status == 302 and root.location == "/ui/"
     dashboard = browser.get("/ui/")
     assert dashboard.status == 303 and dashboard.location == "/ui/login"
+    for redirect in (root, dashboard):
+        assert redirect.headers["content-security-policy"] == CSP
+        assert redirect.headers["x-frame-options"] == "DENY"
     login = browser.follow(dashboard)
     assert login.status == 200 and login.h1() == "Sign in"
     field = login.one("input", id="token")
@@ -675,6 +678,10 @@ def test_posts_without_the_csrf_token_are_refused_and_change_nothing(
     assert len(_tokens(live)) == before
     assert browser.post("/ui/logout", {}).status == 403
     assert browser.get("/ui/").status == 200
+    # Nor with the right token from a page of another site (the browser says so in Origin).
+    cross = browser.post(path, {**form, "csrf": page.csrf()}, Origin="https://evil.example")
+    assert cross.status == 403 and "sent from another site" in cross.text
+    assert _api_certificate(live, serial)["status"] == "valid"
     # The CSRF token of another session does not do either.
     other = Browser(live).sign_in(admin[0])
     assert browser.post(path, {**form, "csrf": other.csrf()}).status == 403
@@ -766,6 +773,7 @@ def test_a_token_made_in_the_ui_shows_its_secret_once(
         {"csrf": page.csrf(), "name": "n", "role": "reader", "authorities": "no-such-ca"},
     )
     assert typo.status == 400
+    assert "unknown authority 'no-such-ca'" in typo.one("p", id="authorities-error").text
 
     revoked = browser.post(f"/ui/tokens/{token_id}/revoke", {"csrf": page.csrf()})
     assert revoked.status == 303
