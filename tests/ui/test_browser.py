@@ -443,6 +443,14 @@ def test_every_page_passes_axe(browser: Browser, fleet: Fleet, shots: Path) -> N
         ):
             page.get_by_role("link", name=re.compile(pattern, re.I)).first.click()
             check(label)
+        # The page that shows a new token's secret, once.
+        page.get_by_role("link", name=re.compile(r"^tokens$", re.I)).first.click()
+        page.get_by_label("Name", exact=True).fill("axe reader")
+        page.get_by_role("button", name="Create token").click()
+        assert "cas_" in page.locator("main").inner_text()
+        check("token created")
+        page.goto(fleet.url("/ui/no-such-page"))
+        check("not found")
         # The ACME and OIDC pages, where the UI has them (issue 13 item 6).
         for label, pattern in (("ACME EAB keys", r"EAB|external account"),
                                ("provisioners", r"provisioner")):  # fmt: skip
