@@ -406,8 +406,12 @@ def test_axe_sees_a_violation(browser: Browser) -> None:
             '<!doctype html><html lang="en"><title>bad</title><main><h1>Bad</h1>'
             '<input type="text"><p style="color:#aaa;background:#bbb">faint</p></main></html>'
         )
-        ids = {v["id"] for v in failing(axe_violations(page))}
-        assert {"label", "color-contrast"} <= ids, ids
+        found = failing(axe_violations(page))
+        assert {"label", "color-contrast"} <= {v["id"] for v in found}, found
+        # What a failure prints: each rule, its help URL and the offending element.
+        text = describe(found)
+        assert "- color-contrast (serious)" in text and "<input" in text, text
+        assert re.search(r"<https://\S+/color-contrast\S*>", text), text
     finally:
         context.close()
 
