@@ -15,8 +15,9 @@ from typing import Any
 from flask import Blueprint, Flask, Response, g, render_template, request
 from werkzeug.exceptions import HTTPException
 
-from ca_service.errors import CAError, ConfigError, Unavailable
+from ca_service.errors import BadRequest, CAError, ConfigError, Unavailable
 from ca_service.ui import session as ui_session
+from ca_service.web.body import has_bad_text
 from ca_service.web.problems import status_of
 
 log = logging.getLogger("ca_service.ui")
@@ -60,6 +61,18 @@ def error_page(status: int, title: str, detail: str) -> Response:
         status_code=status,
         request_id=g.get("request_id"),
     )
+
+
+@ui.before_request
+def _check_form() -> None:
+    """A form field with text no store can keep (a NUL, an unpaired surrogate) is refused for
+    every form at once, as the API refuses it in JSON (web/body.py), before any view reads it."""
+    if request.method == "POST":
+        for key, value in request.form.items(multi=True):
+            if has_bad_text(key) or has_bad_text(value):
+                raise BadRequest(
+                    f"the form field {key[:40]!r} holds a NUL or an unpaired surrogate"
+                )
 
 
 @ui.after_app_request

@@ -761,6 +761,9 @@ def test_a_token_made_in_the_ui_shows_its_secret_once(
     assert api_record["created_by"] == f"token:{admin[1]}"
     assert api_record["policy"]["max_validity_days"] == 30
 
+    nul = browser.post("/ui/tokens", {"csrf": page.csrf(), "name": "a\x00b", "role": "reader"})
+    assert nul.status == 400 and "NUL" in nul.text
+    assert browser.post("/ui/login", {"token": "cas_\x00"}).status == 400
     bad = browser.post("/ui/tokens", {"csrf": page.csrf(), "name": "", "role": "issuer"})
     assert bad.status == 400 and bad.one("p", id="name-error").text
     nameless = browser.post("/ui/tokens", {"csrf": page.csrf(), "name": "n", "role": "issuer"})
