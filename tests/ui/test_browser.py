@@ -252,6 +252,8 @@ def test_admin_finds_one_among_thousands_and_revokes_it(
         page.screenshot(path=shots / "certificates.png", full_page=True)
 
         open_certificate(page, fleet, TARGET)
+        # ui.js ran (from 'self', as the CSP allows): it adds a Copy button after the serial.
+        expect(page.get_by_role("button", name=re.compile(r"^Copy"))).not_to_have_count(0)
         page.screenshot(path=shots / "certificate.png", full_page=True)
         assert api_status(fleet, TARGET) == ("valid", None)
         revoke_on_page(page, fleet, TARGET, "keyCompromise", confirm=True)
@@ -483,6 +485,8 @@ def test_without_javascript_sign_in_search_and_revoke(browser: Browser, fleet: F
         page = context.new_page()
         sign_in(page, fleet, fleet.admin)
         open_certificate(page, fleet, NO_JS)
+        # Scripts really are off: ui.js's Copy buttons are not there.
+        assert page.get_by_role("button", name=re.compile(r"^Copy")).count() == 0
         revoke_on_page(page, fleet, NO_JS, "cessationOfOperation", confirm=True)
         body = page.locator("main").inner_text()
         assert re.search(r"\brevoked\b", body, re.I), body
