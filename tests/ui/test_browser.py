@@ -8,8 +8,9 @@ POST without the CSRF token is refused; Sign out ends the session (its old cooki
 nothing). The same flow works with JavaScript off, Tab reaches the controls with a visible
 focus ring, and axe-core finds no serious or critical violation on any page.
 
-Screenshots of the dashboard, the list and a detail page go to ``CA_UI_SCREENSHOTS`` (or a
-temporary directory); the run prints where.
+Screenshots of the dashboard, the list and a detail page (before and after revocation), and of
+every page axe-core checked, go to ``CA_UI_SCREENSHOTS`` (or a temporary directory); the run
+prints where. docs/ui-dashboard.png and docs/ui-certificate.png are two of them.
 """
 
 from __future__ import annotations
@@ -42,21 +43,21 @@ from .browser import (
     visible_ring,
 )
 
-if TYPE_CHECKING:  # playwright itself is imported after check_tools(), which explains its absence
+if TYPE_CHECKING:  # annotations only: playwright is imported after check_tools() found it
     from playwright.sync_api import Browser, BrowserContext, Page
 
-# A few thousand real certificates (issued in-process: about 3 ms each), so that Search really
+# A few thousand real certificates (issued in-process: about 5 ms each), so that Search really
 # has to find one among many and the list really paginates.
 FLEET_SIZE = 3000
 POPULATE = Actor(identity="test:ui-populate")
 # The certificates each test acts on, by index: disjoint, so the tests do not depend on order.
-TARGET, NO_JS, CONFIRM_ONLY, CSRF_VICTIM, READER_VIEW = 1717, 2222, 333, 444, 555
+TARGET, NO_JS, CONFIRM_ONLY, CSRF_VICTIM = 1717, 2222, 333, 444
 TIMEOUT_MS = 15_000
 # SQLite by default: what the browser sees does not depend on the store, which the UI's HTTP
 # tests (test_ui_http.py) run on both; CA_UI_BROWSER_BACKEND=postgresql runs this module there.
 BACKEND = os.environ.get("CA_UI_BROWSER_BACKEND", "sqlite")
 
-# Starting the server and issuing the fleet alone take about 20 s.
+# Starting the server and issuing the fleet alone take 20 s or more; the module about 70 s.
 pytestmark = pytest.mark.slow
 
 
@@ -112,7 +113,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     with live_server(BACKEND, tmp_path_factory.mktemp("ui-live")) as live:
         admin, _ = create_token(live, "admin", name="ui admin")
         reader, _ = create_token(live, "reader", name="ui reader")
-        keep = {TARGET, NO_JS, CONFIRM_ONLY, CSRF_VICTIM, READER_VIEW}
+        keep = {TARGET, NO_JS, CONFIRM_ONLY, CSRF_VICTIM}
         serials, pems = populate(live, FLEET_SIZE, keep)
         yield Fleet(live, admin, reader, serials, pems)
         assert server_tracebacks(live) == 0, live.log()[-4000:]
