@@ -10,6 +10,7 @@ from ca_service.signing.keystore import FileKeystore, Keystore
 from ca_service.signing.pkcs11 import Pkcs11Keystore
 from ca_service.storage import migrate
 from ca_service.storage.db import Database
+from ca_service.webhooks import from_settings as webhooks_from_settings
 
 
 def prepare_data_dir(settings: Settings) -> None:
@@ -48,7 +49,7 @@ def build_authority(
                 f"the database schema is behind ({len(waiting)} migration(s) pending); "
                 "run 'ca-service db upgrade'"
             )
-    return Core(settings, database, keystore, clock)
+    return Core(settings, database, keystore, clock, events=webhooks_from_settings(settings))
 
 
 def open_keystore(settings: Settings) -> Keystore:

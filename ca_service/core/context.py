@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -24,6 +24,7 @@ from ca_service.errors import BadRequest
 from ca_service.signing.keystore import Keystore
 from ca_service.signing.serials import parse_serial, serial_hex
 from ca_service.storage.db import Database
+from ca_service.webhooks import Events, NoEvents
 
 
 @dataclass
@@ -33,6 +34,8 @@ class Context:
     keystore: Keystore
     clock: Clock
     serials: Callable[[], int]
+    # Told of each certificate issued, revoked or expiring, after its commit (webhooks.py).
+    events: Events = field(default_factory=NoEvents)
 
 
 def record_for(
