@@ -107,6 +107,8 @@ class Delivery:
     body: dict[str, Any]
     signature_ok: bool
     timestamp: int
+    # What ``Receiver.inspect`` saw while the request was held (the store, say).
+    seen: Any = None
 
 
 @dataclass
@@ -123,7 +125,8 @@ class Receiver:
     deliveries: list[Delivery] = field(default_factory=list)
     attempts: dict[str, int] = field(default_factory=dict)
     release: threading.Event = field(default_factory=threading.Event)
-    blocked: int = 0
+    blocked: int = 0  # requests being held right now
+    inspect: Callable[[dict[str, Any]], Any] | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
     server: http.server.ThreadingHTTPServer | None = None
 
@@ -155,13 +158,16 @@ class Receiver:
                         receiver.blocked += 1
                 if receiver.hang:
                     receiver.release.wait(receiver.hang_seconds)
+                    with receiver.lock:
+                        receiver.blocked -= 1
+                seen = receiver.inspect(body) if receiver.inspect else None
                 if tries <= receiver.fail_first:
                     self.send_response(503)
                     self.send_header("Content-Length", "0")
                     self.end_headers()
                     return
                 with receiver.lock:
-                    receiver.deliveries.append(Delivery(body, ok, int(timestamp or 0)))
+                    receiver.deliveries.append(Delivery(body, ok, int(timestamp or 0), seen))
                 self.send_response(204)
                 self.end_headers()
 
@@ -179,10 +185,10 @@ class Receiver:
             self.server.shutdown()
             self.server.server_close()
 
-    def events(self, kind: str, serial: str | None = None) -> list[dict[str, Any]]:
+    def events(self, kind: str, serial: str | None = None) -> list[Delivery]:
         with self.lock:
             return [
-                d.body
+                d
                 for d in self.deliveries
                 if d.body["type"] == kind
                 and (serial is None or d.body["certificate"]["serial"] == serial)

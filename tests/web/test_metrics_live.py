@@ -5,7 +5,10 @@ keyed by URL rule, and the CRL, OCSP, authentication, pool and expiry series say
 from __future__ import annotations
 
 import datetime as dt
+import os
+import signal
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -30,7 +33,10 @@ def live(
         "CA_METRICS_TOKEN": METRICS_TOKEN,
         "CA_METRICS_EXPIRY_LEAVES": "3",
         "CA_LOG_FORMAT": "json",
+        # Where the master makes its metrics directory (tempfile honours TMPDIR).
+        "TMPDIR": str(base / "tmp"),
     }
+    (base / "tmp").mkdir()
     with database(request.param, base) as url:
         server = start_server(base / "data", url, workers=2, extra_env=env)
         try:
@@ -52,21 +58,31 @@ def _issuing_pids(live: LiveServer) -> set[int]:
     }
 
 
+def _workers(live: LiveServer) -> list[int]:
+    """The gunicorn workers: the children of the master (the process `serve` became)."""
+    pid = live.proc.pid
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return [int(c) for c in children]
+
+
 def test_counters_of_both_workers_add_up(live: LiveServer) -> None:
     labels = {"authority": "default", "profile": "server", "requester_kind": "token"}
     before = value(_scrape(live), ISSUED, outcome="issued", **labels)
-    issued = 0
-    # Each request is a new connection, which either worker may accept; go on until both
-    # have issued (bounded), so that the sum below needs both workers' files.
-    for _ in range(60):
-        issue(live, common_name=f"n{issued}.example.test")
-        issued += 1
-        if issued >= 6 and len(_issuing_pids(live)) >= 2:
-            break
-    assert len(_issuing_pids(live)) == 2, "one worker answered every issuance"
+    workers = _workers(live)
+    assert len(workers) == 2
+    # Which worker accepts a connection is the kernel's choice: each worker in turn is
+    # paused (SIGSTOP, well within the worker timeout) so that the other issues three.
+    for paused in workers:
+        os.kill(paused, signal.SIGSTOP)
+        try:
+            for n in range(3):
+                issue(live, common_name=f"w{paused}-{n}.example.test")
+        finally:
+            os.kill(paused, signal.SIGCONT)
+    assert set(workers) <= _issuing_pids(live)
     # Whichever worker answers the scrape, it reports both workers' issuances.
     for _ in range(4):
-        assert value(_scrape(live), ISSUED, outcome="issued", **labels) == before + issued
+        assert value(_scrape(live), ISSUED, outcome="issued", **labels) == before + 6
 
 
 def test_refused_issuance_and_revocation_are_counted(live: LiveServer) -> None:
@@ -236,3 +252,14 @@ def test_the_metrics_document_is_in_the_openapi_contract(live: LiveServer) -> No
     assert "text/plain" in operation["responses"]["200"]["content"]
     assert {"401", "404"} <= set(operation["responses"])
     assert "Traceback" not in live.log()
+
+
+def test_the_metrics_directory_is_the_servers_own_and_goes_with_it(live: LiveServer) -> None:
+    """Last in this module: it stops the server."""
+    tmp = Path(live.env["TMPDIR"])
+    (directory,) = tmp.glob("ca-service-metrics-*")
+    assert directory.stat().st_mode & 0o077 == 0
+    pids = {p.stem.rsplit("_", 1)[1] for p in directory.glob("counter_*.db")}
+    assert len(pids) >= 2  # one file per worker that counted
+    assert live.stop() == 0
+    assert not list(tmp.glob("ca-service-metrics-*"))
