@@ -82,7 +82,8 @@ OCSP_ANSWERS = Counter(
 AUTH_FAILURES = Counter(
     "ca_auth_failures",
     "Refused requests at authentication or role checks, by credential kind (missing, "
-    "malformed, token, oidc, certificate, acme) and reason (unauthenticated, forbidden).",
+    "malformed, token, oidc, certificate, metrics, acme) and reason (unauthenticated, "
+    "forbidden).",
     ["kind", "reason"],
 )
 DB_POOL_CHECKED_OUT = Gauge(
