@@ -6,11 +6,11 @@ from ca_service.clock import Clock
 from ca_service.config import Settings
 from ca_service.core.facade import Core
 from ca_service.errors import ConfigError
+from ca_service.notify import from_settings as webhooks_from_settings
 from ca_service.signing.keystore import FileKeystore, Keystore
 from ca_service.signing.pkcs11 import Pkcs11Keystore
 from ca_service.storage import migrate
 from ca_service.storage.db import Database
-from ca_service.webhooks import from_settings as webhooks_from_settings
 
 
 def prepare_data_dir(settings: Settings) -> None:

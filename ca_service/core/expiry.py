@@ -6,7 +6,7 @@ scheduler, see ca_service/scheduler.py).
 event (``certificate.expiring`` on ``<authority>/<serial>``) written under the lock of the
 certificate's row, and a certificate whose event exists is skipped; the webhook is published
 only after that event has committed. This part must never change a certificate, and never send
-anything itself (webhooks.py does, in the background).
+anything itself (notify.py does, in the background).
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ import datetime as dt
 
 from ca_service.core.context import Context
 from ca_service.domain import Actor, AuditEvent, CertificateRecord
+from ca_service.notify import EXPIRING
 from ca_service.storage.db import unit_of_work
 from ca_service.storage.repositories import AuditRepository, CertificateRepository
-from ca_service.webhooks import EXPIRING
 
 ACTION = "certificate.expiring"
 SCHEDULER = Actor("service:scheduler")

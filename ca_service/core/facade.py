@@ -39,11 +39,11 @@ from ca_service.domain import (
     SerialStatus,
     StoredCRL,
 )
+from ca_service.notify import Events, NoEvents
 from ca_service.refusals import RefusalLog
 from ca_service.signing.keystore import Keystore
 from ca_service.signing.serials import random_serial
 from ca_service.storage.db import Database
-from ca_service.webhooks import Events, NoEvents
 
 
 class Core:
@@ -57,7 +57,7 @@ class Core:
         events: Events | None = None,
     ) -> None:
         self._ctx = Context(settings, db, keystore, clock or SystemClock(), serials)
-        self._ctx.events = events or NoEvents()  # webhooks.py: told after each commit
+        self._ctx.events = events or NoEvents()  # notify.py: told after each commit
         self._expiry = ExpiryWarnings(self._ctx)
         self._registry = Registry(self._ctx)
         self._hierarchy = Hierarchy(self._ctx, self._registry)

@@ -32,6 +32,7 @@ from ca_service.domain import (
     KeyType,
 )
 from ca_service.errors import BadRequest, Conflict, PolicyRejected
+from ca_service.notify import ISSUED
 from ca_service.policy.check import check
 from ca_service.storage.db import DuplicateRow, unit_of_work
 from ca_service.storage.repositories import (
@@ -39,7 +40,6 @@ from ca_service.storage.repositories import (
     AuthorityRepository,
     CertificateRepository,
 )
-from ca_service.webhooks import ISSUED
 
 SERIAL_ATTEMPTS = 4
 PKCS12_KEYS = (rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey, ed25519.Ed25519PrivateKey)

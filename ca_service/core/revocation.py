@@ -28,6 +28,7 @@ from ca_service.domain import (
     RevocationReason,
 )
 from ca_service.errors import BadRequest, Conflict, NotFound, PolicyRejected
+from ca_service.notify import REVOKED
 from ca_service.policy import authorization
 from ca_service.signing.serials import serial_hex
 from ca_service.storage.db import unit_of_work
@@ -36,7 +37,6 @@ from ca_service.storage.repositories import (
     AuthorityRepository,
     CertificateRepository,
 )
-from ca_service.webhooks import REVOKED
 
 
 @dataclass(frozen=True)

@@ -136,7 +136,7 @@ def test_a_whole_session_logs_no_secret_and_only_json(live: LiveServer) -> None:
         live, "issuer", name="ci-logs", allowed_names=["*.ci.example.test"]
     )
     secrets.append(plain)
-    secrets.append(plain.rsplit("_", 1)[1])
+    secrets.append(plain.split("_", 2)[2])  # cas_<id>_<secret>
     issue(live, plain, common_name="b.ci.example.test")
     # A bad secret for a real token id, an unknown token, an unverifiable ID token.
     wrong = f"cas_{token_id}_" + "C" * 43

@@ -17,7 +17,7 @@ from ca_service import metrics
 from ca_service.config import load_settings
 from ca_service.errors import ConfigError
 from ca_service.logs import REQUEST_ID, JsonFormatter
-from ca_service.webhooks import NoEvents, WebhookDispatcher, _safe, from_settings, sign
+from ca_service.notify import NoEvents, WebhookDispatcher, _safe, from_settings, sign
 
 
 def _record(message: str, **attrs: object) -> logging.LogRecord:
