@@ -114,3 +114,25 @@ def test_a_webhook_url_is_logged_without_credentials_or_query() -> None:
     assert _safe("https://user:pw@hooks.example.test:8443/in?key=abc") == (
         "https://hooks.example.test:8443/in"
     )
+
+
+def test_metrics_and_logs_sit_below_every_layer() -> None:
+    """core, storage and web all record through ca_service/metrics.py and format through
+    ca_service/logs.py, so those two import nothing of the service but its errors (else a
+    layer would reach another through them)."""
+    import ast
+
+    import ca_service
+
+    package = Path(ca_service.__file__).parent
+    for name in ("metrics.py", "logs.py"):
+        tree = ast.parse((package / name).read_text())
+        imported = {
+            node.module
+            for node in ast.walk(tree)
+            if isinstance(node, ast.ImportFrom) and node.module
+        } | {a.name for node in ast.walk(tree) if isinstance(node, ast.Import) for a in node.names}
+        ours = {m for m in imported if m.startswith("ca_service")}
+        assert ours <= {"ca_service.errors"}, (name, ours)
+        if name == "metrics.py":  # the check sees imports: this one takes the errors
+            assert ours == {"ca_service.errors"} and "prometheus_client" in imported
