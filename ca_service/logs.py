@@ -48,25 +48,20 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(event, default=str, ensure_ascii=False)
 
 
-def formatter(log_format: str) -> logging.Formatter:
-    if log_format == "json":
-        return JsonFormatter()
-    return logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
-
-
 def configure(log_format: str, level: str) -> None:
-    """The root logger writes to stderr in ``log_format``, once per process (again: no-op)."""
+    """The root logger: text as before (``logging.basicConfig``), or JSON lines on stderr,
+    installed once per process (again: no-op)."""
+    if log_format != "json":
+        logging.basicConfig(level=level)
+        return
     root = logging.getLogger()
     root.setLevel(level)
-    for handler in root.handlers:
-        if getattr(handler, "ca_service", False):
-            return
-    if log_format != "json" and root.handlers:
-        return  # text: keep what the host application set up
+    if any(getattr(handler, "ca_service", False) for handler in root.handlers):
+        return
     for handler in list(root.handlers):
         root.removeHandler(handler)
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(formatter(log_format))
+    handler.setFormatter(JsonFormatter())
     handler.ca_service = True  # type: ignore[attr-defined]
     root.addHandler(handler)
 
