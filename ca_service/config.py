@@ -121,6 +121,11 @@ def _setting(default: Any, help: str, parse: Parse, *, example: Any = None) -> A
     return field(default=default, metadata={"setting": SettingInfo(help, parse, example=example)})
 
 
+def _secret_setting(help: str) -> Any:
+    """A secret: from CA_<NAME> or CA_<NAME>_FILE only, never shown by repr()."""
+    return field(default=None, repr=False, metadata={"setting": SettingInfo(help, secret=True)})
+
+
 def _path(key: str, value: Any) -> Path:
     return Path(str(value))
 
@@ -242,6 +247,31 @@ def _optional_url(key: str, value: Any) -> str | None:
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise ConfigError(f"{key} must be an absolute http(s) URL, not {text!r}")
     return text
+
+
+def _networks(key: str, value: Any) -> tuple[str, ...]:
+    """Addresses or CIDR networks, checked now (kept as text; compared with ipaddress)."""
+    import ipaddress
+
+    items = value if isinstance(value, list) else str(value).split(",")
+    networks = []
+    for item in (str(i).strip() for i in items):
+        if not item:
+            continue
+        try:
+            networks.append(str(ipaddress.ip_network(item, strict=False)))
+        except ValueError:
+            raise ConfigError(f"{key}: {item!r} is not an IP address or network") from None
+    return tuple(networks)
+
+
+def _urls(key: str, value: Any) -> tuple[str, ...]:
+    items = value if isinstance(value, list) else str(value).split(",")
+    urls = tuple(str(item).strip() for item in items if str(item).strip())
+    for url in urls:
+        if _optional_url(key, url) is None:
+            raise ConfigError(f"{key}: empty URL")
+    return urls
 
 
 @dataclass(frozen=True)
@@ -533,6 +563,81 @@ class Settings:
         12,
         "Admin UI: a session ends this many hours after sign-in however busy it is (1 to 168).",
         _int(1, 168),
+    )
+
+    # ------------------------------------------------------------------ observability (issue 14)
+    log_format: str = _setting(
+        "text",
+        '"text": plain lines. "json": one JSON object per line (time, level, request_id, '
+        "actor, action, outcome, latency_ms, ...) for the application log and gunicorn's "
+        "access and error logs alike; see docs/operations.md.",
+        lambda key, value: _choice(key, value, ("text", "json")),
+    )
+    trusted_proxies: tuple[str, ...] = _setting(
+        (),
+        "Addresses or CIDR networks of the proxies in front of the service (a load balancer). "
+        "Only a request arriving from one of them may set its X-Request-Id (letters, digits, "
+        "._- and at most 64 characters); anyone else's is replaced by a new id. In the "
+        "environment, comma-separated.",
+        _networks,
+    )
+    metrics_enabled: bool = _setting(
+        False,
+        "Serve Prometheus metrics at GET /metrics on the main port (off: 404). Protect it "
+        "with metrics_token (CA_METRICS_TOKEN or CA_METRICS_TOKEN_FILE, a bearer token), or "
+        "keep the port private.",
+        _bool,
+    )
+    metrics_token: bytes | None = _secret_setting(
+        "The bearer token GET /metrics requires (unset: none): CA_METRICS_TOKEN, or "
+        "CA_METRICS_TOKEN_FILE naming a file that holds it. Environment only."
+    )
+    metrics_expiry_leaves: int = _setting(
+        10,
+        "ca_certificate_expiry_seconds reports the CA certificates and this many of the "
+        "soonest-expiring valid leaves (0 to 1000), which bounds its series.",
+        _int(0, 1000),
+    )
+    webhook_urls: tuple[str, ...] = _setting(
+        (),
+        "URLs that receive a signed JSON POST on certificate.issued, certificate.revoked and "
+        "certificate.expiring events (needs CA_WEBHOOK_SECRET or CA_WEBHOOK_SECRET_FILE). In "
+        "the environment, comma-separated.",
+        _urls,
+    )
+    webhook_secret: bytes | None = _secret_setting(
+        "The HMAC-SHA256 key that signs webhook bodies (X-CA-Signature): CA_WEBHOOK_SECRET, "
+        "or CA_WEBHOOK_SECRET_FILE naming a file that holds it. Environment only."
+    )
+    webhook_expiry_days: int = _setting(
+        14,
+        "A certificate.expiring event is sent once per valid leaf whose notAfter is within "
+        "this many days (1 to 365).",
+        _int(1, 365),
+    )
+    webhook_attempts: int = _setting(
+        6,
+        "Tries of one webhook delivery (1 to 20); the waits between them double from "
+        "webhook_backoff_seconds.",
+        _int(1, 20),
+    )
+    webhook_backoff_seconds: int = _setting(
+        2, "The wait before the first retry of a webhook (1 to 3600).", _int(1, 3600)
+    )
+    webhook_timeout_seconds: int = _setting(
+        10, "Timeout of one webhook attempt in seconds (1 to 120).", _int(1, 120)
+    )
+    webhook_queue_size: int = _setting(
+        1000,
+        "Events waiting per webhook URL and worker (1 to 100000); when full, new events are "
+        "dropped (logged, and counted in ca_webhook_events_dropped_total): issuance never waits.",
+        _int(1, 100_000),
+    )
+    expiry_check_seconds: int = _setting(
+        600,
+        "How often each worker looks for certificates to send certificate.expiring for "
+        "(1 to 86400; only with webhook_urls).",
+        _int(1, 86400),
     )
 
     @property

@@ -6,6 +6,9 @@ gunicorn yourself:
 gunicorn reads every module-level name that is one of its settings and ignores the rest.
 """
 
+import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +33,9 @@ keepalive = 5
 accesslog = "-"
 errorlog = "-"
 loglevel = _settings.log_level.lower()
+if _settings.log_format == "json":
+    # Error and access log as JSON lines, the access line with request id, actor and outcome.
+    logger_class = "ca_service.web.gunicorn_logging.JsonLogger"
 proc_name = "ca-service"
 # No control socket (gunicorn 25.1+): its default, ~/.gunicorn/gunicorn.ctl or
 # $XDG_RUNTIME_DIR/gunicorn.ctl, is one path for every instance a user runs, so a second server
@@ -69,3 +75,31 @@ def post_worker_init(worker: Any) -> None:
         from ca_service.tls import serving
 
         serving.start_worker(worker.wsgi, _settings)
+
+
+# Prometheus multiprocess mode: each worker writes its metric values to files in one directory
+# that every worker's /metrics reads and adds up. The directory is this server's own (made
+# fresh, 0700, when the master starts, so no value of an earlier run or of another server on
+# the host is counted), set in the environment before any worker starts (prometheus_client
+# chooses its mode when first imported, in the worker), and removed when the master exits.
+_METRICS_DIR = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def on_starting(server: Any) -> None:
+    os.environ[_METRICS_DIR] = tempfile.mkdtemp(prefix="ca-service-metrics-")
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    """A worker's live gauges (its pool) leave the sums; its counters stay counted. (Not
+    through ca_service.metrics, whose import would give the master value files of its own.)"""
+    directory = os.environ.get(_METRICS_DIR)
+    if directory:
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid, directory)  # type: ignore[no-untyped-call]
+
+
+def on_exit(server: Any) -> None:
+    directory = os.environ.get(_METRICS_DIR)
+    if directory and Path(directory).name.startswith("ca-service-metrics-"):
+        shutil.rmtree(directory, ignore_errors=True)

@@ -1,9 +1,11 @@
-"""Background upkeep inside a serving process: CRLs republished before their nextUpdate."""
+"""Background upkeep inside a serving process: CRLs republished before their nextUpdate, and
+certificate.expiring webhooks sent for the leaves about to expire."""
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 
 from ca_service.core.facade import Core
 from ca_service.errors import CAError
@@ -19,16 +21,35 @@ def start_crl_refresher(ca: Core, interval: float = CRL_CHECK_SECONDS) -> thread
     Every serving process runs one; they need no coordination, because a CRL is regenerated only
     when half its life is gone and the generation itself is ordered by the store.
     """
+    return _every(interval, "crl-refresher", "CRL refresh", ca.refresh_crls)
+
+
+def start_expiry_warner(ca: Core, interval: float) -> threading.Event:
+    """Every ``interval`` seconds, send the due certificate.expiring events (Core.warn_expiring:
+    once per certificate, whichever process gets there first); set the returned event to stop.
+    The first run comes one interval after start, so that workers booting together spread."""
+
+    def warn() -> None:
+        sent = ca.warn_expiring()
+        if sent:
+            log.info("sent %d certificate.expiring event(s)", sent)
+
+    return _every(interval, "expiry-warner", "expiry warnings", warn)
+
+
+def _every(interval: float, name: str, what: str, job: Callable[[], object]) -> threading.Event:
+    """Run ``job`` in a daemon thread every ``interval`` seconds until the event is set; a
+    failure is logged and the job runs again at the next interval."""
     stop = threading.Event()
 
     def loop() -> None:
         while not stop.wait(interval):
             try:
-                ca.refresh_crls()
+                job()
             except CAError as exc:
-                log.error("CRL refresh failed (retrying): %s", exc)
+                log.error("%s failed (retrying): %s", what, exc)
             except Exception:
-                log.exception("CRL refresh failed (retrying)")
+                log.exception("%s failed (retrying)", what)
 
-    threading.Thread(target=loop, name="crl-refresher", daemon=True).start()
+    threading.Thread(target=loop, name=name, daemon=True).start()
     return stop

@@ -6,6 +6,7 @@ from ca_service.clock import Clock
 from ca_service.config import Settings
 from ca_service.core.facade import Core
 from ca_service.errors import ConfigError
+from ca_service.notify import from_settings as webhooks_from_settings
 from ca_service.signing.keystore import FileKeystore, Keystore
 from ca_service.signing.pkcs11 import Pkcs11Keystore
 from ca_service.storage import migrate
@@ -48,7 +49,7 @@ def build_authority(
                 f"the database schema is behind ({len(waiting)} migration(s) pending); "
                 "run 'ca-service db upgrade'"
             )
-    return Core(settings, database, keystore, clock)
+    return Core(settings, database, keystore, clock, events=webhooks_from_settings(settings))
 
 
 def open_keystore(settings: Settings) -> Keystore:

@@ -196,6 +196,9 @@ def start_server(
             "CA_WORKERS": str(workers),
             "CA_PUBLIC_URL": f"{'https' if tls else 'http'}://127.0.0.1:{port}",
             "CA_LOG_LEVEL": "WARNING",
+            # The test client stands where the load balancer would, so the request ids it
+            # sends are kept (tests/web/test_logs_live.py checks an untrusted caller's).
+            "CA_TRUSTED_PROXIES": "127.0.0.1",
         }
     )
     options = ["--tls"] if tls else []

@@ -19,6 +19,8 @@ from ca_service.cli.output import handle_errors
 from ca_service.config import Settings, check_mtls_authorities, load_settings
 from ca_service.core.hierarchy import HierarchySpec
 from ca_service.domain import CallerPolicy
+from ca_service.logs import configure as configure_logging
+from ca_service.logs import emit
 from ca_service.tokens import Role, TokenService
 from ca_service.wiring import build_authority
 
@@ -40,9 +42,12 @@ def serve(bind: str | None, workers: int | None, timeout: int | None, tls: bool 
     settings = load_settings(
         overrides={"bind": bind, "workers": workers, "timeout": timeout, "tls": tls or None}
     )
+    say = settings.log_format
+    if say == "json":
+        configure_logging(say, settings.log_level)
     ca = build_authority(settings, apply_migrations=True)
     if not ca.list_authorities():
-        click.echo("first start: creating the root and issuing CA 'default' ...", err=True)
+        emit(say, "first start: creating the root and issuing CA 'default' ...")
         ca.create_hierarchy(HierarchySpec(), _actor())
         ca.load_keys()
         ca.generate_crl("default")
@@ -54,11 +59,23 @@ def serve(bind: str | None, workers: int | None, timeout: int | None, tls: bool 
         plain, record = service.create(
             "first admin", Role.ADMIN, CallerPolicy.unrestricted(), _actor()
         )
-        click.echo("=" * 72)
-        click.echo("First admin token (shown once, stored only as a hash; keep it safe):")
-        click.echo(f"  {plain}")
-        click.echo(f"  (token id {record.id}; revoke with 'ca-service token revoke {record.id}')")
-        click.echo("=" * 72)
+        if say == "json":
+            # The one line that shows a secret, by design and once: what the text form prints.
+            emit(
+                say,
+                "first admin token (shown once, stored only as a hash; keep it safe)",
+                err=False,
+                token=plain,
+                token_id=record.id,
+            )
+        else:
+            click.echo("=" * 72)
+            click.echo("First admin token (shown once, stored only as a hash; keep it safe):")
+            click.echo(f"  {plain}")
+            click.echo(
+                f"  (token id {record.id}; revoke with 'ca-service token revoke {record.id}')"
+            )
+            click.echo("=" * 72)
     scheme = "http"
     certfile: Path | None = None
     if settings.tls:
@@ -69,22 +86,22 @@ def serve(bind: str | None, workers: int | None, timeout: int | None, tls: bool 
         )
         scheme = "https"
         certfile = bundle_path(settings)
-        click.echo(
+        emit(
+            say,
             f"HTTPS certificate for {', '.join(settings.tls_hostnames)} valid until "
             f"{cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC; client certificates: "
             f"{settings.tls_client_auth}",
-            err=True,
         )
     if settings.certificate_url.startswith("https://"):
-        click.echo(
+        emit(
+            say,
             f"warning: certificates carry https revocation URLs ({settings.certificate_url}); "
             "most clients fetch CRLs and OCSP only over http: set revocation_url "
             "(CA_REVOCATION_URL) to an http URL that reaches /ca/ and /ocsp (a proxy's http "
             "side, say)",
-            err=True,
         )
     ca.db.dispose()
-    click.echo(f"serving on {scheme}://{settings.bind} ({settings.workers} workers)", err=True)
+    emit(say, f"serving on {scheme}://{settings.bind} ({settings.workers} workers)")
     sys.stdout.flush()
     # exec: gunicorn's master becomes this process, so SIGTERM reaches it for a graceful stop.
     os.execv(sys.executable, gunicorn_argv(settings, certfile))  # noqa: S606 (no shell)

@@ -13,6 +13,8 @@ import dataclasses
 import datetime as dt
 from collections.abc import Sequence
 
+from cryptography import x509
+
 from ca_service.core.context import normalize_serial
 from ca_service.domain import (
     AuditEvent,
@@ -23,11 +25,21 @@ from ca_service.domain import (
     CertificateRecord,
     ResponderRecord,
 )
+from ca_service.metrics import CRLState, Expiry, StoreState
+from ca_service.signing.serials import serial_hex
 from ca_service.storage.acme import OrderRepository
 from ca_service.storage.db import Database, unit_of_work
 from ca_service.storage.ocsp_repository import OCSPRepository
-from ca_service.storage.repositories import AuditRepository, CertificateRepository, CRLRepository
+from ca_service.storage.repositories import (
+    AuditRepository,
+    AuthorityRepository,
+    CertificateRepository,
+    CRLRepository,
+)
 from ca_service.storage.search import AuditSearch, CertificateSearch
+
+# No certificate id is above this: a walk over every valid leaf, not one fixed at its start.
+_ANY_ID = 2**62
 
 
 class Catalog:
@@ -180,3 +192,26 @@ class Catalog:
         signs its answers itself)."""
         with unit_of_work(self._db) as s:
             return OCSPRepository(s).latest_responder(authority, now)
+    def store_state(self, now: dt.datetime, leaves: int) -> StoreState:
+        """For a metrics scrape, in one read transaction: each stored CRL's header and size,
+        the expiry of every CA certificate, and of the ``leaves`` soonest-expiring valid
+        leaves (renewed ones excluded: their successor is what matters)."""
+        with unit_of_work(self._db) as s:
+            crls = tuple(CRLState(*row) for row in CRLRepository(s).summaries())
+            authorities = AuthorityRepository(s).list()
+            soonest: list[CertificateRecord] = []
+            if leaves:
+                soonest, _ = CertificateRepository(s).renewal_candidates(
+                    now, up_to_id=_ANY_ID, limit=leaves
+                )
+        expiries = [
+            Expiry(
+                a.name,
+                "ca",
+                serial_hex(x509.load_der_x509_certificate(a.cert_der).serial_number),
+                a.not_after,
+            )
+            for a in authorities
+        ]
+        expiries += [Expiry(r.authority, "leaf", r.serial, r.not_after) for r in soonest]
+        return StoreState(now, crls, tuple(expiries))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -21,6 +21,7 @@ from ca_service.crypto.fields import certificate_names, common_name_of
 from ca_service.crypto.keys import fingerprint_sha256, key_type_of
 from ca_service.domain import CertificateRecord, CertStatus
 from ca_service.errors import BadRequest
+from ca_service.notify import Events, NoEvents
 from ca_service.signing.keystore import Keystore
 from ca_service.signing.serials import parse_serial, serial_hex
 from ca_service.storage.db import Database
@@ -33,6 +34,8 @@ class Context:
     keystore: Keystore
     clock: Clock
     serials: Callable[[], int]
+    # Told of each certificate issued, revoked or expiring, after its commit (notify.py).
+    events: Events = field(default_factory=NoEvents)
 
 
 def record_for(

@@ -16,6 +16,7 @@ import secrets
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from ca_service import metrics
 from ca_service.core.context import Context
 from ca_service.core.registry import Registry
 from ca_service.domain import StoredCRL
@@ -98,7 +99,8 @@ class CRLPublisher:
                 for r in CertificateRepository(s).revoked_rows(loaded.authority_id, now)
                 if r[0] != own
             )
-            der = sign_crl(loaded.signer, number, now, next_update, rows)
+            with metrics.timed_crl(name):
+                der = sign_crl(loaded.signer, number, now, next_update, rows)
             stored = StoredCRL(name, number, now, next_update, der)
             crls.save(loaded.authority_id, stored)
         self._sizes[name] = len(der)

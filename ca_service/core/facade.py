@@ -21,6 +21,7 @@ from ca_service.config import Settings
 from ca_service.core.catalog import Catalog
 from ca_service.core.context import Context
 from ca_service.core.crl_publisher import CRLPublisher
+from ca_service.core.expiry import ExpiryWarnings
 from ca_service.core.hierarchy import Hierarchy, HierarchySpec
 from ca_service.core.issuance import Issuance
 from ca_service.core.ocsp_service import OCSPAnswer, OCSPService
@@ -38,6 +39,7 @@ from ca_service.domain import (
     SerialStatus,
     StoredCRL,
 )
+from ca_service.notify import Events, NoEvents
 from ca_service.refusals import RefusalLog
 from ca_service.signing.keystore import Keystore
 from ca_service.signing.serials import random_serial
@@ -52,8 +54,11 @@ class Core:
         keystore: Keystore,
         clock: Clock | None = None,
         serials: Callable[[], int] = random_serial,
+        events: Events | None = None,
     ) -> None:
         self._ctx = Context(settings, db, keystore, clock or SystemClock(), serials)
+        self._ctx.events = events or NoEvents()  # notify.py: told after each commit
+        self._expiry = ExpiryWarnings(self._ctx)
         self._registry = Registry(self._ctx)
         self._hierarchy = Hierarchy(self._ctx, self._registry)
         self._issuance = Issuance(self._ctx, self._registry)
@@ -175,13 +180,9 @@ class Core:
 
     @audits_refusals("certificate.order", issuing_target)
     def preflight(
-        self,
-        names: Sequence[str],
-        actor: Actor,
-        *,
-        profile: str = "server",
+        self, names: Sequence[str], actor: Actor, *, profile: str = "server",
         authority: str | None = None,
-    ) -> None:
+    ) -> None:  # fmt: skip
         """Refuse now, naming the rule, what issuance would refuse for these names later."""
         self._issuance.preflight(names, actor, profile=profile, authority=authority)
 
@@ -200,15 +201,9 @@ class Core:
     ) -> IssuedCertificate:
         """Generate the key pair here and return it once with the certificate; it is not stored."""
         return self._issuance.issue_with_new_key(
-            actor,
-            common_name=common_name,
-            names=names,
-            key_type=key_type,
-            profile=profile,
-            validity_days=validity_days,
-            authority=authority,
-            pkcs12_passphrase=pkcs12_passphrase,
-        )
+            actor, common_name=common_name, names=names, key_type=key_type, profile=profile,
+            validity_days=validity_days, authority=authority, pkcs12_passphrase=pkcs12_passphrase,
+        )  # fmt: skip
 
     @audits_refusals("certificate.renew", certificate_target)
     def renew(
@@ -258,6 +253,10 @@ class Core:
     ) -> AuthorityRecord:
         """Revoke an issuing CA for good; see Revocation.revoke_authority."""
         return self._revocation.revoke_authority(name, reason, actor)
+
+    def warn_expiring(self) -> int:
+        """For the scheduler: certificate.expiring, once per leaf (see core/expiry.py)."""
+        return self._expiry.warn()
 
     # ------------------------------------------------------------------ CRLs
 

@@ -10,22 +10,17 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import pkcs12
 
+from ca_service import metrics
 from ca_service.core.context import Context, record_for
 from ca_service.core.registry import LoadedAuthority, Registry
 from ca_service.crypto.csr import parse_csr
-from ca_service.crypto.keys import (
-    SigningKey,
-    generate_private_key,
-    key_type_of,
-    private_key_pem,
-)
+from ca_service.crypto.keys import SigningKey, generate_private_key, key_type_of, private_key_pem
 from ca_service.crypto.names import parse_name
 from ca_service.domain import (
     Actor,
@@ -37,6 +32,7 @@ from ca_service.domain import (
     KeyType,
 )
 from ca_service.errors import BadRequest, Conflict, PolicyRejected
+from ca_service.notify import ISSUED
 from ca_service.policy.check import check
 from ca_service.storage.db import DuplicateRow, unit_of_work
 from ca_service.storage.repositories import (
@@ -193,14 +189,49 @@ class Issuance:
         """``new_key``: generate the key pair once policy has approved the request (whose
         public key is then only a stand-in) and return it with the certificate."""
         assert new_key == (request.public_key is _KEY_NOT_YET_MADE)
-        ctx = self.ctx
-        private_key: SigningKey | None = None
         name = request.authority or self.registry.default_authority()
         loaded = self.registry.load(name)
+        labels = {
+            "authority": name,
+            "profile": metrics.bounded(request.profile, self.ctx.settings.profiles),
+            "requester_kind": metrics.requester_kind(actor.identity),
+        }
+        with metrics.counted(metrics.ISSUED, "issued", **labels):
+            record, cert, private_key = self._sign_and_store(
+                request, actor, loaded, new_key=new_key, renews=renews
+            )
+        # Committed: now, and only now, receivers may hear of it.
+        self.ctx.events.publish(ISSUED, record, renews=renews.serial if renews else None)
+        pem = cert.public_bytes(serialization.Encoding.PEM).decode()
+        p12 = None
+        if private_key is not None and pkcs12_passphrase:
+            p12 = _pkcs12(record, private_key, cert, loaded, pkcs12_passphrase)
+        return IssuedCertificate(
+            record=record,
+            certificate_pem=pem,
+            chain_pem=loaded.intermediates_pem,
+            private_key_pem=private_key_pem(private_key) if private_key is not None else None,
+            pkcs12=p12,
+            root_pem=loaded.root_pem,
+        )
+
+    def _sign_and_store(
+        self,
+        request: IssuanceRequest,
+        actor: Actor,
+        loaded: LoadedAuthority,
+        *,
+        new_key: bool,
+        renews: CertificateRecord | None,
+    ) -> tuple[CertificateRecord, x509.Certificate, SigningKey | None]:
+        """Policy, signature and the committed record (a new serial on a collision)."""
+        ctx = self.ctx
+        name = loaded.record.name
         if loaded.record.is_root:
             raise PolicyRejected(
                 f"{name!r} is a root CA; issue from its intermediate", rule="authority.is_root"
             )
+        private_key: SigningKey | None = None
         for attempt in range(SERIAL_ATTEMPTS):
             now = ctx.clock.now()
             template = check(
@@ -216,10 +247,7 @@ class Issuance:
                     _refuse_if_revoked(AuthorityRepository(s), name, loaded.fingerprint)
                     certs = CertificateRepository(s)
                     certs.add(record, loaded.authority_id)
-                    details: dict[str, Any] = {
-                        "profile": record.profile,
-                        "names": list(record.sans),
-                    }
+                    details = {"profile": record.profile, "names": list(record.sans)}
                     if renews is not None:
                         certs.set_successor(renews.serial, loaded.authority_id, record.serial)
                         details["renews"] = renews.serial
@@ -237,19 +265,8 @@ class Issuance:
                 if attempt == SERIAL_ATTEMPTS - 1:
                     raise
                 continue
-            break
-        pem = cert.public_bytes(serialization.Encoding.PEM).decode()
-        p12 = None
-        if private_key is not None and pkcs12_passphrase:
-            p12 = _pkcs12(record, private_key, cert, loaded, pkcs12_passphrase)
-        return IssuedCertificate(
-            record=record,
-            certificate_pem=pem,
-            chain_pem=loaded.intermediates_pem,
-            private_key_pem=private_key_pem(private_key) if private_key is not None else None,
-            pkcs12=p12,
-            root_pem=loaded.root_pem,
-        )
+            return record, cert, private_key
+        raise AssertionError("unreachable")  # pragma: no cover
 
 
 def _pkcs12(

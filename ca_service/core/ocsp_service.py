@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 from cryptography import x509
 
+from ca_service import metrics
 from ca_service.core.context import Context, record_for
 from ca_service.core.registry import LoadedAuthority, Registry
 from ca_service.crypto.ocsp_wire import (
@@ -87,18 +88,25 @@ class OCSPService:
         try:
             request = parse_request(data)
         except MalformedRequest:
+            metrics.ocsp_answer("malformed")
             return OCSPAnswer(unsuccessful("malformedRequest"))
         if any(ref.hash_name.startswith("unsupported") for ref in request.refs):
+            metrics.ocsp_answer("malformed")
             return OCSPAnswer(unsuccessful("malformedRequest"))
         authorities = {
             self.issuer(r.hash_name, r.issuer_name_hash, r.issuer_key_hash) for r in request.refs
         }
         # One signature covers the whole answer, and a responder speaks for one CA only.
         if None in authorities or len(authorities) != 1:
+            metrics.ocsp_answer("unauthorized")
             return OCSPAnswer(unsuccessful("unauthorized"))
         authority = authorities.pop()
         assert authority is not None
         statuses = self.statuses(authority, [r.serial for r in request.refs])
+        for ref in request.refs:
+            found = statuses.get(ref.serial)
+            revoked = found is not None and found.status is CertStatus.REVOKED
+            metrics.ocsp_answer("unknown" if found is None else "revoked" if revoked else "good")
         responder = self._responder(authority)
         now = self.ctx.clock.now()
 

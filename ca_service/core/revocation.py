@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from cryptography import x509
 
+from ca_service import metrics
 from ca_service.core.context import Context
 from ca_service.core.crl_publisher import CRLPublisher
 from ca_service.core.registry import Registry
@@ -27,6 +28,7 @@ from ca_service.domain import (
     RevocationReason,
 )
 from ca_service.errors import BadRequest, Conflict, NotFound, PolicyRejected
+from ca_service.notify import REVOKED
 from ca_service.policy import authorization
 from ca_service.signing.serials import serial_hex
 from ca_service.storage.db import unit_of_work
@@ -69,14 +71,29 @@ class Revocation:
         see revoke_authority. ``requester_only``: the actor may revoke only the certificates it
         requested (an issuer, not an admin)."""
         target = self.registry.get_certificate(serial, authority)
-        authorization.check_may_revoke(actor.identity, target, own_only=requester_only)
+        labels = {
+            "authority": target.authority,
+            "profile": metrics.bounded(target.profile, (*self.ctx.settings.profiles, "ca")),
+            "requester_kind": metrics.requester_kind(actor.identity),
+        }
+        with metrics.counted(metrics.REVOKED, "revoked", **labels):
+            record, changed = self._revoke(target, reason, actor, requester_only)
+        if changed:  # committed
+            self.ctx.events.publish(REVOKED, record, reason=reason.value)
+        return record
+
+    def _revoke(
+        self, target: CertificateRecord, reason: RevocationReason, actor: Actor, own_only: bool
+    ) -> tuple[CertificateRecord, bool]:
+        """The record as it stands after the revocation, and whether it changed."""
+        authorization.check_may_revoke(actor.identity, target, own_only=own_only)
         self._refuse_authority_certificate(target)
         now = self.ctx.clock.now()
         with self._locked(target) as locked:
             current = locked.current
             if current.status is CertStatus.REVOKED:
                 if current.revocation_reason is reason:
-                    return current
+                    return current, False
                 if current.revocation_reason is not RevocationReason.CERTIFICATE_HOLD:
                     raise Conflict(
                         f"certificate {target.serial} is already revoked "
@@ -93,7 +110,7 @@ class Revocation:
                 )
             )
         self.crls.after_revocation(target.authority, locked.seen_number)
-        return record
+        return record, True
 
     def release_hold(
         self, serial: str, actor: Actor, *, authority: str | None = None

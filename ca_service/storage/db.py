@@ -17,6 +17,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import ExceptionContext
 from sqlalchemy.orm import Session
 
+from ca_service import metrics
 from ca_service.errors import BadRequest, Unavailable
 
 # The store's error types under the store's names, so that the layers above catch them without
@@ -50,6 +51,7 @@ class Database:
             kwargs.update(pool_size=8, max_overflow=8, pool_recycle=3600)
         self.engine: Engine = create_engine(url, **kwargs)
         event.listen(self.engine, "handle_error", _translate_driver_error)
+        _count_pool(self.engine)
         self._lock_path: Path | None = None
         if self.is_sqlite:
             _configure_sqlite(self.engine)
@@ -142,9 +144,28 @@ def _translate_driver_error(ctx: ExceptionContext) -> None:
     original = ctx.sqlalchemy_exception
     reason = _first_line(ctx.original_exception)
     if ctx.is_disconnect or isinstance(original, sa_exc.OperationalError):
+        metrics.database_error("unavailable")
         raise Unavailable(f"the database is unreachable or refused the operation: {reason}")
     if isinstance(original, sa_exc.DataError):
+        metrics.database_error("data")
         raise BadRequest("a value in the request cannot be stored (out of range or not text)")
+    # A serial collision the core retries is an IntegrityError too; counted, not translated.
+    metrics.database_error("integrity" if isinstance(original, sa_exc.IntegrityError) else "other")
+
+
+def _count_pool(engine: Engine) -> None:
+    """The pool's size and its connections in use, for the metrics (summed over workers)."""
+    size = getattr(engine.pool, "size", None)
+    if callable(size):
+        metrics.DB_POOL_SIZE.inc(size())
+
+    @event.listens_for(engine, "checkout")
+    def _out(*_: Any) -> None:
+        metrics.DB_POOL_CHECKED_OUT.inc()
+
+    @event.listens_for(engine, "checkin")
+    def _in(*_: Any) -> None:
+        metrics.DB_POOL_CHECKED_OUT.dec()
 
 
 def _first_line(exc: BaseException) -> str:

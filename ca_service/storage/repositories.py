@@ -644,6 +644,22 @@ class CRLRepository:
             return None
         return int(row[0]), _utc(row[1]), _utc(row[2])
 
+    def summaries(self) -> list[tuple[str, int, dt.datetime, dt.datetime, int]]:
+        """(authority, number, thisUpdate, nextUpdate, size in bytes) of every stored CRL, in
+        one query that never reads a CRL's body (for the metrics)."""
+        rows = self.s.execute(
+            select(
+                AuthorityRow.name,
+                CRLRow.number,
+                CRLRow.this_update,
+                CRLRow.next_update,
+                func.length(CRLRow.der),
+            )
+            .join(AuthorityRow, AuthorityRow.id == CRLRow.authority_id)
+            .order_by(AuthorityRow.name)
+        ).all()
+        return [(r[0], int(r[1]), _utc(r[2]), _utc(r[3]), int(r[4] or 0)) for r in rows]
+
     def save(self, authority_id: int, crl: StoredCRL) -> None:
         """Keep the CRL unless a higher-numbered one is stored already (another process won).
 
@@ -690,6 +706,13 @@ class AuditRepository:
         key = result.inserted_primary_key
         assert key is not None
         return int(key[0])
+
+    def exists(self, action: str, target: str) -> bool:
+        """Has an event of ``action`` on ``target`` been written (on the action's index)?"""
+        found = self.s.scalar(
+            select(AuditRow.id).where(AuditRow.action == action, AuditRow.target == target).limit(1)
+        )
+        return found is not None
 
     def set_details(self, event_id: int, details: dict[str, Any]) -> None:
         """Replace the details of one event: only a counted refusal is ever updated in place

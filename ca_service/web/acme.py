@@ -17,6 +17,7 @@ from typing import Any
 from flask import Blueprint, Response, current_app, g, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
+from ca_service import metrics
 from ca_service.acme.jws import SignedRequest
 from ca_service.acme.problems import ACMEProblem, from_ca_error
 from ca_service.acme.revocation import revoke_certificate
@@ -78,9 +79,20 @@ def _answer(
     return response
 
 
+# ACME errors that refuse the request's credential (its JWS, its account or its key), for the
+# authentication failure counter; "unauthorized": the account may not do this (RFC 8555 6.7).
+_CREDENTIAL_FAILURES = frozenset(
+    {"badSignature", "badSignatureAlgorithm", "accountDoesNotExist", "unauthorized",
+     "externalAccountRequired", "badPublicKey"}
+)  # fmt: skip
+
+
 @acme.errorhandler(CAError)
 def _problem(exc: CAError) -> Response:
     problem = from_ca_error(exc)
+    if problem.acme_type in _CREDENTIAL_FAILURES:
+        reason = "forbidden" if problem.acme_type == "unauthorized" else "unauthenticated"
+        metrics.AUTH_FAILURES.labels(kind="acme", reason=reason).inc()
     if problem.rule and not exc.audited:
         # A refusal with a rule is audited once, whichever layer raised it (RefusalLog).
         try:

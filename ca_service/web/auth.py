@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 
 from flask import g, request
 
+from ca_service import metrics
 from ca_service.domain import Actor, Role, TokenRecord
 from ca_service.errors import CAError, Forbidden, PolicyRejected, Unauthorized
 from ca_service.oidc.verify import OIDCPrincipal, TokenRefused
@@ -84,6 +85,9 @@ def require(role: Role | None, *, oidc_operation: str | None = None) -> Callable
             except (Unauthorized, Forbidden, PolicyRejected) as exc:
                 # A refused client certificate is named by its serial, not as "anonymous".
                 refuse(g.get("auth_identity") or identity, exc)
+                if not isinstance(exc, PolicyRejected):  # a policy rule is not a credential's
+                    reason = "unauthenticated" if isinstance(exc, Unauthorized) else "forbidden"
+                    metrics.AUTH_FAILURES.labels(kind=_credential_kind(), reason=reason).inc()
                 raise
 
         # Read by web/contract.py: this route answers 401 and 403 (and is not public).
@@ -91,6 +95,17 @@ def require(role: Role | None, *, oidc_operation: str | None = None) -> Callable
         return wrapper  # type: ignore[return-value]
 
     return decorator
+
+
+def _credential_kind() -> str:
+    """What the refused request presented (never the credential itself)."""
+    header = request.headers.get("Authorization", "")
+    if not header:
+        return "certificate" if peer_certificate_der() is not None else "missing"
+    scheme, _, credentials = header.partition(" ")
+    if scheme.lower() != "bearer" or not credentials.strip():
+        return "malformed"
+    return "oidc" if _JWT.match(credentials.strip()) else "token"
 
 
 def refuse(identity: str, exc: CAError) -> None:

@@ -15,6 +15,7 @@ from flask.blueprints import BlueprintSetupState
 from werkzeug.exceptions import RequestEntityTooLarge, UnsupportedMediaType
 from werkzeug.routing import PathConverter
 
+from ca_service import metrics
 from ca_service.core.ocsp_service import OCSPAnswer
 from ca_service.crypto.ocsp_wire import unsuccessful
 from ca_service.web.contract import Answer, operation
@@ -90,6 +91,7 @@ def ocsp_get(encoded: str) -> Response:
     try:
         data = base64.b64decode(encoded.replace(" ", "+"), validate=True)
     except (binascii.Error, ValueError):
+        metrics.ocsp_answer("malformed")
         return _response(OCSPAnswer(unsuccessful("malformedRequest")), cache=False)
     return _response(core().answer_ocsp(data), cache=True)
 

@@ -9,6 +9,7 @@ from ca_service.web.acme import acme
 from ca_service.web.acme_admin import acme_admin
 from ca_service.web.api import api
 from ca_service.web.docs import docs
+from ca_service.web.metrics import bp as metrics
 from ca_service.web.ocsp import ocsp
 from ca_service.web.provisioners import bp as provisioners
 from ca_service.web.public import public
@@ -20,5 +21,6 @@ def register_routes(app: Flask) -> None:
     app.register_blueprint(acme_admin)
     app.register_blueprint(provisioners)
     app.register_blueprint(docs)
+    app.register_blueprint(metrics)
     app.register_blueprint(ocsp)
     app.register_blueprint(acme)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import secrets
 from collections.abc import Callable
 from typing import Any
 
@@ -66,6 +67,8 @@ def problem_page(status: int, reason: str, message: str) -> bytes:
         f"Content-Type: {PROBLEM_JSON}\r\n"
         f"Content-Length: {len(body)}\r\n"
         "X-Content-Type-Options: nosniff\r\n"
+        # Every answer has a request id, this one too (nothing was read to take one from).
+        f"X-Request-Id: {secrets.token_hex(8)}\r\n"
         "\r\n"
     )
     return head.encode("latin-1") + body

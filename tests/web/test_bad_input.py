@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import socket
 from dataclasses import dataclass, field
 from typing import Any
@@ -306,6 +307,7 @@ def test_gunicorn_refusals_are_problems(
     assert headers["content-type"] == PROBLEM_JSON
     assert headers["connection"].lower() == "close"
     assert int(headers["content-length"]) == len(body)
+    assert re.fullmatch(r"[0-9a-f]{16}", headers["x-request-id"])
     problem = json.loads(body)
     assert problem["status"] == status
     assert problem["type"].startswith("urn:ca-service:problem:")
