@@ -41,6 +41,8 @@ def replicas(
         for server in (a, b):
             assert server_tracebacks(server) == 0, server.log()
             assert "cannot read key file" not in server.log()
+            assert "PRIVATE KEY" not in server.log()
+            assert server.env["CA_KEY_PASSPHRASE"] not in server.log()
 
 
 def _openssl_ocsp(server: LiveServer, files: dict[str, Path], leaf: Path) -> str:
