@@ -1,5 +1,6 @@
 """Issue 14, the reproduction, live: two real gunicorn servers, each with a data directory of its
-own, on one PostgreSQL schema (and, as a second run, one SQLite file outside both data dirs).
+own, on one PostgreSQL schema (and, as a second run, one SQLite file outside both data dirs),
+started together on an empty database.
 
 Before: `POST /ocsp` on the replica that had not made the OCSP responder answered 503 ("the
 service is not ready", the log saying `cannot read key file .../keys/<name>-ocsp-<id>.key.pem`)
@@ -9,8 +10,10 @@ a revocation on one is in the other's OCSP answer and CRL within a second.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -23,22 +26,35 @@ from ..live import LiveServer, fetch_crl, issue, revoke, server_tracebacks, star
 SEEN_WITHIN = 1.0  # seconds
 
 
+TOKEN = re.compile(r"cas_[a-z0-9]{16}_[A-Za-z0-9_-]{43}")
+
+
 @pytest.fixture(scope="module", params=["postgresql", "sqlite"])
 def replicas(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[LiveServer, LiveServer]]:
+    """Two replicas started at the same moment on an empty database (item 4): both migrate,
+    and one of them makes the CA and the first admin token, which both then use."""
     base = tmp_path_factory.mktemp(f"replicas-{request.param}")
-    with database(request.param, base) as url:
-        a = start_server(base / "a" / "data", url, workers=2)
+    with database(request.param, base) as url, ThreadPoolExecutor(2) as pool:
+        starting = [
+            pool.submit(start_server, base / n / "data", url, workers=2, admin_token="")
+            for n in ("a", "b")
+        ]
+        servers = [f.result() for f in starting if f.exception() is None]
         try:
-            b = start_server(base / "b" / "data", url, workers=2, admin_token=a.admin_token)
-            try:
-                yield a, b
-            finally:
-                assert b.stop() == 0
+            assert len(servers) == 2, [str(f.exception()) for f in starting]
+            logs = [s.log() for s in servers]
+            assert sum("first start: creating" in log for log in logs) == 1, logs
+            tokens = [t for log in logs for t in TOKEN.findall(log)]
+            assert len(tokens) == 1, logs
+            for server in servers:
+                server.admin_token = tokens[0]
+            yield servers[0], servers[1]
         finally:
-            assert a.stop() == 0
-        for server in (a, b):
+            for server in servers:
+                assert server.stop() == 0
+        for server in servers:
             assert server_tracebacks(server) == 0, server.log()
             assert "cannot read key file" not in server.log()
             assert "PRIVATE KEY" not in server.log()
@@ -66,7 +82,6 @@ def _files(server: LiveServer, directory: Path) -> dict[str, Path]:
     return files
 
 
-@pytest.mark.slow  # two gunicorn servers per backend
 def test_both_replicas_answer_ocsp_and_show_a_revocation_within_a_second(
     replicas: tuple[LiveServer, LiveServer], tmp_path: Path
 ) -> None:
