@@ -22,7 +22,7 @@ from ca_service.domain import CallerPolicy
 from ca_service.logs import configure as configure_logging
 from ca_service.logs import emit
 from ca_service.tokens import Role, TokenService
-from ca_service.wiring import build_authority
+from ca_service.wiring import build_authority, first_start_lock
 
 
 @click.command()
@@ -46,36 +46,39 @@ def serve(bind: str | None, workers: int | None, timeout: int | None, tls: bool 
     if say == "json":
         configure_logging(say, settings.log_level)
     ca = build_authority(settings, apply_migrations=True)
-    if not ca.list_authorities():
-        emit(say, "first start: creating the root and issuing CA 'default' ...")
-        ca.create_hierarchy(HierarchySpec(), _actor())
-        ca.load_keys()
-        ca.generate_crl("default")
+    # Replicas started together on an empty database take turns: the first makes the CA and
+    # the admin token, the others find them.
+    with first_start_lock(ca.db):
+        if not ca.list_authorities():
+            emit(say, "first start: creating the root and issuing CA 'default' ...")
+            ca.create_hierarchy(HierarchySpec(), _actor())
+            ca.load_keys()
+            ca.generate_crl("default")
+        service = TokenService(ca.db)
+        if service.count() == 0:
+            plain, record = service.create(
+                "first admin", Role.ADMIN, CallerPolicy.unrestricted(), _actor()
+            )
+            if say == "json":
+                # The one line that shows a secret, by design and once: what the text form prints.
+                emit(
+                    say,
+                    "first admin token (shown once, stored only as a hash; keep it safe)",
+                    err=False,
+                    token=plain,
+                    token_id=record.id,
+                )
+            else:
+                click.echo("=" * 72)
+                click.echo("First admin token (shown once, stored only as a hash; keep it safe):")
+                click.echo(f"  {plain}")
+                click.echo(
+                    f"  (token id {record.id}; revoke with 'ca-service token revoke {record.id}')"
+                )
+                click.echo("=" * 72)
     ca.load_keys()
     # Here too, so that a bad rule is one line on stderr, not a worker that fails to boot.
     check_mtls_authorities(settings.mtls_rules, {a.name for a in ca.list_authorities()})
-    service = TokenService(ca.db)
-    if service.count() == 0:
-        plain, record = service.create(
-            "first admin", Role.ADMIN, CallerPolicy.unrestricted(), _actor()
-        )
-        if say == "json":
-            # The one line that shows a secret, by design and once: what the text form prints.
-            emit(
-                say,
-                "first admin token (shown once, stored only as a hash; keep it safe)",
-                err=False,
-                token=plain,
-                token_id=record.id,
-            )
-        else:
-            click.echo("=" * 72)
-            click.echo("First admin token (shown once, stored only as a hash; keep it safe):")
-            click.echo(f"  {plain}")
-            click.echo(
-                f"  (token id {record.id}; revoke with 'ca-service token revoke {record.id}')"
-            )
-            click.echo("=" * 72)
     scheme = "http"
     certfile: Path | None = None
     if settings.tls:
