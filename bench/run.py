@@ -18,11 +18,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from bench import acme_orders, hsm, http_scenarios, references, report, store
+from bench import acme_orders, hsm, http_scenarios, references, replicas, report, store
 from bench.common import database_url, leaf_csr_pem, machine_info, pg_reachable, progress
 from ca_service.domain import KeyType
 
-SCENARIOS = ("openssl", "ceiling", "cfssl", "store", "http", "hsm", "acme")
+SCENARIOS = ("openssl", "ceiling", "cfssl", "store", "http", "hsm", "acme", "replicas")
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -159,6 +159,14 @@ def run(mode: Mode, only: set[str], out_dir: Path, command: str) -> dict[str, An
             results["hsm"] = {"status": "error", "reason": repr(exc)}
     if "acme" in only:
         results["acme"] = acme_orders.run_scenario(dbs, mode.name)
+    if "replicas" in only:
+        # On a PostgreSQL cluster of its own (the shared one is never restarted or reconfigured),
+        # so it runs whatever the bench's PostgreSQL; tiny mode is SQLite only and skips it.
+        if "postgresql" in mode.dbs:
+            results["replicas"] = replicas.run_scenario(mode.name, csr)
+        else:
+            reason = f"{mode.name} mode: no PostgreSQL"
+            results["replicas"] = {"status": "skipped", "reason": reason}
     results["elapsed_s"] = round(time.monotonic() - started, 1)
     results["targets"] = report.evaluate(results)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -171,8 +179,13 @@ def run(mode: Mode, only: set[str], out_dir: Path, command: str) -> dict[str, An
 
 
 def render(results: dict[str, Any]) -> str:
-    """RESULTS.md: the report's tables, then the ACME scenario's (absent from older runs)."""
-    return report.markdown(results) + acme_orders.markdown(results.get("acme", {}))
+    """RESULTS.md: the report's tables, then the ACME and replicas scenarios' (absent from older
+    runs)."""
+    return (
+        report.markdown(results)
+        + acme_orders.markdown(results.get("acme", {}))
+        + replicas.markdown(results.get("replicas", {}))
+    )
 
 
 def _portable(argv: list[str]) -> list[str]:
