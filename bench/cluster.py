@@ -14,6 +14,7 @@ import contextlib
 import http.client
 import os
 import re
+import secrets
 import shutil
 import signal
 import subprocess
@@ -22,6 +23,8 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+import sqlalchemy as sa
 
 from bench.common import free_port, stop_process
 from bench.http_scenarios import TOKEN_RE, ca_service_exe, child_pids
@@ -84,7 +87,12 @@ def free_ports(count: int) -> list[int]:
 
 
 class Postgres:
-    """A PostgreSQL 15 cluster in a directory of its own, on a free loopback port, trust auth.
+    """A PostgreSQL 15 cluster in a directory of its own, on a free loopback port.
+
+    Password authentication over TCP (scram-sha-256), as docker-compose.yml sets up: clients
+    read the password from a libpq password file (PGPASSFILE, the compose file's pgpass secret),
+    never from a URL or the environment. Only the cluster's own Unix socket, in its directory,
+    trusts local users (initdb and createdb).
 
     PostgreSQL refuses to run as root, so as root its commands run as the ``postgres`` OS user
     (runuser), which owns the cluster's directory; that directory is made directly under the
@@ -100,10 +108,29 @@ class Postgres:
         self._as_root = os.geteuid() == 0
         if self._as_root:
             shutil.chown(self.base, "postgres", "postgres")
+        # A throwaway password for a throwaway cluster; written only to its two files.
+        password = secrets.token_hex(16)
+        self.pwfile = self.base / "initdb-password"
+        self.pwfile.write_text(password + "\n")
+        if self._as_root:
+            shutil.chown(self.pwfile, "postgres", "postgres")
+        self.passfile = self.base / "pgpass"
+        # libpq ignores a password file that others may read.
+        fd = os.open(self.passfile, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(f"{HOST}:{self.port}:*:postgres:{password}\n")
 
     @property
     def url(self) -> str:
+        """The URL the replicas get: no password in it (it is in ``passfile``)."""
         return f"postgresql+psycopg://postgres@{HOST}:{self.port}/{self.database}"
+
+    def client_env(self) -> dict[str, str]:
+        return {"PGPASSFILE": str(self.passfile)}
+
+    def engine(self) -> sa.Engine:
+        """A SQLAlchemy engine on the database, for a test's own queries (dispose of it)."""
+        return sa.create_engine(self.url, connect_args={"passfile": str(self.passfile)})
 
     def _run(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         cmd = list(args)
@@ -122,12 +149,14 @@ class Postgres:
         """initdb, start, and an empty database ``ca``."""
         self._checked(
             str(PG_BIN / "initdb"), "-D", str(self.data), "-U", "postgres",
-            "--auth=trust", "-E", "UTF8", "--no-sync", "--no-instructions",
+            f"--pwfile={self.pwfile}", "--auth-local=trust", "--auth-host=scram-sha-256",
+            "-E", "UTF8", "--no-sync", "--no-instructions",
         )  # fmt: skip
+        self.pwfile.unlink()
         self.start()
         self._checked(
-            str(PG_BIN / "createdb"), "-h", HOST, "-p", str(self.port), "-U", "postgres",
-            self.database,
+            str(PG_BIN / "createdb"), "-h", str(self.base), "-p", str(self.port), "-U",
+            "postgres", self.database,
         )  # fmt: skip
 
     def start(self) -> None:
@@ -239,13 +268,14 @@ def _alive(pid: int) -> bool:
 
 
 def replica_env(
-    name: str, data_dir: Path, db_url: str, port: int, public_url: str, workers: int
+    data_dir: Path, pg: Postgres, port: int, public_url: str, workers: int
 ) -> dict[str, str]:
     """A replica's environment: its own data directory, the shared database and passphrase."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CA_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CA_", "PG"))}
+    env.update(pg.client_env())
     env.update(
         CA_DATA_DIR=str(data_dir),
-        CA_DATABASE_URL=db_url,
+        CA_DATABASE_URL=pg.url,
         CA_KEY_PASSPHRASE=PASSPHRASE,
         CA_BIND=f"{HOST}:{port}",
         CA_WORKERS=str(workers),
@@ -371,7 +401,7 @@ def topology(workdir: Path, *, workers: int = 2, start_second: bool = True) -> I
             name,
             port,
             workdir / name / "data",
-            replica_env(name, workdir / name / "data", pg.url, port, public, workers),
+            replica_env(workdir / name / "data", pg, port, public, workers),
             workdir / f"{name}.log",
         )
         for name, port in zip(("replica1", "replica2"), ports, strict=True)
