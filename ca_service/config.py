@@ -337,11 +337,16 @@ class Settings:
     )
     # -- CA key backend (issue 16): where the CA private keys live and sign.
     key_backend: str = _setting(
-        "file",
-        '"file": encrypted PKCS#8 files in <data_dir>/keys (needs the key passphrase). '
+        "database",
+        '"database": the CA and OCSP responder keys as passphrase-encrypted PKCS#8 in the '
+        "database, so that every replica of one database signs with them (key files an older "
+        "store made in <data_dir>/keys are copied in at start). "
+        '"file": the same encrypted PKCS#8 as files in <data_dir>/keys, one node only (keeps '
+        "the keys out of database backups). Both need the key passphrase. "
         '"pkcs11": keys made and kept inside a PKCS#11 token (HSM, cloud KMS, YubiHSM, '
-        "SoftHSM), which signs every certificate, CRL and OCSP answer; see docs/key-ceremony.md.",
-        lambda key, value: _choice(key, value, ("file", "pkcs11")),
+        "SoftHSM), which signs every certificate, CRL and OCSP answer; see docs/key-ceremony.md "
+        "and docs/replicas.md.",
+        lambda key, value: _choice(key, value, ("database", "file", "pkcs11")),
     )
     pkcs11_module: str | None = _setting(
         None,

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from ca_service.clock import Clock
+from ca_service.clock import Clock, SystemClock
 from ca_service.config import Settings
 from ca_service.core.facade import Core
 from ca_service.errors import ConfigError
-from ca_service.signing.keystore import FileKeystore, Keystore
+from ca_service.signing.keystore import DatabaseKeystore, FileKeystore, Keystore
 from ca_service.signing.pkcs11 import Pkcs11Keystore
 from ca_service.storage import migrate
 from ca_service.storage.db import Database
+from ca_service.storage.keys import DatabaseKeyBlobs, KeyImport, import_key_files
 
 
 def prepare_data_dir(settings: Settings) -> None:
@@ -36,27 +37,60 @@ def build_authority(
 ) -> Core:
     """Wire the core. With ``apply_migrations`` pending migrations run first (init, serve);
     otherwise a schema that is behind stops the command with a hint."""
-    keystore = open_keystore(settings)
+    clock = clock or SystemClock()
     prepare_data_dir(settings)
     database = db or open_database(settings)
-    if apply_migrations:
-        migrate.upgrade(database)
-    else:
-        waiting = migrate.pending(database)
-        if waiting:
-            raise ConfigError(
-                f"the database schema is behind ({len(waiting)} migration(s) pending); "
-                "run 'ca-service db upgrade'"
-            )
+    try:
+        keystore = open_keystore(settings, database, clock)
+        if apply_migrations:
+            migrate.upgrade(database)
+        else:
+            waiting = migrate.pending(database)
+            if waiting:
+                raise ConfigError(
+                    f"the database schema is behind ({len(waiting)} migration(s) pending); "
+                    "run 'ca-service db upgrade'"
+                )
+        if isinstance(keystore, DatabaseKeystore):
+            import_keys(database, keystore, clock)
+    except BaseException:
+        if db is None:  # opened here: closed here, or its connections outlive the failure
+            database.dispose()
+        raise
     return Core(settings, database, keystore, clock)
 
 
-def open_keystore(settings: Settings) -> Keystore:
+def import_keys(db: Database, keystore: DatabaseKeystore, clock: Clock) -> KeyImport:
+    """Copy the key files an older store names from this node's data_dir/keys into the
+    database (at every start, and ``ca-service keys import``)."""
+    return import_key_files(db, keystore.import_file, clock.now())
+
+
+def import_key_files_of(settings: Settings, db: Database) -> KeyImport:
+    """``ca-service keys import``: the same copy as at start, on its own."""
+    if settings.key_backend != "database":
+        raise ConfigError(
+            f"key_backend = {settings.key_backend}: keys are imported into the database only "
+            "with key_backend = database"
+        )
+    if migrate.pending(db):
+        raise ConfigError("the database schema is behind; run 'ca-service db upgrade'")
+    clock = SystemClock()
+    keystore = open_keystore(settings, db, clock)
+    assert isinstance(keystore, DatabaseKeystore)
+    return import_keys(db, keystore, clock)
+
+
+def open_keystore(settings: Settings, db: Database, clock: Clock) -> Keystore:
     """The keystore ``key_backend`` names. Only its settings are checked here; the token is
     opened when the first key is loaded (``Core.load_keys`` at start), in the process that
     uses it (a gunicorn worker opens its own session after the fork)."""
-    if settings.key_backend != "pkcs11":
-        return FileKeystore(settings.data_dir / "keys", settings.require_passphrase())
+    keys_dir = settings.data_dir / "keys"
+    if settings.key_backend == "database":
+        blobs = DatabaseKeyBlobs(db, clock.now)
+        return DatabaseKeystore(blobs, settings.require_passphrase(), keys_dir)
+    if settings.key_backend == "file":
+        return FileKeystore(keys_dir, settings.require_passphrase())
     if not settings.pkcs11_module:
         raise ConfigError(
             "key_backend = pkcs11 needs pkcs11_module, the path of the token's PKCS#11 library"

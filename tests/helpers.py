@@ -196,6 +196,46 @@ def all_stored_bytes(db: Database) -> bytes:
     return bytes(out)
 
 
+def ocsp_request_for(cert: x509.Certificate, issuer: x509.Certificate) -> bytes:
+    """A DER OCSP request for one certificate, SHA-1 CertID and no nonce (RFC 5019)."""
+    from cryptography.x509 import ocsp
+
+    builder = ocsp.OCSPRequestBuilder().add_certificate(cert, issuer, hashes.SHA1())  # noqa: S303 (RFC 5019 CertIDs are SHA-1)
+    return builder.build().public_bytes(serialization.Encoding.DER)
+
+
+def ocsp_answer(der: bytes) -> tuple[str, int]:
+    """A successful OCSP answer's status for its one certificate and its signer's serial."""
+    from cryptography.x509 import ocsp
+
+    response = ocsp.load_der_ocsp_response(der)
+    assert response.response_status is ocsp.OCSPResponseStatus.SUCCESSFUL
+    signer = response.certificates[0] if response.certificates else None
+    signer_serial = signer.serial_number if signer is not None else 0
+    return response.certificate_status.name.lower(), signer_serial
+
+
+def stored_keys(db: Database | Settings) -> dict[str, bytes]:
+    """The encrypted private keys the database holds (key_backend = database), by name."""
+    if isinstance(db, Settings):
+        opened = Database(db.resolved_database_url)
+        try:
+            return stored_keys(opened)
+        finally:
+            opened.dispose()
+    with db.engine.connect() as conn:
+        rows = conn.execute(sa.text("SELECT name, pem_encrypted FROM key_blobs"))
+        return {name: bytes(data) for name, data in rows}
+
+
+def assert_encrypted_keys(settings: Settings, count: int) -> None:
+    """The database holds ``count`` keys, each passphrase-encrypted PKCS#8."""
+    keys = stored_keys(settings)
+    assert len(keys) == count
+    for data in keys.values():
+        assert data.startswith(b"-----BEGIN ENCRYPTED PRIVATE KEY-----")
+
+
 def tree_bytes(directory: Path) -> bytes:
     return b"".join(p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file())
 

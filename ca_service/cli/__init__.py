@@ -17,6 +17,7 @@ from ca_service.cli.acme import acme
 from ca_service.cli.authorities import authorities, authority_group, init, set_default
 from ca_service.cli.certificates import crl, export, issue, list_, release_hold, renew, revoke, show
 from ca_service.cli.db import db
+from ca_service.cli.keys import keys
 from ca_service.cli.provisioners import provisioner
 from ca_service.cli.request import request
 from ca_service.cli.serve import serve
@@ -55,6 +56,7 @@ for _command in (
     acme,
     provisioner,
     db,
+    keys,
     probe,
     trust,
     request,

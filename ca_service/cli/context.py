@@ -45,7 +45,7 @@ def _database() -> Database:
 
 def _authority(*, migrate_first: bool = False) -> Core:
     settings = _settings()
-    if settings.key_backend == "file":
+    if settings.key_backend != "pkcs11":
         settings.require_passphrase()
     return build_authority(settings, db=_database(), apply_migrations=migrate_first)
 

@@ -593,7 +593,7 @@ class Pkcs11Keystore:
         if not is_reference(key_file):
             raise ConfigError(
                 f"{what}: its key is a file ({key_file}) but key_backend = pkcs11; set "
-                "key_backend = file for this data"
+                "key_backend = database (or file) for this data"
             )
         ref = KeyRef.parse(key_file)
         challenge = secrets.token_bytes(32)

@@ -167,6 +167,20 @@ class OCSPResponderRow(Base):
     created_at: Mapped[dt.datetime] = mapped_column(UTC_DATETIME)
 
 
+class KeyBlobRow(Base):
+    """CA and OCSP responder private keys of ``key_backend = "database"`` (issue 14): the
+    passphrase-encrypted PKCS#8 PEM a key file would hold, never a clear key. In the database
+    so that every replica reads the same keys and one backup (or PostgreSQL's replication)
+    carries them; the passphrase is never stored, so the rows alone open nothing. An
+    authority's or responder's ``key_file`` names a row as ``db:<name>``."""
+
+    __tablename__ = "key_blobs"
+
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    pem_encrypted: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[dt.datetime] = mapped_column(UTC_DATETIME)
+
+
 # ---------------------------------------------------------------------------- ACME (RFC 8555)
 # Ids are random url-safe strings: they appear in URLs, and sequential ids would let anyone
 # count a CA's accounts and orders. Authority names are kept as text: they never change.

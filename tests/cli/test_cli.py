@@ -3,7 +3,6 @@ and errors that are one line on stderr with a non-zero exit, never a traceback."
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import stat
@@ -21,6 +20,7 @@ from ca_service.storage.db import Database
 from ..conftest import make_settings, run
 from ..helpers import (
     BIN,
+    assert_encrypted_keys,
     cli_env,
     cli_run,
     count_rows,
@@ -30,6 +30,7 @@ from ..helpers import (
     make_key,
     one_error_line,
     openssl_verify,
+    stored_keys,
     tamper_signature,
     write,
 )
@@ -64,9 +65,10 @@ def test_init_creates_root_intermediate_and_database(settings: Settings) -> None
     assert "default-root: root CA, ecdsa-p256" in out
     data = settings.data_dir
     assert stat.S_IMODE(data.stat().st_mode) == 0o700
-    assert len(list((data / "keys").iterdir())) == 2
+    assert not (data / "keys").exists()  # the keys are in the database (issue 14)
     db = Database(settings.resolved_database_url)
     try:
+        assert len(stored_keys(db)) == 2
         assert count_rows(db, "alembic_version") == 1
         assert count_rows(db, "authorities") == 2
         assert count_rows(db, "crls") == 1  # the first CRL is signed at init
@@ -176,8 +178,8 @@ def test_several_named_authorities_one_default(tmp_path: Path) -> None:
 
 
 def test_init_twice_never_overwrites(inited: Settings) -> None:
-    keys = inited.data_dir / "keys"
-    before = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in keys.iterdir()}
+    db = Database(inited.resolved_database_url)
+    before = stored_keys(db)
     chain = ok(inited, "export", "chain")
     again = cli_run(inited, ["init"])
     assert again.exit_code == 3
@@ -185,8 +187,9 @@ def test_init_twice_never_overwrites(inited: Settings) -> None:
     again = cli_run(inited, ["init", "--key-type", "rsa-2048"])
     assert again.exit_code == 3
     assert "exists already" in ok(inited, "init", "--exist-ok")
-    after = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in keys.iterdir()}
-    assert after == before
+    after = stored_keys(db)
+    db.dispose()
+    assert after == before and len(after) == 2
     assert ok(inited, "export", "chain") == chain
 
 
@@ -213,8 +216,7 @@ def test_init_imports_an_existing_ca(tmp_path: Path, openssl: str) -> None:
     rc, text = openssl_verify(openssl, cert, tmp_path / "imp.crt", tmp_path / "imp.chain.pem")
     assert rc == 0, text
     # The imported key is now kept encrypted under the service passphrase.
-    for path in (settings.data_dir / "keys").iterdir():
-        assert path.read_bytes().startswith(b"-----BEGIN ENCRYPTED PRIVATE KEY-----")
+    assert_encrypted_keys(settings, 2)
     mismatch = cli_run(
         settings,
         ["init", "--name", "other", "--import-cert", str(cert), "--import-key",

@@ -508,7 +508,7 @@ def test_the_pin_comes_from_a_file_or_the_environment_never_the_config_file(
     line = one_clear_line(
         cli(softhsm, label, tmp_path, db_url, "authorities", CA_KEY_BACKEND="hsm")
     )
-    assert "key_backend must be 'file' or 'pkcs11'" in line
+    assert "key_backend must be 'database' or 'file' or 'pkcs11'" in line
 
 
 @pytest.mark.slow  # several ca-service processes

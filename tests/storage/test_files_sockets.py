@@ -65,10 +65,8 @@ def test_cli_init_makes_a_private_data_directory(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert mode(data) == 0o700
     assert mode(data / "ca.db") == 0o600
-    assert mode(data / "keys") == 0o700
-    keys = list((data / "keys").iterdir())
-    assert keys
-    assert {mode(k) for k in keys} == {0o600}
+    # The keys are in the database (issue 14): no key file at all, private or not.
+    assert not (data / "keys").exists()
 
 
 def test_sqlite_wal_and_shm_share_the_private_mode(tmp_path: Path) -> None:
@@ -118,7 +116,7 @@ def test_live_server_database_files_are_private(tmp_path: Path) -> None:
     finally:
         assert server.stop() == 0
     assert files == {"ca.db": 0o600, "ca.db-wal": 0o600, "ca.db-shm": 0o600}
-    assert mode(data / "keys") == 0o700
+    assert not (data / "keys").exists()
 
 
 def _everything_under(path: Path) -> list[str]:

@@ -15,10 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 
 from ..conftest import PG_URL, drop_pg_schema, live_server, make_pg_schema
 from ..external_ca import external_ca_files
-from ..live import CA_SERVICE, LiveServer, Reply, assert_problem, start_server
+from ..live import CA_SERVICE, LiveServer, Reply, assert_problem, db_engine, start_server
 
 
 def cli(live: LiveServer, *args: str) -> subprocess.CompletedProcess[str]:
@@ -82,16 +83,26 @@ def test_not_ready_for_an_unreadable_key_a_revoked_or_an_expired_default_ca(
     live = own_live
     readyz_until(live, 200)
 
-    # A CA key the server refuses to load (readable by others): not ready, the reason named
-    # without the file's path; back to ready once the file is private again.
+    # A CA key the server refuses to load (its stored blob replaced by another key's, which
+    # does not match the certificate): not ready, the reason named without the key's name;
+    # back to ready once the right key is there again.
     cli(live, "init", "--name", "keyed")
-    keys = Path(live.env["CA_DATA_DIR"]) / "keys"
-    (key_file,) = [p for p in keys.glob("keyed-*") if not p.name.startswith("keyed-root")]
-    key_file.chmod(0o644)
-    body = assert_not_ready(readyz_until(live, 503), "key")
-    assert body["checks"]["keys"] == "not loaded"
-    assert str(keys) not in live.request("GET", "/readyz").body.decode()
-    key_file.chmod(0o600)
+    engine = db_engine(live)
+    try:
+        with engine.begin() as conn:
+            rows = conn.execute(sa.text("SELECT name, pem_encrypted FROM key_blobs"))
+            blobs = {str(n): bytes(d) for n, d in rows}
+            (name,) = [n for n in blobs if n.startswith("keyed-") and "root" not in n]
+            (root_name,) = [n for n in blobs if n.startswith("keyed-root")]
+            swap = sa.text("UPDATE key_blobs SET pem_encrypted = :d WHERE name = :n")
+            conn.execute(swap, {"d": blobs[root_name], "n": name})
+        body = assert_not_ready(readyz_until(live, 503), "key")
+        assert body["checks"]["keys"] == "not loaded"
+        assert name not in live.request("GET", "/readyz").body.decode()
+        with engine.begin() as conn:
+            conn.execute(swap, {"d": blobs[name], "n": name})
+    finally:
+        engine.dispose()
     readyz_until(live, 200)
 
     # The default CA revoked (the explicit admin action): /readyz and /healthz say so and why,
