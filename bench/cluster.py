@@ -17,6 +17,7 @@ import re
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import time
@@ -300,11 +301,35 @@ class Balancer:
     log_path: Path
     proc: subprocess.Popen[bytes] | None = None
 
+    @property
+    def admin_socket(self) -> Path:
+        return self.log_path.parent / "haproxy-admin.sock"
+
+    def command(self, line: str) -> str:
+        """One command of haproxy's runtime API (its admin socket); its answer."""
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(5)
+            sock.connect(str(self.admin_socket))
+            sock.sendall(line.encode() + b"\n")
+            chunks = []
+            while chunk := sock.recv(65536):
+                chunks.append(chunk)
+        return b"".join(chunks).decode()
+
+    def set_state(self, server: str, state: str, seconds: float = 30) -> None:
+        """Take a replica out of rotation (``maint``) or put it back (``ready``), and wait until
+        haproxy reports it so (UP again only once its health check passes)."""
+        answer = self.command(f"set server replicas/{server} state {state}")
+        if answer.strip():
+            raise RuntimeError(f"haproxy refused 'state {state}' for {server}: {answer.strip()}")
+        self.wait_states({server: "MAINT" if state == "maint" else "UP"}, seconds)
+
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("LB_", "REPLICA"))}
         env.update(
             LB_BIND=f"{HOST}:{self.port}",
             LB_STATS=f"{HOST}:{self.stats_port}",
+            LB_ADMIN=str(self.admin_socket),
             REPLICA1=f"{HOST}:{self.backends[0]}",
             REPLICA2=f"{HOST}:{self.backends[1]}",
         )
@@ -383,12 +408,9 @@ class Topology:
 
 
 @contextlib.contextmanager
-def topology(workdir: Path, *, workers: int = 2, start_second: bool = True) -> Iterator[Topology]:
+def topology(workdir: Path, *, workers: int = 2) -> Iterator[Topology]:
     """PostgreSQL, replica1 (which creates the CA on the empty database), haproxy, and replica2
-    (from the database alone: an empty data directory of its own); everything stopped after.
-
-    With ``start_second`` False replica2 is prepared but not started (haproxy sees it DOWN), for
-    the bench's one-replica figure; start it with ``topo.replicas[1].start()``."""
+    (from the database alone: an empty data directory of its own); everything stopped after."""
     missing = absent_reason()
     if missing:
         raise RuntimeError(missing)
@@ -412,11 +434,8 @@ def topology(workdir: Path, *, workers: int = 2, start_second: bool = True) -> I
         pg.create()
         replicas[0].start()
         balancer.start()
-        if start_second:
-            replicas[1].start()
-            balancer.wait_states({"replica1": "UP", "replica2": "UP"})
-        else:
-            balancer.wait_states({"replica1": "UP", "replica2": "DOWN"})
+        replicas[1].start()
+        balancer.wait_states({"replica1": "UP", "replica2": "UP"})
         yield topo
     finally:
         balancer.stop()

@@ -2,11 +2,12 @@
 PostgreSQL, in the same run (``python -m bench.run --only replicas``).
 
 The topology is bench/cluster.py's, the one tests/topology/test_replicas.py runs: a PostgreSQL
-cluster of its own, replicas with a data directory each, haproxy with config/haproxy.cfg. First
-replica2 is down (haproxy's health checks see it so) and every request goes to replica1 through
-the balancer; then replica2 starts and the same load is split between the two. The same load
-straight at replica1 gives the balancer's own cost. Everything runs on this machine's cores: two
-replicas share them with PostgreSQL, haproxy and the load generator, which the CPU columns show.
+cluster of its own, two replicas with a data directory each, haproxy with config/haproxy.cfg.
+With replica2 out of rotation (in maintenance through haproxy's runtime API) every request goes
+to replica1 through the balancer; with it back, the same load is split between the two. The
+same load straight at replica1 gives the balancer's own cost. Everything runs on this machine's
+cores: two replicas share them with PostgreSQL, haproxy and the load generator, which the CPU
+columns show.
 """
 
 from __future__ import annotations
@@ -48,31 +49,39 @@ def _cpu(pids: dict[str, int]) -> dict[str, float]:
     return {name: tree_cpu_seconds(pid) for name, pid in pids.items()}
 
 
-def measure(
+def one_run(
     port: int, request: Request, pids: dict[str, int], plan: ReplicaPlan, concurrency: int
 ) -> dict[str, Any]:
-    """``plan.repeats`` bounded runs at ``concurrency``; the median-rate run is reported, with
-    every rate, the load average before, and the CPU cores each process tree used meanwhile."""
+    """One bounded run at ``concurrency``, with the CPU seconds each process tree used in it."""
     load1 = os.getloadavg()[0]
     cpu0, t0 = _cpu(pids), time.monotonic()
-    runs = [
-        run_load(
-            cluster.HOST, port, [request], concurrency=concurrency,
-            max_requests=max(1, plan.max_requests // plan.repeats),
-            max_seconds=plan.seconds / plan.repeats, ok_statuses=(201,),
-        ).summary()
-        for _ in range(plan.repeats)
-    ]  # fmt: skip
-    wall = max(time.monotonic() - t0, 1e-9)
+    summary = run_load(
+        cluster.HOST, port, [request], concurrency=concurrency,
+        max_requests=max(1, plan.max_requests // plan.repeats),
+        max_seconds=plan.seconds / plan.repeats, ok_statuses=(201,),
+    ).summary()  # fmt: skip
     cpu1 = _cpu(pids)
+    summary.update(
+        load1=round(load1, 2),
+        wall_s=time.monotonic() - t0,
+        cpu_s={name: cpu1[name] - cpu0[name] for name in pids},
+    )
+    return summary
+
+
+def combine(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The median-rate run with every run's rate, the errors of all, the highest load average
+    seen, and each process tree's CPU cores over all the runs."""
     rates = [r["rps"] for r in runs]
     chosen = dict(runs[rates.index(statistics.median_low(rates))])
+    wall = sum(r["wall_s"] for r in runs) or 1e-9
     chosen.update(
         rps_runs=rates,
         errors=sum(r["errors"] for r in runs),
-        load1=round(load1, 2),
-        cpu_cores={name: round((cpu1[name] - cpu0[name]) / wall, 2) for name in pids},
+        load1=max(r["load1"] for r in runs),
+        cpu_cores={n: round(sum(r["cpu_s"][n] for r in runs) / wall, 2) for n in runs[0]["cpu_s"]},
     )
+    del chosen["wall_s"], chosen["cpu_s"]
     return chosen
 
 
@@ -87,11 +96,11 @@ def run_scenario(mode: str, csr_pem: bytes) -> dict[str, Any]:
     if missing:
         return {"status": "absent", "reason": missing}
     plan = PLANS[mode]
-    progress("replicas: PostgreSQL of its own, replica1, haproxy (replica2 down)")
+    progress("replicas: PostgreSQL of its own, two replicas, haproxy")
     try:
         with (
             tempfile.TemporaryDirectory(prefix="ca-bench-replicas-") as tmp,
-            cluster.topology(Path(tmp), workers=plan.workers or 4, start_second=False) as topo,
+            cluster.topology(Path(tmp), workers=plan.workers or 4) as topo,
         ):
             return _measure_all(topo, plan, csr_pem)
     except Exception as exc:  # record and go on, as the other scenarios do
@@ -99,6 +108,9 @@ def run_scenario(mode: str, csr_pem: bytes) -> dict[str, Any]:
 
 
 def _measure_all(topo: cluster.Topology, plan: ReplicaPlan, csr_pem: bytes) -> dict[str, Any]:
+    """Rounds of: replica2 out of rotation (haproxy's runtime API), the load through the
+    balancer and straight at replica1; replica2 back, the load through the balancer. Taking
+    turns, on a shared machine, lets a burst of other work hit the three alike."""
     first, second = topo.replicas
     lb = topo.balancer
     headers = {"Authorization": f"Bearer {topo.token}", "Content-Type": "application/json"}
@@ -107,7 +119,10 @@ def _measure_all(topo: cluster.Topology, plan: ReplicaPlan, csr_pem: bytes) -> d
     assert lb.proc is not None
     postgres = topo.pg.pid()
     assert postgres is not None
-    pids = {"replica1": first.pid, "haproxy": lb.proc.pid, "postgres": postgres}
+    pids = {
+        "replica1": first.pid, "replica2": second.pid, "haproxy": lb.proc.pid,
+        "postgres": postgres,
+    }  # fmt: skip
     out: dict[str, Any] = {
         "status": "ok",
         "workers_per_replica": plan.workers or 4,
@@ -116,20 +131,19 @@ def _measure_all(topo: cluster.Topology, plan: ReplicaPlan, csr_pem: bytes) -> d
         "direct": {},
         "two": {},
     }
-    _warm(lb.port, request)
+    _warm(first.port, request)
+    _warm(second.port, request)
     for c in plan.concurrencies:
-        progress(f"replicas: one replica behind haproxy, c={c}")
-        out["one"][f"c{c}"] = measure(lb.port, request, pids, plan, c)
-        progress(f"replicas: replica1 directly (no balancer), c={c}")
-        out["direct"][f"c{c}"] = measure(first.port, request, pids, plan, c)
-    progress("replicas: starting replica2 (from the database alone)")
-    second.start()
-    lb.wait_states({"replica1": "UP", "replica2": "UP"})
-    pids["replica2"] = second.pid
-    _warm(lb.port, request)
-    for c in plan.concurrencies:
-        progress(f"replicas: two replicas behind haproxy, c={c}")
-        out["two"][f"c{c}"] = measure(lb.port, request, pids, plan, c)
+        runs: dict[str, list[dict[str, Any]]] = {"one": [], "direct": [], "two": []}
+        for round_ in range(1, plan.repeats + 1):
+            progress(f"replicas: c={c}, round {round_}/{plan.repeats}: one, direct, two")
+            lb.set_state("replica2", "maint")
+            runs["one"].append(one_run(lb.port, request, pids, plan, c))
+            runs["direct"].append(one_run(first.port, request, pids, plan, c))
+            lb.set_state("replica2", "ready")
+            runs["two"].append(one_run(lb.port, request, pids, plan, c))
+        for key, found in runs.items():
+            out[key][f"c{c}"] = combine(found)
     out["two_vs_one"] = {
         key: round(out["two"][key]["rps"] / out["one"][key]["rps"], 2)
         if out["one"][key]["rps"]
@@ -150,10 +164,11 @@ def markdown(replicas: dict[str, Any]) -> str:
     lines += [
         "`POST /api/v1/certificates` from a CSR (ECDSA P-256 CA) on a PostgreSQL 15 cluster of the "
         f"bench's own, {replicas['workers_per_replica']} gunicorn workers per replica, haproxy "
-        "(config/haproxy.cfg) round robin with /readyz health checks. Same run: one replica "
-        "behind the balancer (replica2 down), the same replica directly, then two replicas "
-        f"behind the balancer. All on this machine's {replicas['nproc']} cores: the replicas, "
-        "PostgreSQL, haproxy and the load generator share them.",
+        "(config/haproxy.cfg) round robin with /readyz health checks. In the same run, taking "
+        "turns round by round: one replica behind the balancer (replica2 out of rotation through "
+        "haproxy's runtime API), the same replica directly, two replicas behind the balancer. "
+        f"All on this machine's {replicas['nproc']} cores: the replicas, PostgreSQL, haproxy and "
+        "the load generator share them. certs/s is the median round's; load1 the highest seen.",
         "",
         "| replicas | path | c | certs/s | runs | p50 ms | p99 ms | errors | load1 "
         "| CPU cores: replica1 / replica2 / postgres / haproxy |",

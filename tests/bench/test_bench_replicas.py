@@ -18,8 +18,9 @@ def test_tiny_replicas_scenario_measures_one_and_two_replicas() -> None:
         figures = result[key]["c2"]
         assert figures["errors"] == 0, (key, figures)
         assert figures["ok"] > 0 and figures["rps"] > 0 and figures["p99_ms"] > 0, (key, figures)
-    assert "replica2" not in result["one"]["c2"]["cpu_cores"]
-    assert result["two"]["c2"]["cpu_cores"]["replica2"] > 0, "replica2 served nothing"
+    # Out of rotation replica2 served nothing; back in, it took its share.
+    alone, shared = (result[k]["c2"]["cpu_cores"]["replica2"] for k in ("one", "two"))
+    assert alone < shared, (alone, shared)
     assert result["two_vs_one"]["c2"] > 0
     text = replicas.markdown(result)
     assert "## Replicas behind haproxy (issue 14)" in text

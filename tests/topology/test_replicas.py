@@ -213,6 +213,9 @@ def test_the_second_replica_serves_the_same_ca_from_the_database_alone(
     answer = issue(topo, second.port, "second")
     assert answer.status == 201, answer.body[:500]
     assert topo.balancer.server_states() == {"replica1": "UP", "replica2": "UP"}
+    # Nothing a replica needs is on a node: no key file in either data directory.
+    for replica in topo.replicas:
+        assert list(replica.data_dir.rglob("*.key.pem")) == [], replica.name
 
 
 def test_the_database_wants_the_password_the_replicas_read_from_a_file(
@@ -254,7 +257,15 @@ def test_concurrent_issue_and_revoke_through_the_balancer_and_directly(
     lock = threading.Lock()
     done = threading.Event()
 
+    sampler_errors: list[BaseException] = []
+
     def sample_crls() -> None:
+        try:
+            sample()
+        except BaseException as exc:  # reported by the test's thread below
+            sampler_errors.append(exc)
+
+    def sample() -> None:
         for _ in range(400):
             for port in direct:
                 crl = crl_of(port)
@@ -317,6 +328,7 @@ def test_concurrent_issue_and_revoke_through_the_balancer_and_directly(
     finally:
         done.set()
         sampler.join(timeout=60)
+    assert sampler_errors == []
 
     serials = [str(b["serial"]) for b in issued]
     assert len(serials) == 60 and len(set(serials)) == 60
