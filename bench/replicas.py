@@ -39,7 +39,7 @@ class ReplicaPlan:
 
 
 PLANS = {
-    "full": ReplicaPlan((8, 32), 6.0, 20_000, 3, None),
+    "full": ReplicaPlan((8, 32), 10.0, 30_000, 5, None),
     "quick": ReplicaPlan((8,), 2.0, 5_000, 3, None),
     "tiny": ReplicaPlan((2,), 0.5, 50, 1, 2),
 }
