@@ -179,7 +179,7 @@ def markdown(replicas: dict[str, Any]) -> str:
         ("1", "direct", "direct"),
         ("2", "two", "haproxy"),
     ):
-        for c, r in replicas[key].items():
+        for c, r in _by_concurrency(replicas[key]):
             cpu = r["cpu_cores"]
             cores = " / ".join(
                 str(cpu.get(name, "-")) for name in ("replica1", "replica2", "postgres", "haproxy")
@@ -188,6 +188,33 @@ def markdown(replicas: dict[str, Any]) -> str:
                 f"| {label} | {path} | {c.removeprefix('c')} | {r['rps']} | {r['rps_runs']} "
                 f"| {r['p50_ms']} | {r['p99_ms']} | {r['errors']} | {r['load1']} | {cores} |"
             )
-    ratios = ", ".join(f"c={k.removeprefix('c')}: {v}" for k, v in replicas["two_vs_one"].items())
+    ratios = ", ".join(f"c={k[1:]}: {v}" for k, v in _by_concurrency(replicas["two_vs_one"]))
     lines += ["", f"Two replicas against one, behind the balancer: {ratios}.", ""]
+    lines += _reading(replicas)
     return "\n".join(lines)
+
+
+def _by_concurrency(figures: dict[str, Any]) -> list[tuple[str, Any]]:
+    """``{"c8": ..., "c32": ...}`` in the order of c (results.json sorts its keys as text)."""
+    return sorted(figures.items(), key=lambda item: int(item[0][1:]))
+
+
+def _reading(replicas: dict[str, Any]) -> list[str]:
+    """What the figures say, derived from them: the CPU the server side had, against the cores."""
+    measured = replicas.get("measured", {})
+    used = []
+    for key in ("one", "two"):
+        for c, r in _by_concurrency(replicas[key]):
+            cores = sum(r["cpu_cores"].values())
+            used.append(f"{cores:.2f} with {'one' if key == 'one' else 'two'} at c={c[1:]}")
+    load = max(r["load1"] for key in ("one", "two", "direct") for r in replicas[key].values())
+    where = f"Measured {measured['date']}, commit `{measured['commit']}`. " if measured else ""
+    return [
+        f"{where}The server side (replicas, PostgreSQL, haproxy) used "
+        f"{', '.join(used)} cores of {replicas['nproc']}, with a load average up to {load}. "
+        "Two replicas on one machine cannot add cores: here they share the same "
+        f"{replicas['nproc']} with the load generator and whatever else runs, so this table "
+        "shows what a second replica costs on a shared host and that each takes its half of the "
+        "load, not the scaling that replicas on separate hosts (or cores) give.",
+        "",
+    ]

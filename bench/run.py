@@ -164,6 +164,9 @@ def run(mode: Mode, only: set[str], out_dir: Path, command: str) -> dict[str, An
         # so it runs whatever the bench's PostgreSQL; tiny mode is SQLite only and skips it.
         if "postgresql" in mode.dbs:
             results["replicas"] = replicas.run_scenario(mode.name, csr)
+            # Its own provenance: the section may be merged into another run's results.json.
+            machine = results["machine"]
+            results["replicas"]["measured"] = {k: machine[k] for k in ("date", "commit")}
         else:
             reason = f"{mode.name} mode: no PostgreSQL"
             results["replicas"] = {"status": "skipped", "reason": reason}
