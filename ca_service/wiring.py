@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
+
 from ca_service.clock import Clock, SystemClock
 from ca_service.config import Settings
 from ca_service.core.facade import Core
@@ -58,6 +60,12 @@ def build_authority(
             database.dispose()
         raise
     return Core(settings, database, keystore, clock)
+
+
+def first_start_lock(db: Database) -> AbstractContextManager[None]:
+    """Held by ``serve`` while it makes the first CA and admin token, so that replicas started
+    together on an empty database make one of each (storage.migrate.startup_lock)."""
+    return migrate.startup_lock(db)
 
 
 def import_keys(db: Database, keystore: DatabaseKeystore, clock: Clock) -> KeyImport:

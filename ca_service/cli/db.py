@@ -20,11 +20,9 @@ def db() -> None:
 @handle_errors
 def db_upgrade() -> None:
     """Apply pending Alembic migrations."""
-    database = _database()
-    waiting = migrate.pending(database)
-    migrate.upgrade(database)
+    applied = migrate.upgrade(_database())
     click.echo(
-        f"applied {len(waiting)} migration(s); schema is current"
-        if waiting
+        f"applied {len(applied)} migration(s); schema is current"
+        if applied
         else "schema is current"
     )

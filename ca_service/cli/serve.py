@@ -20,7 +20,7 @@ from ca_service.config import Settings, check_mtls_authorities, load_settings
 from ca_service.core.hierarchy import HierarchySpec
 from ca_service.domain import CallerPolicy
 from ca_service.tokens import Role, TokenService
-from ca_service.wiring import build_authority
+from ca_service.wiring import build_authority, first_start_lock
 
 
 @click.command()
@@ -41,24 +41,29 @@ def serve(bind: str | None, workers: int | None, timeout: int | None, tls: bool 
         overrides={"bind": bind, "workers": workers, "timeout": timeout, "tls": tls or None}
     )
     ca = build_authority(settings, apply_migrations=True)
-    if not ca.list_authorities():
-        click.echo("first start: creating the root and issuing CA 'default' ...", err=True)
-        ca.create_hierarchy(HierarchySpec(), _actor())
-        ca.load_keys()
-        ca.generate_crl("default")
+    # Replicas started together on an empty database take turns: the first makes the CA and
+    # the admin token, the others find them.
+    with first_start_lock(ca.db):
+        if not ca.list_authorities():
+            click.echo("first start: creating the root and issuing CA 'default' ...", err=True)
+            ca.create_hierarchy(HierarchySpec(), _actor())
+            ca.load_keys()
+            ca.generate_crl("default")
+        service = TokenService(ca.db)
+        if service.count() == 0:
+            plain, record = service.create(
+                "first admin", Role.ADMIN, CallerPolicy.unrestricted(), _actor()
+            )
+            click.echo("=" * 72)
+            click.echo("First admin token (shown once, stored only as a hash; keep it safe):")
+            click.echo(f"  {plain}")
+            click.echo(
+                f"  (token id {record.id}; revoke with 'ca-service token revoke {record.id}')"
+            )
+            click.echo("=" * 72)
     ca.load_keys()
     # Here too, so that a bad rule is one line on stderr, not a worker that fails to boot.
     check_mtls_authorities(settings.mtls_rules, {a.name for a in ca.list_authorities()})
-    service = TokenService(ca.db)
-    if service.count() == 0:
-        plain, record = service.create(
-            "first admin", Role.ADMIN, CallerPolicy.unrestricted(), _actor()
-        )
-        click.echo("=" * 72)
-        click.echo("First admin token (shown once, stored only as a hash; keep it safe):")
-        click.echo(f"  {plain}")
-        click.echo(f"  (token id {record.id}; revoke with 'ca-service token revoke {record.id}')")
-        click.echo("=" * 72)
     scheme = "http"
     certfile: Path | None = None
     if settings.tls:

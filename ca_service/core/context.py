@@ -25,6 +25,12 @@ from ca_service.signing.keystore import Keystore
 from ca_service.signing.serials import parse_serial, serial_hex
 from ca_service.storage.db import Database
 
+# How stale a process's copy of shared store state may get (the default authority, the OCSP
+# responder, a served CRL): replicas share only the database, so each process looks again at
+# least this often and a change made on one replica is seen on every other within a second
+# (issue 14). Each look is one indexed read of a few columns.
+STORE_RECHECK_SECONDS = 0.5
+
 
 @dataclass
 class Context:

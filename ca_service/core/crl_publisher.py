@@ -65,28 +65,40 @@ class CRLPublisher:
             log.exception("the CRL of %s was not re-signed after a revocation", authority)
 
     def generate_crl(
-        self, authority: str | None = None, *, unless_beyond: int | None = None
+        self,
+        authority: str | None = None,
+        *,
+        unless_beyond: int | None = None,
+        unless_fresh: bool = False,
     ) -> StoredCRL:
         """Sign a new CRL. The number comes from an atomic UPDATE whose row lock is held until
-        commit, so concurrent generators of one authority are ordered and numbers never repeat.
+        commit, so concurrent generators of one authority, in any process or replica of the
+        database, are ordered and each number is signed once.
 
         ``unless_beyond``: a revocation passes the CRL number it saw under the same lock; if a
         CRL numbered above it exists already, that CRL was made after the revocation committed
         and lists it, so a burst of revocations yields one CRL, not one each.
+        ``unless_fresh``: the scheduled re-signing at half-life; if, once the lock is held, the
+        stored CRL is fresh (another replica re-signed it while we waited), that one is returned,
+        so replicas that reach half-life together sign one new CRL, not one each.
         """
         name = authority or self.registry.default_authority()
         loaded = self.registry.load(name)
         with unit_of_work(self.ctx.db, write=True) as s:
             repo = AuthorityRepository(s)
             crls = CRLRepository(s)
-            if unless_beyond is not None:
+            if unless_beyond is not None or unless_fresh:
                 current = repo.lock_crl_number(name)
-                latest = crls.latest(name) if current > unless_beyond else None
-                if latest is not None and latest.number > unless_beyond:
+                header = crls.latest_header(name) if current > (unless_beyond or 0) else None
+                if header is not None and (
+                    self._fresh(*header[1:]) if unless_fresh else header[0] > (unless_beyond or 0)
+                ):
                     # Made and committed by another process, which touches the stamp only
                     # after its commit: touch it here too, so no server answers from a cache
                     # older than this revocation in between.
                     self._touch_stamp(name)
+                    latest = crls.latest(name)
+                    assert latest is not None  # its header was just read under the lock
                     return latest
             number = repo.next_crl_number(name)
             now = self.ctx.clock.now()
@@ -127,14 +139,17 @@ class CRLPublisher:
         with unit_of_work(self.ctx.db) as s:
             repo = CRLRepository(s)
             header = repo.latest_header(name)
-            now = self.ctx.clock.now()
             if header is not None:
                 number, this_update, next_update = header
-                if now < this_update + (next_update - this_update) / 2:
+                if self._fresh(this_update, next_update):
                     if number == known_number:
                         return None
                     return repo.latest(name)
-        return self.generate_crl(name)
+        return self.generate_crl(name, unless_fresh=True)
+
+    def _fresh(self, this_update: dt.datetime, next_update: dt.datetime) -> bool:
+        """Less than half of a CRL's life has passed: no need to sign a new one."""
+        return self.ctx.clock.now() < this_update + (next_update - this_update) / 2
 
     def crl_stamp(self, name: str) -> int:
         """Changes whenever a process on this host publishes a CRL of ``name`` (0: never).

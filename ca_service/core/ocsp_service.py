@@ -14,16 +14,18 @@ so a revocation changes the very next answer in every worker and process.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import secrets
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from cryptography import x509
 
-from ca_service.core.context import Context, record_for
+from ca_service.core.context import STORE_RECHECK_SECONDS, Context, record_for
 from ca_service.core.registry import LoadedAuthority, Registry
 from ca_service.crypto.ocsp_wire import (
     CertRef,
@@ -63,6 +65,7 @@ class _Responder:
     serial: str
     signer: OCSPSigner
     rotate_at: dt.datetime
+    checked: float = 0.0  # time.monotonic() when the store last said it is the latest
 
 
 @dataclass(frozen=True)
@@ -165,7 +168,11 @@ class OCSPService:
         now = self.ctx.clock.now()
         with self._lock:
             cached = self._responders.get(name)
-        if cached is not None and now < cached.rotate_at:
+        if (
+            cached is not None
+            and now < cached.rotate_at
+            and self._still_latest(name, cached, now)
+        ):
             return cached
         loaded = self.registry.load(name)
         if self.ctx.settings.ocsp_sign_with_ca:
@@ -180,6 +187,23 @@ class OCSPService:
             self._responders[name] = responder
         return responder
 
+    def _still_latest(self, name: str, cached: _Responder, now: dt.datetime) -> bool:
+        """Whether ``cached`` is still the newest responder in the store, asked at most every
+        STORE_RECHECK_SECONDS: another replica may have rotated first (its clock a little
+        ahead), and then every replica should sign with the new one."""
+        if self.ctx.settings.ocsp_sign_with_ca:
+            return True  # the CA's own key: nothing another replica can replace
+        mono = time.monotonic()
+        if mono - cached.checked < STORE_RECHECK_SECONDS:
+            return True
+        with unit_of_work(self.ctx.db) as s:
+            latest = OCSPRepository(s).latest_responder_serial(name, now)
+        if latest != cached.serial:
+            return False
+        with self._lock:
+            self._responders[name] = dataclasses.replace(cached, checked=mono)
+        return True
+
     def _delegated(self, name: str, loaded: LoadedAuthority, now: dt.datetime) -> _Responder:
         with unit_of_work(self.ctx.db) as s:
             current = OCSPRepository(s).latest_responder(name, now)
@@ -190,7 +214,7 @@ class OCSPService:
             current.key_file, cert, loaded.signer.key_type, f"OCSP responder of {name!r}"
         )
         delegated = OCSPSigner.of(signer, delegated=True)
-        return _Responder(current.serial, delegated, _rotate_at(current))
+        return _Responder(current.serial, delegated, _rotate_at(current), time.monotonic())
 
     def _issue_responder(
         self, name: str, loaded: LoadedAuthority, now: dt.datetime
@@ -203,11 +227,12 @@ class OCSPService:
             with unit_of_work(self.ctx.db, write=True) as s:
                 repo = OCSPRepository(s)
                 authority_id = repo.lock_authority(name)
-                # Another process may have rotated while we waited for the lock.
+                # Another process or replica may have rotated while we waited for the lock:
+                # its responder is the one; ours is dropped (below, once this transaction has
+                # ended: the keystore may write to the same database).
                 existing = repo.latest_responder(name, now)
                 if existing is not None and now < _rotate_at(existing):
-                    keystore.remove(key.key_file)
-                    return existing
+                    raise _Lost(existing)
                 template = responder_template(
                     loaded.view, key.public_key, key_type, now, self.ctx.serials(), lifetime
                 )
@@ -232,10 +257,21 @@ class OCSPService:
                         None,
                     )
                 )
+        except _Lost as lost:
+            keystore.remove(key.key_file)
+            return lost.winner
         except BaseException:
             keystore.remove(key.key_file)
             raise
         return responder
+
+
+class _Lost(Exception):
+    """Leaves the rotation's transaction (rolled back) when another process rotated first."""
+
+    def __init__(self, winner: ResponderRecord) -> None:
+        super().__init__(winner.serial)
+        self.winner = winner
 
 
 def _rotate_at(record: ResponderRecord) -> dt.datetime:

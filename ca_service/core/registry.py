@@ -1,5 +1,6 @@
 """The authorities this service holds: their records, the default one, and each one loaded for
-use (its Signer, the view policy checks against, its chain), cached for the process's life.
+use (its Signer, the view policy checks against, its chain), cached for the process's life:
+none of that ever changes for a name (a revocation is read from the store at each issuance).
 
 Also the lookup of a certificate by serial, which issuance and revocation both start from. It
 must never sign, revoke or write anything but the choice of the default authority; a CA's key
@@ -16,7 +17,7 @@ from functools import cached_property
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from ca_service.core.context import Context, normalize_serial
+from ca_service.core.context import STORE_RECHECK_SECONDS, Context, normalize_serial
 from ca_service.crypto.keys import fingerprint_sha256
 from ca_service.domain import Actor, AuditEvent, AuthorityRecord, CertificateRecord, KeyType
 from ca_service.errors import BadRequest, Conflict, NotFound
@@ -30,7 +31,7 @@ from ca_service.storage.repositories import (
     CertificateRepository,
 )
 
-DEFAULT_TTL = 5.0  # seconds
+DEFAULT_TTL = STORE_RECHECK_SECONDS
 
 
 @dataclass(frozen=True)
@@ -99,9 +100,9 @@ class Registry:
         self._default = None
 
     def default_authority(self) -> str:
-        """The authority a request without one goes to. Read from the store at most every few
-        seconds: it is asked on every issuance and changes once in a blue moon (another process
-        changing it is seen within DEFAULT_TTL)."""
+        """The authority a request without one goes to. Read from the store at most twice a
+        second: it is asked on every issuance and changes once in a blue moon (another process
+        or replica changing it is seen within DEFAULT_TTL)."""
         if self.ctx.settings.default_authority:
             return self.ctx.settings.default_authority
         cached = self._default

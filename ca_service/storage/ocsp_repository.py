@@ -39,6 +39,16 @@ class OCSPRepository:
             as_utc(row.not_after),
         )
 
+    def latest_responder_serial(self, authority: str, now: dt.datetime) -> str | None:
+        """The serial of what ``latest_responder`` would return, without its certificate."""
+        return self.s.execute(
+            select(OCSPResponderRow.serial)
+            .join(AuthorityRow, AuthorityRow.id == OCSPResponderRow.authority_id)
+            .where(AuthorityRow.name == authority, OCSPResponderRow.not_after > now)
+            .order_by(OCSPResponderRow.not_before.desc(), OCSPResponderRow.id.desc())
+            .limit(1)
+        ).scalar_one_or_none()
+
     def add_responder(self, authority_id: int, record: ResponderRecord, now: dt.datetime) -> None:
         self.s.add(
             OCSPResponderRow(

@@ -16,9 +16,10 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from cryptography.hazmat.primitives import serialization
-from flask import Blueprint, Response, jsonify, request
+from flask import Blueprint, Response, current_app, jsonify, request
 
 from ca_service.api_models import Alive, Health, NotReady
+from ca_service.core.context import STORE_RECHECK_SECONDS
 from ca_service.domain import StoredCRL
 from ca_service.errors import NotFound
 from ca_service.web.contract import PROBLEM_JSON, Answer, operation
@@ -88,12 +89,13 @@ class CRLCache:
     """The current CRL of each authority, in memory, checked cheaply on every fetch.
 
     Every generation of a CRL touches a stamp file in the data directory (see
-    Core.crl_stamp), so a fetch costs one stat() while nothing was published;
-    when the stamp moves, or at least every RECHECK seconds (for processes on other hosts), the
-    store is asked for the number of the current CRL, and the body is read only if it changed.
+    Core.crl_stamp), so a fetch costs one stat() while nothing was published on this host;
+    when the stamp moves, or at least every RECHECK seconds (for replicas with a data directory
+    of their own, whose publications move no stamp here), the store is asked for the number of
+    the current CRL, and the body is read only if it changed. One per app (``_crl_cache``).
     """
 
-    RECHECK = 1.0  # seconds
+    RECHECK = STORE_RECHECK_SECONDS
 
     def __init__(self) -> None:
         self._items: dict[str, _CachedCRL] = {}
@@ -124,12 +126,16 @@ class CRLCache:
         return item
 
 
-_crls = CRLCache()
+def _crl_cache() -> CRLCache:
+    """This app's CRL cache: two apps in one process (tests, an embedding) never share one."""
+    cache = current_app.extensions.setdefault("ca_crl_cache", CRLCache())
+    assert isinstance(cache, CRLCache)
+    return cache
 
 
 def _crl_response(name: str | None, pem: bool) -> Response:
     ca = core()
-    item = _crls.get(name or ca.default_authority())
+    item = _crl_cache().get(name or ca.default_authority())
     now = ca.clock.now()
     if request.if_none_match.contains_weak(item.etag.strip('"')):
         response = Response(status=304)
