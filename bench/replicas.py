@@ -208,7 +208,10 @@ def _reading(replicas: dict[str, Any]) -> list[str]:
             cores = sum(r["cpu_cores"].values())
             used.append(f"{cores:.2f} with {'one' if key == 'one' else 'two'} at c={c[1:]}")
     load = max(r["load1"] for key in ("one", "two", "direct") for r in replicas[key].values())
-    where = f"Measured {measured['date']}, commit `{measured['commit']}`. " if measured else ""
+    where = ""
+    if measured:
+        where = f"Measured {measured['date']}, commit `{measured['commit']}`"
+        where += f" (`{measured['command']}`). " if "command" in measured else ". "
     return [
         f"{where}The server side (replicas, PostgreSQL, haproxy) used "
         f"{', '.join(used)} cores of {replicas['nproc']}, with a load average up to {load}. "

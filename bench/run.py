@@ -166,7 +166,8 @@ def run(mode: Mode, only: set[str], out_dir: Path, command: str) -> dict[str, An
             results["replicas"] = replicas.run_scenario(mode.name, csr)
             # Its own provenance: the section may be merged into another run's results.json.
             machine = results["machine"]
-            results["replicas"]["measured"] = {k: machine[k] for k in ("date", "commit")}
+            measured = {k: machine[k] for k in ("date", "commit")}
+            results["replicas"]["measured"] = {**measured, "command": command}
         else:
             reason = f"{mode.name} mode: no PostgreSQL"
             results["replicas"] = {"status": "skipped", "reason": reason}
