@@ -193,6 +193,17 @@ def test_haproxy_accepts_the_config_with_the_compose_environment(
     assert refused.returncode != 0
 
 
+def test_the_balancer_checks_readiness_and_never_replays_a_request() -> None:
+    config = cluster.HAPROXY_CFG.read_text()
+    assert "http-check send meth GET uri /readyz" in config
+    assert "http-check expect status 200" in config
+    assert re.search(r"^\s*default-server check ", config, re.M)
+    # An issuance is not idempotent: only a connection that failed may be tried elsewhere.
+    assert "retry-on" not in config or re.search(r"retry-on\s+conn-failure\s*$", config, re.M)
+    # haproxy's own 503 (no replica ready) tells clients when to come back, as a replica does.
+    assert re.search(r"^\s*http-error status 503 .*hdr Retry-After \d+", config, re.M)
+
+
 def test_the_image_installs_the_package_plainly() -> None:
     """A plain ``pip install <dir>``, not editable: the image keeps no source tree to edit."""
     dockerfile = (REPO / "Dockerfile").read_text().replace("\\\n", " ")

@@ -450,6 +450,9 @@ def test_postgresql_restart_under_load(topo: cluster.Topology) -> None:
     )
     assert ledger.statuses[201] > 0
     assert set(ledger.statuses) <= {201, 503}, (ledger.statuses, ledger.bodies)
+    problem = json.loads(ledger.bodies[503])
+    assert problem["status"] == 503 and problem["type"].startswith("urn:ca-service:problem:")
+    assert b"Traceback" not in ledger.bodies[503]
     assert after.statuses == Counter({201: 24}), after.bodies
     assert_kept_every_201(topo, ledger, after)
     topo.balancer.wait_states({"replica1": "UP", "replica2": "UP"}, RECOVERY_S)
