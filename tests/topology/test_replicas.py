@@ -35,7 +35,11 @@ from bench import cluster
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(cluster.absent_reason() is not None, reason=str(cluster.absent_reason())),
+    # In CI (.ci/run installs haproxy) a missing tool fails, as in tests/trust, never skips.
+    pytest.mark.skipif(
+        cluster.absent_reason() is not None and not os.environ.get("CI"),
+        reason=str(cluster.absent_reason()),
+    ),
 ]
 
 THREADS = 6
