@@ -426,3 +426,15 @@ def issue(
     )
     assert reply.status == 201, reply.body[:500]
     return reply
+
+
+def revoke(live: LiveServer, serial: str, reason: str = "keyCompromise") -> Reply:
+    """POST /api/v1/certificates/{serial}/revoke as the first admin; asserts 200."""
+    reply = live.request(
+        "POST",
+        f"/api/v1/certificates/{serial}/revoke",
+        token=live.admin_token,
+        body={"reason": reason},
+    )
+    assert reply.status == 200, reply.body[:500]
+    return reply

@@ -60,10 +60,11 @@ REASONS = [r.value for r in RevocationReason]
 @click.option("--exist-ok", is_flag=True, help="Succeed without change when the authority exists.")
 @click.option(
     "--key-backend",
-    type=click.Choice(["file", "pkcs11"]),
-    help="Where the CA keys are made (default: the key_backend setting). pkcs11: inside the "
-    "token of pkcs11_module / pkcs11_token_label; the PIN comes from CA_PKCS11_PIN(_FILE) or "
-    "pkcs11_pin_file, never from an option.",
+    type=click.Choice(["database", "file", "pkcs11"]),
+    help="Where the CA keys are made (default: the key_backend setting). database: encrypted "
+    "in the database, for every replica; file: encrypted in data_dir/keys, one node only; "
+    "pkcs11: inside the token of pkcs11_module / pkcs11_token_label; the PIN comes from "
+    "CA_PKCS11_PIN(_FILE) or pkcs11_pin_file, never from an option.",
 )
 @click.option("--root-key-label", help="pkcs11: adopt the root key with this CKA_LABEL.")
 @click.option("--root-key-id", help="pkcs11: adopt the root key with this CKA_ID (hex).")

@@ -31,7 +31,7 @@ from ca_service.storage.repositories import CertificateRepository
 from ..conftest import ADMIN, run
 from ..external_ca import external_ca_files
 from ..helpers import BIN, lint_cert, write
-from ..live import LiveServer, assert_problem, create_token, fetch_crl, issue
+from ..live import LiveServer, assert_problem, create_token, fetch_crl, issue, revoke
 from ..live import run_cli as cli
 
 JAVA_SOURCE = r"""
@@ -251,13 +251,7 @@ def test_crl_check_all_accepts_a_good_leaf_and_rejects_a_revoked_one(
     inter, root = authority_certs(live, "default")
     good = issue(live, common_name="good.crlall.example.test").json
     bad = issue(live, common_name="bad.crlall.example.test").json
-    revoked = live.request(
-        "POST",
-        f"/api/v1/certificates/{bad['serial']}/revoke",
-        token=live.admin_token,
-        body={"reason": "keyCompromise"},
-    )
-    assert revoked.status == 200, revoked.body
+    revoke(live, bad["serial"])
     crls = crl_file(live, tmp_path / "crls.pem", "default-root", "default")
     good_pem = tmp_path / "good.pem"
     good_pem.write_text(good["certificate"])
@@ -284,13 +278,7 @@ def test_java_pkix_accepts_a_good_leaf_by_ocsp_only_and_by_crl_dp_only(
         pytest.skip("java/javac not installed")
     good = issue(live, common_name="good.java.example.test").json
     bad = issue(live, common_name="bad.java.example.test").json
-    revoked = live.request(
-        "POST",
-        f"/api/v1/certificates/{bad['serial']}/revoke",
-        token=live.admin_token,
-        body={"reason": "keyCompromise"},
-    )
-    assert revoked.status == 200, revoked.body
+    revoke(live, bad["serial"])
     root = tmp_path / "root.pem"
     root.write_text(good["root"])
     for name, data in (("good", good), ("bad", bad)):

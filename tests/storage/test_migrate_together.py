@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from alembic.script import ScriptDirectory
 
 from ca_service.storage import migrate
 from ca_service.storage.db import Database
+from ca_service.wiring import first_start_lock
 
 from ..conftest import database
 from ..live import CA_SERVICE
@@ -72,3 +74,29 @@ def test_concurrent_upgrades_on_a_fresh_database_all_succeed(
                 assert "key_blobs" in sa.inspect(conn).get_table_names()
         finally:
             db.dispose()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_the_first_start_lock_admits_one_replica_at_a_time(backend: str, tmp_path: Path) -> None:
+    """``serve`` makes the first CA and admin token under this lock: a second holder (another
+    connection, as another replica's) gets it only after the first lets go."""
+    with database(backend, tmp_path) as url:
+        first, second = Database(url), Database(url)
+        order: list[str] = []
+        try:
+            with first_start_lock(first):
+
+                def other() -> None:
+                    with first_start_lock(second):
+                        order.append("second")
+
+                thread = threading.Thread(target=other)
+                thread.start()
+                time.sleep(0.3)  # time for the other to try, and wait
+                order.append("first")
+            thread.join(timeout=30)
+            assert not thread.is_alive()
+            assert order == ["first", "second"]
+        finally:
+            first.dispose()
+            second.dispose()
