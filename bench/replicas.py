@@ -202,11 +202,14 @@ def _by_concurrency(figures: dict[str, Any]) -> list[tuple[str, Any]]:
 def _reading(replicas: dict[str, Any]) -> list[str]:
     """What the figures say, derived from them: the CPU the server side had, against the cores."""
     measured = replicas.get("measured", {})
-    used = []
+    used, per_cert = [], []
     for key in ("one", "two"):
         for c, r in _by_concurrency(replicas[key]):
             cores = sum(r["cpu_cores"].values())
-            used.append(f"{cores:.2f} with {'one' if key == 'one' else 'two'} at c={c[1:]}")
+            label = f"with {'one' if key == 'one' else 'two'} at c={c[1:]}"
+            used.append(f"{cores:.2f} {label}")
+            if r["rps"]:
+                per_cert.append(f"{cores / r['rps'] * 1000:.1f} ms {label}")
     load = max(r["load1"] for key in ("one", "two", "direct") for r in replicas[key].values())
     where = ""
     if measured:
@@ -214,7 +217,8 @@ def _reading(replicas: dict[str, Any]) -> list[str]:
         where += f" (`{measured['command']}`). " if "command" in measured else ". "
     return [
         f"{where}The server side (replicas, PostgreSQL, haproxy) used "
-        f"{', '.join(used)} cores of {replicas['nproc']}, with a load average up to {load}. "
+        f"{', '.join(used)} cores of {replicas['nproc']}, with a load average up to {load}; "
+        f"CPU per certificate: {', '.join(per_cert)}. "
         "Two replicas on one machine cannot add cores: here they share the same "
         f"{replicas['nproc']} with the load generator and whatever else runs, so this table "
         "shows what a second replica costs on a shared host and that each takes its half of the "
