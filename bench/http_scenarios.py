@@ -95,7 +95,8 @@ def provision_token(env: dict[str, str]) -> str:
     return lines[0].strip()
 
 
-def _children(pid: int) -> list[int]:
+def child_pids(pid: int) -> list[int]:
+    """The live children of ``pid`` (/proc): a gunicorn master's are its workers."""
     out: list[int] = []
     with contextlib.suppress(OSError):
         for tid in os.listdir(f"/proc/{pid}/task"):
@@ -107,7 +108,7 @@ def _children(pid: int) -> list[int]:
 def tree_cpu_seconds(pid: int) -> float:
     """User+system CPU seconds of ``pid`` and its live children (gunicorn master + workers)."""
     total = 0.0
-    for p in [pid, *_children(pid)]:
+    for p in [pid, *child_pids(pid)]:
         with contextlib.suppress(OSError, IndexError, ValueError):
             fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
             total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -127,7 +128,7 @@ class Server:
         return {"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"}
 
     def workers(self) -> list[int]:
-        return _children(self.pid)
+        return child_pids(self.pid)
 
 
 @contextlib.contextmanager

@@ -18,11 +18,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from bench import acme_orders, hsm, http_scenarios, references, report, store, ui_pages
+from bench import acme_orders, hsm, http_scenarios, references, replicas, report, store, ui_pages
 from bench.common import database_url, leaf_csr_pem, machine_info, pg_reachable, progress
 from ca_service.domain import KeyType
 
-SCENARIOS = ("openssl", "ceiling", "cfssl", "store", "http", "hsm", "acme", "ui")
+SCENARIOS = ("openssl", "ceiling", "cfssl", "store", "http", "hsm", "acme", "ui", "replicas")
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -161,6 +161,18 @@ def run(mode: Mode, only: set[str], out_dir: Path, command: str) -> dict[str, An
         results["acme"] = acme_orders.run_scenario(dbs, mode.name)
     if "ui" in only:
         results["ui"] = ui_pages.run_scenario(dbs, mode.name)
+    if "replicas" in only:
+        # On a PostgreSQL cluster of its own (the shared one is never restarted or reconfigured),
+        # so it runs whatever the bench's PostgreSQL; tiny mode is SQLite only and skips it.
+        if "postgresql" in mode.dbs:
+            results["replicas"] = replicas.run_scenario(mode.name, csr)
+            # Its own provenance: the section may be merged into another run's results.json.
+            machine = results["machine"]
+            measured = {k: machine[k] for k in ("date", "commit")}
+            results["replicas"]["measured"] = {**measured, "command": command}
+        else:
+            reason = f"{mode.name} mode: no PostgreSQL"
+            results["replicas"] = {"status": "skipped", "reason": reason}
     results["elapsed_s"] = round(time.monotonic() - started, 1)
     results["targets"] = report.evaluate(results)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -176,15 +188,20 @@ UI_RUN = REPO / "bench" / "ui-pages"
 
 
 def render(results: dict[str, Any], out: Path | None = None) -> str:
-    """RESULTS.md: the report's tables, then the ACME and admin UI scenarios' (absent from older
-    runs). bench/RESULTS.md shows the UI scenario of its own run in bench/ui-pages/ when the
-    full run did not measure it (a 1M fill per database is a run of its own)."""
+    """RESULTS.md: the report's tables, then the ACME, admin UI and replicas scenarios' (absent
+    from older runs). bench/RESULTS.md shows the UI scenario of its own run in bench/ui-pages/
+    when the full run did not measure it (a 1M fill per database is a run of its own)."""
     ui = ui_pages.markdown(results.get("ui", {}), results.get("machine"))
     stored = UI_RUN / "results.json"
     if not ui and out is not None and out.resolve() == (REPO / "bench") and stored.exists():
         run_ui = json.loads(stored.read_text())
         ui = ui_pages.markdown(run_ui.get("ui", {}), run_ui.get("machine"), "bench/ui-pages/")
-    return report.markdown(results) + acme_orders.markdown(results.get("acme", {})) + ui
+    return (
+        report.markdown(results)
+        + acme_orders.markdown(results.get("acme", {}))
+        + ui
+        + replicas.markdown(results.get("replicas", {}))
+    )
 
 
 def _portable(argv: list[str]) -> list[str]:
