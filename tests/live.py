@@ -180,11 +180,14 @@ def start_server(
     command: str = CA_SERVICE,
     cwd: Path | None = None,
     as_options: bool = False,
+    admin_token: str | None = None,
 ) -> LiveServer:
     """Start `ca-service serve` (with ``tls``: `serve --tls`) and wait until /healthz answers.
 
     ``command`` is the ``ca-service`` to run (another installation's, say), from ``cwd``. With
-    ``as_options`` the address, workers and a timeout are `serve` options, not CA_* variables."""
+    ``as_options`` the address, workers and a timeout are `serve` options, not CA_* variables.
+    ``admin_token``: a store that has tokens already (a restored one) prints none at start; the
+    caller names the admin token it knows instead."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("CA_")}
     env.update(
@@ -215,7 +218,7 @@ def start_server(
         )
     root_pem = None
     deadline = time.monotonic() + 90
-    token = None
+    token = admin_token
     while time.monotonic() < deadline:
         text = log_path.read_text(errors="replace")
         if token is None:

@@ -15,6 +15,7 @@ import click
 
 from ca_service.cli.acme import acme
 from ca_service.cli.authorities import authorities, authority_group, init, set_default
+from ca_service.cli.backup import backup, restore
 from ca_service.cli.certificates import crl, export, issue, list_, release_hold, renew, revoke, show
 from ca_service.cli.db import db
 from ca_service.cli.provisioners import provisioner
@@ -55,6 +56,8 @@ for _command in (
     acme,
     provisioner,
     db,
+    backup,
+    restore,
     probe,
     trust,
     request,

@@ -8,6 +8,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from sqlalchemy import Connection
 
 from ca_service.errors import ConfigError
 from ca_service.storage.db import Database
@@ -29,10 +30,35 @@ def _config() -> Config:
 
 
 def upgrade(db: Database, revision: str = "head") -> None:
-    cfg = _config()
     with db.engine.begin() as conn:
-        cfg.attributes["connection"] = conn
-        command.upgrade(cfg, revision)
+        upgrade_on(conn, revision)
+
+
+def upgrade_on(conn: Connection, revision: str = "head") -> None:
+    """Migrate inside the caller's transaction (a restore creates the schema and loads the rows
+    in one, so a failure leaves the database as empty as it found it)."""
+    cfg = _config()
+    cfg.attributes["connection"] = conn
+    command.upgrade(cfg, revision)
+
+
+def head() -> str:
+    """The newest revision this installation knows."""
+    revision = ScriptDirectory.from_config(_config()).get_current_head()
+    assert revision is not None
+    return revision
+
+
+def is_known(revision: str) -> bool:
+    """Whether ``revision`` is one of this installation's migrations (a newer one is not)."""
+    script = ScriptDirectory.from_config(_config())
+    return any(r.revision == revision for r in script.walk_revisions())
+
+
+def current(conn: Connection) -> str | None:
+    """The revision the database connected to is at (None: no schema yet)."""
+    heads = MigrationContext.configure(conn).get_current_heads()
+    return heads[0] if heads else None
 
 
 def pending(db: Database) -> list[str]:
