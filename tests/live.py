@@ -412,6 +412,24 @@ def fetch_crl(live: LiveServer, path: str = "/crl", **kwargs: Any) -> Any:
     return x509.load_pem_x509_crl(reply.body) if pem else x509.load_der_x509_crl(reply.body)
 
 
+def crl_number(crl: Any) -> int:
+    """The CRL Number extension of a parsed CRL."""
+    from cryptography import x509
+
+    return int(crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number)
+
+
+def revoke(live: LiveServer, serial: str, reason: str) -> None:
+    """POST /api/v1/certificates/{serial}/revoke as the first admin; asserts 200."""
+    reply = live.request(
+        "POST",
+        f"/api/v1/certificates/{serial}/revoke",
+        token=live.admin_token,
+        body={"reason": reason},
+    )
+    assert reply.status == 200, reply.body
+
+
 def server_tracebacks(live: LiveServer) -> int:
     return live.log().count("Traceback")
 

@@ -26,8 +26,18 @@ import sqlalchemy as sa
 from cryptography import x509
 
 from ca_service.crypto.archive import ArchiveWriter
-from tests.conftest import database, live_server, run
-from tests.live import CA_SERVICE, LiveServer, fetch_crl, issue, server_tracebacks, start_server
+
+from ..conftest import database, live_server, run
+from ..live import (
+    CA_SERVICE,
+    LiveServer,
+    crl_number,
+    fetch_crl,
+    issue,
+    revoke,
+    server_tracebacks,
+    start_server,
+)
 
 THREADS = 4
 REQUESTS = 160
@@ -72,16 +82,6 @@ def tree(path: Path) -> list[str]:
     if not path.exists():
         return ["(absent)"]
     return sorted(f"{p.relative_to(path)}:{p.stat().st_size}" for p in path.rglob("*"))
-
-
-def revoke(live: LiveServer, serial: str, reason: str) -> None:
-    reply = live.request(
-        "POST",
-        f"/api/v1/certificates/{serial}/revoke",
-        token=live.admin_token,
-        body={"reason": reason},
-    )
-    assert reply.status == 200, reply.body
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
@@ -147,10 +147,6 @@ def _openssl_ocsp(live: LiveServer, tmp: Path, pem: str) -> str:
     return checked.stdout
 
 
-def _crl_number(crl: x509.CertificateRevocationList) -> int:
-    return int(crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number)
-
-
 @pytest.mark.slow
 def test_a_backup_under_load_restores_into_a_working_service(
     source: LiveServer, tmp_path: Path, openssl: str
@@ -191,7 +187,7 @@ def test_a_backup_under_load_restores_into_a_working_service(
     data = out.read_bytes()
     assert b"PRIVATE KEY" not in data and b"BEGIN" not in data
     assert oct(out.stat().st_mode & 0o777) == "0o600"
-    last_published = _crl_number(fetch_crl(source, "/crl"))
+    last_published = crl_number(fetch_crl(source, "/crl"))
 
     with database(backend, tmp_path) as url:
         env = target_env(source, tmp_path / "restored", url)
@@ -231,7 +227,7 @@ def test_a_backup_under_load_restores_into_a_working_service(
             # The CRL: above every number the original published, listing the revocations,
             # signed by the restored key (openssl verifies it against the chain).
             crl = fetch_crl(live, "/crl")
-            assert _crl_number(crl) > last_published
+            assert crl_number(crl) > last_published
             listed = {format(r.serial_number, "x") for r in crl}
             assert {s.lstrip("0") for s in revoked_before} <= listed
             crl_file = tmp_path / "restored.crl"
@@ -386,7 +382,7 @@ def test_a_restore_continues_crl_numbers_and_the_audit_log_records_both(
         crl = cli(env, "crl", "--format", "der", "--out", str(tmp_path / "c.crl"))
         assert crl.returncode == 0, crl.stderr
         parsed = x509.load_der_x509_crl((tmp_path / "c.crl").read_bytes())
-        assert _crl_number(parsed) == numbers["default"] + 1
+        assert crl_number(parsed) == numbers["default"] + 1
         assert numbers["default"] >= 11  # one at first start, one at the revocation, plus 10
         assert crls == 0  # the stored CRLs are re-signed, not served from before the backup
         assert "store.restore" in actions
