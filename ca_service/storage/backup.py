@@ -245,6 +245,11 @@ class Loader:
         migrate.upgrade_on(self._conn, "head")
         if self._conn.dialect.name == "postgresql":
             self._continue_sequences()
+            # The migrations analysed empty tables; the planner's choices (name search: index
+            # or newest rows first) rest on statistics of the rows that are there now.
+            preparer = self._conn.dialect.identifier_preparer
+            for name in self.counts:
+                self._conn.execute(sa.text(f"ANALYZE {preparer.quote(name)}"))
         authorities = sa.table(
             AuthorityRow.__tablename__, sa.column("name"), sa.column("crl_number")
         )

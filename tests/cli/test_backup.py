@@ -406,12 +406,29 @@ def test_a_sqlite_backup_restores_into_postgresql(
         env = target_env(source, tmp_path / "target", url)
         result = cli(env, "restore", str(small_backup))
         assert result.returncode == 0, result.stderr
-        mine = json.loads(cli(env, "list", "--json").stdout)
-        theirs = json.loads(cli(source.env, "list", "--json").stdout)
-        wanted = {c["serial"]: c for c in mine}
-        assert "small.example.test" in {c["common_name"] for c in mine}
-        revoked = [c for c in mine if c["common_name"] == "small.example.test"]
-        assert revoked[0]["status"] == "revoked"
-        # everything the backup held is there, field for field
-        first = {c["serial"]: c for c in theirs if c["serial"] in wanted}
-        assert first and all(wanted[s] == c for s, c in first.items())
+        mine = {c["serial"]: c for c in json.loads(cli(env, "list", "--json").stdout)}
+        theirs = {c["serial"]: c for c in json.loads(cli(source.env, "list", "--json").stdout)}
+        small = [c for c in mine.values() if c["common_name"] == "small.example.test"]
+        assert [c["status"] for c in small] == ["revoked"]
+        # Every certificate the backup held is there, field for field (times, names, status).
+        assert mine and all(theirs[serial] == record for serial, record in mine.items())
+        # JSON, time and text columns cross over as values: the audit log reads back the same.
+        restored, original = audit_log(url), audit_log(source.env["CA_DATABASE_URL"])
+        assert restored[-1][2] == "store.restore"
+        assert restored[:-1] == original[: len(restored) - 1]
+        assert any(details for *_, details in restored[:-1])
+
+
+def audit_log(url: str) -> list[tuple[object, ...]]:
+    """The audit events through the product's own column types (JSON details, UTC times)."""
+    from ca_service.clock import as_utc
+    from ca_service.storage.models import AuditRow
+
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            query = sa.select(AuditRow.at, AuditRow.actor, AuditRow.action, AuditRow.details)
+            rows = conn.execute(query.order_by(AuditRow.id)).all()
+    finally:
+        engine.dispose()
+    return [(as_utc(at), actor, action, details) for at, actor, action, details in rows]
