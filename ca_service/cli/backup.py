@@ -11,13 +11,8 @@ import click
 from ca_service.cli.context import _actor, _database, _settings
 from ca_service.cli.output import handle_errors
 from ca_service.config import Settings
-from ca_service.core.backup import (
-    BACKUP_PASSPHRASE,
-    CA_PASSPHRASE,
-    DEFAULT_CRL_GAP,
-    restore_backup,
-    write_backup,
-)
+from ca_service.core.backup import BACKUP_PASSPHRASE, CA_PASSPHRASE, write_backup
+from ca_service.core.restore import DEFAULT_CRL_GAP, restore_backup
 from ca_service.errors import ConfigError
 
 PASSPHRASE_FILE = click.option(

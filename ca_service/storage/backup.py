@@ -298,6 +298,10 @@ class TableLoader:
         self._batch: list[dict[str, Any]] = []
         loader.counts.setdefault(table.name, 0)
 
+    @property
+    def name(self) -> str:
+        return self._table.name
+
     def add(self, values: Sequence[Any]) -> None:
         if len(values) != len(self._columns):
             raise BadRequest(f"a row of {self._table.name!r} in the backup is malformed")
@@ -321,6 +325,11 @@ def loading(db: Database, revision: str) -> Iterator[Loader]:
     """One transaction that creates the schema at ``revision`` in an empty database and takes
     the rows; committed only if the caller called :meth:`Loader.finish`, else rolled back."""
     with db.write_engine.connect() as conn, conn.begin():
+        if conn.dialect.name == "sqlite":
+            # One transaction of a whole store: with SQLite's default 2 MiB page cache its pages
+            # spill to the WAL and are read back over and over (the name-search triggers touch
+            # the index on every row); 256 MiB keeps the working set in memory, still bounded.
+            conn.exec_driver_sql("PRAGMA cache_size = -262144")
         present = [t for t in sa.inspect(conn).get_table_names() if not t.startswith("sqlite_")]
         if present:
             raise Conflict(f"the target database is not empty (it has {', '.join(present[:5])})")

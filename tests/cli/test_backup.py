@@ -396,13 +396,13 @@ def test_a_restore_continues_crl_numbers_and_the_audit_log_records_both(
         assert all(p.stat().st_mode & 0o077 == 0 for p in (tmp_path / "target" / "keys").iterdir())
 
 
-def test_a_sqlite_backup_restores_into_postgresql(
+def test_a_backup_restores_into_the_other_kind_of_database(
     source: LiveServer, small_backup: Path, tmp_path: Path
 ) -> None:
-    """Rows, not SQL: a store that outgrew one host moves from SQLite to PostgreSQL."""
-    if source.env["TEST_BACKEND"] != "sqlite":
-        pytest.skip("the other direction is the same code; one crossing is enough")
-    with database("postgresql", tmp_path) as url:
+    """Rows, not SQL: a store that outgrew one host moves from SQLite to PostgreSQL, and a
+    PostgreSQL backup can be drilled into a scratch SQLite file."""
+    other = "postgresql" if source.env["TEST_BACKEND"] == "sqlite" else "sqlite"
+    with database(other, tmp_path) as url:
         env = target_env(source, tmp_path / "target", url)
         result = cli(env, "restore", str(small_backup))
         assert result.returncode == 0, result.stderr
