@@ -133,10 +133,7 @@ def write_backup(
                 size = out.written
             revision = snap.revision
             dialect = snap.dialect
-        try:
-            os.link(partial, destination)  # fails, rather than replaces, if it appeared meanwhile
-        except FileExistsError:
-            raise Conflict(f"{destination} exists already; not overwriting it") from None
+        _publish(partial, destination)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     with unit_of_work(db, write=True) as s:
@@ -144,3 +141,16 @@ def write_backup(
         now = dt.datetime.now(dt.UTC)
         AuditRepository(s).add(AuditEvent.of(actor, "store.backup", destination.name, now, details))
     return BackupSummary(destination, size, revision, dialect, counts, files)
+
+
+def _publish(partial: Path, destination: Path) -> None:
+    """Give the complete file its name, never replacing a file that appeared meanwhile."""
+    try:
+        os.link(partial, destination)
+    except FileExistsError:
+        raise Conflict(f"{destination} exists already; not overwriting it") from None
+    except OSError:
+        # A file system without hard links (some network shares): rename, after one more look.
+        if destination.exists():
+            raise Conflict(f"{destination} exists already; not overwriting it") from None
+        os.rename(partial, destination)
