@@ -186,8 +186,8 @@ def start_server(
 
     ``command`` is the ``ca-service`` to run (another installation's, say), from ``cwd``. With
     ``as_options`` the address, workers and a timeout are `serve` options, not CA_* variables.
-    ``admin_token``: a store that has tokens already (a restored one) prints none at start; the
-    caller names the admin token it knows instead."""
+    ``admin_token``: a token of the database already (a second replica of a store, which
+    prints none), instead of the one a first start prints."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("CA_")}
     env.update(
@@ -419,17 +419,6 @@ def crl_number(crl: Any) -> int:
     return int(crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number)
 
 
-def revoke(live: LiveServer, serial: str, reason: str) -> None:
-    """POST /api/v1/certificates/{serial}/revoke as the first admin; asserts 200."""
-    reply = live.request(
-        "POST",
-        f"/api/v1/certificates/{serial}/revoke",
-        token=live.admin_token,
-        body={"reason": reason},
-    )
-    assert reply.status == 200, reply.body
-
-
 def server_tracebacks(live: LiveServer) -> int:
     return live.log().count("Traceback")
 
@@ -443,4 +432,16 @@ def issue(
         "POST", "/api/v1/certificates", token=token or live.admin_token, body=body, headers=headers
     )
     assert reply.status == 201, reply.body[:500]
+    return reply
+
+
+def revoke(live: LiveServer, serial: str, reason: str = "keyCompromise") -> Reply:
+    """POST /api/v1/certificates/{serial}/revoke as the first admin; asserts 200."""
+    reply = live.request(
+        "POST",
+        f"/api/v1/certificates/{serial}/revoke",
+        token=live.admin_token,
+        body={"reason": reason},
+    )
+    assert reply.status == 200, reply.body[:500]
     return reply

@@ -5,10 +5,11 @@ What a backup holds, as JSON lines inside the encrypted stream:
 
 1. the data directory's state files, as opaque bytes: ``keys/*`` (the CA and OCSP responder
    keys, each already encrypted PKCS#8) and ``tls/server.pem`` (the HTTPS key, encrypted, and
-   its chain). Nothing else there is state: ``ca.db`` and its ``-wal``/``-shm``/``.writelock``
-   are the store, taken through the database; ``crl-stamps/`` and ``tls/renew.lock`` are hints
-   between the processes of one host that a new host makes afresh. Keys kept in the database
-   (or in a PKCS#11 token, which a backup cannot and must not copy) need nothing here;
+   its chain). Nothing else there is state: ``ca.db`` and its ``-wal``/``-shm`` are the store,
+   taken through the database; ``ca.db.writelock``, ``ca.db.startlock``, ``crl-stamps/`` and
+   ``tls/renew.lock`` are locks and hints between the processes of one host, made afresh.
+   Keys kept in the database (or in a PKCS#11 token, which a backup cannot and must not copy)
+   need nothing here;
 2. every table of the store, from one consistent snapshot (storage/backup.py);
 3. an end record with the count of each, so a restore knows it loaded everything.
 

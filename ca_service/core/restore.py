@@ -254,5 +254,5 @@ def _undo(data_dir: Path, made_dir: bool, sqlite_file: Path | None) -> None:
         if made_dir:
             data_dir.rmdir()
     if sqlite_file is not None:
-        for suffix in ("", "-wal", "-shm", "-journal", ".writelock"):
+        for suffix in ("", "-wal", "-shm", "-journal", ".writelock", ".startlock"):
             Path(str(sqlite_file) + suffix).unlink(missing_ok=True)
