@@ -386,7 +386,7 @@ def test_a_restore_continues_crl_numbers_and_the_audit_log_records_both(
                     str(n): int(c)
                     for n, c in conn.execute(sa.text("SELECT name, crl_number FROM authorities"))
                 }
-                actions = [r[0] for r in conn.execute(sa.text("SELECT action FROM audit_events"))]
+                events = conn.execute(sa.text("SELECT action, target FROM audit_events")).all()
                 crls = conn.execute(sa.text("SELECT count(*) FROM crls")).scalar()
         finally:
             engine.dispose()
@@ -396,8 +396,12 @@ def test_a_restore_continues_crl_numbers_and_the_audit_log_records_both(
         assert crl_number(parsed) == numbers["default"] + 1
         assert numbers["default"] >= 11  # one at first start, one at the revocation, plus 10
         assert crls == 0  # the stored CRLs are re-signed, not served from before the backup
-        assert "store.restore" in actions
-        assert "store.backup" not in actions  # written after its own snapshot was taken
+        assert [tuple(e) for e in events].count(("store.restore", None)) == 1
+        # Its own backup event is written after its snapshot was taken (earlier ones are in it).
+        assert ("store.backup", small_backup.name) not in [tuple(e) for e in events]
+        assert ("store.backup", small_backup.name) in [
+            (e[2], e[3]) for e in audit_log(source.env["CA_DATABASE_URL"])
+        ]
         assert f"default: the next CRL is number {numbers['default'] + 1}" in result.stderr
         # name search works on the restored rows (SQLite rebuilds its FTS index from them)
         found = cli(env, "list", "--name", "small.exam", "--json")
@@ -427,19 +431,22 @@ def test_a_backup_restores_into_the_other_kind_of_database(
         restored, original = audit_log(url), audit_log(source.env["CA_DATABASE_URL"])
         assert restored[-1][2] == "store.restore"
         assert restored[:-1] == original[: len(restored) - 1]
-        assert any(details for *_, details in restored[:-1])
+        assert any(event[-1] for event in restored[:-1])  # JSON details came across
 
 
 def audit_log(url: str) -> list[tuple[object, ...]]:
-    """The audit events through the product's own column types (JSON details, UTC times)."""
+    """The audit events (time, actor, action, target, details) through the product's own
+    column types (JSON details, UTC times)."""
     from ca_service.clock import as_utc
     from ca_service.storage.models import AuditRow
 
     engine = sa.create_engine(url)
     try:
         with engine.connect() as conn:
-            query = sa.select(AuditRow.at, AuditRow.actor, AuditRow.action, AuditRow.details)
+            query = sa.select(
+                AuditRow.at, AuditRow.actor, AuditRow.action, AuditRow.target, AuditRow.details
+            )
             rows = conn.execute(query.order_by(AuditRow.id)).all()
     finally:
         engine.dispose()
-    return [(as_utc(at), actor, action, details) for at, actor, action, details in rows]
+    return [(as_utc(r[0]), *r[1:]) for r in rows]
