@@ -56,11 +56,11 @@ for _command in (
     acme,
     provisioner,
     db,
-    backup,
-    restore,
     probe,
     trust,
     request,
+    backup,
+    restore,
 ):
     cli.add_command(_command)
 

@@ -30,8 +30,29 @@ def _config() -> Config:
 
 
 def upgrade(db: Database, revision: str = "head") -> None:
+    cfg = _config()
     with db.engine.begin() as conn:
-        upgrade_on(conn, revision)
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, revision)
+
+
+def pending(db: Database) -> list[str]:
+    """Revisions not yet applied, oldest first."""
+    script = ScriptDirectory.from_config(_config())
+    with db.engine.connect() as conn:
+        current = set(MigrationContext.configure(conn).get_current_heads())
+    revisions = [r.revision for r in script.walk_revisions()]
+    if not current:
+        return list(reversed(revisions))
+    out: list[str] = []
+    for rev in script.walk_revisions():
+        if rev.revision in current:
+            break
+        out.append(rev.revision)
+    return list(reversed(out))
+
+
+# ---------------------------------------------------------------------------- for restore
 
 
 def upgrade_on(conn: Connection, revision: str = "head") -> None:
@@ -59,19 +80,3 @@ def current(conn: Connection) -> str | None:
     """The revision the database connected to is at (None: no schema yet)."""
     heads = MigrationContext.configure(conn).get_current_heads()
     return heads[0] if heads else None
-
-
-def pending(db: Database) -> list[str]:
-    """Revisions not yet applied, oldest first."""
-    script = ScriptDirectory.from_config(_config())
-    with db.engine.connect() as conn:
-        current = set(MigrationContext.configure(conn).get_current_heads())
-    revisions = [r.revision for r in script.walk_revisions()]
-    if not current:
-        return list(reversed(revisions))
-    out: list[str] = []
-    for rev in script.walk_revisions():
-        if rev.revision in current:
-            break
-        out.append(rev.revision)
-    return list(reversed(out))
