@@ -26,7 +26,7 @@ from cryptography import x509
 
 from ca_service.crypto.archive import ArchiveWriter
 
-from ..conftest import database, live_server, run
+from ..conftest import database, live_server, run, table_names
 from ..live import (
     CA_SERVICE,
     LiveServer,
@@ -65,15 +65,6 @@ def assert_one_line_refusal(result: subprocess.CompletedProcess[str], text: str)
     assert len(errors) == 1, result.stderr
     assert text in errors[0], result.stderr
     assert "Traceback" not in result.stderr
-
-
-def tables_of(url: str) -> list[str]:
-    engine = sa.create_engine(url)
-    try:
-        with engine.connect() as conn:
-            return sorted(sa.inspect(conn).get_table_names())
-    finally:
-        engine.dispose()
 
 
 def tree(path: Path) -> list[str]:
@@ -271,7 +262,7 @@ def test_a_tampered_truncated_or_foreign_file_is_refused_and_nothing_is_written(
             result = cli(env, "restore", str(bad))
             assert_one_line_refusal(result, expected[name])
             assert tree(tmp_path / "target") == ["(absent)"], name
-            assert [t for t in tables_of(url) if not t.startswith("sqlite_")] == [], name
+            assert table_names(url) == [], name
 
 
 def test_a_wrong_passphrase_or_a_missing_backup_passphrase_is_refused(
@@ -289,7 +280,7 @@ def test_a_wrong_passphrase_or_a_missing_backup_passphrase_is_refused(
         plain = target_env(source, tmp_path / "target", url)
         assert_one_line_refusal(cli(plain, "restore", str(separate)), "--passphrase-file")
         assert tree(tmp_path / "target") == ["(absent)"]
-        assert [t for t in tables_of(url) if not t.startswith("sqlite_")] == []
+        assert table_names(url) == []
         restored = cli(plain, "restore", str(separate), "--passphrase-file", str(secret))
         assert restored.returncode == 0, restored.stderr
         listed = cli(plain, "list", "--json")
@@ -309,7 +300,7 @@ def test_a_non_empty_target_is_refused_and_left_as_it_was(
         result = cli(target_env(source, busy, url), "restore", str(small_backup))
         assert_one_line_refusal(result, "is not empty")
         assert tree(busy) == ["notes.txt:4"]
-        assert [t for t in tables_of(url) if not t.startswith("sqlite_")] == []
+        assert table_names(url) == []
     # A database with a schema in it (the source's own): refused, its rows untouched.
     before = cli(source.env, "list", "--json")
     result = cli(target_env(source, tmp_path / "fresh", source.env["CA_DATABASE_URL"]),

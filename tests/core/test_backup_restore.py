@@ -8,7 +8,6 @@ import os
 from pathlib import Path
 
 import pytest
-import sqlalchemy as sa
 
 from ca_service.config import Settings
 from ca_service.core.backup import CA_PASSPHRASE, write_backup
@@ -21,18 +20,9 @@ from ca_service.storage import migrate
 from ca_service.storage.db import Database
 from ca_service.wiring import open_keystore
 
-from ..conftest import ADMIN, PASSPHRASE, database, make_settings
+from ..conftest import ADMIN, PASSPHRASE, database, make_settings, table_names
 
 OLDER = "0007"
-
-
-def _tables(url: str) -> list[str]:
-    engine = sa.create_engine(url)
-    try:
-        with engine.connect() as conn:
-            return sorted(sa.inspect(conn).get_table_names())
-    finally:
-        engine.dispose()
 
 
 def _target(tmp_path: Path, url: str) -> Settings:
@@ -106,4 +96,4 @@ def test_a_restore_failing_while_loading_leaves_the_targets_empty(
     if db_url.startswith("sqlite"):
         path = db_url.removeprefix("sqlite:///")
         assert not any(os.path.exists(path + s) for s in ("", "-wal", "-shm", ".writelock"))
-    assert [t for t in _tables(db_url) if not t.startswith("sqlite_")] == []
+    assert table_names(db_url) == []
