@@ -48,8 +48,9 @@ CHUNK_BYTES = 1 << 20
 _TAG = 16
 _MAX_HEADER = 64 * 1024
 # Bounds on what a header may ask for, so a forged one cannot make the reader allocate
-# gigabytes (scrypt memory is 128 * n * r bytes) or read frames of any size.
-_MAX_SCRYPT_N = 1 << 20
+# gigabytes (scrypt memory is 128 * n * r bytes: at most 256 MiB here) or read frames of any
+# size. The writer's own parameters (SCRYPT) are well inside them.
+_MAX_SCRYPT_N = 1 << 18
 _MAX_LINE = 256 * 1024 * 1024
 SCRYPT = {"n": 1 << 15, "r": 8, "p": 1}
 
@@ -69,7 +70,7 @@ def _derive(passphrase: bytes, kdf: dict[str, Any]) -> tuple[bytes, bytes]:
         n, r, p = int(kdf["n"]), int(kdf["r"]), int(kdf["p"])
     except (KeyError, TypeError, ValueError):
         raise ArchiveError("the backup header's key parameters are malformed") from None
-    if kdf.get("name") != "scrypt" or not 2 <= n <= _MAX_SCRYPT_N or not 1 <= r <= 16:
+    if kdf.get("name") != "scrypt" or not 2 <= n <= _MAX_SCRYPT_N or not 1 <= r <= 8:
         raise ArchiveError("the backup header asks for key parameters this version refuses")
     if not 1 <= p <= 4 or len(salt) < 16:
         raise ArchiveError("the backup header asks for key parameters this version refuses")
