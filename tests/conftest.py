@@ -179,6 +179,17 @@ def drop_pg_schema(schema: str) -> None:
     admin.dispose()
 
 
+def table_names(url: str) -> list[str]:
+    """The tables of the database (or PostgreSQL schema) at ``url``, SQLite's own left out."""
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            names = sa.inspect(conn).get_table_names()
+    finally:
+        engine.dispose()
+    return sorted(n for n in names if not n.startswith("sqlite_"))
+
+
 @contextmanager
 def database(backend: str, base: Path) -> Iterator[str]:
     """A URL for a fixture of any scope (``db_url`` is per test): a SQLite file in ``base``, or a

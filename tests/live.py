@@ -415,6 +415,13 @@ def fetch_crl(live: LiveServer, path: str = "/crl", **kwargs: Any) -> Any:
     return x509.load_pem_x509_crl(reply.body) if pem else x509.load_der_x509_crl(reply.body)
 
 
+def crl_number(crl: Any) -> int:
+    """The CRL Number extension of a parsed CRL."""
+    from cryptography import x509
+
+    return int(crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number)
+
+
 def server_tracebacks(live: LiveServer) -> int:
     return live.log().count("Traceback")
 

@@ -15,6 +15,7 @@ import click
 
 from ca_service.cli.acme import acme
 from ca_service.cli.authorities import authorities, authority_group, init, set_default
+from ca_service.cli.backup import backup, restore
 from ca_service.cli.certificates import crl, export, issue, list_, release_hold, renew, revoke, show
 from ca_service.cli.db import db
 from ca_service.cli.keys import keys
@@ -60,6 +61,8 @@ for _command in (
     probe,
     trust,
     request,
+    backup,
+    restore,
 ):
     cli.add_command(_command)
 

@@ -257,9 +257,7 @@ def sign_externally(
     if algorithm not in tbs:
         raise RuntimeError("the TBSCertificate names another signature algorithm")
     signature = sign_tbs(tbs)
-    cert = x509.load_der_x509_certificate(
-        der.sequence(tbs, algorithm, der.bit_string(signature))
-    )
+    cert = x509.load_der_x509_certificate(der.sequence(tbs, algorithm, der.bit_string(signature)))
     if cert.tbs_certificate_bytes != tbs or cert.signature_algorithm_oid != (
         draft.signature_algorithm_oid
     ):

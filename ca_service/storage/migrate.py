@@ -55,14 +55,19 @@ STARTUP_LOCK = 0x63610002
 _PG_KEY = "hashtext(current_schema())"
 
 
+def lock_migrations(conn: Connection) -> None:
+    """Hold the migration lock until ``conn``'s transaction ends (PostgreSQL; SQLite's writer
+    lock does it there): a restore holds it too, so a replica that starts meanwhile waits."""
+    if conn.dialect.name != "sqlite":
+        conn.execute(text(f"SELECT pg_advisory_xact_lock(:k, {_PG_KEY})"), {"k": MIGRATION_LOCK})
+
+
 def upgrade(db: Database, revision: str = "head") -> list[str]:
     """Apply pending migrations; replicas that do it at once take turns (see above). Returns
     the revisions this call applied (none when another replica had applied them first)."""
     cfg = _config()
     with db.write_lock(), db.write_engine.begin() as conn:
-        if not db.is_sqlite:
-            lock = text(f"SELECT pg_advisory_xact_lock(:k, {_PG_KEY})")
-            conn.execute(lock, {"k": MIGRATION_LOCK})
+        lock_migrations(conn)
         waiting = _pending(conn)
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, revision)
@@ -115,3 +120,33 @@ def _pending(conn: Connection) -> list[str]:
             break
         out.append(rev.revision)
     return list(reversed(out))
+
+
+# ---------------------------------------------------------------------------- for restore
+
+
+def upgrade_on(conn: Connection, revision: str = "head") -> None:
+    """Migrate inside the caller's transaction (a restore creates the schema and loads the rows
+    in one, so a failure leaves the database as empty as it found it)."""
+    cfg = _config()
+    cfg.attributes["connection"] = conn
+    command.upgrade(cfg, revision)
+
+
+def head() -> str:
+    """The newest revision this installation knows."""
+    revision = ScriptDirectory.from_config(_config()).get_current_head()
+    assert revision is not None
+    return revision
+
+
+def is_known(revision: str) -> bool:
+    """Whether ``revision`` is one of this installation's migrations (a newer one is not)."""
+    script = ScriptDirectory.from_config(_config())
+    return any(r.revision == revision for r in script.walk_revisions())
+
+
+def current(conn: Connection) -> str | None:
+    """The revision the database connected to is at (None: no schema yet)."""
+    heads = MigrationContext.configure(conn).get_current_heads()
+    return heads[0] if heads else None

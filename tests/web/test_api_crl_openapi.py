@@ -15,20 +15,8 @@ from openapi_spec_validator import validate
 from ca_service.web.openapi import document
 
 from ..live import SPEC, LiveServer, assert_problem, fetch_crl, issue
-
-
-def _revoke(live: LiveServer, serial: str, reason: str) -> None:
-    reply = live.request(
-        "POST",
-        f"/api/v1/certificates/{serial}/revoke",
-        token=live.admin_token,
-        body={"reason": reason},
-    )
-    assert reply.status == 200, reply.body
-
-
-def _crl_number(crl: x509.CertificateRevocationList) -> int:
-    return crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
+from ..live import crl_number as _crl_number
+from ..live import revoke as _revoke
 
 
 def test_openapi_document_is_valid_openapi_31(live: LiveServer) -> None:
