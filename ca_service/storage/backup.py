@@ -29,6 +29,7 @@ import base64
 import datetime as dt
 import os
 import sqlite3
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -95,6 +96,21 @@ def _decoder(kind: str) -> Callable[[Any], Any]:
     return decode
 
 
+def _reflect(
+    conn: Connection, only: Callable[[str, sa.MetaData], bool] | None = None
+) -> sa.MetaData:
+    """The tables as the database has them. SQLite cannot describe expression indexes (the
+    requester-kind index of migration 0008) and SQLAlchemy warns about each; a copy of rows needs
+    no index, so that one warning is silenced here rather than printed on every backup."""
+    meta = sa.MetaData()
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message="Skipped unsupported reflection of expression-based index"
+        )
+        meta.reflect(bind=conn, only=only)
+    return meta
+
+
 @dataclass(frozen=True)
 class TableRows:
     """One table of a snapshot: its columns, their kinds, and its rows as JSON-ready lists in
@@ -114,8 +130,7 @@ class Snapshot:
         self.dialect = dialect
         # The first statement fixes the snapshot on PostgreSQL: the revision is of that moment.
         self.revision = migrate.current(conn)
-        self._meta = sa.MetaData()
-        self._meta.reflect(bind=conn, only=lambda name, _meta: _carried(name))
+        self._meta = _reflect(conn, only=lambda name, _meta: _carried(name))
 
     def tables(self) -> Iterator[TableRows]:
         """Every carried table, parents before children (foreign keys)."""
@@ -220,8 +235,7 @@ class Loader:
 
     def __init__(self, conn: Connection) -> None:
         self._conn = conn
-        self._meta = sa.MetaData()
-        self._meta.reflect(bind=conn, only=lambda name, _meta: _carried(name))
+        self._meta = _reflect(conn, only=lambda name, _meta: _carried(name))
         self.counts: dict[str, int] = {}
         self.finished = False
 
@@ -269,8 +283,7 @@ class Loader:
     def _continue_sequences(self) -> None:
         """setval each serial/identity sequence past the largest restored id: explicit ids do
         not advance a sequence, so the next insert would collide with a restored row."""
-        meta = sa.MetaData()
-        meta.reflect(bind=self._conn)
+        meta = _reflect(self._conn)
         for table in meta.sorted_tables:
             pk = list(table.primary_key.columns)
             if len(pk) != 1 or not isinstance(pk[0].type, sa.Integer):

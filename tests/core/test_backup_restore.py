@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from ca_service.clock import SystemClock
 from ca_service.config import Settings
 from ca_service.core.backup import CA_PASSPHRASE, write_backup
 from ca_service.core.facade import Core
@@ -36,7 +37,7 @@ def test_a_backup_of_an_older_schema_is_restored_and_brought_to_head(
     db = Database(settings.resolved_database_url)
     try:
         migrate.upgrade(db, OLDER)
-        core = Core(settings, db, open_keystore(settings))
+        core = Core(settings, db, open_keystore(settings, db, SystemClock()))
         core.create_hierarchy(HierarchySpec(), ADMIN)
         core.load_keys()
         issued = core.issue_with_new_key(ADMIN, common_name="older.example.test")
@@ -62,7 +63,7 @@ def test_a_backup_of_an_older_schema_is_restored_and_brought_to_head(
         db2 = Database(url)
         try:
             assert migrate.pending(db2) == []  # at head, past the backup's revision
-            core2 = Core(target, db2, open_keystore(target))
+            core2 = Core(target, db2, open_keystore(target, db2, SystemClock()))
             core2.load_keys()  # the restored key files open with the passphrase
             assert core2.get_certificate(issued.record.serial).common_name == ("older.example.test")
             again = core2.issue_with_new_key(ADMIN, common_name="newer.example.test")
