@@ -20,18 +20,9 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from jwcrypto import jwk, jws
 from jwcrypto.common import JWException, base64url_decode, base64url_encode
 
+from ca_service.acme.algorithms import ACCOUNT_ALGORITHMS, MIN_RSA_BITS
 from ca_service.acme.problems import ACMEProblem
 
-# Account-key algorithms (RFC 8555 section 6.2 asks for ES256 and EdDSA at least), each with
-# the key type and curve it must be used with.
-ACCOUNT_ALGORITHMS: dict[str, tuple[str, str | None]] = {
-    "ES256": ("EC", "P-256"),
-    "ES384": ("EC", "P-384"),
-    "RS256": ("RSA", None),
-    "EdDSA": ("OKP", "Ed25519"),
-}
-MIN_RSA_BITS = 2048
-EAB_ALGORITHMS = ("HS256", "HS384", "HS512")
 _FLATTENED_MEMBERS = {"protected", "payload", "signature"}
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from ca_service.acme.algorithms import ACCOUNT_ALGORITHMS
 from ca_service.errors import (
     BadRequest,
     CAError,
@@ -109,8 +110,6 @@ class ACMEProblem(CAError):
             body["subproblems"] = [s.as_json() for s in self.subproblems]
         if self.acme_type == "badSignatureAlgorithm":
             # RFC 8555 section 6.2: the answer lists the algorithms that are accepted.
-            from ca_service.acme.jws import ACCOUNT_ALGORITHMS
-
             body["algorithms"] = list(ACCOUNT_ALGORITHMS)
         return body
 

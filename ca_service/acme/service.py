@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 from jwcrypto import jwk
 
 from ca_service.acme import jws
+from ca_service.acme.algorithms import ACCOUNT_ALGORITHMS, EAB_ALGORITHMS
 from ca_service.acme.nonces import Nonces, nonce_key
 from ca_service.acme.problems import ACMEProblem
 from ca_service.acme.urls import ACMEUrls
@@ -257,7 +258,7 @@ class Accounts:
     def _check_binding(self, binding: Any, signed: jws.SignedRequest, authority: str) -> str:
         url = self.urls(authority).resource("new-account")
         outer, protected = jws.verify_inner(
-            binding, url=url, alg_allowed=jws.EAB_ALGORITHMS, what="externalAccountBinding"
+            binding, url=url, alg_allowed=EAB_ALGORITHMS, what="externalAccountBinding"
         )
         kid = protected.get("kid")
         if not isinstance(kid, str) or not kid:
@@ -323,7 +324,7 @@ class Accounts:
         outer, protected = jws.verify_inner(
             jws.parse_object(signed.payload, "payload"),
             url=url,
-            alg_allowed=tuple(jws.ACCOUNT_ALGORITHMS),
+            alg_allowed=tuple(ACCOUNT_ALGORITHMS),
             what="keyChange",
         )
         if "kid" in protected or "jwk" not in protected:

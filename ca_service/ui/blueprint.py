@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from flask import Blueprint, Flask, Response, g, render_template, request
+from flask import Blueprint, Response, g, render_template, request
 from werkzeug.exceptions import HTTPException
 
 from ca_service.errors import BadRequest, CAError, ConfigError, Unavailable
@@ -117,10 +117,3 @@ def _unexpected(exc: Exception) -> Response:
         "Internal error",
         f"An unexpected error occurred; quote request id {request_id} to the operator.",
     )
-
-
-def register_ui(app: Flask) -> None:
-    """Pages under /ui/ and / redirecting there (the app factory calls this)."""
-    from ca_service.ui import pages  # noqa: F401  (the views register on ``ui``)
-
-    app.register_blueprint(ui)

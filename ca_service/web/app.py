@@ -25,7 +25,7 @@ from ca_service.oidc.jwks import JWKSCache
 from ca_service.oidc.provisioners import ProvisionerService
 from ca_service.oidc.verify import OIDCVerifier
 from ca_service.tokens import TokenService
-from ca_service.ui.blueprint import register_ui
+from ca_service.ui.pages import register_ui
 from ca_service.web import openapi, problems
 from ca_service.web.body import check_url
 from ca_service.web.gunicorn_logging import ENV_ACTION, ENV_ACTOR, ENV_REQUEST_ID
