@@ -104,12 +104,9 @@ class CRLPublisher:
             number = repo.next_crl_number(name)
             now = self.ctx.clock.now()
             next_update = now + dt.timedelta(hours=self.ctx.settings.crl_next_update_hours)
-            own = serial_hex(loaded.certificate.serial_number)
             # A root is stored under itself; whatever its row says, a CA never lists itself.
-            rows = (
-                r
-                for r in CertificateRepository(s).revoked_rows(loaded.authority_id, now)
-                if r[0] != own
+            rows = CertificateRepository(s).revoked_rows(
+                loaded.authority_id, now, except_serial=serial_hex(loaded.certificate.serial_number)
             )
             with metrics.timed_crl(name):
                 der = sign_crl(loaded.signer, number, now, next_update, rows)

@@ -44,13 +44,11 @@ def time_value(value: dt.datetime) -> bytes:
     return tlv(0x18, utc.strftime("%Y%m%d%H%M%SZ").encode())
 
 
-def time_from_text(text: str) -> bytes:
-    """The same from SQLite's stored 'YYYY-MM-DD HH:MM:SS[.ffffff]' (UTC) without parsing."""
-    if int(text[0:4]) < 2050:
-        digits = text[2:4] + text[5:7] + text[8:10] + text[11:13] + text[14:16] + text[17:19]
-        return b"\x17\x0d" + digits.encode() + b"Z"
-    digits = text[0:4] + text[5:7] + text[8:10] + text[11:13] + text[14:16] + text[17:19]
-    return b"\x18\x0f" + digits.encode() + b"Z"
+def time_from_digits(digits: str) -> bytes:
+    """The same from 'YYYYMMDDHHMMSS' (UTC), the form the store yields a revocation time in."""
+    if digits < "2050":
+        return b"\x17\x0d" + digits[2:14].encode() + b"Z"
+    return b"\x18\x0f" + digits[:14].encode() + b"Z"
 
 
 def bit_string(data: bytes) -> bytes:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterable
+from itertools import islice
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -42,42 +43,88 @@ _REASON_EXTENSIONS = {
 
 
 _DIGITS_ONLY = str.maketrans("", "", "- :")
+# How many entries are turned from hex text into DER at a time: large enough that the one
+# bytes.fromhex per chunk is all the C work, small enough that the chunk's text stays a few MB.
+_CHUNK = 20_000
 
 
-def _entries(rows: Iterable[RevokedRow]) -> bytes:
-    """The DER of every entry, concatenated. This loop runs once per revoked certificate, so it
-    is written flat: a serial of at most 21 octets and a whole entry under 128 octets always
-    take single-octet lengths."""
-    times: dict[dt.datetime, bytes] = {}
-    reasons = _REASON_EXTENSIONS
-    fromhex = bytes.fromhex
-    digits_only = _DIGITS_ONLY
-    out = bytearray()
-    for serial, revoked_at, reason in rows:
-        body = fromhex(serial if not len(serial) & 1 else "0" + serial)
-        if body[0] == 0 and len(body) > 1:
-            body = body.lstrip(b"\x00") or b"\x00"
-        if body[0] & 0x80:
-            body = b"\x00" + body
-        if len(body) > 21:
-            raise ValueError(f"serial {serial} is longer than 20 octets")
-        if isinstance(revoked_at, str):
-            # SQLite's stored UTC text 'YYYY-MM-DD HH:MM:SS...': its digits are the UTCTime.
-            if revoked_at < "2050":
-                when = b"\x17\x0d" + revoked_at[2:19].translate(digits_only).encode() + b"Z"
+def _time_digits(value: dt.datetime | str) -> str:
+    """'YYYYMMDDHHMMSS' in UTC from a datetime or a stored 'YYYY-MM-DD HH:MM:SS...' text."""
+    if isinstance(value, str):
+        return value[:19].translate(_DIGITS_ONLY)
+    utc = value.astimezone(dt.UTC) if value.tzinfo else value
+    return utc.strftime("%Y%m%d%H%M%S")
+
+
+def _serial_octets(serial: str) -> bytes:
+    body = bytes.fromhex(serial if not len(serial) & 1 else "0" + serial)
+    body = body.lstrip(b"\x00") or b"\x00"
+    if body[0] & 0x80:
+        body = b"\x00" + body
+    if len(body) > 21:
+        raise ValueError(f"serial {serial} is longer than 20 octets")
+    return body
+
+
+def _shape(serial: str, digits: str, reason: str | None) -> tuple[str, str, int, str]:
+    """The constant parts of every entry shaped like this one, as hex text: the header up to the
+    serial's octets, the time's tag and length, where its digits start, and what follows them.
+    An entry's shape is (serial length, first digit, reason, UTCTime or GeneralizedTime), so a
+    CRL has a handful of shapes and a million entries share them."""
+    body = _serial_octets(serial)
+    utc = digits < "2050"
+    when = 13 if utc else 15
+    extension = _REASON_EXTENSIONS[reason] if reason else b""
+    size = 2 + len(body) + 2 + when + len(extension)
+    pad = body[: len(body) - len(serial) // 2]  # 0x00 before a serial whose top bit is set
+    head = bytes((0x30, size, 0x02, len(body))) + pad
+    return head.hex(), ("170d" if utc else "180f"), (2 if utc else 0), "5a" + extension.hex()
+
+
+def _entry_hex(serial: str, digits: str, reason: str | None) -> str:
+    """One entry as hex text, the general way (any hex serial, even with leading zeros)."""
+    body = _serial_octets(serial)
+    when = der.time_from_digits(digits)
+    extension = _REASON_EXTENSIONS[reason] if reason else b""
+    return der.sequence(der.tlv(0x02, body), when, extension).hex()
+
+
+def _entries(rows: Iterable[RevokedRow]) -> tuple[list[bytes], int]:
+    """The DER of every entry, in chunks, and their count.
+
+    This loop runs once per revoked certificate, and at a million entries it was most of a
+    CRL's time (profile in bench/PROFILES.md, issue 15 item 3): each entry is written as hex
+    text from the constants of its shape, the stored hex serial and the time's digits, and each
+    chunk becomes DER in one bytes.fromhex. Serials that are not plain even-length hex without
+    leading zeros take the general path, one by one."""
+    shapes: dict[tuple[int, str, str | None, bool], tuple[str, str, int, str]] = {}
+    chunks: list[bytes] = []
+    count = 0
+    only_digits = _DIGITS_ONLY
+    it = iter(rows)
+    while batch := list(islice(it, _CHUNK)):
+        parts: list[str] = []
+        append = parts.append
+        for serial, revoked_at, reason in batch:
+            if type(revoked_at) is not str:
+                digits = _time_digits(revoked_at)
+            elif len(revoked_at) == 14:
+                digits = revoked_at
             else:
-                when = der.time_from_text(revoked_at)
-        else:
-            cached = times.get(revoked_at)
-            if cached is None:
-                cached = times[revoked_at] = der.time_value(revoked_at)
-            when = cached
-        extension = reasons[reason] if reason else b""
-        out += bytes((0x30, 2 + len(body) + len(when) + len(extension), 0x02, len(body)))
-        out += body
-        out += when
-        out += extension
-    return bytes(out)
+                digits = revoked_at[:19].translate(only_digits)
+            key = (len(serial), serial[0], reason, digits < "2050")
+            shape = shapes.get(key)
+            if shape is None:
+                if len(serial) & 1 or serial[0] == "0":
+                    # Odd length or leading zeros: no shape of its own, written one by one.
+                    append(_entry_hex(serial, digits, reason))
+                    continue
+                shape = shapes[key] = _shape(serial, digits, reason)
+            head, tag, cut, tail = shape
+            append(f"{head}{serial}{tag}{digits[cut:].encode().hex()}{tail}")
+        count += len(batch)
+        chunks.append(bytes.fromhex("".join(parts)))
+    return chunks, count
 
 
 def sign_crl(
@@ -97,27 +144,39 @@ def sign_crl(
             der.tlv(0x04, x509.CRLNumber(number).public_bytes()),
         ),
     )
-    entries = _entries(rows)
-    tbs = der.sequence(
-        der.integer(1),  # v2
-        algorithm,
-        ca.certificate.subject.public_bytes(),
-        der.time_value(this_update),
-        der.time_value(next_update),
-        der.tlv(0x30, entries) if entries else b"",
-        der.explicit(0, extensions),
+    chunks, count = _entries(rows)
+    size = sum(map(len, chunks))
+    head = b"".join(
+        (
+            der.integer(1),  # v2
+            algorithm,
+            ca.certificate.subject.public_bytes(),
+            der.time_value(this_update),
+            der.time_value(next_update),
+            (b"\x30" + der.length(size)) if count else b"",
+        )
     )
-    del entries
+    tail = der.explicit(0, extensions)
+    # One copy of the entries into the TBS and one into the CRL, none per layer: at a million
+    # entries each copy is 47 MB of the peak memory.
+    tbs = b"".join((b"\x30", der.length(len(head) + size + len(tail)), head, *chunks, tail))
+    del chunks
     signature = ca.sign_crl_tbs(tbs)
-    crl_der = der.sequence(tbs, algorithm, der.bit_string(signature))
-    # Before publishing: the whole CRL must parse, and its signature verify under the CA
-    # certificate's key (checked over our own TBS bytes: is_signature_valid would re-walk
-    # every entry, 80 ms per 100k).
+    signature_field = der.bit_string(signature)
+    crl_der = b"".join(
+        (
+            b"\x30",
+            der.length(len(tbs) + len(algorithm) + len(signature_field)),
+            tbs,
+            algorithm,
+            signature_field,
+        )
+    )
     parsed = x509.load_der_x509_crl(crl_der)
     try:
         algorithms.verify(ca.certificate, ca.key_type, signature, tbs)
     except InvalidSignature:
         raise RuntimeError("the CRL just signed does not verify; refusing to publish it") from None
-    if parsed.tbs_certlist_bytes != tbs:
+    if len(parsed) != count:
         raise RuntimeError("the CRL just signed does not parse back; refusing to publish it")
     return crl_der

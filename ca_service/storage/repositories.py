@@ -8,6 +8,7 @@ import hashlib
 import itertools
 import time
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from sqlalchemy import (
@@ -578,43 +579,68 @@ class CertificateRepository:
         return sample
 
     def revoked_rows(
-        self, authority_id: int, now: dt.datetime, batch: int = 50_000
-    ) -> Iterator[tuple[str, dt.datetime | str, str | None]]:
-        """Revoked, unexpired entries of one authority as raw driver rows, streamed.
+        self,
+        authority_id: int,
+        now: dt.datetime,
+        batch: int = 50_000,
+        *,
+        except_serial: str | None = None,
+    ) -> Iterator[tuple[str, str, str | None]]:
+        """Revoked, unexpired entries of one authority as raw driver rows, streamed: (hex serial,
+        revocation time as UTC text, reason or None), ``except_serial`` left out.
 
         This one query goes to the driver's own cursor: at a million entries, SQLAlchemy's
-        per-row work alone costs seconds. Both yield the time as UTC text 'YYYY-MM-DD HH:MM:SS...'
-        (PostgreSQL through a server-side cursor, so memory stays flat).
+        per-row work alone costs seconds, and so does any Python work per row, so the database
+        drops the excepted serial and PostgreSQL writes the time's digits, 'YYYYMMDDHHMMSS'
+        (SQLite yields its stored 'YYYY-MM-DD HH:MM:SS.ffffff'). PostgreSQL reads through a
+        server-side cursor, so memory stays flat, and the next batch is fetched by a thread
+        while the caller encodes this one, so the server works meanwhile (issue 15 item 3).
+        SQLite gets no such thread: its driver lets go of the GIL once per row, and a thread
+        taking it back from a busy encoder every row is slower than no thread.
         """
         raw = self.s.connection().connection.driver_connection
         status = CertStatus.REVOKED.value
+        skip = except_serial or ""
         if self.s.get_bind().dialect.name == "sqlite":
-            # SQLite compares the stored text, so ``now`` goes in the stored form, naive UTC.
+            # SQLite compares the stored text, so ``now`` goes in the stored form, naive UTC; the
+            # time is returned as stored ('YYYY-MM-DD HH:MM:SS.ffffff'): rewriting it in SQL
+            # costs more than in Python (0.5 s per million, bench/PROFILES.md).
             cursor = raw.cursor()  # type: ignore[union-attr]
             cursor.execute(
                 "SELECT serial, revoked_at, revocation_reason FROM certificates "
-                "WHERE authority_id = ? AND status = ? AND not_after > ?",
-                (authority_id, status, now.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S.%f")),
+                "WHERE authority_id = ? AND status = ? AND not_after > ? AND serial != ?",
+                (
+                    authority_id,
+                    status,
+                    now.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S.%f"),
+                    skip,
+                ),
             )
-        else:
-            cursor = raw.cursor(name=f"crl_rows_{authority_id}")  # type: ignore[union-attr]
-            cursor.itersize = batch
-            # The server writes the time as text: formatting a datetime per row in Python costs
-            # more than everything else the CRL does with that row.
-            cursor.execute(
-                "SELECT serial, to_char(revoked_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS'), "
-                "revocation_reason FROM certificates "
-                "WHERE authority_id = %s AND status = %s AND not_after > %s",
-                (authority_id, status, now),
-            )
-        try:
-            while True:
-                part = cursor.fetchmany(batch)
-                if not part:
-                    return
-                yield from part
-        finally:
-            cursor.close()
+            try:
+                while part := cursor.fetchmany(batch):
+                    yield from part
+            finally:
+                cursor.close()
+            return
+        cursor = raw.cursor(name=f"crl_rows_{authority_id}")  # type: ignore[union-attr]
+        cursor.itersize = batch
+        cursor.execute(
+            "SELECT serial, to_char(revoked_at AT TIME ZONE 'UTC', 'YYYYMMDDHH24MISS'), "
+            "revocation_reason FROM certificates "
+            "WHERE authority_id = %s AND status = %s AND not_after > %s AND serial != %s",
+            (authority_id, status, now, skip),
+        )
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="crl-rows") as prefetch:
+            try:
+                pending = prefetch.submit(cursor.fetchmany, batch)
+                while part := pending.result():
+                    pending = prefetch.submit(cursor.fetchmany, batch)
+                    yield from part
+            finally:
+                # The consumer stopped (or failed): let the fetch in flight end before the
+                # cursor and its connection are used for anything else.
+                pending.cancel() or pending.exception()
+                cursor.close()
 
 
 class CRLRepository:
