@@ -7,16 +7,20 @@ and are cacheable by HTTP caches."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import email.utils
 import hashlib
+import os
+import secrets
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 from cryptography.hazmat.primitives import serialization
-from flask import Blueprint, Response, current_app, jsonify, request
+from flask import Blueprint, Response, current_app, jsonify, request, send_file
 
 from ca_service.api_models import Alive, Health, NotReady
 from ca_service.core.context import STORE_RECHECK_SECONDS
@@ -64,6 +68,37 @@ def _pem_operation(summary: str) -> Callable[[F], F]:
     )
 
 
+# CRLs this long or longer are answered from a file with sendfile (gunicorn's wsgi.file_wrapper),
+# not from a Python bytes per request: at a million entries that is 47 MB a fetch, which a
+# worker would otherwise copy from its heap into the socket (issue 15 item 3).
+FILE_FROM_BYTES = 64 * 1024
+
+
+def _pem_of(der: bytes) -> bytes:
+    body = base64.encodebytes(der).replace(b"\n", b"")
+    lines = [body[i : i + 64] for i in range(0, len(body), 64)]
+    return b"-----BEGIN X509 CRL-----\n" + b"\n".join(lines) + b"\n-----END X509 CRL-----\n"
+
+
+def _write_once(path: Path, make: Callable[[], bytes]) -> Path:
+    """``path`` with ``make()``'s bytes, written unless there already. The name carries the CRL's
+    authority, number and digest, so a file of that name always holds those bytes: every worker
+    and server on this data directory may write it, and whoever wins, the content is the same."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
+        tmp.write_bytes(make())
+        os.replace(tmp, path)
+        # Older editions of this authority's CRL: unlinked, while a sendfile in flight keeps
+        # reading the one it opened.
+        prefix = path.name.rsplit("-", 2)[0] + "-"
+        for old in path.parent.glob(f"{prefix}*"):
+            if old.name.rsplit("-", 2)[0] + "-" == prefix and old.stem != path.stem:
+                with contextlib.suppress(OSError):
+                    old.unlink()
+    return path
+
+
 @dataclass
 class _CachedCRL:
     crl: StoredCRL
@@ -71,18 +106,26 @@ class _CachedCRL:
     last_modified: str
     stamp: int = 0
     checked: float = 0.0
+    files: Path | None = None  # where large CRLs are kept on disk (None: from memory)
     _pem: bytes | None = None
 
     @property
     def pem(self) -> bytes:
         # Made on first demand only: at a million entries the PEM is another 60 MB.
         if self._pem is None:
-            body = base64.encodebytes(self.crl.der).replace(b"\n", b"")
-            lines = [body[i : i + 64] for i in range(0, len(body), 64)]
-            self._pem = (
-                b"-----BEGIN X509 CRL-----\n" + b"\n".join(lines) + b"\n-----END X509 CRL-----\n"
-            )
+            self._pem = _pem_of(self.crl.der)
         return self._pem
+
+    def file(self, pem: bool) -> Path | None:
+        """The file holding this CRL (DER or PEM), written on first demand; None when the CRL
+        is small enough to answer from memory."""
+        if self.files is None or len(self.crl.der) < FILE_FROM_BYTES:
+            return None
+        digest = self.etag.strip('"').rsplit("-", 1)[1]
+        stem = f"{self.crl.authority}-{self.crl.number}-{digest}"
+        if pem:
+            return _write_once(self.files / f"{stem}.pem", lambda: _pem_of(self.crl.der))
+        return _write_once(self.files / f"{stem}.der", lambda: self.crl.der)
 
 
 class CRLCache:
@@ -97,9 +140,10 @@ class CRLCache:
 
     RECHECK = STORE_RECHECK_SECONDS
 
-    def __init__(self) -> None:
+    def __init__(self, files: Path | None = None) -> None:
         self._items: dict[str, _CachedCRL] = {}
         self._lock = threading.Lock()
+        self.files = files
 
     def get(self, name: str) -> _CachedCRL:
         ca = core()
@@ -120,6 +164,7 @@ class CRLCache:
             last_modified=email.utils.format_datetime(fresh.this_update, usegmt=True),
             stamp=stamp,
             checked=now,
+            files=self.files,
         )
         with self._lock:
             self._items[name] = item
@@ -128,7 +173,10 @@ class CRLCache:
 
 def _crl_cache() -> CRLCache:
     """This app's CRL cache: two apps in one process (tests, an embedding) never share one."""
-    cache = current_app.extensions.setdefault("ca_crl_cache", CRLCache())
+    cache = current_app.extensions.get("ca_crl_cache")
+    if cache is None:
+        files = core().settings.data_dir / "crl-cache"
+        cache = current_app.extensions.setdefault("ca_crl_cache", CRLCache(files))
     assert isinstance(cache, CRLCache)
     return cache
 
@@ -137,11 +185,15 @@ def _crl_response(name: str | None, pem: bool) -> Response:
     ca = core()
     item = _crl_cache().get(name or ca.default_authority())
     now = ca.clock.now()
+    mimetype = PEM if pem else PKIX_CRL
+    path = None
     if request.if_none_match.contains_weak(item.etag.strip('"')):
         response = Response(status=304)
+    elif (path := _file_or_none(item, pem)) is not None:
+        # send_file answers through the server's wsgi.file_wrapper: gunicorn sendfile()s it.
+        response = send_file(path, mimetype=mimetype, etag=False, conditional=False)
     else:
-        body = item.pem if pem else item.crl.der
-        response = Response(body, mimetype=PEM if pem else PKIX_CRL)
+        response = Response(item.pem if pem else item.crl.der, mimetype=mimetype)
     # Caches may keep it until shortly before nextUpdate, but at most 5 minutes, so that a
     # revocation (which publishes a new CRL at once) reaches clients quickly.
     remaining = int((item.crl.next_update - now).total_seconds())
@@ -151,6 +203,14 @@ def _crl_response(name: str | None, pem: bool) -> Response:
     response.headers["Last-Modified"] = item.last_modified
     response.headers["Expires"] = email.utils.format_datetime(item.crl.next_update, usegmt=True)
     return response
+
+
+def _file_or_none(item: _CachedCRL, pem: bool) -> Path | None:
+    """The CRL's file, or None (small, or the data directory is not writable: from memory)."""
+    try:
+        return item.file(pem)
+    except OSError:
+        return None
 
 
 @public.get("/crl")
