@@ -4,7 +4,7 @@ The CertificateList is written with crypto.der and signed by the CA's Signer; be
 returned, `cryptography` parses it back and the signature is verified with the CA
 certificate's public key, so a broken CRL is never published. Entries
 stream in as raw rows (hex serial, revocation time, reason name): at a million entries there
-is no per-entry object.
+is no per-entry object, and the per-entry work is one f-string (see _entries).
 """
 
 from __future__ import annotations
@@ -21,8 +21,9 @@ from ca_service.domain import RevocationReason
 from ca_service.signing import algorithms
 from ca_service.signing.signer import Signer
 
-# A stored revocation: (lower-case hex serial, revocation time as datetime or SQLite text in UTC,
-# RevocationReason value or None).
+# A stored revocation: (lower-case hex serial, revocation time in UTC as a datetime, as
+# 'YYYYMMDDHHMMSS' or as SQLite's stored 'YYYY-MM-DD HH:MM:SS[.ffffff]', RevocationReason value
+# or None).
 RevokedRow = tuple[str, dt.datetime | str, str | None]
 
 # crlEntryExtensions holding only reasonCode (2.5.29.21), non-critical, per reason.
