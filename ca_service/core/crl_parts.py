@@ -134,7 +134,12 @@ class CRLParts:
         with unit_of_work(self.ctx.db) as s:
             repo = CRLPartRepository(s)
             header = repo.header(loaded.authority_id, scope)
-            if header is not None and self._still_current(repo, loaded.authority_id, shard, header):
+            # With deltas on, a complete shard CRL waits for its half-life as the full CRL
+            # does (its delta carries the changes); a delta holds every change at once.
+            watch = delta or not self.deltas
+            if header is not None and self._still_current(
+                repo, loaded.authority_id, shard, header, watch_changes=watch
+            ):
                 base = _base_number(CRLRepository(s), repo, loaded.authority_id, name, shard)
                 if not delta or header[1] == base:
                     stored = repo.get(name, loaded.authority_id, scope)
@@ -157,10 +162,14 @@ class CRLParts:
         authority_id: int,
         shard: int | None,
         header: tuple[int, int | None, dt.datetime, dt.datetime],
+        *,
+        watch_changes: bool,
     ) -> bool:
         number, _, this_update, next_update = header
         if self.ctx.clock.now() >= this_update + (next_update - this_update) / 2:
             return False
+        if not watch_changes:
+            return True
         changed = repo.last_change(authority_id, shard)
         return changed is None or changed < number
 
