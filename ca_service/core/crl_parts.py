@@ -33,15 +33,14 @@ re-sign after a revocation never reaches the revoking caller (the revocation is 
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import logging
 from collections.abc import Callable, Iterator
 
-from ca_service.config import Settings
 from ca_service.core.context import Context
+from ca_service.core.crl_shards import delta_url, shard_url
 from ca_service.core.registry import Registry
-from ca_service.domain import ApprovedTemplate, CertStatus, StoredCRL
+from ca_service.domain import CertStatus, StoredCRL
 from ca_service.errors import NotFound
 from ca_service.signing.crl import REMOVE_FROM_CRL, RevokedRow
 from ca_service.signing.crl_parts import freshest_crl, sign_delta_crl, sign_shard_crl
@@ -53,31 +52,6 @@ from ca_service.storage.repositories import AuthorityRepository, CRLRepository
 log = logging.getLogger(__name__)
 
 MAX_SHARDS = 4096
-
-
-def shard_url(settings: Settings, authority: str, shard: int) -> str:
-    return f"{settings.certificate_url}/ca/{authority}/crl/{shard}"
-
-
-def delta_url(settings: Settings, authority: str, shard: int | None) -> str:
-    tail = "delta" if shard is None else f"{shard}/delta"
-    return f"{settings.certificate_url}/ca/{authority}/crl/{tail}"
-
-
-def place(settings: Settings, template: ApprovedTemplate) -> tuple[ApprovedTemplate, int | None]:
-    """A leaf's template with the CRL pointers of its shard (and its delta with crl_deltas),
-    and the shard to store with it (None: the full CRL, as before sharding)."""
-    shards = settings.crl_shards
-    shard = template.serial % shards + 1 if shards >= 2 else None
-    if shard is not None:
-        template = dataclasses.replace(
-            template, crl_url=shard_url(settings, template.authority, shard)
-        )
-    if settings.crl_deltas:
-        template = dataclasses.replace(
-            template, freshest_crl_url=delta_url(settings, template.authority, shard)
-        )
-    return template, shard
 
 
 def parse_part(part: str) -> tuple[int | None, bool]:

@@ -17,7 +17,6 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import pkcs12
 
 from ca_service import metrics
-from ca_service.core import crl_parts
 from ca_service.core.context import Context, record_for
 from ca_service.core.registry import LoadedAuthority, Registry
 from ca_service.crypto.csr import parse_csr
@@ -241,7 +240,7 @@ class Issuance:
             if new_key:
                 private_key = private_key or generate_private_key(request.key_type)
                 template = dataclasses.replace(template, public_key=private_key.public_key())
-            template, crl_shard = crl_parts.place(ctx.settings, template)
+            template, crl_shard = self.registry.crl_pointers(template)
             cert = loaded.signer.sign_certificate(template)
             record = record_for(cert, name, template.profile, actor.identity, now)
             try:
