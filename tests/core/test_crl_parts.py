@@ -20,8 +20,18 @@ from ca_service.storage.db import unit_of_work
 from ca_service.storage.models import CertificateRow
 from ca_service.wiring import build_authority
 
-from ..conftest import ADMIN, make_settings, new_ca, run
+from ..conftest import ADMIN, database, make_settings, new_ca, run
 from ..helpers import chain_files, lint_cert, lint_crl, write
+from ..live import (
+    LiveServer,
+    assert_problem,
+    crl_number,
+    fetch_crl,
+    issue,
+    revoke,
+    server_tracebacks,
+    start_server,
+)
 
 SHARDS = 4
 
@@ -269,9 +279,8 @@ def test_unknown_parts_are_not_found(sharded: Core) -> None:
             sharded.current_crl("default", part=bad)
 
 
-def test_off_by_default_nothing_changes(
-    ca: Core,
-) -> None:  # Off (the default): the CDP is today's, no Freshest CRL, the full CRL has no extras.
+def test_off_by_default_nothing_changes(ca: Core) -> None:
+    """Off (the default): the CDP is today's, no Freshest CRL, the full CRL has no extras."""
     _, cert = _issue(ca, "plain.example.test")
     assert _cdp(cert) == f"{ca.settings.certificate_url}/ca/default/crl"
     with pytest.raises(x509.ExtensionNotFound):
@@ -305,3 +314,62 @@ def test_bad_delta_setting_fails_at_start(monkeypatch: pytest.MonkeyPatch) -> No
     with pytest.raises(ConfigError) as raised:
         load_settings()
     assert str(raised.value) == "crl_deltas must be true or false"
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def live_parts(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LiveServer]:
+    """A real `ca-service serve` (gunicorn, 2 workers) with shards and deltas on."""
+    base = tmp_path_factory.mktemp(f"live-parts-{request.param}")
+    with database(request.param, base) as url:
+        env = {"CA_CRL_SHARDS": str(SHARDS), "CA_CRL_DELTAS": "true"}
+        server = start_server(base / "data", url, workers=2, extra_env=env)
+        try:
+            yield server
+        finally:
+            server.stop()
+
+
+def test_live_shard_and_delta_crls_through_gunicorn(
+    live_parts: LiveServer, tmp_path: Path, openssl: str
+) -> None:
+    live = live_parts
+    chain = live.request("GET", "/ca.pem").body.decode()
+    certs = x509.load_pem_x509_certificates(chain.encode())
+    root = _cert_pem(tmp_path / "root.pem", certs[-1])
+    inter = _cert_pem(tmp_path / "inter.pem", certs[0])
+    good, victim = (issue(live, common_name=f"live{i}.example.test").json for i in range(2))
+    victim_cert = x509.load_pem_x509_certificate(victim["certificate"].encode())
+    url = _cdp(victim_cert)
+    path = url.removeprefix(f"http://127.0.0.1:{live.port}")
+    assert path == f"/ca/default/crl/{int(victim['serial'], 16) % SHARDS + 1}"
+    assert _freshest(victim_cert) == f"{url}/delta"
+    shard_base = fetch_crl(live, path)  # headers, pkilint
+    revoke(live, victim["serial"])
+    delta = fetch_crl(live, f"{path}/delta")
+    assert delta.extensions.get_extension_for_class(x509.DeltaCRLIndicator).value.crl_number == (
+        crl_number(shard_base)
+    )
+    assert delta.get_revoked_certificate_by_serial_number(int(victim["serial"], 16)) is not None
+    full_delta = fetch_crl(live, "/ca/default/crl/delta")
+    assert full_delta.get_revoked_certificate_by_serial_number(int(victim["serial"], 16))
+    # Served from the store by either worker: the ETag names the number, and 304 follows it.
+    reply = live.request("GET", f"{path}/delta")
+    again = live.request("GET", f"{path}/delta", headers={"If-None-Match": reply.headers["etag"]})
+    assert again.status == 304
+    base_pem = _pem(tmp_path / "base.pem", shard_base)
+    delta_pem = _pem(tmp_path / "delta.pem", delta)
+    cmd = [openssl, "verify", "-crl_check", "-use_deltas", "-CAfile", str(root)]
+    cmd += ["-untrusted", str(inter), "-CRLfile", str(base_pem), "-CRLfile", str(delta_pem)]
+    victim_pem = write(tmp_path / "victim.pem", victim["certificate"])
+    result = run([*cmd, str(victim_pem)])
+    assert result.returncode != 0 and "certificate revoked" in result.stdout + result.stderr
+    good_cert = x509.load_pem_x509_certificate(good["certificate"].encode())
+    if _cdp(good_cert) == url:  # the good one may sit on another shard: its own CRLs then
+        good_pem = write(tmp_path / "good.pem", good["certificate"])
+        result = run([*cmd, str(good_pem)])
+        assert result.returncode == 0, result.stdout + result.stderr
+    for missing in ("/ca/default/crl/4097", "/ca/default/crl/999/delta", "/ca/nobody/crl/1"):
+        assert_problem(live.request("GET", missing), 404)
+    assert server_tracebacks(live) == 0
