@@ -4,6 +4,7 @@ SQLite and PostgreSQL, in process and through a real gunicorn."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -373,3 +374,50 @@ def test_live_shard_and_delta_crls_through_gunicorn(
     for missing in ("/ca/default/crl/4097", "/ca/default/crl/999/delta", "/ca/nobody/crl/1"):
         assert_problem(live.request("GET", missing), 404)
     assert server_tracebacks(live) == 0
+
+
+def test_concurrent_revocations_lose_nothing_and_share_no_number(deltas: Core) -> None:
+    """Three threads revoke at once, each revocation re-signing the deltas of its scopes: the
+    last deltas list every revocation, and no number names two different CRLs."""
+    base = deltas.current_crl("default")
+    assert base is not None
+    serials = [[_issue(deltas, f"c{t}-{i}.example.test")[0] for i in range(3)] for t in range(3)]
+    seen: dict[int, bytes] = {}
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+
+    def work(mine: list[str]) -> None:
+        try:
+            for serial in mine:
+                deltas.revoke(serial, RevocationReason.KEY_COMPROMISE, ADMIN)
+                crl = deltas.current_crl("default", part="delta")
+                assert crl is not None
+                with lock:
+                    assert seen.setdefault(crl.number, crl.der) == crl.der
+        except BaseException as exc:  # reported by the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(mine,)) for mine in serials]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not any(t.is_alive() for t in threads) and not errors, errors
+    delta = _part(deltas, "delta")
+    assert delta.extensions.get_extension_for_class(x509.DeltaCRLIndicator).value.crl_number == (
+        base.number
+    )
+    for serial in (s for mine in serials for s in mine):
+        assert delta.get_revoked_certificate_by_serial_number(int(serial, 16)) is not None
+    assert _number(delta) >= max(seen)
+    # Each shard's CRLs hold their own: in the shard's base (first signed after some of these
+    # revocations) or in its delta, which names that base.
+    for serial in (s for mine in serials for s in mine):
+        k = int(serial, 16) % SHARDS + 1
+        shard_base, shard_delta = _part(deltas, str(k)), _part(deltas, f"{k}/delta")
+        indicator = shard_delta.extensions.get_extension_for_class(x509.DeltaCRLIndicator)
+        assert indicator.value.crl_number == _number(shard_base)
+        assert any(
+            c.get_revoked_certificate_by_serial_number(int(serial, 16)) is not None
+            for c in (shard_base, shard_delta)
+        )
