@@ -326,7 +326,8 @@ class CertificateRepository:
                 "der": record.der,
                 "requester": record.requester,
                 "created_at": record.created_at,
-                "crl_shard": crl_shard,
+                # Named only when set: the column is migration 0010's (docs/crl.md).
+                **({"crl_shard": crl_shard} if crl_shard is not None else {}),
             },
         )
 
