@@ -9,6 +9,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
+from alembic import command
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from sqlalchemy import select
@@ -17,12 +19,13 @@ from ca_service.config import Settings, load_settings
 from ca_service.core.facade import Core
 from ca_service.domain import RevocationReason
 from ca_service.errors import ConfigError, NotFound
+from ca_service.storage import migrate
 from ca_service.storage.db import unit_of_work
 from ca_service.storage.models import CertificateRow
 from ca_service.wiring import build_authority
 
-from ..conftest import ADMIN, database, make_settings, new_ca, run
-from ..helpers import chain_files, lint_cert, lint_crl, write
+from ..conftest import ADMIN, database, make_settings, new_ca, run, table_names
+from ..helpers import chain_files, count_rows, lint_cert, lint_crl, write
 from ..live import (
     LiveServer,
     assert_problem,
@@ -421,3 +424,32 @@ def test_concurrent_revocations_lose_nothing_and_share_no_number(deltas: Core) -
             c.get_revoked_certificate_by_serial_number(int(serial, 16)) is not None
             for c in (shard_base, shard_delta)
         )
+
+
+def test_0010_keeps_old_certificates_on_the_full_crl_and_downgrades(
+    ca: Core, tmp_path: Path, db_url: str
+) -> None:
+    """A store made before sharding, then sharded: its certificates keep the full CRL; the
+    migration goes down to 0009 and up again with the certificates intact."""
+    old, old_cert = _issue(ca, "old.example.test")
+    ca.db.dispose()
+    sharded = new_ca_reopened(tmp_path, db_url, crl_shards=SHARDS)
+    sharded.revoke(old, RevocationReason.KEY_COMPROMISE, ADMIN)
+    assert _cdp(old_cert).endswith("/ca/default/crl")
+    full = x509.load_der_x509_crl(sharded.current_crl("default").der)  # type: ignore[union-attr]
+    assert full.get_revoked_certificate_by_serial_number(int(old, 16)) is not None
+    for shard in range(1, SHARDS + 1):
+        crl = _part(sharded, str(shard))
+        assert crl.get_revoked_certificate_by_serial_number(int(old, 16)) is None
+    cfg = migrate._config()
+    with sharded.db.engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "0009")
+    assert "crl_parts" not in table_names(db_url)
+    with sharded.db.engine.connect() as conn:
+        columns = {c["name"] for c in sa.inspect(conn).get_columns("certificates")}
+    assert "crl_shard" not in columns and "status_crl_number" not in columns
+    assert count_rows(sharded.db, "certificates") >= 3
+    migrate.upgrade(sharded.db)
+    assert "crl_parts" in table_names(db_url)
+    sharded.db.dispose()
