@@ -106,6 +106,9 @@ class CRLPartRepository:
             .where(
                 c.authority_id == authority_id,
                 c.crl_shard == shard,
+                # Every revocation of a sharded certificate has its number (both came with
+                # 0010): the shard's index then reaches its changed rows only.
+                c.status_crl_number.is_not(None),
                 c.status == CertStatus.REVOKED.value,
                 c.not_after > now,
             )

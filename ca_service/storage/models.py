@@ -73,9 +73,10 @@ class CertificateRow(Base):
         Index("ix_certificates_status_expiry", "status", "not_after", "id"),
         # Certificates on hold (few: a hold is temporary), listed and counted per authority.
         Index("ix_certificates_hold", "revocation_reason", "authority_id", "id"),
-        # Shard CRLs and delta CRLs (migration 0010, docs/crl.md): one shard's revoked
-        # entries, and the entries whose status changed at or after a base CRL's number.
-        Index("ix_certificates_crl_shard", "authority_id", "crl_shard", "status", "not_after"),
+        # Shard CRLs and delta CRLs (migration 0010, docs/crl.md): one shard's changed rows
+        # (its revoked ones among them) and its latest change, and the authority's rows whose
+        # status changed at or after a base CRL's number.
+        Index("ix_certificates_crl_shard", "authority_id", "crl_shard", "status_crl_number"),
         Index("ix_certificates_status_crl_number", "authority_id", "status_crl_number"),
     )
 

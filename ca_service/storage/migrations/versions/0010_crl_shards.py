@@ -32,7 +32,7 @@ def upgrade() -> None:
     op.create_index(
         "ix_certificates_crl_shard",
         "certificates",
-        ["authority_id", "crl_shard", "status", "not_after"],
+        ["authority_id", "crl_shard", "status_crl_number"],
         unique=False,
     )
     op.create_index(
