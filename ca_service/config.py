@@ -330,6 +330,21 @@ class Settings:
         "published at every revocation, and when half of this period has passed.",
         _int(1, 24 * 31),
     )
+    crl_shards: int = _setting(
+        0,
+        "CRL partitioning (0 to 4096; 0 or 1: off). With N of 2 or more, each new leaf "
+        "certificate's CRL Distribution Point names one of N shard CRLs, /ca/<name>/crl/<k> "
+        "(k from 1 to N, chosen from its serial and stored with it, so it never moves even when "
+        "N changes); the full CRL still lists every revocation. See docs/crl.md.",
+        _int(0, 4096),
+    )
+    crl_deltas: bool = _setting(
+        False,
+        "Delta CRLs (RFC 5280 5.2.4), re-signed after every revocation at /ca/<name>/crl/delta "
+        "(and /ca/<name>/crl/<k>/delta per shard); complete CRLs and new certificates then "
+        "carry a Freshest CRL pointer to them. See docs/crl.md.",
+        _bool,
+    )
     log_level: str = _setting("INFO", "DEBUG, INFO, WARNING or ERROR.", _log_level)
     bind: str = _setting(
         "127.0.0.1:8000",

@@ -185,6 +185,8 @@ class ApprovedTemplate:
     key_usages: tuple[str, ...] = ("digital_signature",)
     # id-pkix-ocsp-nocheck: only for delegated OCSP responder certificates (RFC 6960 4.2.2.2.1).
     ocsp_nocheck: bool = False
+    # The Freshest CRL extension's URL (RFC 5280 4.2.1.15: where the delta CRLs are), or none.
+    freshest_crl_url: str | None = None
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from ca_service import metrics
 from ca_service.core.context import Context
+from ca_service.core.crl_parts import CRLParts
 from ca_service.core.registry import Registry
 from ca_service.domain import StoredCRL
 from ca_service.signing.crl import sign_crl
@@ -39,6 +40,7 @@ class CRLPublisher:
         self._sizes: dict[str, int] = {}  # bytes of the last CRL this process signed
         self._executor: ThreadPoolExecutor | None = None
         self._background_from = 0
+        self.parts = CRLParts(ctx, registry, self.current_crl)  # shards and deltas
 
     def publish_in_background(self, from_bytes: int) -> None:
         """For servers: after a revocation, a CRL whose last edition was at least ``from_bytes``
@@ -51,6 +53,9 @@ class CRLPublisher:
 
     def after_revocation(self, authority: str, seen_number: int) -> None:
         """A certificate of ``authority`` changed status under CRL number ``seen_number``."""
+        if self.parts.deltas:  # the deltas carry it until the complete CRLs' half-life
+            self.parts.after_revocation(authority, seen_number)
+            return
         executor = self._executor
         if executor is not None and self._sizes.get(authority, 0) >= self._background_from:
             executor.submit(self._regenerate_after_revocation, authority, seen_number)
@@ -64,6 +69,8 @@ class CRLPublisher:
             self.generate_crl(authority, unless_beyond=seen_number)
         except Exception:
             log.exception("the CRL of %s was not re-signed after a revocation", authority)
+        if self.ctx.settings.crl_shards >= 2:
+            self.parts.after_revocation(authority, seen_number)
 
     def generate_crl(
         self,
@@ -109,7 +116,8 @@ class CRLPublisher:
                 loaded.authority_id, now, except_serial=serial_hex(loaded.certificate.serial_number)
             )
             with metrics.timed_crl(name):
-                der = sign_crl(loaded.signer, number, now, next_update, rows)
+                more = self.parts.full_crl_extensions(name)
+                der = sign_crl(loaded.signer, number, now, next_update, rows, more_extensions=more)
             stored = StoredCRL(name, number, now, next_update, der)
             crls.save(loaded.authority_id, stored)
         self._sizes[name] = len(der)
@@ -125,15 +133,18 @@ class CRLPublisher:
             crl = self.current_crl(record.name)
             assert crl is not None  # no known_number given: always a CRL
             numbers[record.name] = crl.number
+            self.parts.refresh(record.name)
         return numbers
 
     def current_crl(
-        self, authority: str | None = None, *, known_number: int | None = None
+        self, authority: str | None = None, *, known_number: int | None = None, part: str = ""
     ) -> StoredCRL | None:
         """The CRL to publish: the stored one, or a new one when none exists or half its life has
         passed. With ``known_number``, returns None when that is still the current CRL, so a
         server holding it in memory never reads a large CRL body from the store again."""
         name = authority or self.registry.default_authority()
+        if part:  # a shard or delta CRL: "<k>", "delta" or "<k>/delta" (core/crl_parts.py)
+            return self.parts.current(name, part)
         self.registry.load(name)
         with unit_of_work(self.ctx.db) as s:
             repo = CRLRepository(s)

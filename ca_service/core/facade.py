@@ -275,10 +275,11 @@ class Core:
         return self._crls.refresh_crls()
 
     def current_crl(
-        self, authority: str | None = None, *, known_number: int | None = None
+        self, authority: str | None = None, *, known_number: int | None = None, part: str = ""
     ) -> StoredCRL | None:
-        """The CRL to publish; None when ``known_number`` is still the current one."""
-        return self._crls.current_crl(authority, known_number=known_number)
+        """The CRL to publish; None when ``known_number`` is still the current one. ``part``: a
+        shard or delta CRL instead of the full one: "<k>", "delta", "<k>/delta" (docs/crl.md)."""
+        return self._crls.current_crl(authority, known_number=known_number, part=part)
 
     def crl_stamp(self, name: str) -> int:
         """Changes whenever a process on this host publishes a CRL of ``name`` (0: never)."""

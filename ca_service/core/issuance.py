@@ -240,13 +240,14 @@ class Issuance:
             if new_key:
                 private_key = private_key or generate_private_key(request.key_type)
                 template = dataclasses.replace(template, public_key=private_key.public_key())
+            template, crl_shard = self.registry.crl_pointers(template)
             cert = loaded.signer.sign_certificate(template)
             record = record_for(cert, name, template.profile, actor.identity, now)
             try:
                 with unit_of_work(ctx.db, write=True) as s:
                     _refuse_if_revoked(AuthorityRepository(s), name, loaded.fingerprint)
                     certs = CertificateRepository(s)
-                    certs.add(record, loaded.authority_id)
+                    certs.add(record, loaded.authority_id, crl_shard=crl_shard)
                     details = {"profile": record.profile, "names": list(record.sans)}
                     if renews is not None:
                         certs.set_successor(renews.serial, loaded.authority_id, record.serial)

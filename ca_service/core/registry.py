@@ -17,9 +17,17 @@ from functools import cached_property
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from ca_service.core import crl_shards
 from ca_service.core.context import STORE_RECHECK_SECONDS, Context, normalize_serial
 from ca_service.crypto.keys import fingerprint_sha256
-from ca_service.domain import Actor, AuditEvent, AuthorityRecord, CertificateRecord, KeyType
+from ca_service.domain import (
+    Actor,
+    ApprovedTemplate,
+    AuditEvent,
+    AuthorityRecord,
+    CertificateRecord,
+    KeyType,
+)
 from ca_service.errors import BadRequest, Conflict, NotFound
 from ca_service.policy.check import AuthorityView
 from ca_service.policy.names import NameConstraintsSpec
@@ -78,6 +86,11 @@ class Registry:
         """CRL, caIssuers and OCSP URLs that certificates issued by ``authority`` carry."""
         base = self.ctx.settings.certificate_url
         return f"{base}/ca/{authority}/crl", f"{base}/ca/{authority}/ca.cer", f"{base}/ocsp"
+
+    def crl_pointers(self, template: ApprovedTemplate) -> tuple[ApprovedTemplate, int | None]:
+        """A leaf's template with the CRL pointers of its shard and delta, and the shard to
+        store with it (None: the full CRL); see core/crl_shards.py."""
+        return crl_shards.place(self.ctx.settings, template)
 
     def list_authorities(self) -> list[AuthorityRecord]:
         with unit_of_work(self.ctx.db) as s:

@@ -10,7 +10,7 @@ is no per-entry object, and the per-entry work is one f-string (see _entries).
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from itertools import islice
 
 from cryptography import x509
@@ -41,6 +41,11 @@ _REASON_EXTENSIONS = {
     )
     for reason in RevocationReason
 }
+# removeFromCRL (8): only in delta CRLs, for a certificate released from hold (RFC 5280 5.3.1).
+REMOVE_FROM_CRL = "removeFromCRL"
+_REASON_EXTENSIONS[REMOVE_FROM_CRL] = der.sequence(
+    der.sequence(der.tlv(0x06, bytes.fromhex("551d15")), der.tlv(0x04, der.tlv(0x0A, b"\x08")))
+)
 
 
 _DIGITS_ONLY = str.maketrans("", "", "- :")
@@ -134,8 +139,12 @@ def sign_crl(
     this_update: dt.datetime,
     next_update: dt.datetime,
     rows: Iterable[RevokedRow],
+    *,
+    more_extensions: Sequence[bytes] = (),
 ) -> bytes:
-    """The DER CRL: v2, AKI and CRL number extensions, entries in the order given."""
+    """The DER CRL: v2, AKI and CRL number extensions, entries in the order given.
+    ``more_extensions``: DER Extensions to add after those (IDP, Delta CRL Indicator, Freshest
+    CRL: signing/crl_parts.py)."""
     algorithm = algorithms.algorithm_identifier(ca.key_type)
     aki = x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca.ski).public_bytes()
     extensions = der.sequence(
@@ -144,6 +153,7 @@ def sign_crl(
             der.tlv(0x06, bytes.fromhex("551d14")),
             der.tlv(0x04, x509.CRLNumber(number).public_bytes()),
         ),
+        *more_extensions,
     )
     chunks, count = _entries(rows)
     size = sum(map(len, chunks))

@@ -77,6 +77,10 @@ def build_leaf(
         )
     builder = builder.add_extension(_crl_distribution_points(template.crl_url), False)
     builder = builder.add_extension(_aia(template.ca_issuers_url, template.ocsp_url), False)
+    if template.freshest_crl_url:
+        # RFC 5280 4.2.1.15: non-critical, the same syntax as the CRL Distribution Points.
+        points = _crl_distribution_points(template.freshest_crl_url)
+        builder = builder.add_extension(x509.FreshestCRL(list(points)), False)
     if template.ocsp_nocheck:
         builder = builder.add_extension(x509.OCSPNoCheck(), False)
     return builder

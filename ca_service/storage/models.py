@@ -73,6 +73,11 @@ class CertificateRow(Base):
         Index("ix_certificates_status_expiry", "status", "not_after", "id"),
         # Certificates on hold (few: a hold is temporary), listed and counted per authority.
         Index("ix_certificates_hold", "revocation_reason", "authority_id", "id"),
+        # Shard CRLs and delta CRLs (migration 0010, docs/crl.md): one shard's changed rows
+        # (its revoked ones among them) and its latest change, and the authority's rows whose
+        # status changed at or after a base CRL's number.
+        Index("ix_certificates_crl_shard", "authority_id", "crl_shard", "status_crl_number"),
+        Index("ix_certificates_status_crl_number", "authority_id", "status_crl_number"),
     )
 
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
@@ -96,6 +101,13 @@ class CertificateRow(Base):
     requester: Mapped[str] = mapped_column(String(255))
     created_at: Mapped[dt.datetime] = mapped_column(UTC_DATETIME)
     successor_serial: Mapped[str | None] = mapped_column(String(42))
+    # The shard CRL its CRL Distribution Point names (1..N), fixed at issuance; None: the full
+    # CRL only (issued before sharding, or a CA certificate).
+    crl_shard: Mapped[int | None] = mapped_column(Integer)
+    # The authority's CRL number when its status last changed (revoked, held or released),
+    # taken under the authority row's lock: a CRL numbered above it lists the change, one
+    # numbered at or below it does not, so a delta CRL lists exactly what its base lacks.
+    status_crl_number: Mapped[int | None] = mapped_column(BigInteger)
 
 
 # The name search index of migration 0005, made by SQL the models cannot state: on PostgreSQL two
@@ -135,6 +147,22 @@ class CRLRow(Base):
 
     authority_id: Mapped[int] = mapped_column(ForeignKey("authorities.id"), primary_key=True)
     number: Mapped[int] = mapped_column(BigInteger)
+    this_update: Mapped[dt.datetime] = mapped_column(UTC_DATETIME)
+    next_update: Mapped[dt.datetime] = mapped_column(UTC_DATETIME)
+    der: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class CRLPartRow(Base):
+    """The latest shard and delta CRLs of each authority (docs/crl.md), one per scope:
+    "shard:<k>", "delta" (the full CRL's) or "delta:<k>" (shard k's)."""
+
+    __tablename__ = "crl_parts"
+
+    authority_id: Mapped[int] = mapped_column(ForeignKey("authorities.id"), primary_key=True)
+    scope: Mapped[str] = mapped_column(String(16), primary_key=True)
+    number: Mapped[int] = mapped_column(BigInteger)
+    # A delta CRL's base CRL number (its Delta CRL Indicator); None for a shard CRL.
+    base_number: Mapped[int | None] = mapped_column(BigInteger)
     this_update: Mapped[dt.datetime] = mapped_column(UTC_DATETIME)
     next_update: Mapped[dt.datetime] = mapped_column(UTC_DATETIME)
     der: Mapped[bytes] = mapped_column(LargeBinary)

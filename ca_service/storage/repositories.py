@@ -302,7 +302,9 @@ class CertificateRepository:
             successor=row.successor_serial,
         )
 
-    def add(self, record: CertificateRecord, authority_id: int) -> None:
+    def add(
+        self, record: CertificateRecord, authority_id: int, *, crl_shard: int | None = None
+    ) -> None:
         # A prebuilt Core INSERT with bound parameters, not an ORM add + flush: it runs once per
         # issuance, and the ORM's bookkeeping (or a fresh .values() statement, whose cache key
         # is rebuilt each time) cost more CPU than the statement itself.
@@ -325,6 +327,8 @@ class CertificateRepository:
                 "der": record.der,
                 "requester": record.requester,
                 "created_at": record.created_at,
+                # Named only when set: the column is migration 0010's (docs/crl.md).
+                **({"crl_shard": crl_shard} if crl_shard is not None else {}),
             },
         )
 
@@ -384,6 +388,10 @@ class CertificateRepository:
                 status=status.value,
                 revoked_at=revoked_at,
                 revocation_reason=reason.value if reason else None,
+                # Under the authority row's lock (see Revocation._locked): delta CRLs' marker.
+                status_crl_number=select(AuthorityRow.crl_number)
+                .where(AuthorityRow.name == locked.authority)
+                .scalar_subquery(),
             )
             .execution_options(synchronize_session=False)
         )

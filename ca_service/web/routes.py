@@ -8,6 +8,7 @@ from flask import Flask
 from ca_service.web.acme import acme
 from ca_service.web.acme_admin import acme_admin
 from ca_service.web.api import api
+from ca_service.web.crl_parts import crl_parts
 from ca_service.web.docs import docs
 from ca_service.web.metrics import bp as metrics
 from ca_service.web.ocsp import ocsp
@@ -17,6 +18,7 @@ from ca_service.web.public import public
 
 def register_routes(app: Flask) -> None:
     app.register_blueprint(public)
+    app.register_blueprint(crl_parts)
     app.register_blueprint(api)
     app.register_blueprint(acme_admin)
     app.register_blueprint(provisioners)
