@@ -66,7 +66,9 @@ def ocsp_post() -> Response:
     data = request.get_data(cache=False)
     if len(data) > MAX_OCSP_REQUEST:
         raise RequestEntityTooLarge()
-    return _response(core().answer_ocsp(data), cache=False)
+    # RFC 5019 section 6 names GET for HTTP caches; the same headers on a POST answer cost
+    # nothing and let a client that keeps answers know until when.
+    return _response(core().answer_ocsp(data), cache=True)
 
 
 @ocsp.get("/ocsp/<ocsp_request:encoded>")
@@ -106,6 +108,12 @@ def _response(answer: OCSPAnswer, *, cache: bool) -> Response:
         response.headers["Cache-Control"] = (
             f"max-age={max_age}, public, no-transform, must-revalidate"
         )
+        kept = answer.served  # a pre-signed answer: its headers were worked out once
+        if kept is not None:
+            response.headers["Last-Modified"] = kept.last_modified
+            response.headers["Expires"] = kept.expires
+            response.headers["ETag"] = kept.etag
+            return response
         response.headers["Last-Modified"] = email.utils.format_datetime(
             answer.this_update, usegmt=True
         )
