@@ -169,11 +169,7 @@ class OCSPService:
         now = self.ctx.clock.now()
         with self._lock:
             cached = self._responders.get(name)
-        if (
-            cached is not None
-            and now < cached.rotate_at
-            and self._still_latest(name, cached, now)
-        ):
+        if cached is not None and now < cached.rotate_at and self._still_latest(name, cached, now):
             return cached
         loaded = self.registry.load(name)
         if self.ctx.settings.ocsp_sign_with_ca:

@@ -160,10 +160,10 @@ def test_an_unknown_serial_is_unknown_and_not_kept(pair: tuple[Core, Core]) -> N
     a, _ = pair
     issuer = a.authority_certificate()
     leaf = _leaf(a, "known")
-    name_hash = ocsp.load_der_ocsp_request(ocsp_request_for(leaf, issuer)).issuer_name_hash
-    key_hash = ocsp.load_der_ocsp_request(ocsp_request_for(leaf, issuer)).issuer_key_hash
+    known = ocsp.load_der_ocsp_request(ocsp_request_for(leaf, issuer))
+    sha1 = hashes.SHA1()  # noqa: S303 (RFC 5019 CertIDs are SHA-1)
     builder = ocsp.OCSPRequestBuilder().add_certificate_by_hash(
-        name_hash, key_hash, leaf.serial_number + 1, hashes.SHA1()
+        known.issuer_name_hash, known.issuer_key_hash, leaf.serial_number + 1, sha1
     )
     request = builder.build().public_bytes(serialization.Encoding.DER)
     for _ in range(2):
