@@ -13,7 +13,9 @@ What keeps a cached answer honest, since replicas share only the database:
 - a change made by this process drops all of its entries at once (``status_changed``).
 
 Only answers for certificates the store holds are kept: an unknown serial is signed fresh, so
-nobody can fill the store or the memory with answers for serials that do not exist.
+nobody can fill the store or the memory with answers for serials that do not exist. It must never
+sign by itself (signing/ocsp.py does, with the responder the OCSP service picks) and never serve
+a kept "good" past the stamp bound once the store says the certificate is revoked.
 """
 
 from __future__ import annotations

@@ -183,9 +183,10 @@ class OCSPRepository:
     def due_presigned(
         self, now: dt.datetime, limit: int, *, lock: bool
     ) -> list[tuple[PresignedAnswer, SerialStatus]]:
-        """Up to ``limit`` kept answers whose refresh time has come, with their certificate's
-        status now. ``lock``: take the rows' locks, skipping those another replica holds, so
-        replicas refreshing at once share the work instead of each re-signing all of it."""
+        """Up to ``limit`` kept answers of unexpired certificates whose refresh time has come,
+        with their certificate's status now. ``lock``: take the rows' locks, skipping those
+        another replica holds, so replicas refreshing at once share the work instead of each
+        re-signing all of it."""
         query = (
             select(
                 AuthorityRow.name,
@@ -202,7 +203,8 @@ class OCSPRepository:
                     CertificateRow.serial == OCSPPresignedRow.serial,
                 ),
             )
-            .where(OCSPPresignedRow.refresh_at <= now)
+            # An expired certificate's answer is signed again only when someone asks for it.
+            .where(OCSPPresignedRow.refresh_at <= now, CertificateRow.not_after > now)
             .order_by(OCSPPresignedRow.refresh_at)
             .limit(limit)
         )

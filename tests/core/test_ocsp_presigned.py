@@ -137,6 +137,9 @@ def test_answers_are_refreshed_before_their_next_update_once_across_replicas(
         assert fresh.next_update_utc == later + validity
         assert fresh.certificate_status is ocsp.OCSPCertStatus.GOOD
     assert [a.answer_ocsp(r).der for r in requests] == after
+    # Once the certificates have expired, their answers are not kept current any more.
+    a.clock = FixedClock(leaves[0].not_valid_after_utc + dt.timedelta(days=1))
+    assert a.refresh_ocsp() == 0
 
 
 def test_nonce_requests_are_signed_fresh_with_the_nonce_echoed(pair: tuple[Core, Core]) -> None:
