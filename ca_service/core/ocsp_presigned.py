@@ -29,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ca_service.core.context import STORE_RECHECK_SECONDS, Context
-from ca_service.crypto.ocsp_wire import CertRef, SingleAnswer
+from ca_service.crypto.ocsp_wire import CertRef, SingleAnswer, cert_ref
 from ca_service.domain import CertStatus, PresignedAnswer, SerialStatus
 from ca_service.signing.ocsp import OCSPSigner, sign_response
 from ca_service.signing.serials import serial_hex
@@ -200,12 +200,25 @@ class PresignedAnswers:
             now + validity / 2,
         )
 
+    def resign(self, authority: str, serial: str, responder: tuple[str, OCSPSigner]) -> int:
+        """After a status change: the certificate's kept answers signed again with the new
+        status, so the store holds the new answer before anyone asks; returns how many."""
+        responder_serial, signer = responder
+        now = self.ctx.clock.now()
+        with unit_of_work(self.ctx.db, write=True) as s:
+            repo = OCSPRepository(s)
+            kept = repo.kept_of(authority, serial)
+            for old, status in kept:
+                ref = cert_ref(old.cert_id)
+                fresh = self._sign(authority, ref, status, responder_serial, signer, now)
+                repo.store_presigned(fresh, old.der)
+        return len(kept)
+
     # --------------------------------------------------------------------------- the refresh
 
     def refresh(
         self,
         responder: Callable[[str], tuple[str, OCSPSigner]],
-        parse_cert_id: Callable[[bytes], CertRef],
         limit: int = REFRESH_BATCH,
     ) -> int:
         """Re-sign up to ``limit`` kept answers whose half-life has passed, before their
@@ -225,7 +238,7 @@ class PresignedAnswers:
                 if kept.authority not in signers:
                     continue  # due since the peek; the next tick takes it
                 responder_serial, signer = signers[kept.authority]
-                ref = parse_cert_id(kept.cert_id)
+                ref = cert_ref(kept.cert_id)
                 fresh = self._sign(kept.authority, ref, status, responder_serial, signer, now)
                 repo.store_presigned(fresh, kept.der)
                 done += 1

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import hashlib
+import logging
 import secrets
 import threading
 import time
@@ -33,7 +34,6 @@ from ca_service.crypto.ocsp_wire import (
     CertRef,
     MalformedRequest,
     SingleAnswer,
-    cert_ref,
     parse_request,
     spki_bits,
     unsuccessful,
@@ -45,6 +45,8 @@ from ca_service.signing.serials import serial_hex
 from ca_service.storage.db import unit_of_work
 from ca_service.storage.ocsp_repository import OCSPRepository
 from ca_service.storage.repositories import AuditRepository, CertificateRepository
+
+log = logging.getLogger("ca_service.ocsp")
 
 
 @dataclass(frozen=True)
@@ -123,13 +125,20 @@ class OCSPService:
         der = sign_response(responder.signer, answers, now, request.nonce_extension_der)
         return OCSPAnswer(der, now, next_update) if single else OCSPAnswer(der)
 
-    def status_changed(self) -> None:
-        """A revocation, hold or release committed in this process: its kept answers go now."""
+    def status_changed(self, authority: str, serial: str) -> None:
+        """A revocation, hold or release committed in this process: its cached answers go now,
+        and the certificate's kept answers are signed again with the new status. That second
+        step is a courtesy (the next request would re-sign a kept answer that no longer states
+        the status): a failure is logged, never raised into the committed revocation."""
         self.presigned.status_changed()
+        try:
+            self.presigned.resign(authority, serial, self._signer_of(authority))
+        except Exception:
+            log.exception("re-signing the OCSP answers of %s/%s failed", authority, serial)
 
     def refresh(self) -> int:
         """Re-sign the kept answers due for it (the scheduler's tick); returns how many."""
-        return self.presigned.refresh(self._signer_of, cert_ref)
+        return self.presigned.refresh(self._signer_of)
 
     def _signer_of(self, authority: str) -> tuple[str, OCSPSigner]:
         responder = self._responder(authority)

@@ -113,7 +113,7 @@ class Revocation:
                     {"reason": reason.value},
                 )
             )
-        self.ocsp.status_changed()
+        self.ocsp.status_changed(target.authority, target.serial)
         self.crls.after_revocation(target.authority, locked.seen_number)
         return record, True
 
@@ -141,7 +141,7 @@ class Revocation:
                     None,
                 )
             )
-        self.ocsp.status_changed()
+        self.ocsp.status_changed(target.authority, target.serial)
         self.crls.after_revocation(target.authority, locked.seen_number)
         return record
 
@@ -193,7 +193,7 @@ class Revocation:
                 )
             )
             updated = locked.authorities.get(name)
-        self.ocsp.status_changed()
+        self.ocsp.status_changed(record.parent, target.serial)
         self.crls.after_revocation(record.parent, locked.seen_number)
         return updated
 

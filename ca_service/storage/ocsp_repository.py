@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
+from typing import Any
 
-from sqlalchemy import and_, insert, select, update
+from sqlalchemy import Select, and_, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as lite_insert
 from sqlalchemy.orm import Session
@@ -28,6 +29,8 @@ from ca_service.storage.models import (
     OCSPResponderRow,
     OCSPStampRow,
 )
+
+MAX_KEPT_PER_CERTIFICATE = 16  # CertID variants (hash, encoding) kept for one certificate
 
 
 class OCSPRepository:
@@ -180,6 +183,14 @@ class OCSPRepository:
             .on_conflict_do_nothing()
         )
 
+    def kept_of(self, authority: str, serial: str) -> list[tuple[PresignedAnswer, SerialStatus]]:
+        """The answers kept for one certificate (one per CertID asked for), with its status."""
+        return self._kept(
+            select(AuthorityRow.name)
+            .where(AuthorityRow.name == authority, OCSPPresignedRow.serial == serial)
+            .limit(MAX_KEPT_PER_CERTIFICATE)
+        )
+
     def due_presigned(
         self, now: dt.datetime, limit: int, *, lock: bool
     ) -> list[tuple[PresignedAnswer, SerialStatus]]:
@@ -188,13 +199,26 @@ class OCSPRepository:
         another replica holds, so replicas refreshing at once share the work instead of each
         re-signing all of it."""
         query = (
-            select(
-                AuthorityRow.name,
+            select(AuthorityRow.name)
+            # An expired certificate's answer is signed again only when someone asks for it.
+            .where(OCSPPresignedRow.refresh_at <= now, CertificateRow.not_after > now)
+            .order_by(OCSPPresignedRow.refresh_at)
+            .limit(limit)
+        )
+        if lock:
+            query = query.with_for_update(of=OCSPPresignedRow, skip_locked=True)
+        return self._kept(query)
+
+    def _kept(self, query: Select[Any]) -> list[tuple[PresignedAnswer, SerialStatus]]:
+        """Kept answers and their certificate's status, for ``query``'s conditions."""
+        query = (
+            query.add_columns(
                 OCSPPresignedRow,
                 CertificateRow.status,
                 CertificateRow.revoked_at,
                 CertificateRow.revocation_reason,
             )
+            .select_from(OCSPPresignedRow)
             .join(AuthorityRow, AuthorityRow.id == OCSPPresignedRow.authority_id)
             .join(
                 CertificateRow,
@@ -203,13 +227,7 @@ class OCSPRepository:
                     CertificateRow.serial == OCSPPresignedRow.serial,
                 ),
             )
-            # An expired certificate's answer is signed again only when someone asks for it.
-            .where(OCSPPresignedRow.refresh_at <= now, CertificateRow.not_after > now)
-            .order_by(OCSPPresignedRow.refresh_at)
-            .limit(limit)
         )
-        if lock:
-            query = query.with_for_update(of=OCSPPresignedRow, skip_locked=True)
         return [
             (_presigned(name, kept), _serial_status(status, revoked_at, reason))
             for name, kept, status, revoked_at, reason in self.s.execute(query)

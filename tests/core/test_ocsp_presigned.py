@@ -25,7 +25,7 @@ from cryptography.x509 import ocsp
 
 from ca_service.clock import FixedClock
 from ca_service.core.facade import Core
-from ca_service.domain import RevocationReason
+from ca_service.domain import CertStatus, RevocationReason
 from ca_service.wiring import build_authority
 
 from ..conftest import ADMIN, make_settings, new_ca
@@ -60,6 +60,11 @@ def _within(seconds: float, probe: Core, request: bytes, wanted: str) -> str:
     return status
 
 
+def _kept_states(ca: Core) -> list[str]:
+    with ca.db.engine.connect() as conn:
+        return list(conn.execute(sa.text("SELECT state FROM ocsp_presigned")).scalars())
+
+
 def _kept_rows(ca: Core) -> int:
     with ca.db.engine.connect() as conn:
         return int(conn.execute(sa.text("SELECT count(*) FROM ocsp_presigned")).scalar_one())
@@ -91,22 +96,46 @@ def test_one_signature_serves_every_replica_until_the_status_changes(
     assert _kept_rows(a) == 1  # replaced in place, not one row per status
 
 
+def test_a_status_change_re_signs_the_kept_answer_before_anyone_asks(
+    pair: tuple[Core, Core],
+) -> None:
+    a, b = pair
+    leaf = _leaf(a, "eager")
+    request = ocsp_request_for(leaf, a.authority_certificate())
+    assert ocsp_answer(b.answer_ocsp(request).der)[0] == "good"
+    assert _kept_states(a) == ["good"]
+    a.revoke(f"{leaf.serial_number:x}", RevocationReason.KEY_COMPROMISE, ADMIN)
+    [state] = _kept_states(a)
+    assert state.startswith("revoked ") and state.endswith(" keyCompromise")
+
+
 def test_a_kept_answer_that_no_longer_states_the_status_is_never_served(
     pair: tuple[Core, Core], tmp_path: Path, db_url: str
 ) -> None:
-    """B keeps "good" in the store; A, which never read it, revokes. A third replica starting
-    cold reads the row with the certificate's status, sees they differ and signs "revoked"."""
+    """The race the state column is for: a replica stores "good" just after a revocation
+    committed (made here by writing the revocation under the kept row). A replica starting cold
+    reads the row with the certificate's status, sees they differ and signs "revoked"."""
     a, b = pair
     leaf = _leaf(a, "stale")
     request = ocsp_request_for(leaf, a.authority_certificate())
     assert ocsp_answer(b.answer_ocsp(request).der)[0] == "good"
-    a.revoke(f"{leaf.serial_number:x}", RevocationReason.KEY_COMPROMISE, ADMIN)
+    with a.db.engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "UPDATE certificates SET status = :s, revoked_at = :t, revocation_reason = :r "
+                "WHERE serial = :serial"
+            ),
+            {"s": CertStatus.REVOKED.value, "t": a.clock.now(),
+             "r": RevocationReason.KEY_COMPROMISE.value, "serial": f"{leaf.serial_number:x}"},
+        )  # fmt: skip
+    assert _kept_states(a) == ["good"]  # the stale row is there
     c = build_authority(make_settings(tmp_path / "c", db_url))
     try:
         c.load_keys()
         answer = ocsp.load_der_ocsp_response(c.answer_ocsp(request).der)
         assert answer.certificate_status is ocsp.OCSPCertStatus.REVOKED
         assert answer.revocation_reason is x509.ReasonFlags.key_compromise
+        assert _kept_states(a)[0].startswith("revoked ")  # and it was replaced
     finally:
         c.db.dispose()
 
