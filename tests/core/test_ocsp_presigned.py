@@ -26,6 +26,7 @@ from cryptography.x509 import ocsp
 from ca_service.clock import FixedClock
 from ca_service.core.facade import Core
 from ca_service.domain import CertStatus, RevocationReason
+from ca_service.scheduler import start_ocsp_refresher
 from ca_service.wiring import build_authority
 
 from ..conftest import ADMIN, make_settings, new_ca
@@ -66,8 +67,7 @@ def _kept_states(ca: Core) -> list[str]:
 
 
 def _kept_rows(ca: Core) -> int:
-    with ca.db.engine.connect() as conn:
-        return int(conn.execute(sa.text("SELECT count(*) FROM ocsp_presigned")).scalar_one())
+    return len(_kept_states(ca))
 
 
 def test_one_signature_serves_every_replica_until_the_status_changes(
@@ -208,3 +208,27 @@ def test_malformed_requests_are_still_malformed(pair: tuple[Core, Core]) -> None
     for data in (b"", b"\x30\x03\x02\x01\x00", b"not der at all"):
         answer = ocsp.load_der_ocsp_response(a.answer_ocsp(data).der)
         assert answer.response_status is ocsp.OCSPResponseStatus.MALFORMED_REQUEST
+
+
+def test_the_background_refresher_re_signs_due_answers_and_stops(pair: tuple[Core, Core]) -> None:
+    a, _ = pair
+    clock = FixedClock(a.clock.now())
+    a.clock = clock
+    request = ocsp_request_for(_leaf(a, "background"), a.authority_certificate())
+    before = a.answer_ocsp(request).der
+    clock.advance(dt.timedelta(minutes=a.settings.ocsp_next_update_minutes) * 0.6)
+    stop = start_ocsp_refresher(a, interval=0.05)
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and _kept_ders(a) == [before]:
+            time.sleep(0.05)
+    finally:
+        stop.set()
+    [kept] = _kept_ders(a)
+    assert kept != before
+    assert ocsp.load_der_ocsp_response(kept).this_update_utc == clock.now().replace(microsecond=0)
+
+
+def _kept_ders(ca: Core) -> list[bytes]:
+    with ca.db.engine.connect() as conn:
+        return [bytes(d) for d in conn.execute(sa.text("SELECT der FROM ocsp_presigned")).scalars()]
