@@ -200,10 +200,16 @@ class PresignedAnswers:
             now + validity / 2,
         )
 
-    def resign(self, authority: str, serial: str, responder: tuple[str, OCSPSigner]) -> int:
+    def resign(
+        self, authority: str, serial: str, responder: Callable[[], tuple[str, OCSPSigner]]
+    ) -> int:
         """After a status change: the certificate's kept answers signed again with the new
-        status, so the store holds the new answer before anyone asks; returns how many."""
-        responder_serial, signer = responder
+        status, so the store holds the new answer before anyone asks; returns how many. None
+        kept (nobody asked yet): nothing is signed, and no responder is made for it."""
+        with unit_of_work(self.ctx.db) as s:
+            if not OCSPRepository(s).kept_of(authority, serial):
+                return 0
+        responder_serial, signer = responder()  # may issue one, in a transaction of its own
         now = self.ctx.clock.now()
         with unit_of_work(self.ctx.db, write=True) as s:
             repo = OCSPRepository(s)

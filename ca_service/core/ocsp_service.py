@@ -132,7 +132,7 @@ class OCSPService:
         the status): a failure is logged, never raised into the committed revocation."""
         self.presigned.status_changed()
         try:
-            self.presigned.resign(authority, serial, self._signer_of(authority))
+            self.presigned.resign(authority, serial, lambda: self._signer_of(authority))
         except Exception:
             log.exception("re-signing the OCSP answers of %s/%s failed", authority, serial)
 

@@ -55,7 +55,13 @@ def _register_converter(state: BlueprintSetupState) -> None:
     description="Body: a DER OCSPRequest. Protocol errors (malformed request, foreign issuer) "
     "are OCSP responses with HTTP 200, as RFC 6960 wants.",
     tags=("public",),
-    answers={200: Answer("A DER OCSPResponse", media={OCSP_RESPONSE: _DER})},
+    answers={
+        200: Answer(
+            "A DER OCSPResponse; without a nonce, with the caching headers of a GET",
+            media={OCSP_RESPONSE: _DER},
+            headers=_CACHE_HEADERS,
+        )
+    },
     raises=(UnsupportedMediaType, RequestEntityTooLarge),
 )
 def ocsp_post() -> Response:
