@@ -499,6 +499,22 @@ class SerialStatus:
     reason: RevocationReason | None
 
 
+@dataclass(frozen=True)
+class PresignedAnswer:
+    """A signed nonce-less OCSP answer kept for one certificate and CertID (RFC 5019), and the
+    certificate status (``state``) it states, so that a reader can tell it is still true."""
+
+    authority: str
+    serial: str
+    cert_id: bytes
+    state: str
+    responder_serial: str
+    der: bytes
+    this_update: dt.datetime
+    next_update: dt.datetime
+    refresh_at: dt.datetime
+
+
 # ---------------------------------------------------------------------------- ACME (RFC 8555)
 # The records the ACME store returns. States are the RFC's words (section 7.1.6); which moves
 # between them are allowed is ca_service/acme/states.py's business, not the store's.

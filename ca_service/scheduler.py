@@ -13,6 +13,7 @@ from ca_service.errors import CAError
 log = logging.getLogger("ca_service.scheduler")
 
 CRL_CHECK_SECONDS = 60.0
+OCSP_REFRESH_SECONDS = 30.0
 
 
 def start_crl_refresher(ca: Core, interval: float = CRL_CHECK_SECONDS) -> threading.Event:
@@ -22,6 +23,19 @@ def start_crl_refresher(ca: Core, interval: float = CRL_CHECK_SECONDS) -> thread
     when half its life is gone and the generation itself is ordered by the store.
     """
     return _every(interval, "crl-refresher", "CRL refresh", ca.refresh_crls)
+
+
+def start_ocsp_refresher(ca: Core, interval: float = OCSP_REFRESH_SECONDS) -> threading.Event:
+    """Every ``interval`` seconds, re-sign a bounded batch of the pre-signed OCSP answers past
+    half their life, so they are current before their nextUpdate even for certificates nobody
+    asks about; set the returned event to stop. Replicas share the work (locked rows)."""
+
+    def refresh() -> None:
+        done = ca.refresh_ocsp()
+        if done:
+            log.info("re-signed %d pre-signed OCSP answer(s)", done)
+
+    return _every(interval, "ocsp-refresher", "OCSP refresh", refresh)
 
 
 def start_expiry_warner(ca: Core, interval: float) -> threading.Event:

@@ -36,7 +36,6 @@ from ca_service.domain import (
     IssuedCertificate,
     KeyType,
     RevocationReason,
-    SerialStatus,
     StoredCRL,
 )
 from ca_service.notify import Events, NoEvents
@@ -63,8 +62,8 @@ class Core:
         self._hierarchy = Hierarchy(self._ctx, self._registry)
         self._issuance = Issuance(self._ctx, self._registry)
         self._crls = CRLPublisher(self._ctx, self._registry)
-        self._revocation = Revocation(self._ctx, self._registry, self._crls)
         self._ocsp = OCSPService(self._ctx, self._registry)
+        self._revocation = Revocation(self._ctx, self._registry, self._crls, self._ocsp)
         self._catalog = Catalog(db)
         self.refusals = RefusalLog(db, lambda: self._ctx.clock.now())
 
@@ -295,6 +294,6 @@ class Core:
         """The authority a CertID's issuer hashes name, or None when it is not ours."""
         return self._ocsp.issuer(hash_name, name_hash, key_hash)
 
-    def ocsp_statuses(self, authority: str, serials: Sequence[int]) -> dict[int, SerialStatus]:
-        """Status of each serial that ``authority`` issued; serials it never issued are absent."""
-        return self._ocsp.statuses(authority, serials)
+    def refresh_ocsp(self) -> int:
+        """Re-sign a batch of pre-signed OCSP answers before their nextUpdate (the scheduler)."""
+        return self._ocsp.refresh()

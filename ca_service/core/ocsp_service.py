@@ -6,10 +6,10 @@ through the CA's Signer and rotates at two thirds of its life) and has signing/o
 the answer. It must never sign by itself or hold a key, and never answer for a CA it does
 not hold.
 
-Signing is kept off the hot path: an answer without a nonce for one certificate is cached per
-certificate and reused until half of its validity has passed, but only while the certificate's
-status in the store is still the status the answer states. The store is asked on every request,
-so a revocation changes the very next answer in every worker and process.
+Signing is kept off the hot path: an answer without a nonce for one certificate the store holds
+is pre-signed, kept in the store and served from memory (core/ocsp_presigned.py, RFC 5019); a
+revocation reaches every worker of every replica within a second, and at once in the process
+that made it. Requests with a nonce or for several certificates are signed fresh.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import hashlib
+import logging
 import secrets
 import threading
 import time
@@ -27,6 +28,7 @@ from cryptography import x509
 
 from ca_service import metrics
 from ca_service.core.context import STORE_RECHECK_SECONDS, Context, record_for
+from ca_service.core.ocsp_presigned import PresignedAnswers, Served
 from ca_service.core.registry import LoadedAuthority, Registry
 from ca_service.crypto.ocsp_wire import (
     CertRef,
@@ -44,7 +46,7 @@ from ca_service.storage.db import unit_of_work
 from ca_service.storage.ocsp_repository import OCSPRepository
 from ca_service.storage.repositories import AuditRepository, CertificateRepository
 
-CACHE_LIMIT = 100_000
+log = logging.getLogger("ca_service.ocsp")
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,8 @@ class OCSPAnswer:
     # Set for successful answers without a nonce: what HTTP caches may keep, and until when.
     this_update: dt.datetime | None = None
     next_update: dt.datetime | None = None
+    # A pre-signed answer, its HTTP caching headers worked out when it was kept.
+    served: Served | None = None
 
     @property
     def cacheable(self) -> bool:
@@ -69,14 +73,6 @@ class _Responder:
     checked: float = 0.0  # time.monotonic() when the store last said it is the latest
 
 
-@dataclass(frozen=True)
-class _Cached:
-    status: SerialStatus | None
-    signer_serial: str
-    answer: OCSPAnswer
-    refresh_at: dt.datetime
-
-
 class OCSPService:
     def __init__(self, ctx: Context, registry: Registry) -> None:
         self.ctx = ctx
@@ -84,10 +80,13 @@ class OCSPService:
         self._responders: dict[str, _Responder] = {}
         self._issuer_hashes: dict[tuple[str, bytes, bytes], str] = {}
         self._lock = threading.Lock()  # the responders and the issuer hashes
-        self._cache: dict[bytes, _Cached] = {}
-        self._cache_lock = threading.Lock()
+        self.presigned = PresignedAnswers(ctx)
 
     def respond(self, data: bytes) -> OCSPAnswer:
+        hit = self.presigned.lookup(data)
+        if hit is not None:
+            metrics.ocsp_answer(hit.label)
+            return OCSPAnswer(hit.der, hit.this_update, hit.next_update, hit)
         try:
             request = parse_request(data)
         except MalformedRequest:
@@ -105,6 +104,14 @@ class OCSPService:
             return OCSPAnswer(unsuccessful("unauthorized"))
         authority = authorities.pop()
         assert authority is not None
+        single = len(request.refs) == 1 and request.nonce_extension_der is None
+        if single:
+            kept = self.presigned.answer(
+                authority, request.refs[0], data, lambda: self._signer_of(authority)
+            )
+            if kept is not None:
+                metrics.ocsp_answer(kept.label)
+                return OCSPAnswer(kept.der, kept.this_update, kept.next_update, kept)
         statuses = self.statuses(authority, [r.serial for r in request.refs])
         for ref in request.refs:
             found = statuses.get(ref.serial)
@@ -112,35 +119,30 @@ class OCSPService:
             metrics.ocsp_answer("unknown" if found is None else "revoked" if revoked else "good")
         responder = self._responder(authority)
         now = self.ctx.clock.now()
-
-        single = len(request.refs) == 1 and request.nonce_extension_der is None
-        if single:
-            ref = request.refs[0]
-            with self._cache_lock:
-                cached = self._cache.get(ref.der)
-            status = statuses.get(ref.serial)
-            if (
-                cached is not None
-                and cached.status == status
-                and cached.signer_serial == responder.serial
-                and now < cached.refresh_at
-            ):
-                return cached.answer
-
         validity = dt.timedelta(minutes=self.ctx.settings.ocsp_next_update_minutes)
         next_update = now + validity
         answers = [_answer(ref, statuses.get(ref.serial), now, next_update) for ref in request.refs]
         der = sign_response(responder.signer, answers, now, request.nonce_extension_der)
-        if not single:
-            return OCSPAnswer(der)
-        answer = OCSPAnswer(der, now, next_update)
-        with self._cache_lock:
-            if len(self._cache) >= CACHE_LIMIT:
-                self._cache.clear()
-            self._cache[request.refs[0].der] = _Cached(
-                statuses.get(request.refs[0].serial), responder.serial, answer, now + validity / 2
-            )
-        return answer
+        return OCSPAnswer(der, now, next_update) if single else OCSPAnswer(der)
+
+    def status_changed(self, authority: str, serial: str) -> None:
+        """A revocation, hold or release committed in this process: its cached answers go now,
+        and the certificate's kept answers are signed again with the new status. That second
+        step is a courtesy (the next request would re-sign a kept answer that no longer states
+        the status): a failure is logged, never raised into the committed revocation."""
+        self.presigned.status_changed()
+        try:
+            self.presigned.resign(authority, serial, lambda: self._signer_of(authority))
+        except Exception:
+            log.exception("re-signing the OCSP answers of %s/%s failed", authority, serial)
+
+    def refresh(self) -> int:
+        """Re-sign the kept answers due for it (the scheduler's tick); returns how many."""
+        return self.presigned.refresh(self._signer_of)
+
+    def _signer_of(self, authority: str) -> tuple[str, OCSPSigner]:
+        responder = self._responder(authority)
+        return responder.serial, responder.signer
 
     def issuer(self, hash_name: str, name_hash: bytes, key_hash: bytes) -> str | None:
         """The authority a CertID's issuer hashes name, or None when it is not ours."""
@@ -176,11 +178,7 @@ class OCSPService:
         now = self.ctx.clock.now()
         with self._lock:
             cached = self._responders.get(name)
-        if (
-            cached is not None
-            and now < cached.rotate_at
-            and self._still_latest(name, cached, now)
-        ):
+        if cached is not None and now < cached.rotate_at and self._still_latest(name, cached, now):
             return cached
         loaded = self.registry.load(name)
         if self.ctx.settings.ocsp_sign_with_ca:

@@ -18,6 +18,7 @@ from cryptography import x509
 from ca_service import metrics
 from ca_service.core.context import Context
 from ca_service.core.crl_publisher import CRLPublisher
+from ca_service.core.ocsp_service import OCSPService
 from ca_service.core.registry import Registry
 from ca_service.domain import (
     Actor,
@@ -52,10 +53,13 @@ class _Locked:
 
 
 class Revocation:
-    def __init__(self, ctx: Context, registry: Registry, crls: CRLPublisher) -> None:
+    def __init__(
+        self, ctx: Context, registry: Registry, crls: CRLPublisher, ocsp: OCSPService
+    ) -> None:
         self.ctx = ctx
         self.registry = registry
         self.crls = crls
+        self.ocsp = ocsp  # told of each change, so this process's kept answers go at once
 
     def revoke(
         self,
@@ -109,6 +113,7 @@ class Revocation:
                     {"reason": reason.value},
                 )
             )
+        self.ocsp.status_changed(target.authority, target.serial)
         self.crls.after_revocation(target.authority, locked.seen_number)
         return record, True
 
@@ -136,6 +141,7 @@ class Revocation:
                     None,
                 )
             )
+        self.ocsp.status_changed(target.authority, target.serial)
         self.crls.after_revocation(target.authority, locked.seen_number)
         return record
 
@@ -187,6 +193,7 @@ class Revocation:
                 )
             )
             updated = locked.authorities.get(name)
+        self.ocsp.status_changed(record.parent, target.serial)
         self.crls.after_revocation(record.parent, locked.seen_number)
         return updated
 

@@ -99,6 +99,19 @@ def parse_request(data: bytes) -> ParsedRequest:
     return ParsedRequest(tuple(refs), nonce_der)
 
 
+def cert_ref(cert_id_der: bytes) -> CertRef:
+    """A CertID kept as received (a pre-signed answer's), read back."""
+    cert_id, _ = decoder.decode(cert_id_der, asn1Spec=rfc6960.CertID())
+    oid = str(cert_id["hashAlgorithm"]["algorithm"])
+    return CertRef(
+        SUPPORTED_HASHES.get(oid, "unsupported:" + oid),
+        bytes(cert_id["issuerNameHash"]),
+        bytes(cert_id["issuerKeyHash"]),
+        int(cert_id["serialNumber"]),
+        cert_id_der,
+    )
+
+
 def _check_nonce(extn_value: bytes) -> None:
     try:
         nonce, rest = decoder.decode(extn_value, asn1Spec=univ.OctetString())

@@ -216,6 +216,41 @@ class OCSPResponderRow(Base):
     created_at: Mapped[dt.datetime] = mapped_column(UTC_DATETIME)
 
 
+class OCSPPresignedRow(Base):
+    """A signed OCSP answer kept per certificate and CertID (RFC 5019: pre-produced answers), so
+    that nonce-less requests cost no signature. ``state`` is the certificate status the answer
+    states; a reader serves the row only while the certificate still has that status."""
+
+    __tablename__ = "ocsp_presigned"
+    __table_args__ = (
+        UniqueConstraint("authority_id", "serial", "cert_id", name="uq_ocsp_presigned_cert_id"),
+        Index("ix_ocsp_presigned_refresh_at", "refresh_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    authority_id: Mapped[int] = mapped_column(ForeignKey("authorities.id"))
+    serial: Mapped[str] = mapped_column(String(42))
+    cert_id: Mapped[bytes] = mapped_column(LargeBinary)  # the CertID DER the answer echoes
+    state: Mapped[str] = mapped_column(String(80))
+    responder_serial: Mapped[str] = mapped_column(String(42))
+    der: Mapped[bytes] = mapped_column(LargeBinary)
+    this_update: Mapped[dt.datetime] = mapped_column(UTC_DATETIME)
+    next_update: Mapped[dt.datetime] = mapped_column(UTC_DATETIME)
+    refresh_at: Mapped[dt.datetime] = mapped_column(UTC_DATETIME)
+
+
+class OCSPStampRow(Base):
+    """A counter per authority that every status change (revoke, hold, release) raises in its
+    own transaction: each process reads these few rows every half second and drops the cached
+    answers of an authority whose counter moved, so a revocation reaches every worker of every
+    replica within a second without a query per OCSP request."""
+
+    __tablename__ = "ocsp_stamps"
+
+    authority_id: Mapped[int] = mapped_column(ForeignKey("authorities.id"), primary_key=True)
+    changes: Mapped[int] = mapped_column(BigInteger)
+
+
 class KeyBlobRow(Base):
     """CA and OCSP responder private keys of ``key_backend = "database"`` (issue 14): the
     passphrase-encrypted PKCS#8 PEM a key file would hold, never a clear key. In the database

@@ -50,6 +50,7 @@ from ca_service.storage.models import (
     CertificateRow,
     CRLRow,
 )
+from ca_service.storage.ocsp_repository import bump_stamp
 
 # Name search (CertificateFilter.name): terms this long use the trigram index; shorter ones are
 # matched over windows of this many rows, newest first, one window per page.
@@ -376,9 +377,11 @@ class CertificateRepository:
     ) -> CertificateRecord:
         """Store a revocation (or its release) decided on ``locked``, a record this transaction
         holds the lock of (find_for_update); returns the record as it now stands."""
-        authority_id = (
-            select(AuthorityRow.id).where(AuthorityRow.name == locked.authority).scalar_subquery()
-        )
+        authority_id = self.s.execute(
+            select(AuthorityRow.id).where(AuthorityRow.name == locked.authority)
+        ).scalar_one()
+        # Every process's cached OCSP answers of this authority are dropped when they see it.
+        bump_stamp(self.s, authority_id)
         self.s.execute(
             update(CertificateRow)
             .where(

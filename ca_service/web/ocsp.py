@@ -55,7 +55,13 @@ def _register_converter(state: BlueprintSetupState) -> None:
     description="Body: a DER OCSPRequest. Protocol errors (malformed request, foreign issuer) "
     "are OCSP responses with HTTP 200, as RFC 6960 wants.",
     tags=("public",),
-    answers={200: Answer("A DER OCSPResponse", media={OCSP_RESPONSE: _DER})},
+    answers={
+        200: Answer(
+            "A DER OCSPResponse; without a nonce, with the caching headers of a GET",
+            media={OCSP_RESPONSE: _DER},
+            headers=_CACHE_HEADERS,
+        )
+    },
     raises=(UnsupportedMediaType, RequestEntityTooLarge),
 )
 def ocsp_post() -> Response:
@@ -66,7 +72,9 @@ def ocsp_post() -> Response:
     data = request.get_data(cache=False)
     if len(data) > MAX_OCSP_REQUEST:
         raise RequestEntityTooLarge()
-    return _response(core().answer_ocsp(data), cache=False)
+    # RFC 5019 section 6 names GET for HTTP caches; the same headers on a POST answer cost
+    # nothing and let a client that keeps answers know until when.
+    return _response(core().answer_ocsp(data), cache=True)
 
 
 @ocsp.get("/ocsp/<ocsp_request:encoded>")
@@ -106,6 +114,12 @@ def _response(answer: OCSPAnswer, *, cache: bool) -> Response:
         response.headers["Cache-Control"] = (
             f"max-age={max_age}, public, no-transform, must-revalidate"
         )
+        kept = answer.served  # a pre-signed answer: its headers were worked out once
+        if kept is not None:
+            response.headers["Last-Modified"] = kept.last_modified
+            response.headers["Expires"] = kept.expires
+            response.headers["ETag"] = kept.etag
+            return response
         response.headers["Last-Modified"] = email.utils.format_datetime(
             answer.this_update, usegmt=True
         )
