@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -224,6 +225,12 @@ def test_the_background_refresher_re_signs_due_answers_and_stops(pair: tuple[Cor
             time.sleep(0.05)
     finally:
         stop.set()
+        # The thread ends before the fixture disposes the engine: a refresh still running then
+        # would open a connection on the new pool that nobody closes (a ResourceWarning later).
+        for thread in threading.enumerate():
+            if thread.name == "ocsp-refresher":
+                thread.join(timeout=20)
+                assert not thread.is_alive()
     [kept] = _kept_ders(a)
     assert kept != before
     assert ocsp.load_der_ocsp_response(kept).this_update_utc == clock.now().replace(microsecond=0)

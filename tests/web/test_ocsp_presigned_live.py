@@ -131,13 +131,24 @@ def test_a_revocation_on_one_replica_is_in_the_others_answer_within_a_second(
     good = {der for der, _ in before}
     assert {_status(d) for d in good} == {"good"}
     revoke(a, serial, "keyCompromise")
-    deadline = time.monotonic() + SEEN_WITHIN
+    revoked_at = time.monotonic()
+    # Every answer to a request SENT a second or more after the revocation must say revoked
+    # (the bound is on the cache, not on how fast a loaded machine answers); poll, bounded in
+    # count and time, until each of B's workers has let go of "good".
+    late_good: list[float] = []
     seen: set[str] = set()
-    for _ in range(200):  # each of B's workers must have let go of "good"
-        seen = {_status(_post(b, request)[0]) for _ in range(4)}
-        if seen == {"revoked"} or time.monotonic() >= deadline:
+    for _ in range(200):
+        seen = set()
+        for _ in range(4):
+            sent = time.monotonic() - revoked_at
+            status = _status(_post(b, request)[0])
+            seen.add(status)
+            if status != "revoked" and sent >= SEEN_WITHIN:
+                late_good.append(round(sent, 3))
+        if seen == {"revoked"} or time.monotonic() - revoked_at > 20:
             break
         time.sleep(0.05)
+    assert late_good == [], f"still good for requests sent {late_good} s after the revocation"
     assert seen == {"revoked"}
     out = _openssl(files, "-cert", str(leaf), "-url", f"{b.base_url}/ocsp", "-no_nonce")
     assert f"{leaf}: revoked" in out and "Reason: keyCompromise" in out

@@ -105,16 +105,27 @@ def test_both_replicas_answer_ocsp_and_show_a_revocation_within_a_second(
     leaf, serial = leaves["from-b"]
     before = fetch_crl(b)  # B's app holds this CRL in memory now
     revoke(a, serial)
-    deadline = time.monotonic() + SEEN_WITHIN
+    revoked_at = time.monotonic()
+    # Every probe SENT a second or more after the revocation must see it (the bound is on the
+    # caches, not on how fast a loaded machine answers); poll, bounded in count and time.
+    late: list[tuple[str, float]] = []
     ocsp_status, listed = "", False
     for _ in range(100):
-        ocsp_status = ocsp_status if ocsp_status == "revoked" else _openssl_ocsp(b, files, leaf)
+        if ocsp_status != "revoked":
+            sent = time.monotonic() - revoked_at
+            ocsp_status = _openssl_ocsp(b, files, leaf)
+            if ocsp_status != "revoked" and sent >= SEEN_WITHIN:
+                late.append(("ocsp", round(sent, 3)))
         if not listed:
+            sent = time.monotonic() - revoked_at
             crl = fetch_crl(b)
             listed = crl.get_revoked_certificate_by_serial_number(int(serial, 16)) is not None
-        if (ocsp_status == "revoked" and listed) or time.monotonic() >= deadline:
+            if not listed and sent >= SEEN_WITHIN:
+                late.append(("crl", round(sent, 3)))
+        if (ocsp_status == "revoked" and listed) or time.monotonic() - revoked_at > 20:
             break
         time.sleep(0.05)
+    assert late == [], f"not seen by probes sent this late after the revocation: {late}"
     assert ocsp_status == "revoked"
     assert listed
     assert before.get_revoked_certificate_by_serial_number(int(serial, 16)) is None
