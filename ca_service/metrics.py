@@ -102,6 +102,12 @@ DB_ERRORS = Counter(
     "data: a value refused; other).",
     ["kind"],
 )
+GROUP_COMMIT_SIZE = Histogram(
+    "ca_db_group_commit_size",
+    "Write transactions that shared one commit (storage/group_commit.py): 1 when requests "
+    "come one at a time, more under concurrent load.",
+    buckets=(1, 2, 4, 8, 16, 32, 64),
+)
 WEBHOOK_DELIVERIES = Counter(
     "ca_webhook_deliveries",
     "Webhook events by final outcome (delivered, failed after every attempt, refused: 4xx).",

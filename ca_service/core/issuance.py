@@ -18,13 +18,13 @@ from cryptography.hazmat.primitives.serialization import pkcs12
 
 from ca_service import metrics
 from ca_service.core.context import Context, record_for
+from ca_service.core.issued_records import IssuedRecords
 from ca_service.core.registry import LoadedAuthority, Registry
 from ca_service.crypto.csr import parse_csr
 from ca_service.crypto.keys import SigningKey, generate_private_key, key_type_of, private_key_pem
 from ca_service.crypto.names import parse_name
 from ca_service.domain import (
     Actor,
-    AuditEvent,
     CertificateRecord,
     CertStatus,
     IssuanceRequest,
@@ -34,12 +34,7 @@ from ca_service.domain import (
 from ca_service.errors import BadRequest, Conflict, PolicyRejected
 from ca_service.notify import ISSUED
 from ca_service.policy.check import check
-from ca_service.storage.db import DuplicateRow, unit_of_work
-from ca_service.storage.repositories import (
-    AuditRepository,
-    AuthorityRepository,
-    CertificateRepository,
-)
+from ca_service.storage.db import DuplicateRow
 
 SERIAL_ATTEMPTS = 4
 PKCS12_KEYS = (rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey, ed25519.Ed25519PrivateKey)
@@ -52,6 +47,7 @@ class Issuance:
     def __init__(self, ctx: Context, registry: Registry) -> None:
         self.ctx = ctx
         self.registry = registry
+        self.records = IssuedRecords(ctx)
 
     def issue_from_csr(
         self,
@@ -244,23 +240,14 @@ class Issuance:
             cert = loaded.signer.sign_certificate(template)
             record = record_for(cert, name, template.profile, actor.identity, now)
             try:
-                with unit_of_work(ctx.db, write=True) as s:
-                    _refuse_if_revoked(AuthorityRepository(s), name, loaded.fingerprint)
-                    certs = CertificateRepository(s)
-                    certs.add(record, loaded.authority_id, crl_shard=crl_shard)
-                    details = {"profile": record.profile, "names": list(record.sans)}
-                    if renews is not None:
-                        certs.set_successor(renews.serial, loaded.authority_id, record.serial)
-                        details["renews"] = renews.serial
-                    AuditRepository(s).add(
-                        AuditEvent.of(
-                            actor,
-                            "certificate.renew" if renews else "certificate.issue",
-                            f"{name}/{record.serial}",
-                            now,
-                            details,
-                        )
-                    )
+                self.records.commit(
+                    record,
+                    actor,
+                    authority_id=loaded.authority_id,
+                    authority_fingerprint=loaded.fingerprint,
+                    crl_shard=crl_shard,
+                    renews=renews,
+                )
             except DuplicateRow:
                 # Only a serial collision can break a unique constraint here (2**-159 odds).
                 if attempt == SERIAL_ATTEMPTS - 1:
@@ -286,15 +273,3 @@ def _pkcs12(
         [loaded.certificate, *loaded.parents],
         serialization.BestAvailableEncryption(passphrase),
     )
-
-
-def _refuse_if_revoked(repo: AuthorityRepository, name: str, fingerprint: str) -> None:
-    """Inside an issuance's transaction: refuse when the issuing CA's certificate is revoked."""
-    revoked = repo.revocation_of_certificate(fingerprint, share_lock=True)
-    if revoked is not None:
-        at, reason = revoked
-        raise Conflict(
-            f"authority {name!r} was revoked ({reason}) at {at:%Y-%m-%d %H:%M:%S} UTC and "
-            "issues no more certificates (rule: authority.revoked)",
-            rule="authority.revoked",
-        )

@@ -13,6 +13,7 @@ from typing import Any
 
 from sqlalchemy import (
     and_,
+    bindparam,
     column,
     func,
     insert,
@@ -109,6 +110,11 @@ _SAMPLES: dict[str, _NameSample] = {}
 
 _CERTIFICATE_INSERT = insert(Base.metadata.tables["certificates"])
 _AUDIT_INSERT = insert(Base.metadata.tables["audit_events"])
+_REVOCATION = select(CertificateRow.revoked_at, CertificateRow.revocation_reason).where(
+    CertificateRow.fingerprint_sha256 == bindparam("fingerprint"),
+    CertificateRow.status == CertStatus.REVOKED.value,
+)
+_REVOCATION_SHARED = _REVOCATION.with_for_update(read=True)
 
 
 def _utc(value: dt.datetime) -> dt.datetime:
@@ -168,13 +174,9 @@ class AuthorityRepository:
         transaction, and this transaction wait for one in progress: issuance that checks it
         commits either before the revocation or not at all.
         """
-        query = select(CertificateRow.revoked_at, CertificateRow.revocation_reason).where(
-            CertificateRow.fingerprint_sha256 == fingerprint_sha256,
-            CertificateRow.status == CertStatus.REVOKED.value,
-        )
-        if share_lock:
-            query = query.with_for_update(read=True)
-        found = self.s.execute(query).first()
+        # Prebuilt: every issuance runs it, and building the select anew cost more than running it.
+        query = _REVOCATION_SHARED if share_lock else _REVOCATION
+        found = self.s.connection().execute(query, {"fingerprint": fingerprint_sha256}).first()
         if found is None:
             return None
         at, reason = found

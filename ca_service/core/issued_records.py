@@ -1,0 +1,79 @@
+"""The commit of an issuance: the certificate's record, its audit event and a renewal's
+successor link, written in one transaction that concurrent issuances of this process share
+(storage/group_commit.py), so that each certificate is durable before it is returned without
+every request paying for a commit of its own.
+
+The issuing authority's revocation is checked inside that transaction, so an issuance commits
+either before its CA's revocation or not at all. This part never signs, never decides policy,
+and never hands a certificate out: it only says when its record is committed.
+"""
+
+from __future__ import annotations
+
+from ca_service.core.context import Context
+from ca_service.domain import Actor, AuditEvent, CertificateRecord
+from ca_service.errors import Conflict
+from ca_service.storage.group_commit import GroupCommit, Transaction
+from ca_service.storage.repositories import (
+    AuditRepository,
+    AuthorityRepository,
+    CertificateRepository,
+)
+
+
+class IssuedRecords:
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self._writes: GroupCommit | None = None
+
+    def commit(
+        self,
+        record: CertificateRecord,
+        actor: Actor,
+        *,
+        authority_id: int,
+        authority_fingerprint: str,
+        crl_shard: int | None,
+        renews: CertificateRecord | None,
+    ) -> None:
+        """Store ``record`` and its audit event; returns once they are committed. Raises
+        DuplicateRow on a serial collision (nothing of this record is then stored)."""
+        name = record.authority
+        details: dict[str, object] = {"profile": record.profile, "names": list(record.sans)}
+        if renews is not None:
+            details["renews"] = renews.serial
+        event = AuditEvent.of(
+            actor,
+            "certificate.renew" if renews else "certificate.issue",
+            f"{name}/{record.serial}",
+            record.created_at,
+            details,
+        )
+
+        def work(s: Transaction) -> None:
+            _refuse_if_revoked(AuthorityRepository(s), name, authority_fingerprint)
+            certs = CertificateRepository(s)
+            certs.add(record, authority_id, crl_shard=crl_shard)
+            if renews is not None:
+                certs.set_successor(renews.serial, authority_id, record.serial)
+            AuditRepository(s).add(event)
+
+        self._group().run(work)
+
+    def _group(self) -> GroupCommit:
+        # Built on first use and again if the context's database was swapped (tests do).
+        if self._writes is None or self._writes.db is not self.ctx.db:
+            self._writes = GroupCommit(self.ctx.db)
+        return self._writes
+
+
+def _refuse_if_revoked(repo: AuthorityRepository, name: str, fingerprint: str) -> None:
+    """Inside an issuance's transaction: refuse when the issuing CA's certificate is revoked."""
+    revoked = repo.revocation_of_certificate(fingerprint, share_lock=True)
+    if revoked is not None:
+        at, reason = revoked
+        raise Conflict(
+            f"authority {name!r} was revoked ({reason}) at {at:%Y-%m-%d %H:%M:%S} UTC and "
+            "issues no more certificates (rule: authority.revoked)",
+            rule="authority.revoked",
+        )

@@ -1,0 +1,119 @@
+"""Group commit: the concurrent write transactions of one process share one durable commit.
+
+Every issuance must be on disk (SQLite ``synchronous=FULL``, PostgreSQL ``synchronous_commit``)
+before its certificate is returned. One transaction per request makes the commit, and on SQLite
+the wait for the single writer lock, the cost of each certificate: under load the profile showed
+most of a request's time there (bench/PROFILES.md). Here the requests that arrive while a commit
+is in flight queue up, and the next thread to get the turn (the "combiner") runs all their work
+in one transaction and commits once for all of them; each caller is answered only after that
+commit, with its own result or its own error.
+
+A job that raises does not sink the batch: the transaction is rolled back, the job gets its
+error, and the others run again without it in a fresh transaction, so a job's work must be
+safe to run twice (it only executes statements and builds values; nothing leaves the process
+before the commit). An error of the store itself (the database went away, the commit failed)
+is every job's error: none of them committed.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Callable
+from typing import Generic, TypeVar
+
+from sqlalchemy.orm import Session
+
+from ca_service import metrics
+from ca_service.errors import CAError
+from ca_service.storage.db import Database, DuplicateRow, unit_of_work
+
+T = TypeVar("T")
+# What a job's work is given: the batch's session, for the repositories. The core names it by
+# this alias and never reaches the toolkit itself (tests/core/test_core_shape.py).
+Transaction = Session
+
+# Enough to absorb every request thread of a worker at once; a longer queue waits one commit.
+MAX_BATCH = 64
+
+
+class _Job(Generic[T]):
+    __slots__ = ("done", "error", "value", "work")
+
+    def __init__(self, work: Callable[[Session], T]) -> None:
+        self.work = work
+        self.done = False
+        self.value: T | None = None
+        self.error: BaseException | None = None
+
+
+class _JobFailed(Exception):
+    """Unwinds the batch's transaction when one job's own work raised."""
+
+    def __init__(self, job: _Job[object]) -> None:
+        self.job = job
+
+
+def _belongs_to_the_job(exc: BaseException) -> bool:
+    """A refusal or a broken unique constraint is the job's answer; anything else is the
+    store's failure and every job's."""
+    return isinstance(exc, CAError | DuplicateRow) or not isinstance(exc, Exception)
+
+
+class GroupCommit:
+    """Runs write work in shared transactions; one per Database and process."""
+
+    def __init__(self, db: Database, *, max_batch: int = MAX_BATCH) -> None:
+        self.db = db
+        self.max_batch = max_batch
+        self._queue: deque[_Job[object]] = deque()
+        self._queue_lock = threading.Lock()
+        # Held by the combiner for the whole transaction; the waiters behind it are the
+        # threads whose work it may be committing right now.
+        self._turn = threading.Lock()
+
+    def run(self, work: Callable[[Session], T]) -> T:
+        """Run ``work`` in a write transaction and return its value once that has committed."""
+        job: _Job[T] = _Job(work)
+        with self._queue_lock:
+            self._queue.append(job)  # type: ignore[arg-type]
+        while not job.done:
+            with self._turn:
+                if job.done:  # committed (or refused) by the combiner before us
+                    break
+                with self._queue_lock:
+                    batch = [
+                        self._queue.popleft() for _ in range(min(self.max_batch, len(self._queue)))
+                    ]
+                self._commit(batch)
+        if job.error is not None:
+            raise job.error
+        return job.value  # type: ignore[return-value]
+
+    def _commit(self, batch: list[_Job[object]]) -> None:
+        pending = batch
+        while pending:
+            try:
+                with unit_of_work(self.db, write=True) as session:
+                    for job in pending:
+                        try:
+                            job.value = job.work(session)
+                        except BaseException as exc:
+                            if not _belongs_to_the_job(exc):
+                                raise
+                            job.error = exc
+                            raise _JobFailed(job) from exc
+            except _JobFailed as failed:
+                failed.job.done = True
+                pending = [j for j in pending if j is not failed.job]
+                for job in pending:
+                    job.value = None
+                continue
+            except BaseException as exc:
+                for job in pending:
+                    job.error, job.done = exc, True
+                return
+            metrics.GROUP_COMMIT_SIZE.observe(len(pending))
+            for job in pending:
+                job.done = True
+            return
