@@ -136,6 +136,23 @@ class CallerPolicy:
         return cls(allow_wildcards=True)
 
 
+class TokenConfirmation:
+    """An API token that a front end accepted from its process's cache of verified tokens,
+    still to be confirmed active by the store inside the request's own write transaction.
+
+    So a revoked token stops at once (the check sees every revocation committed before it)
+    without a query of its own on every request. ``confirmed`` is set by the store when the
+    check passed; a front end that finds it unset after the request must check the token itself
+    before it answers (web/auth.py does, on success and on error alike).
+    """
+
+    __slots__ = ("confirmed", "token_id")
+
+    def __init__(self, token_id: str) -> None:
+        self.token_id = token_id
+        self.confirmed = False
+
+
 @dataclass(frozen=True)
 class Actor:
     """Who asks, for the record: identity plus the request context the audit log keeps."""
@@ -148,6 +165,8 @@ class Actor:
     # (an OIDC token's jti, repository, ref, workflow): the core records it without knowing
     # what kind of credential it came from.
     credential: tuple[tuple[str, str], ...] = ()
+    # Set when the caller's token came from a cache: see TokenConfirmation.
+    confirm: TokenConfirmation | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)

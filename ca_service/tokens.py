@@ -14,7 +14,7 @@ import re
 import secrets
 
 from ca_service.clock import Clock, SystemClock
-from ca_service.domain import Actor, AuditEvent, CallerPolicy
+from ca_service.domain import Actor, AuditEvent, CallerPolicy, TokenConfirmation
 
 # Role, TokenRecord (ca_service.domain), build_policy (ca_service.policy.authorization) and the
 # stored form of a policy (ca_service.storage.tokens) moved out of this module; the "as" imports
@@ -31,10 +31,22 @@ from ca_service.storage.tokens import policy_from_json as policy_from_json
 from ca_service.storage.tokens import policy_to_json as policy_to_json
 
 _TOKEN_RE = re.compile(r"^cas_([a-z0-9]{16})_([A-Za-z0-9_-]{43})$")
+# Verified tokens a process keeps (web/auth.py's issuance routes use them, with the store's
+# confirmation in the request's write transaction); beyond this many it starts afresh.
+CACHE_LIMIT = 10_000
 
 
 def _hash(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def _parse(presented: str) -> tuple[str, str]:
+    """The token's id and secret, or Unauthorized for anything not shaped like a token."""
+    match = _TOKEN_RE.match(presented.strip())
+    if not match:
+        raise Unauthorized("malformed bearer token")
+    token_id, secret = match.groups()
+    return token_id, secret
 
 
 class TokenService:
@@ -45,6 +57,9 @@ class TokenService:
         self.clock = clock or SystemClock()
         # Shared with the authority, so that one process counts unauthenticated requests once.
         self.refusals = refusals or RefusalLog(db, lambda: self.clock.now())
+        # token id -> (record, stored hash): what a query returned once. Only for callers that
+        # have the store confirm the token in their write transaction (domain.TokenConfirmation).
+        self._verified: dict[str, tuple[TokenRecord, str]] = {}
 
     def create(
         self,
@@ -88,12 +103,37 @@ class TokenService:
 
     def authenticate(self, presented: str) -> TokenRecord:
         """The token's record if it is well-formed, known, unexpired and unrevoked."""
-        match = _TOKEN_RE.match(presented.strip())
-        if not match:
-            raise Unauthorized("malformed bearer token")
-        token_id, secret = match.groups()
+        token_id, secret = _parse(presented)
         with unit_of_work(self.db) as s:
             found = TokenRepository(s).find_with_hash(token_id)
+        if found is not None:
+            self._remember(token_id, found)
+        return self._check(found, secret)
+
+    def authenticate_to_confirm(self, presented: str) -> tuple[TokenRecord, TokenConfirmation]:
+        """Like ``authenticate``, from this process's cache of tokens verified before when it
+        has the token, with the confirmation the store must give inside the request's write
+        transaction (a revocation since the cache was filled is seen there). The secret is
+        checked against the stored hash every time; an expired token is refused here."""
+        token_id, secret = _parse(presented)
+        found = self._verified.get(token_id)
+        if found is None:
+            return self.authenticate(presented), TokenConfirmation(token_id)
+        return self._check(found, secret), TokenConfirmation(token_id)
+
+    def forget(self, token_id: str) -> None:
+        """Drop a token from the cache (the store said it is no longer active)."""
+        self._verified.pop(token_id, None)
+
+    def _remember(self, token_id: str, found: tuple[TokenRecord, str]) -> None:
+        if found[0].state(self.clock.now()) != "active":
+            self._verified.pop(token_id, None)
+            return
+        if len(self._verified) >= CACHE_LIMIT:
+            self._verified.clear()
+        self._verified[token_id] = found
+
+    def _check(self, found: tuple[TokenRecord, str] | None, secret: str) -> TokenRecord:
         record, stored_hash = found if found is not None else (None, _hash(""))
         # Compare even when the id is unknown, so timing does not reveal which ids exist.
         if not hmac.compare_digest(stored_hash, _hash(secret)) or record is None:
@@ -111,6 +151,7 @@ class TokenService:
         now = self.clock.now()
         with unit_of_work(self.db, write=True) as s:
             record, changed = TokenRepository(s).revoke(token_id, now)
+            self.forget(token_id)
             if changed:
                 AuditRepository(s).add(
                     AuditEvent.of(actor, "token.revoke", f"token:{token_id}", now)

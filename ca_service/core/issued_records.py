@@ -10,15 +10,18 @@ and never hands a certificate out: it only says when its record is committed.
 
 from __future__ import annotations
 
+import datetime as dt
+
 from ca_service.core.context import Context
-from ca_service.domain import Actor, AuditEvent, CertificateRecord
-from ca_service.errors import Conflict
+from ca_service.domain import Actor, AuditEvent, CertificateRecord, TokenConfirmation
+from ca_service.errors import Conflict, Unauthorized
 from ca_service.storage.group_commit import GroupCommit, Transaction
 from ca_service.storage.repositories import (
     AuditRepository,
     AuthorityRepository,
     CertificateRepository,
 )
+from ca_service.storage.tokens import TokenRepository
 
 
 class IssuedRecords:
@@ -51,6 +54,8 @@ class IssuedRecords:
         )
 
         def work(s: Transaction) -> None:
+            if actor.confirm is not None:
+                _confirm_token(TokenRepository(s), actor.confirm, record.created_at)
             _refuse_if_revoked(AuthorityRepository(s), name, authority_fingerprint)
             certs = CertificateRepository(s)
             certs.add(record, authority_id, crl_shard=crl_shard)
@@ -65,6 +70,14 @@ class IssuedRecords:
         if self._writes is None or self._writes.db is not self.ctx.db:
             self._writes = GroupCommit(self.ctx.db)
         return self._writes
+
+
+def _confirm_token(repo: TokenRepository, confirm: TokenConfirmation, now: dt.datetime) -> None:
+    """The caller's token, accepted from a cache, must still be active as the store has it."""
+    state = repo.state(confirm.token_id, now)
+    if state != "active":
+        raise Unauthorized(f"bearer token {state}")
+    confirm.confirmed = True
 
 
 def _refuse_if_revoked(repo: AuthorityRepository, name: str, fingerprint: str) -> None:

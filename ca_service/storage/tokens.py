@@ -19,6 +19,9 @@ from ca_service.storage.models import TokenRow
 
 # A plain Core SELECT rather than an ORM get: this runs on every authenticated request.
 _TOKEN_BY_ID = select(TokenRow.__table__).where(TokenRow.__table__.c.id == bindparam("id"))
+_TOKEN_STATE = select(TokenRow.__table__.c.revoked_at, TokenRow.__table__.c.expires_at).where(
+    TokenRow.__table__.c.id == bindparam("id")
+)
 
 
 def policy_to_json(policy: CallerPolicy) -> dict[str, Any]:
@@ -116,6 +119,19 @@ class TokenRepository:
         if row is None:
             return None
         return token_record(row), str(row.secret_sha256)
+
+    def state(self, token_id: str, now: dt.datetime) -> str:
+        """"active", "revoked", "expired" or "unknown", as the store has it now: the check a
+        write transaction makes for a token accepted from a cache (domain.TokenConfirmation)."""
+        row = self.s.connection().execute(_TOKEN_STATE, {"id": token_id}).one_or_none()
+        if row is None:
+            return "unknown"
+        if row.revoked_at is not None:
+            return "revoked"
+        expires = _utc(row.expires_at)
+        if expires is not None and expires <= now:
+            return "expired"
+        return "active"
 
     def list(self) -> list[TokenRecord]:
         """Every token, newest first."""

@@ -59,7 +59,7 @@ def _wants_pem() -> bool:
 
 
 @api.post("/certificates")
-@require(Role.ISSUER, oidc_operation="issue")
+@require(Role.ISSUER, oidc_operation="issue", confirm_in_store=True)
 @operation(
     "Issue a certificate",
     description="From a CSR, or with a key pair generated here. Needs the issuer or admin "

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from dataclasses import replace
 from functools import wraps
 from typing import Any, TypeVar
 
@@ -36,7 +37,7 @@ def principal() -> Principal:
     return record
 
 
-def _authenticate(oidc_operation: str | None) -> Principal:
+def _authenticate(oidc_operation: str | None, confirm_in_store: bool = False) -> Principal:
     header = request.headers.get("Authorization", "")
     scheme, _, credentials = header.partition(" ")
     if not header:
@@ -61,27 +62,57 @@ def _authenticate(oidc_operation: str | None) -> Principal:
         authorization.check_oidc_operation(oidc_operation)
         verifier.consume(found)
         return found
+    if confirm_in_store:
+        record, confirmation = tokens().authenticate_to_confirm(presented)
+        g.token_confirmation = confirmation
+        return record
     return tokens().authenticate(presented)
 
 
-def require(role: Role | None, *, oidc_operation: str | None = None) -> Callable[[F], F]:
+def _settle_confirmation() -> None:
+    """A token taken from the cache that the store did not confirm (the request ended before
+    its write transaction, or wrote nothing): check it in the store now, before answering, so
+    a revoked token gets 401 and never a glimpse of what its request would have done."""
+    confirmation = g.pop("token_confirmation", None)
+    if confirmation is None or confirmation.confirmed:
+        return
+    header = request.headers.get("Authorization", "")
+    try:
+        tokens().authenticate(header.partition(" ")[2])
+    except Unauthorized:
+        tokens().forget(confirmation.token_id)
+        raise
+
+
+def require(
+    role: Role | None, *, oidc_operation: str | None = None, confirm_in_store: bool = False
+) -> Callable[[F], F]:
     """Authenticate the caller and check its role. Every refusal of the request, here or in
     the view (a role, a rule, a certificate that is not the caller's), is audited once.
     ``None``: any authenticated caller, and the view decides (e.g. a certificate renewing
     itself, which needs no role). ``oidc_operation`` names the operation for
-    authorization.check_oidc_operation: without it, an OIDC ID token is refused here."""
+    authorization.check_oidc_operation: without it, an OIDC ID token is refused here.
+    ``confirm_in_store``: an API token may come from the process's cache of verified tokens,
+    and the store confirms it is still active inside the request's write transaction
+    (domain.TokenConfirmation) instead of a query of its own; for hot write routes."""
 
     def decorator(view: F) -> F:
         @wraps(view)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             identity = "anonymous"
             try:
-                record = _authenticate(oidc_operation)
+                record = _authenticate(oidc_operation, confirm_in_store)
                 identity = record.identity
                 if role is not None:
                     authorization.check_role(record, role)
                 g.principal = record
-                return view(*args, **kwargs)
+                try:
+                    answer = view(*args, **kwargs)
+                except CAError:
+                    _settle_confirmation()  # a revoked token's 401 comes before any other error
+                    raise
+                _settle_confirmation()
+                return answer
             except (Unauthorized, Forbidden, PolicyRejected) as exc:
                 # A refused client certificate is named by its serial, not as "anonymous".
                 refuse(g.get("auth_identity") or identity, exc)
@@ -116,4 +147,6 @@ def refuse(identity: str, exc: CAError) -> None:
 
 
 def actor_for_request() -> Any:
-    return principal().actor(g.get("request_id"), request.remote_addr)
+    actor = principal().actor(g.get("request_id"), request.remote_addr)
+    confirmation = g.get("token_confirmation")
+    return replace(actor, confirm=confirmation) if confirmation is not None else actor
