@@ -361,6 +361,81 @@ def _ratio(value: Any, base: Any) -> str:
     return f"{value / base:.2f}" if value and base else "-"
 
 
+def _rate(r: dict[str, Any] | None, unit: str = "certs/s") -> str:
+    """A rate with its p99, or "-" when the run has no such figure."""
+    if not r or r.get("rps") is None:
+        return "-"
+    p99 = f" (p99 {_fmt(r['p99_ms'])} ms)" if r.get("p99_ms") is not None else ""
+    return f"{_fmt(r['rps'])} {unit}{p99}"
+
+
+def _seconds(c: dict[str, Any] | None) -> tuple[str, Any]:
+    if not c or c.get("seconds") is None or c.get("status") not in ("ok", None):
+        return "-", None
+    rows = c.get("entries") or c.get("revoked_rows")
+    peak = f", peak {_fmt(c['peak_rss_mib'])} MiB" if c.get("peak_rss_mib") else ""
+    return f"{_fmt(c['seconds'])} s ({_fmt(rows)} entries{peak})", c["seconds"]
+
+
+def figures(results: dict[str, Any]) -> list[list[str]]:
+    """The figures table of issue 15: ca-service | the reference of the same run | ratio.
+
+    Every cell comes from ``results``; "-" where the run did not measure it. A ratio is ours
+    over theirs (issuance: higher is better; CRL seconds: lower is better).
+    """
+    rows: list[list[str]] = []
+
+    def issue(db: str, c: int) -> dict[str, Any]:
+        r = _get(results, "http", db, "ecdsa-p256", "issue_csr", f"c{c}")
+        return r if isinstance(r, dict) and "rps" in r else {}
+
+    for db, label, c, tag, other in (
+        ("sqlite", "SQLite", 32, "ecdsa_sqlite", "CFSSL + SQLite certdb"),
+        ("sqlite", "SQLite", 32, "ecdsa_nodb", "CFSSL storing nothing"),
+        ("sqlite", "SQLite", 1, "ecdsa_sqlite", "CFSSL + SQLite certdb"),
+        ("sqlite", "SQLite", 1, "ecdsa_nodb", "CFSSL storing nothing"),
+        ("postgresql", "PostgreSQL", 32, "ecdsa_sqlite", "CFSSL + SQLite certdb"),
+    ):
+        ours, theirs = issue(db, c), cfssl_run(results, tag, f"c{c}")
+        ratio = _ratio(ours.get("rps"), theirs.get("rps"))
+        rows.append([f"HTTP issuance from CSR, ECDSA P-256, {label}, c={c}, vs {other}",
+                     _rate(ours), _rate(theirs), ratio])  # fmt: skip
+    store = _get(results, "store", "sqlite") or {}
+    empty = _get(store, "issuance_empty", "per_s")
+    full = _get(store, "issuance_full", "per_s")
+    stored = store.get("stored_rows")
+    where = f"{stored:,} stored" if isinstance(stored, int) else "1M stored"
+    cell = f"{_fmt(empty)} -> {_fmt(full)} certs/s" if empty and full else "-"
+    rows.append([f"in-process `issue_from_csr`, SQLite: empty store -> {where}", cell, "-",
+                 _ratio(full, empty)])  # fmt: skip
+    ceiling = _get(results, "references", "ceiling", "ecdsa-p256", "per_s")
+    core = _get(results, "store", "sqlite", "issuance_empty", "per_s")
+    rows.append(["in-process ceiling, ECDSA P-256 (CSR parse + policy + sign, no DB); the core "
+                 "with its SQLite store (empty) reaches",
+                 f"{_fmt(ceiling)} certs/s; core + store {_fmt(core)} certs/s" if ceiling
+                 else "-", "-", _ratio(core, ceiling)])  # fmt: skip
+    cells: list[str] = []
+    cs: set[int] = set()
+    for db, label in (("sqlite", "SQLite"), ("postgresql", "PostgreSQL")):
+        oc = ocsp_figures(results, db)
+        post, get = oc.get("post") or {}, oc.get("get") or {}
+        cs |= {r["concurrency"] for r in (post, get) if isinstance(r.get("concurrency"), int)}
+        if post.get("rps") or get.get("rps"):
+            cells.append(f"{label} {_fmt(post.get('rps'))} / {_fmt(get.get('rps'))}")
+    at = f"c={'/'.join(str(c) for c in sorted(cs))}" if cs else "c=8"
+    rows.append([f"OCSP nonce-less answers/s, {at}, POST / GET",
+                 "; ".join(cells) or "-", "-", "-"])  # fmt: skip
+    gencrl = _get(results, "references", "openssl_gencrl")
+    for size, word in (("1000000", "1M"), ("100000", "100k")):
+        for db, label in (("sqlite", "SQLite"), ("postgresql", "PostgreSQL")):
+            cell, secs = _seconds(_get(results, "store", db, "crl", size))
+            ref = _get(gencrl, size, "seconds") if size == "1000000" else None
+            ref_cell = f"`openssl ca -gencrl` {_fmt(ref)} s" if ref else "-"
+            rows.append([f"full CRL of {word} revoked, {label}", cell, ref_cell,
+                         _ratio(secs, ref)])  # fmt: skip
+    return rows
+
+
 def markdown(results: dict[str, Any]) -> str:
     m = results["machine"]
     lines = [
@@ -375,7 +450,7 @@ def markdown(results: dict[str, Any]) -> str:
         "- load: bench/loadgen.py (processes x threads of keep-alive http.client connections) on "
         "the same 2 cores as the server, loopback only",
         "",
-        "## Targets (issue #4)",
+        "## Targets (issues #4 and #15)",
         "",
     ]
     lines += _table(
@@ -386,6 +461,15 @@ def markdown(results: dict[str, Any]) -> str:
             for t in results["targets"]
         ],
     )  # fmt: skip
+    lines += [
+        "## Figures (issue 15)",
+        "",
+        'From this run only; "-" where it did not measure the figure. ratio = ca-service / '
+        "the reference of the same run (for a CRL: seconds over seconds, lower is better).",
+        "",
+    ]
+    lines += _table(["figure", "ca-service", "CFSSL (or the reference named), same run",
+                     "ratio"], figures(results))  # fmt: skip
     refs = results.get("references", {})
     ssl = refs.get("openssl", {})
     ceiling = refs.get("ceiling", {})

@@ -169,3 +169,36 @@ def test_results_dict_is_not_changed_by_evaluate() -> None:
     before = copy.deepcopy(data)
     report.evaluate(data)
     assert data == before
+
+
+def test_figures_table_has_the_issue_rows_from_the_run() -> None:
+    rows = {row[0]: row[1:] for row in report.figures(results())}
+    assert len(rows) == 12
+    c32 = rows["HTTP issuance from CSR, ECDSA P-256, SQLite, c=32, vs CFSSL + SQLite certdb"]
+    assert c32 == ["400.0 certs/s (p99 30.0 ms)", "600.0 certs/s (p99 20.0 ms)", "0.67"]
+    nodb = rows["HTTP issuance from CSR, ECDSA P-256, SQLite, c=1, vs CFSSL storing nothing"]
+    assert nodb[2] == "0.33"
+    pg = rows["HTTP issuance from CSR, ECDSA P-256, PostgreSQL, c=32, vs CFSSL + SQLite certdb"]
+    assert pg[0].startswith("480.0 certs/s") and pg[2] == "0.80"
+    inproc = rows["in-process `issue_from_csr`, SQLite: empty store -> 1,000,000 stored"]
+    assert inproc == ["800.0 -> 760.0 certs/s", "-", "0.95"]
+    ocsp = rows["OCSP nonce-less answers/s, c=8, POST / GET"]
+    assert ocsp[0] == "SQLite 3,500.0 / 2,900.0; PostgreSQL 3,100.0 / 3,300.0"
+    assert rows["full CRL of 1M revoked, SQLite"][0].startswith("2.400 s (1,000,000 entries")
+    # No `openssl ca -gencrl` figure in the run: that cell and its ratio stay empty.
+    assert rows["full CRL of 1M revoked, PostgreSQL"][1:] == ["-", "-"]
+
+
+def test_figures_table_without_http_or_cfssl_shows_dashes() -> None:
+    data = results()
+    data["http"] = {}
+    data["references"]["cfssl"] = {"status": "absent", "reason": "no peer"}
+    rows = {row[0]: row[1:] for row in report.figures(data)}
+    c32 = rows["HTTP issuance from CSR, ECDSA P-256, SQLite, c=32, vs CFSSL + SQLite certdb"]
+    assert c32 == ["-", "-", "-"]
+    data["targets"] = report.evaluate(data)
+    text = report.markdown(data)
+    assert "## Figures (issue 15)" in text
+    assert (
+        text.index("## Targets") < text.index("## Figures (issue 15)") < text.index("## References")
+    )
