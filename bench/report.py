@@ -11,6 +11,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from bench import chart
+
 # No fixed "cause" text: what a missed target's note says is derived from the figures of the
 # same run (server CPU against the cores, bytes per answer, the CRL's phases), so it cannot
 # contradict them. Causes found by profiling are in PROFILES.md, with the commit they hold for.
@@ -470,6 +472,7 @@ def markdown(results: dict[str, Any]) -> str:
     ]
     lines += _table(["figure", "ca-service", "CFSSL (or the reference named), same run",
                      "ratio"], figures(results))  # fmt: skip
+    lines += chart.markdown(results)
     refs = results.get("references", {})
     ssl = refs.get("openssl", {})
     ceiling = refs.get("ceiling", {})

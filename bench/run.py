@@ -18,7 +18,17 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from bench import acme_orders, hsm, http_scenarios, references, replicas, report, store, ui_pages
+from bench import (
+    acme_orders,
+    chart,
+    hsm,
+    http_scenarios,
+    references,
+    replicas,
+    report,
+    store,
+    ui_pages,
+)
 from bench.common import database_url, leaf_csr_pem, machine_info, pg_reachable, progress
 from ca_service.domain import KeyType
 
@@ -175,13 +185,19 @@ def run(mode: Mode, only: set[str], out_dir: Path, command: str) -> dict[str, An
             results["replicas"] = {"status": "skipped", "reason": reason}
     results["elapsed_s"] = round(time.monotonic() - started, 1)
     results["targets"] = report.evaluate(results)
+    write_outputs(results, out_dir)
+    progress(f"done in {results['elapsed_s']:.0f} s: {out_dir / 'RESULTS.md'}")
+    return results
+
+
+def write_outputs(results: dict[str, Any], out_dir: Path) -> None:
+    """results.json, RESULTS.md and the chart it links, all from ``results``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "results.json").write_text(
         scrub(json.dumps(results, indent=1, sort_keys=True)) + "\n"
     )
+    chart.write(results, out_dir)
     (out_dir / "RESULTS.md").write_text(scrub(render(results, out_dir)))
-    progress(f"done in {results['elapsed_s']:.0f} s: {out_dir / 'RESULTS.md'}")
-    return results
 
 
 UI_RUN = REPO / "bench" / "ui-pages"
@@ -250,10 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.render:
         results = json.loads((out / "results.json").read_text())
         results["targets"] = report.evaluate(results)
-        (out / "results.json").write_text(
-            scrub(json.dumps(results, indent=1, sort_keys=True)) + "\n"
-        )
-        (out / "RESULTS.md").write_text(scrub(render(results, out)))
+        write_outputs(results, out)
         return 0
     if args.db:
         mode = replace(mode, dbs=tuple(db for db in mode.dbs if db in args.db))

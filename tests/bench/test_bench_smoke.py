@@ -11,7 +11,7 @@ import json
 import tempfile
 from pathlib import Path
 
-from bench import run, ui_pages
+from bench import chart, run, ui_pages
 
 
 def _positive(value: object) -> bool:
@@ -24,6 +24,9 @@ def test_tiny_run_writes_results(tmp_path: Path) -> None:
     assert saved["mode"] == "tiny"
     assert (tmp_path / "RESULTS.md").read_text().startswith("# ca-service benchmark results")
     assert {"machine", "references", "store", "http", "targets"} <= saved.keys()
+    # The chart is drawn next to RESULTS.md, which links it.
+    assert "<svg" in (tmp_path / chart.FILENAME).read_text()
+    assert f"]({chart.FILENAME})" in (tmp_path / "RESULTS.md").read_text()
 
     refs = saved["references"]
     assert _positive(refs["openssl"]["ecdsap256_sign_per_s"])
@@ -98,6 +101,7 @@ def test_results_name_no_directory_of_the_machine(tmp_path: Path) -> None:
         *bench.glob("*.md"),
         *bench.glob("*.py"),
         *bench.glob("*.json"),
+        *bench.glob("*.svg"),
     ]
     files += [*(bench / "quick").glob("*"), *(bench / "ui-pages").glob("*")]
     for path in files:
