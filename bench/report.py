@@ -542,6 +542,8 @@ def markdown(results: dict[str, Any]) -> str:
                for k, v in store.get("populate", {}).items()]  # fmt: skip
         lines += [f"Bulk population ({db}, SQL inserts/COPY):", ""]
         lines += _table(["step", "rows added", "seconds", "rows/s"], pop)
+        if not store.get("lookups") and not store.get("issuance_empty"):
+            continue  # ``--only crl``: the CRL builds alone
         lines += [f"### {db}: lookups through the repository (concurrency 1)", ""]
         lrows = []
         for size, look in store.get("lookups", {}).items():
