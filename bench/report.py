@@ -121,6 +121,7 @@ def _target(
     status = "not measured" if value is None else "met" if ok(float(value)) else "missed"
     heading = profile_heading(profile) if status == "missed" else None
     pointer = f'see PROFILES.md, "{heading}"' if heading else None
+    why = cause if status == "missed" and cause else None
     if status == "missed" and (cause or pointer):
         cause = "; ".join(x for x in (cause, pointer) if x)
     return {
@@ -130,6 +131,7 @@ def _target(
         "unit": unit,
         "status": status,
         "cause": cause if status == "missed" and cause else None,
+        "why": why,  # the measured cause alone, without the pointer
         "note": note,
         "profile": heading,
     }
@@ -438,6 +440,38 @@ def figures(results: dict[str, Any]) -> list[list[str]]:
     return rows
 
 
+def limits(results: dict[str, Any]) -> list[str]:
+    """ "Limits on this machine": every missed target of the run, its figure, what the run's own
+    figures show as the cause, and the PROFILES.md section on it (appended below in RESULTS.md,
+    so the link is to this page's copy). Derived from ``results["targets"]``, no fixed prose."""
+    targets = results.get("targets") or []
+    missed = [t for t in targets if t.get("status") == "missed"]
+    unmeasured = sum(1 for t in targets if t.get("status") == "not measured")
+    m = results.get("machine") or {}
+    lines = [
+        "## Limits on this machine",
+        "",
+        f"{len(missed)} of {len(targets)} targets missed in this run ({unmeasured} not measured) "
+        f"on {m.get('cpu_model')}, {m.get('nproc')} cores shared by the server and the load "
+        f"generator (run {m.get('date')}, commit `{m.get('commit')}`). Each cause is what this "
+        "run's own figures show (server CPU against the cores, bytes per answer, the CRL's "
+        "phases); the profile is the section of PROFILES.md (below) that explains it.",
+        "",
+    ]
+    if not missed:
+        return [*lines, "No target was missed in this run.", ""]
+    for t in missed:
+        why = t.get("why") or "the run's figures name no cause"
+        note = f" ({t['note']})" if t.get("note") else ""
+        heading = t.get("profile")
+        where = f' Profile: [PROFILES.md, "{heading}"](#{anchor(heading)}).' if heading else ""
+        lines.append(
+            f"- **{t['target']}**: {_fmt(t['measured'])} {t['unit']} against {t['goal']}{note}. "
+            f"Cause measured: {why}.{where}"
+        )
+    return [*lines, ""]
+
+
 def markdown(results: dict[str, Any]) -> str:
     m = results["machine"]
     lines = [
@@ -473,6 +507,7 @@ def markdown(results: dict[str, Any]) -> str:
     lines += _table(["figure", "ca-service", "CFSSL (or the reference named), same run",
                      "ratio"], figures(results))  # fmt: skip
     lines += chart.markdown(results)
+    lines += limits(results)
     refs = results.get("references", {})
     ssl = refs.get("openssl", {})
     ceiling = refs.get("ceiling", {})

@@ -202,3 +202,29 @@ def test_figures_table_without_http_or_cfssl_shows_dashes() -> None:
     assert (
         text.index("## Targets") < text.index("## Figures (issue 15)") < text.index("## References")
     )
+
+
+def test_limits_list_every_missed_target_with_cause_and_profile() -> None:
+    data = results()
+    data["targets"] = report.evaluate(data)
+    lines = report.limits(data)
+    assert lines[0] == "## Limits on this machine"
+    missed = [t for t in data["targets"] if t["status"] == "missed"]
+    items = [ln for ln in lines if ln.startswith("- **")]
+    assert len(items) == len(missed) > 0
+    for t, item in zip(missed, items, strict=True):
+        assert item.startswith(f"- **{t['target']}**: {report._fmt(t['measured'])} {t['unit']}")
+        if t["why"]:
+            assert f"Cause measured: {t['why']}." in item
+        if t["profile"]:
+            assert f"](#{report.anchor(t['profile'])})" in item
+    crl = next(i for i in items if "CRL generation 1,000,000 revoked, SQLite" in i)
+    assert "2.400 s against < 2.0 s" in crl and "us per entry" in crl
+    text = report.markdown(data)
+    assert text.index("## Figures (issue 15)") < text.index("## Limits on this machine")
+
+
+def test_limits_when_nothing_is_missed() -> None:
+    data = results()
+    data["targets"] = [t for t in report.evaluate(data) if t["status"] != "missed"]
+    assert "No target was missed in this run." in report.limits(data)
