@@ -242,7 +242,7 @@ def issue_some(server: Server, csr_pem: bytes, count: int, seconds: float) -> li
     """Issue up to ``count`` certificates one by one on a keep-alive connection; their JSON."""
     body = json.dumps({"csr": csr_pem.decode()}).encode()
     conn = http.client.HTTPConnection(HOST, server.port, timeout=60)
-    out = []
+    out: list[dict[str, Any]] = []
     deadline = time.monotonic() + seconds
     try:
         while len(out) < count and time.monotonic() < deadline:
@@ -424,7 +424,8 @@ def http_family(
     """Every HTTP scenario for one (database, CA key type) on a fresh store ``db_url``.
 
     Issuance from CSR at each concurrency; with ``extras`` (the ECDSA CA) also keygen issuance,
-    revocation rate and revocation-to-CRL/OCSP latency, CRL fetch and OCSP.
+    revocation rate and revocation-to-CRL/OCSP latency and CRL fetch (OCSP load: the ocsp
+    scenario).
     """
     reason = api_absent_reason()
     if reason:
@@ -455,15 +456,7 @@ def http_family(
         out["crl_fetch"] = _guard(
             crl_fetch, server, c_mid, plan.seconds, plan.max_requests, plan.repeats
         )
-        progress(f"http {kind}: OCSP POST and GET at c={c_mid}")
-        answers = issue_some(server, csr_pem, plan.ocsp_certificates, 20)
-        refs = [
-            (x509.load_pem_x509_certificate(a["certificate"].encode()), _issuer_of(a))
-            for a in answers
-        ]
-        out["ocsp"] = _guard(
-            ocsp_load, server, refs, c_mid, plan.seconds, plan.max_requests, plan.repeats
-        )
+        # OCSP answers are the ocsp scenario's (bench/ocsp_presigned.py), measured once.
     return out
 
 

@@ -18,11 +18,25 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from bench import acme_orders, hsm, http_scenarios, references, replicas, report, store, ui_pages
+from bench import (
+    acme_orders,
+    chart,
+    crl_scale,
+    hsm,
+    http_scenarios,
+    ocsp_presigned,
+    references,
+    replicas,
+    report,
+    store,
+    ui_pages,
+)
 from bench.common import database_url, leaf_csr_pem, machine_info, pg_reachable, progress
 from ca_service.domain import KeyType
 
-SCENARIOS = ("openssl", "ceiling", "cfssl", "store", "http", "hsm", "acme", "ui", "replicas")
+SCENARIOS = (
+    "openssl", "ceiling", "cfssl", "store", "crl", "http", "ocsp", "hsm", "acme", "ui", "replicas",
+)  # fmt: skip
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -65,7 +79,7 @@ ECDSA, RSA = KeyType.ECDSA_P256, KeyType.RSA_2048
 MODES = {
     "full": Mode("full", ("sqlite", "postgresql"), 3, (20_000, 5.0),
                  (("ecdsa", "nodb"), ("ecdsa", "sqlite"), ("rsa", "sqlite")), (1, 8, 32), 6.0, 5,
-                 (10_000, 100_000, 1_000_000), 150.0, 180.0, (500, 6.0), (3000, 6.0),
+                 (10_000, 100_000, 1_000_000), 240.0, 180.0, (500, 6.0), (3000, 6.0),
                  (1, 8, 32), 6.0, 200_000, (ECDSA, RSA), 3, 8, 200, 20, True),
     "quick": Mode("quick", ("sqlite", "postgresql"), 1, (3000, 2.0), (("ecdsa", "sqlite"),),
                   (8,), 3.0, 0, (10_000, 100_000), 30.0, 60.0, (100, 2.0), (300, 2.0), (8,), 2.0,
@@ -116,7 +130,9 @@ def run(mode: Mode, only: set[str], out_dir: Path, command: str) -> dict[str, An
                 )  # fmt: skip
         else:
             results["references"]["cfssl"] = {"status": "skipped", "reason": f"{mode.name} mode"}
-    if "store" in only:
+    if "store" in only or "crl" in only:
+        # The CRL builds are part of the store scenario; ``crl`` alone skips its lookups and
+        # issuance (and with ``store`` it adds nothing: the same CRLs are not built twice).
         for db in dbs:
             with (
                 tempfile.TemporaryDirectory(prefix=f"ca-bench-{db}-") as tmp,
@@ -130,6 +146,7 @@ def run(mode: Mode, only: set[str], out_dir: Path, command: str) -> dict[str, An
                         lookup_count=mode.lookups[0], lookup_seconds=mode.lookups[1],
                         issue_count=mode.issuance[0], issue_seconds=mode.issuance[1],
                         http_plan=mode.http_plan if mode.store_http and "http" in only else None,
+                        crl_only="store" not in only,
                     )  # fmt: skip
                 except Exception as exc:  # record and go on: one failure must not hide the rest
                     results["store"][db] = {"status": "error", "reason": repr(exc)}
@@ -151,6 +168,21 @@ def run(mode: Mode, only: set[str], out_dir: Path, command: str) -> dict[str, An
                             "status": "error",
                             "reason": repr(exc),
                         }
+    if "ocsp" in only:
+        results["ocsp"] = {}
+        for db in dbs:
+            with (
+                tempfile.TemporaryDirectory(prefix=f"ca-bench-ocsp-{db}-") as tmp,
+                database_url(db, Path(tmp)) as url,
+            ):
+                try:
+                    results["ocsp"][db] = ocsp_presigned.ocsp_family(
+                        db, url, Path(tmp) / "data", csr, concurrency=mode.fetch_concurrency,
+                        seconds=mode.http_seconds, max_requests=mode.max_requests,
+                        repeats=mode.http_repeats, certificates=mode.ocsp_certificates,
+                    )  # fmt: skip
+                except Exception as exc:  # record and go on, as the other scenarios do
+                    results["ocsp"][db] = {"status": "error", "reason": repr(exc)}
     if "hsm" in only:
         progress("hsm: issuance with the CA key in SoftHSM2 against a key file")
         try:
@@ -175,32 +207,49 @@ def run(mode: Mode, only: set[str], out_dir: Path, command: str) -> dict[str, An
             results["replicas"] = {"status": "skipped", "reason": reason}
     results["elapsed_s"] = round(time.monotonic() - started, 1)
     results["targets"] = report.evaluate(results)
+    write_outputs(results, out_dir)
+    progress(f"done in {results['elapsed_s']:.0f} s: {out_dir / 'RESULTS.md'}")
+    return results
+
+
+def write_outputs(results: dict[str, Any], out_dir: Path) -> None:
+    """results.json, RESULTS.md and the chart it links, all from ``results``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "results.json").write_text(
         scrub(json.dumps(results, indent=1, sort_keys=True)) + "\n"
     )
+    chart.write(results, out_dir)
     (out_dir / "RESULTS.md").write_text(scrub(render(results, out_dir)))
-    progress(f"done in {results['elapsed_s']:.0f} s: {out_dir / 'RESULTS.md'}")
-    return results
 
 
 UI_RUN = REPO / "bench" / "ui-pages"
 
 
 def render(results: dict[str, Any], out: Path | None = None) -> str:
-    """RESULTS.md: the report's tables, then the ACME, admin UI and replicas scenarios' (absent
-    from older runs). bench/RESULTS.md shows the UI scenario of its own run in bench/ui-pages/
-    when the full run did not measure it (a 1M fill per database is a run of its own)."""
+    """RESULTS.md: the report's tables, then the ACME, admin UI, replicas, CRL-at-1M and OCSP
+    scenarios' (absent from older runs). bench/RESULTS.md shows the UI scenario of its own run
+    in bench/ui-pages/ when the full run did not measure it (a 1M fill per database is a run of
+    its own), and the CRL-at-1M and OCSP sections measured by hand (bench/hand/) when its
+    results.json predates those scenarios, so that a re-render loses nothing."""
+    committed = out is not None and out.resolve() == (REPO / "bench")
     ui = ui_pages.markdown(results.get("ui", {}), results.get("machine"))
     stored = UI_RUN / "results.json"
-    if not ui and out is not None and out.resolve() == (REPO / "bench") and stored.exists():
+    if not ui and committed and stored.exists():
         run_ui = json.loads(stored.read_text())
         ui = ui_pages.markdown(run_ui.get("ui", {}), run_ui.get("machine"), "bench/ui-pages/")
+    crl = crl_scale.markdown(results)
+    if not crl and committed:
+        crl = crl_scale.hand_section()
+    ocsp = ocsp_presigned.markdown(results.get("ocsp", {}), results.get("machine"))
+    if not ocsp and committed:
+        ocsp = ocsp_presigned.hand_section()
     return (
         report.markdown(results)
         + acme_orders.markdown(results.get("acme", {}))
         + ui
         + replicas.markdown(results.get("replicas", {}))
+        + crl
+        + ocsp
     )
 
 
@@ -250,10 +299,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.render:
         results = json.loads((out / "results.json").read_text())
         results["targets"] = report.evaluate(results)
-        (out / "results.json").write_text(
-            scrub(json.dumps(results, indent=1, sort_keys=True)) + "\n"
-        )
-        (out / "RESULTS.md").write_text(scrub(render(results, out)))
+        write_outputs(results, out)
         return 0
     if args.db:
         mode = replace(mode, dbs=tuple(db for db in mode.dbs if db in args.db))

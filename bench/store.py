@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
+import os
 import random
 import subprocess
 import time
@@ -27,7 +28,7 @@ from bench.common import (
     progress,
     python_exe,
 )
-from bench.populate import Population, load, prepare
+from bench.populate import Population, indexes_off, load, prepare
 from ca_service.core.facade import Core
 from ca_service.domain import CertificateFilter, KeyType
 from ca_service.storage.db import unit_of_work
@@ -51,20 +52,17 @@ def crl_in_child(db_url: str, data_dir: Path, timeout: float, breakdown: bool) -
         return {"status": "timeout", "timeout_s": timeout}
     if proc.returncode != 0:
         return {"status": "error", "stderr": proc.stderr[-1500:]}
-    return {"status": "ok", **json.loads(proc.stdout.strip().splitlines()[-1])}
+    figures: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return {"status": "ok", **figures}
 
 
-def issuance_inprocess(
-    ca: Core, csr: bytes, max_count: int, max_seconds: float
-) -> dict[str, Any]:
+def issuance_inprocess(ca: Core, csr: bytes, max_count: int, max_seconds: float) -> dict[str, Any]:
     """``issue_from_csr`` in a loop: policy, signing and the committed store write, no HTTP."""
     loop = bounded_loop(lambda _: ca.issue_from_csr(csr, ADMIN), max_count, max_seconds, warmup=5)
     return {**loop.as_dict(), **latency_summary(loop.latencies)}
 
 
-def lookups(
-    ca: Core, pop: Population, max_count: int, max_seconds: float
-) -> dict[str, Any]:
+def lookups(ca: Core, pop: Population, max_count: int, max_seconds: float) -> dict[str, Any]:
     """Fetch by serial (``get_certificate``) and name search (the repository's listing filter).
 
     Rare search: the host name of one random stored certificate (one match; on a LIKE '%..%'
@@ -107,8 +105,11 @@ def store_family(
     issue_count: int,
     issue_seconds: float,
     http_plan: hs.HttpPlan | None = None,
+    crl_only: bool = False,
 ) -> dict[str, Any]:
     """Grow one store of ``kind`` through ``sizes`` revoked rows, measuring at every step.
+
+    ``crl_only`` (``--only crl``): the CRL builds alone, without the lookups and issuance.
 
     With ``http_plan`` one ``ca-service serve`` runs on this store for the whole growth (the bulk
     loader writes underneath it): HTTP issuance on the empty store, then at each step up to 100k
@@ -120,19 +121,24 @@ def store_family(
     csr = leaf_csr_pem()
     pop = prepare(ca)
     out: dict[str, Any] = {"db": kind, "crl": {}, "populate": {}, "lookups": {}}
-    progress(f"store {kind}: in-process issuance on the (almost) empty store")
-    out["issuance_empty"] = issuance_inprocess(ca, csr, issue_count, issue_seconds)
+    if not crl_only:
+        progress(f"store {kind}: in-process issuance on the (almost) empty store")
+        out["issuance_empty"] = issuance_inprocess(ca, csr, issue_count, issue_seconds)
     with contextlib.ExitStack() as stack:
         server = None
-        if http_plan is not None and hs.api_absent_reason() is None:
+        if http_plan is not None and not crl_only and hs.api_absent_reason() is None:
             server = stack.enter_context(hs.start_server(data_dir, db_url))
             progress(f"store {kind}: HTTP issuance on the (almost) empty store")
             out["http"] = {"issue_empty": _http_issue(server, csr, http_plan), "steps": {}}
         _grow(kind, ca, db_url, data_dir, csr, pop, sizes, out, server, http_plan,
               populate_budget_s=populate_budget_s, crl_timeout_s=crl_timeout_s,
-              lookup_count=lookup_count, lookup_seconds=lookup_seconds)  # fmt: skip
-    progress(f"store {kind}: in-process issuance with {pop.rows:,} stored certificates")
+              lookup_count=0 if crl_only else lookup_count,
+              lookup_seconds=lookup_seconds)  # fmt: skip
     out["stored_rows"] = pop.rows
+    if crl_only:
+        ca.db.dispose()
+        return out
+    progress(f"store {kind}: in-process issuance with {pop.rows:,} stored certificates")
     out["issuance_full"] = issuance_inprocess(ca, csr, issue_count, issue_seconds)
     empty, full = out["issuance_empty"]["per_s"], out["issuance_full"]["per_s"]
     out["issuance_full_vs_empty"] = round(full / empty, 3) if empty else None
@@ -145,7 +151,8 @@ def _http_issue(server: hs.Server, csr: bytes, plan: hs.HttpPlan) -> dict[str, A
     got = hs.issuance(
         server, {"csr": csr.decode()}, [c], plan.seconds, plan.max_requests, plan.repeats
     )
-    return got.get(f"c{c}", got)
+    at_c: dict[str, Any] = got.get(f"c{c}", got)
+    return at_c
 
 
 def _grow(
@@ -165,18 +172,29 @@ def _grow(
     lookup_count: int,
     lookup_seconds: float,
 ) -> None:
-    deadline = time.monotonic() + populate_budget_s
+    # The budget is for the fill alone: the measurements between the steps and the index
+    # rebuild after each one (bench.populate.indexes_off) do not eat into it.
+    fill_left = populate_budget_s
     probes = 0  # certificates the HTTP revocation probes added to the CRL
     for size in sizes:
         want = size - pop.rows
         progress(f"store {kind}: populating to {size:,} revoked rows (have {pop.rows:,})")
         t0 = time.perf_counter()
-        got = load(pop, db_url, want, revoked=True, deadline=deadline) if want > 0 else 0
+        got, rebuilt = 0, {"rebuild_s": 0.0}
+        if want > 0:
+            with indexes_off(db_url) as rebuilt:
+                got = load(pop, db_url, want, revoked=True, deadline=time.monotonic() + fill_left)
+                filled = time.perf_counter() - t0
+            progress(f"store {kind}: secondary indexes rebuilt in {rebuilt['rebuild_s']} s")
+        else:
+            filled = 0.0
+        fill_left -= filled
         out["populate"][str(size)] = {
             "rows_added": got,
-            "seconds": round(time.perf_counter() - t0, 2),
+            "seconds": round(filled, 2),
             "rows_total": pop.rows,
-            "rows_per_s": round(got / max(time.perf_counter() - t0, 1e-9)),
+            "rows_per_s": round(got / max(filled, 1e-9)),
+            "index_rebuild_s": rebuilt["rebuild_s"],
         }
         label = str(size)
         if pop.rows < size:
@@ -186,19 +204,20 @@ def _grow(
                 "rows": pop.rows,
             }
         progress(f"store {kind}: generate_crl with {pop.rows:,} revoked (child process)")
+        load1 = round(os.getloadavg()[0], 2)
         result = crl_in_child(db_url, data_dir, crl_timeout_s, breakdown=True)
         out["crl"][label] = {
             **out["crl"].get(label, {}),
             **result,
             "revoked_rows": pop.rows + probes,
+            "load1": load1,
         }
         last = size == sizes[-1] or pop.rows < size
-        progress(f"store {kind}: fetch by serial and name search with {pop.rows:,} rows")
-        # The scaling curve at every step, the full budget only at the last one.
-        out["lookups"][label] = {
-            "rows": pop.rows,
-            **lookups(ca, pop, lookup_count, lookup_seconds if last else lookup_seconds / 3),
-        }
+        if lookup_count > 0:
+            progress(f"store {kind}: fetch by serial and name search with {pop.rows:,} rows")
+            # The scaling curve at every step, the full budget only at the last one.
+            seconds = lookup_seconds if last else lookup_seconds / 3
+            out["lookups"][label] = {"rows": pop.rows, **lookups(ca, pop, lookup_count, seconds)}
         if server is not None and plan is not None:
             step: dict[str, Any] = {"rows": pop.rows}
             if pop.rows <= 100_000:
