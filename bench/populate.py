@@ -194,6 +194,8 @@ def indexes_off(db_url: str) -> Iterator[dict[str, Any]]:
                 if kind == "trigger":
                     conn.execute(sql)
             conn.commit()
+            # What the rebuild wrote is folded back too, as after the fill (see load).
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             conn.close()
             info["rebuild_s"] = round(time.perf_counter() - t0, 2)
         return
@@ -276,6 +278,11 @@ def load(
                 conn.executemany(sql, values)
                 conn.execute("COMMIT")
                 done += n
+            # A service writing these rows itself would have checkpointed its WAL every 1,000
+            # pages as it went; a fill with synchronous=OFF leaves it all in the WAL (150 MB at
+            # 1M), and the first measured writes would pay for folding it back (p99 53 ms
+            # against 18 ms after this, in-process issuance at 1M).
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         finally:
             conn.close()
     else:
