@@ -355,6 +355,12 @@ class Settings:
     workers: int = _setting(
         4, "gunicorn worker processes, 1 to 64 (`serve --workers`).", _int(1, 64)
     )
+    threads: int = _setting(
+        4,
+        "request threads per gunicorn worker, 1 to 64. Concurrent issuances of one worker share "
+        "a commit (group commit), so more threads make larger groups under load.",
+        _int(1, 64),
+    )
     timeout: int = _setting(
         30, "gunicorn worker timeout in seconds, 1 to 3600 (`serve --timeout`).", _int(1, 3600)
     )

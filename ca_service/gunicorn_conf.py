@@ -24,7 +24,7 @@ bind = [_settings.bind]
 workers = _settings.workers
 # Threads let a worker keep idle keep-alive connections while another request signs.
 worker_class = "gthread"
-threads = 4
+threads = _settings.threads
 timeout = _settings.timeout
 # On SIGTERM, workers finish the requests they hold for up to this long before exiting.
 graceful_timeout = 30

@@ -15,6 +15,7 @@ import datetime as dt
 from ca_service.core.context import Context
 from ca_service.domain import Actor, AuditEvent, CertificateRecord, TokenConfirmation
 from ca_service.errors import Conflict, Unauthorized
+from ca_service.storage.db import Database, unit_of_work
 from ca_service.storage.group_commit import GroupCommit, Transaction
 from ca_service.storage.repositories import (
     AuditRepository,
@@ -55,7 +56,9 @@ class IssuedRecords:
 
         def work(s: Transaction) -> None:
             if actor.confirm is not None:
-                _confirm_token(TokenRepository(s), actor.confirm, record.created_at)
+                _confirm_token(
+                    TokenRepository(s), actor.confirm, record.created_at, share_lock=True
+                )
             _refuse_if_revoked(AuthorityRepository(s), name, authority_fingerprint)
             certs = CertificateRepository(s)
             certs.add(record, authority_id, crl_shard=crl_shard)
@@ -72,9 +75,20 @@ class IssuedRecords:
         return self._writes
 
 
-def _confirm_token(repo: TokenRepository, confirm: TokenConfirmation, now: dt.datetime) -> None:
-    """The caller's token, accepted from a cache, must still be active as the store has it."""
-    state = repo.state(confirm.token_id, now)
+def confirm_in_store(db: Database, confirm: TokenConfirmation, now: dt.datetime) -> None:
+    """Outside an issuance's transaction (a request refused before it): the same check, in a
+    read transaction of its own."""
+    with unit_of_work(db) as s:
+        _confirm_token(TokenRepository(s), confirm, now, share_lock=False)
+
+
+def _confirm_token(
+    repo: TokenRepository, confirm: TokenConfirmation, now: dt.datetime, *, share_lock: bool
+) -> None:
+    """The caller's token, accepted from a cache, must still be active as the store has it.
+    ``share_lock``: a revocation of the token waits for this transaction (PostgreSQL), so a
+    certificate commits before its token's revocation answers, or not at all."""
+    state = repo.state(confirm.token_id, now, share_lock=share_lock)
     if state != "active":
         raise Unauthorized(f"bearer token {state}")
     confirm.confirmed = True

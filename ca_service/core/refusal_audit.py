@@ -14,10 +14,13 @@ from collections.abc import Callable
 from contextlib import suppress
 from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
 
+from ca_service.clock import Clock
 from ca_service.core.context import normalize_serial
+from ca_service.core.issued_records import confirm_in_store
 from ca_service.domain import Actor
 from ca_service.errors import CAError, Forbidden, PolicyRejected
 from ca_service.refusals import RefusalLog
+from ca_service.storage.db import Database
 
 
 class Audited(Protocol):
@@ -25,6 +28,12 @@ class Audited(Protocol):
     authority that an issuance without one names."""
 
     refusals: RefusalLog
+
+    @property
+    def db(self) -> Database: ...
+
+    @property
+    def clock(self) -> Clock: ...
 
     def default_authority(self) -> str: ...
 
@@ -52,6 +61,10 @@ def audits_refusals(
                 arguments = signature.bind(core, *args, **kwargs).arguments
                 actor = arguments["actor"]
                 assert isinstance(actor, Actor)
+                if actor.confirm is not None and not actor.confirm.confirmed:
+                    # A token from a cache that a revocation may have ended: a revoked token
+                    # is refused as such (Unauthorized), never audited with a policy rule.
+                    confirm_in_store(core.db, actor.confirm, core.clock.now())
                 core.refusals.record(actor, target(core, arguments), exc, attempted=attempted)
                 raise
 

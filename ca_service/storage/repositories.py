@@ -110,10 +110,11 @@ _SAMPLES: dict[str, _NameSample] = {}
 
 _CERTIFICATE_INSERT = insert(Base.metadata.tables["certificates"])
 _AUDIT_INSERT = insert(Base.metadata.tables["audit_events"])
-_REVOCATION = select(CertificateRow.revoked_at, CertificateRow.revocation_reason).where(
-    CertificateRow.fingerprint_sha256 == bindparam("fingerprint"),
-    CertificateRow.status == CertStatus.REVOKED.value,
-)
+# The row is read whatever its status, so that FOR SHARE locks it even while it is valid (a
+# filter on status locked nothing until the row was revoked: no wait for a revocation at all).
+_REVOCATION = select(
+    CertificateRow.status, CertificateRow.revoked_at, CertificateRow.revocation_reason
+).where(CertificateRow.fingerprint_sha256 == bindparam("fingerprint"))
 _REVOCATION_SHARED = _REVOCATION.with_for_update(read=True)
 
 
@@ -177,9 +178,9 @@ class AuthorityRepository:
         # Prebuilt: every issuance runs it, and building the select anew cost more than running it.
         query = _REVOCATION_SHARED if share_lock else _REVOCATION
         found = self.s.connection().execute(query, {"fingerprint": fingerprint_sha256}).first()
-        if found is None:
+        if found is None or found.status != CertStatus.REVOKED.value:
             return None
-        at, reason = found
+        _status, at, reason = found
         # Every revocation stores its time; a row without one is still revoked, never valid.
         when = _utc(at) if at is not None else dt.datetime.fromtimestamp(0, dt.UTC)
         return when, RevocationReason(reason) if reason else None

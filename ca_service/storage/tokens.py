@@ -22,6 +22,7 @@ _TOKEN_BY_ID = select(TokenRow.__table__).where(TokenRow.__table__.c.id == bindp
 _TOKEN_STATE = select(TokenRow.__table__.c.revoked_at, TokenRow.__table__.c.expires_at).where(
     TokenRow.__table__.c.id == bindparam("id")
 )
+_TOKEN_STATE_SHARED = _TOKEN_STATE.with_for_update(read=True)
 
 
 def policy_to_json(policy: CallerPolicy) -> dict[str, Any]:
@@ -120,10 +121,13 @@ class TokenRepository:
             return None
         return token_record(row), str(row.secret_sha256)
 
-    def state(self, token_id: str, now: dt.datetime) -> str:
+    def state(self, token_id: str, now: dt.datetime, *, share_lock: bool = False) -> str:
         """"active", "revoked", "expired" or "unknown", as the store has it now: the check a
-        write transaction makes for a token accepted from a cache (domain.TokenConfirmation)."""
-        row = self.s.connection().execute(_TOKEN_STATE, {"id": token_id}).one_or_none()
+        write transaction makes for a token accepted from a cache (domain.TokenConfirmation).
+        ``share_lock`` (FOR SHARE on PostgreSQL; SQLite's writers are serial anyway): a
+        revocation of the token (FOR UPDATE) waits until this transaction ends."""
+        query = _TOKEN_STATE_SHARED if share_lock else _TOKEN_STATE
+        row = self.s.connection().execute(query, {"id": token_id}).one_or_none()
         if row is None:
             return "unknown"
         if row.revoked_at is not None:

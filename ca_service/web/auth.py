@@ -103,13 +103,15 @@ def require(
             try:
                 record = _authenticate(oidc_operation, confirm_in_store)
                 identity = record.identity
-                if role is not None:
-                    authorization.check_role(record, role)
-                g.principal = record
                 try:
+                    if role is not None:
+                        authorization.check_role(record, role)
+                    g.principal = record
                     answer = view(*args, **kwargs)
-                except CAError:
-                    _settle_confirmation()  # a revoked token's 401 comes before any other error
+                except Exception:
+                    # Any refusal or error (a role, a rule, a body werkzeug refused): a revoked
+                    # token's 401 comes first.
+                    _settle_confirmation()
                     raise
                 _settle_confirmation()
                 return answer
