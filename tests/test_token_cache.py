@@ -334,17 +334,6 @@ def test_a_revocation_during_the_issuance_transaction_waits_for_it(
     of the issuing CA's own revocation does (AuthorityRepository.revocation_of_certificate,
     share_lock=True). Here the revocation is started right after the store's check of the
     token, inside the issuance's transaction, and may finish only after that commits."""
-    if module_core.db.engine.dialect.name == "postgresql":
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=True,
-                reason="storage/tokens.py TokenRepository.state reads the token's row without "
-                "FOR SHARE: on PostgreSQL a revocation commits (and DELETE /api/v1/tokens "
-                "answers 200) between the check and the issuance's commit, and the "
-                "certificate is stored after its token's revocation; SQLite's single writer "
-                "serializes them",
-            )
-        )
     plain, token_id = _issuer(service)
     actor, confirmation = _actor_of(service, plain)
     revoked = threading.Event()
@@ -361,8 +350,10 @@ def test_a_revocation_during_the_issuance_transaction_waits_for_it(
     thread = threading.Thread(target=revoke, daemon=True)
     original = TokenRepository.state
 
-    def state_then_revoke(self: TokenRepository, tid: str, now: dt.datetime) -> str:
-        found = original(self, tid, now)
+    def state_then_revoke(
+        self: TokenRepository, tid: str, now: dt.datetime, *, share_lock: bool = False
+    ) -> str:
+        found = original(self, tid, now, share_lock=share_lock)
         if tid == token_id and not seen:
             thread.start()
             seen.append(revoked.wait(REVOKE_WAIT_SECONDS))

@@ -255,14 +255,6 @@ def _after_revocation(live: LiveServer, token_id: str) -> int:
     return int(events[0]["id"])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core/refusal_audit.py audits a PolicyRejected (policy.refused, one row naming the "
-    "rule) inside ca.issue_from_csr/issue_with_new_key, before web/auth.py's "
-    "_settle_confirmation finds the cached token revoked: the answer is 401, but the audit log "
-    "records a policy decision for a revoked token (one uncounted row, on each worker that "
-    "still had it cached: the settling then forgets it)",
-)
 def test_a_revoked_token_outside_its_policy_leaves_no_policy_refusal(live: LiveServer) -> None:
     token, token_id = _issuer(live, "policy-audit")
     _warm(live, token, "pa")
@@ -277,14 +269,6 @@ def test_a_revoked_token_outside_its_policy_leaves_no_policy_refusal(live: LiveS
     assert later == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="web/body.py json_model raises werkzeug's UnsupportedMediaType (not a CAError) for "
-    "a body that is not application/json; web/auth.py's wrapper settles the cached token's "
-    "confirmation only on CAError, so a revoked token cached by the worker gets 415, not 401 "
-    "(not audited as a refusal, and the worker keeps it cached, so every such request there "
-    "gets 415)",
-)
 def test_a_revoked_token_with_a_body_that_is_not_json_gets_401(live: LiveServer) -> None:
     token, token_id = _issuer(live, "not-json")
     _warm(live, token, "nj")
@@ -300,14 +284,6 @@ def test_a_revoked_token_with_a_body_that_is_not_json_gets_401(live: LiveServer)
         assert_problem(reply, 401)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="web/auth.py's wrapper checks the role (authorization.check_role) before "
-    "_settle_confirmation: a reader token cached by a worker (authenticate_to_confirm caches "
-    "on any use of the route, even a refused one) gets 403 after its revocation, not 401, "
-    "audited as an authenticated caller (auth.refused, one row per request); nothing makes "
-    "that worker forget it, so this lasts until its cache is reset",
-)
 def test_a_revoked_reader_token_gets_401_from_the_issuance_route(live: LiveServer) -> None:
     reader, reader_id = create_token(live, "reader", name="cached-reader")
     rids = []
