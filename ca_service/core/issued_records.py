@@ -11,6 +11,7 @@ and never hands a certificate out: it only says when its record is committed.
 from __future__ import annotations
 
 import datetime as dt
+import threading
 
 from ca_service.core.context import Context
 from ca_service.domain import Actor, AuditEvent, CertificateRecord, TokenConfirmation
@@ -29,6 +30,7 @@ class IssuedRecords:
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
         self._writes: GroupCommit | None = None
+        self._building = threading.Lock()
 
     def commit(
         self,
@@ -69,10 +71,12 @@ class IssuedRecords:
         self._group().run(work)
 
     def _group(self) -> GroupCommit:
-        # Built on first use and again if the context's database was swapped (tests do).
-        if self._writes is None or self._writes.db is not self.ctx.db:
-            self._writes = GroupCommit(self.ctx.db)
-        return self._writes
+        # Built on first use and again if the context's database was swapped (tests do); under
+        # a lock, so that threads arriving together share one (and so one commit).
+        with self._building:
+            if self._writes is None or self._writes.db is not self.ctx.db:
+                self._writes = GroupCommit(self.ctx.db)
+            return self._writes
 
 
 def confirm_in_store(db: Database, confirm: TokenConfirmation, now: dt.datetime) -> None:

@@ -8,11 +8,12 @@ is in flight queue up, and the next thread to get the turn (the "combiner") runs
 in one transaction and commits once for all of them; each caller is answered only after that
 commit, with its own result or its own error.
 
-A job that raises does not sink the batch: the transaction is rolled back, the job gets its
-error, and the others run again without it in a fresh transaction, so a job's work must be
-safe to run twice (it only executes statements and builds values; nothing leaves the process
-before the commit). An error of the store itself (the database went away, the commit failed)
-is every job's error: none of them committed.
+A job whose own work raises (a refusal, a serial collision, a bug) does not sink the batch:
+the transaction is rolled back, the job gets its error, and the others run again without it in
+a fresh transaction, so a job's work must be safe to run twice (it only executes statements
+and builds values; nothing leaves the process before the commit). An error of the store itself
+(the database went away, a statement or the commit failed in the driver) is every job's error:
+none of them committed.
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ from typing import Generic, TypeVar
 from sqlalchemy.orm import Session
 
 from ca_service import metrics
-from ca_service.errors import CAError
-from ca_service.storage.db import Database, DuplicateRow, unit_of_work
+from ca_service.errors import Unavailable
+from ca_service.storage.db import Database, DuplicateRow, StoreError, unit_of_work
 
 T = TypeVar("T")
 # What a job's work is given: the batch's session, for the repositories. The core names it by
@@ -55,9 +56,12 @@ class _JobFailed(Exception):
 
 
 def _belongs_to_the_job(exc: BaseException) -> bool:
-    """A refusal or a broken unique constraint is the job's answer; anything else is the
-    store's failure and every job's."""
-    return isinstance(exc, CAError | DuplicateRow) or not isinstance(exc, Exception)
+    """A failure of the store (the driver's errors, and Unavailable, which db.py makes of a
+    lost or refused connection) is every job's: their transaction is gone. A broken unique
+    constraint, a refusal, or any other error of the job's own code is that job's alone."""
+    if isinstance(exc, DuplicateRow):
+        return True
+    return not isinstance(exc, StoreError | Unavailable)
 
 
 class GroupCommit:
@@ -68,27 +72,41 @@ class GroupCommit:
         self.max_batch = max_batch
         self._queue: deque[_Job[object]] = deque()
         self._queue_lock = threading.Lock()
-        # Held by the combiner for the whole transaction; the waiters behind it are the
-        # threads whose work it may be committing right now.
+        # Waiters sleep on this until their job is done or nobody is combining; each batch's
+        # end wakes them all, so a caller whose job committed returns at once instead of
+        # queueing for a lock behind the next batch.
+        self._changed = threading.Condition(self._queue_lock)
+        self._combining = False
+        # Held by the combiner while it takes a batch and commits it.
         self._turn = threading.Lock()
 
     def run(self, work: Callable[[Session], T]) -> T:
         """Run ``work`` in a write transaction and return its value once that has committed."""
         job: _Job[T] = _Job(work)
-        with self._queue_lock:
+        with self._changed:
             self._queue.append(job)  # type: ignore[arg-type]
-        while not job.done:
-            with self._turn:
-                if job.done:  # committed (or refused) by the combiner before us
-                    break
-                with self._queue_lock:
-                    batch = [
-                        self._queue.popleft() for _ in range(min(self.max_batch, len(self._queue)))
-                    ]
-                self._commit(batch)
+            while not job.done:
+                if self._combining:
+                    self._changed.wait()
+                    continue
+                self._combining = True
+                self._changed.release()
+                try:
+                    self._combine()
+                finally:
+                    self._changed.acquire()
+                    self._combining = False
+                    self._changed.notify_all()
         if job.error is not None:
             raise job.error
         return job.value  # type: ignore[return-value]
+
+    def _combine(self) -> None:
+        with self._turn:
+            with self._queue_lock:
+                count = min(self.max_batch, len(self._queue))
+                batch = [self._queue.popleft() for _ in range(count)]
+            self._commit(batch)
 
     def _commit(self, batch: list[_Job[object]]) -> None:
         pending = batch

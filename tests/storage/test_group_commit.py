@@ -391,10 +391,12 @@ def _operational() -> BaseException:
     return sa_exc.OperationalError("COMMIT", {}, Exception("the disk went away"))
 
 
+def _unavailable() -> BaseException:
+    return Unavailable("the database is unreachable or refused the operation: gone")
+
+
 @pytest.mark.parametrize(
-    "failure",
-    [lambda: RuntimeError("the store broke"), _operational],
-    ids=["RuntimeError", "OperationalError"],
+    "failure", [_operational, _unavailable], ids=["OperationalError", "Unavailable"]
 )
 def test_a_store_failure_is_every_jobs_error_and_nothing_is_stored(
     ca: Core, failure: Callable[[], BaseException]
@@ -431,10 +433,9 @@ def _is_or_wraps(error: BaseException | None, original: BaseException) -> bool:
     return False
 
 
-def test_a_driver_error_in_one_jobs_statement_is_that_jobs_unavailable(ca: Core) -> None:
-    """What the store's own errors look like from inside a job: the engine translates a driver
-    OperationalError into Unavailable, a CAError, so it is the job's own error and the others
-    commit without it (not every job's error, as for an error raised at BEGIN or COMMIT)."""
+def test_a_driver_error_in_one_jobs_statement_is_every_jobs_unavailable(ca: Core) -> None:
+    """A statement the driver fails inside a job (the engine translates it into Unavailable)
+    means the transaction is gone: every job of the batch gets the error, none is stored."""
     db, gc = ca.db, GroupCommit(ca.db)
 
     def fails(s: Session) -> None:
@@ -445,13 +446,27 @@ def test_a_driver_error_in_one_jobs_statement_is_that_jobs_unavailable(ca: Core)
             s.execute(sa.text("SET LOCAL statement_timeout = 1"))
             s.execute(sa.text("SELECT pg_sleep(5)"))
 
-    tags = ["u0", "fails", "u1"]
     run = run_queued_batch(gc, [_insert("u0"), fails, _insert("u1")])
+    assert all(isinstance(o.error, Unavailable) for o in run.jobs), [o.error for o in run.jobs]
+    assert sorted(_stored(db)) == ["leader"]
+
+
+def test_a_bug_in_one_jobs_code_is_that_jobs_error_alone(ca: Core) -> None:
+    """An error of a job's own code that is not the store's (here a TypeError) fails that
+    request only: the others of its batch commit without it."""
+    db, gc = ca.db, GroupCommit(ca.db)
+
+    def buggy(s: Session) -> None:
+        _insert("buggy")(s)
+        raise TypeError("a bug in one job")
+
+    tags = ["b0", "buggy", "b1"]
+    run = run_queued_batch(gc, [_insert("b0"), buggy, _insert("b1")])
     outcomes = dict(zip(tags, run.jobs, strict=True))
-    assert isinstance(outcomes["fails"].error, Unavailable), repr(outcomes["fails"].error)
+    assert isinstance(outcomes["buggy"].error, TypeError)
     stored = _stored(db)
-    assert sorted(stored) == ["leader", "u0", "u1"]
-    for tag in ("u0", "u1"):
+    assert sorted(stored) == ["b0", "b1", "leader"]
+    for tag in ("b0", "b1"):
         assert _value_of(outcomes[tag]) == (tag, stored[tag][0])
 
 
