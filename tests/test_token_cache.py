@@ -309,6 +309,58 @@ def test_one_revoked_token_in_a_group_commit_batch_does_not_sink_the_others(
     assert _stored(module_core) == (before[0] + 4, before[1] + 4)
 
 
+def test_a_batch_checks_its_token_and_its_ca_once_and_sends_its_rows_together(
+    module_core: Core, service: TokenService
+) -> None:
+    """Six issuances with one token from one CA in one batch: one read of the token's state,
+    one of the CA's revocation, one executemany each for the certificates and their events;
+    every certificate and event stored, every confirmation set."""
+    plain, _ = _issuer(service)
+    group = module_core._issuance.records._group()
+    before = _stored(module_core)
+    seen: list[tuple[str, bool]] = []
+
+    def count(_c: object, _cur: object, statement: str, _p: object, _x: object, many: bool) -> None:
+        seen.append((" ".join(statement.split())[:60], many))
+
+    outcomes: dict[int, object] = {}
+    confirmations: dict[int, TokenConfirmation] = {}
+
+    def run(i: int) -> None:
+        actor, confirmations[i] = _actor_of(service, plain)
+        name = f"b{i}.cache.example.test"
+        try:
+            outcomes[i] = module_core.issue_from_csr(csr_pem(make_key(), name, [name]), actor)
+        except Exception as exc:
+            outcomes[i] = exc
+
+    threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(6)]
+    sa.event.listen(module_core.db.engine, "before_cursor_execute", count)
+    try:
+        with group._turn:
+            for t in threads:
+                t.start()
+            for _ in range(500):  # until every job is queued behind the held turn (bounded)
+                if len(group._queue) == len(threads):
+                    break
+                threading.Event().wait(0.01)
+            assert len(group._queue) == len(threads)
+        for t in threads:
+            t.join(timeout=60)
+    finally:
+        sa.event.remove(module_core.db.engine, "before_cursor_execute", count)
+    assert not any(t.is_alive() for t in threads)
+    assert all(not isinstance(o, Exception) for o in outcomes.values()), outcomes
+    assert all(c.confirmed for c in confirmations.values())
+    assert _stored(module_core) == (before[0] + 6, before[1] + 6)
+    token_reads = [s for s, _ in seen if s.startswith("SELECT api_tokens.revoked_at")]
+    ca_reads = [s for s, _ in seen if s.startswith("SELECT certificates.status")]
+    cert_inserts = [m for s, m in seen if s.startswith("INSERT INTO certificates")]
+    audit_inserts = [m for s, m in seen if s.startswith("INSERT INTO audit_events")]
+    assert len(token_reads) == 1 and len(ca_reads) == 1, seen
+    assert cert_inserts == [True] and audit_inserts == [True], seen
+
+
 def test_policy_is_unchanged_by_the_cache(service: TokenService) -> None:
     """The cached record is the stored one: role and policy as created."""
     plain, _ = _issuer(service)

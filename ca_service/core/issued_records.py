@@ -17,7 +17,7 @@ from ca_service.core.context import Context
 from ca_service.domain import Actor, AuditEvent, CertificateRecord, TokenConfirmation
 from ca_service.errors import Conflict, Unauthorized
 from ca_service.storage.db import Database, unit_of_work
-from ca_service.storage.group_commit import GroupCommit, Transaction
+from ca_service.storage.group_commit import GroupCommit, Transaction, once
 from ca_service.storage.repositories import (
     AuditRepository,
     AuthorityRepository,
@@ -59,14 +59,14 @@ class IssuedRecords:
         def work(s: Transaction) -> None:
             if actor.confirm is not None:
                 _confirm_token(
-                    TokenRepository(s), actor.confirm, record.created_at, share_lock=True
+                    TokenRepository(s), actor.confirm, record.created_at, share_lock=True, batch=s
                 )
-            _refuse_if_revoked(AuthorityRepository(s), name, authority_fingerprint)
+            _refuse_if_revoked(AuthorityRepository(s), name, authority_fingerprint, batch=s)
             certs = CertificateRepository(s)
             certs.add(record, authority_id, crl_shard=crl_shard)
             if renews is not None:
                 certs.set_successor(renews.serial, authority_id, record.serial)
-            AuditRepository(s).add(event)
+            AuditRepository(s).add_later(event)
 
         self._group().run(work)
 
@@ -87,20 +87,37 @@ def confirm_in_store(db: Database, confirm: TokenConfirmation, now: dt.datetime)
 
 
 def _confirm_token(
-    repo: TokenRepository, confirm: TokenConfirmation, now: dt.datetime, *, share_lock: bool
+    repo: TokenRepository,
+    confirm: TokenConfirmation,
+    now: dt.datetime,
+    *,
+    share_lock: bool,
+    batch: Transaction | None = None,
 ) -> None:
     """The caller's token, accepted from a cache, must still be active as the store has it.
     ``share_lock``: a revocation of the token waits for this transaction (PostgreSQL), so a
-    certificate commits before its token's revocation answers, or not at all."""
-    state = repo.state(confirm.token_id, now, share_lock=share_lock)
+    certificate commits before its token's revocation answers, or not at all. ``batch``: read
+    once for all the jobs of the transaction that carry the same token."""
+
+    def read() -> str:
+        return repo.state(confirm.token_id, now, share_lock=share_lock)
+
+    state = once(batch, ("token", confirm.token_id), read) if batch is not None else read()
     if state != "active":
         raise Unauthorized(f"bearer token {state}")
     confirm.confirmed = True
 
 
-def _refuse_if_revoked(repo: AuthorityRepository, name: str, fingerprint: str) -> None:
-    """Inside an issuance's transaction: refuse when the issuing CA's certificate is revoked."""
-    revoked = repo.revocation_of_certificate(fingerprint, share_lock=True)
+def _refuse_if_revoked(
+    repo: AuthorityRepository, name: str, fingerprint: str, *, batch: Transaction
+) -> None:
+    """Inside an issuance's transaction: refuse when the issuing CA's certificate is revoked
+    (read, and share-locked, once for the transaction's issuances from that CA)."""
+    revoked = once(
+        batch,
+        ("authority", fingerprint),
+        lambda: repo.revocation_of_certificate(fingerprint, share_lock=True),
+    )
     if revoked is not None:
         at, reason = revoked
         raise Conflict(

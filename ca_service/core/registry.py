@@ -122,11 +122,11 @@ class Registry:
         if cached is not None and time.monotonic() - cached[0] < DEFAULT_TTL:
             return cached[1]
         with unit_of_work(self.ctx.db) as s:
-            record = AuthorityRepository(s).default()
-        if record is None:
+            name = AuthorityRepository(s).default_name()
+        if name is None:
             raise NotFound("no certificate authority exists yet; run 'ca-service init'")
-        self._default = (time.monotonic(), record.name)
-        return record.name
+        self._default = (time.monotonic(), name)
+        return name
 
     def load_keys(self) -> list[str]:
         """Load and check every CA key now, so a wrong passphrase stops the service at start."""

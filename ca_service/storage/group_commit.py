@@ -20,22 +20,48 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from collections.abc import Callable
-from typing import Generic, TypeVar
+from collections.abc import Callable, Hashable
+from typing import Any, Generic, TypeVar
 
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.expression import Executable
 
 from ca_service import metrics
 from ca_service.errors import Unavailable
 from ca_service.storage.db import Database, DuplicateRow, StoreError, unit_of_work
 
 T = TypeVar("T")
+V = TypeVar("V")
 # What a job's work is given: the batch's session, for the repositories. The core names it by
 # this alias and never reaches the toolkit itself (tests/core/test_core_shape.py).
 Transaction = Session
 
 # Enough to absorb every request thread of a worker at once; a longer queue waits one commit.
 MAX_BATCH = 64
+# Keys of Session.info: what the jobs of one transaction attempt share (fresh for each attempt).
+_ONCE, _LATER = "ca_group_once", "ca_group_later"
+
+
+def once(session: Session, key: Hashable, compute: Callable[[], V]) -> V:
+    """``compute()`` once per transaction for a check that every job of a batch makes alike
+    (the same token, the same issuing CA): its answer holds for the whole transaction, whose
+    locks it took. An error is not kept: each job that asks gets its own."""
+    memo: dict[Hashable, Any] = session.info.setdefault(_ONCE, {})
+    if key not in memo:
+        memo[key] = compute()
+    return memo[key]  # type: ignore[no-any-return]
+
+
+def insert_later(session: Session, statement: Executable, params: dict[str, Any]) -> None:
+    """An INSERT sent with the batch's other rows of the same statement (one executemany) just
+    before the commit; outside a GroupCommit's transaction, sent at once. For rows nobody reads
+    back within the transaction."""
+    later: dict[tuple[Executable, frozenset[str]], list[dict[str, Any]]] | None
+    later = session.info.get(_LATER)
+    if later is None:
+        session.connection().execute(statement, params)
+        return
+    later.setdefault((statement, frozenset(params)), []).append(params)
 
 
 class _Job(Generic[T]):
@@ -53,6 +79,10 @@ class _JobFailed(Exception):
 
     def __init__(self, job: _Job[object]) -> None:
         self.job = job
+
+
+class _Ambiguous(Exception):
+    """The batch's deferred rows broke a unique constraint: whose row is not known."""
 
 
 def _belongs_to_the_job(exc: BaseException) -> bool:
@@ -113,6 +143,8 @@ class GroupCommit:
         while pending:
             try:
                 with unit_of_work(self.db, write=True) as session:
+                    later: dict[tuple[Executable, frozenset[str]], list[dict[str, Any]]] = {}
+                    session.info[_LATER] = later
                     for job in pending:
                         try:
                             job.value = job.work(session)
@@ -121,6 +153,12 @@ class GroupCommit:
                                 raise
                             job.error = exc
                             raise _JobFailed(job) from exc
+                    _send_later(session, later, pending)
+            except _Ambiguous:
+                # One transaction per job tells whose row it was; rare (a serial collision).
+                for job in pending:
+                    self._commit([job])
+                return
             except _JobFailed as failed:
                 failed.job.done = True
                 pending = [j for j in pending if j is not failed.job]
@@ -135,3 +173,21 @@ class GroupCommit:
             for job in pending:
                 job.done = True
             return
+
+
+def _send_later(
+    session: Session,
+    later: dict[tuple[Executable, frozenset[str]], list[dict[str, Any]]],
+    pending: list[_Job[object]],
+) -> None:
+    """The deferred rows, one executemany per statement; a broken unique constraint is the
+    job's when there is one job, else the batch is retried one job per transaction."""
+    connection = session.connection()
+    for (statement, _keys), rows in later.items():
+        try:
+            connection.execute(statement, rows)
+        except DuplicateRow as exc:
+            if len(pending) > 1:
+                raise _Ambiguous from exc
+            pending[0].error = exc
+            raise _JobFailed(pending[0]) from exc
