@@ -51,18 +51,7 @@ def _one_server(
             os.environ.pop("PYTHONPATH", None)
         else:
             os.environ["PYTHONPATH"] = saved
-    out = {}
-    for c in levels:
-        r = found.get(f"c{c}") or {}
-        rps, cores = r.get("rps"), r.get("server_cpu_cores")
-        out[c] = {
-            "rps": rps,
-            "p50_ms": r.get("p50_ms"),
-            "p99_ms": r.get("p99_ms"),
-            "cpu_ms_per_cert": round(1000 * cores / rps, 2) if rps and cores else None,
-            "errors": r.get("errors"),
-        }
-    return out
+    return _per_level(found, levels)
 
 
 def _cfssl(csr: bytes, levels: list[int], seconds: float) -> dict[int, dict[str, Any]]:
@@ -70,10 +59,15 @@ def _cfssl(csr: bytes, levels: list[int], seconds: float) -> dict[int, dict[str,
         found = references.cfssl_scenario(
             Path(tmp), csr, [("ecdsa", "sqlite")], levels, seconds, MAX_REQUESTS, 0
         )
-    runs = (found.get("runs") or {}).get("ecdsa_sqlite") or {}
+    return _per_level((found.get("runs") or {}).get("ecdsa_sqlite") or {}, levels)
+
+
+def _per_level(found: dict[str, Any], levels: list[int]) -> dict[int, dict[str, Any]]:
+    """Each level's certs/s, p50, p99 and server CPU ms per certificate, from a run's
+    ``c<N>`` figures (ca-service's and CFSSL's have the same shape)."""
     out: dict[int, dict[str, Any]] = {}
     for c in levels:
-        r = runs.get(f"c{c}") or {}
+        r = found.get(f"c{c}") or {}
         rps, cores = r.get("rps"), r.get("server_cpu_cores")
         out[c] = {
             "rps": rps,
