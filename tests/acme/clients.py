@@ -236,8 +236,10 @@ def write_exec_hook(directory: Path, records: Path) -> Path:
     hook.write_text(
         "#!/bin/sh\n"
         f"cd {shlex.quote(str(REPO))} || exit 1\n"
-        f'exec {shlex.quote(sys.executable)} -m tests.acme.dns_server "$@" '
-        f"--records {shlex.quote(str(records))}\n"
+        # A DNS-01 value is base64url and starts with "-" one time in 64: after "--" it is
+        # never read as an option.
+        f'exec {shlex.quote(sys.executable)} -m tests.acme.dns_server "$1" '
+        f'--records {shlex.quote(str(records))} -- "$2" "$3"\n'
     )
     hook.chmod(0o755)
     return hook

@@ -167,6 +167,26 @@ def test_lego_exec_present_and_cleanup_from_another_process(tmp_path: Path) -> N
         assert json.loads(server.records_path.read_text()) == {}
 
 
+def test_the_lego_hook_takes_a_value_that_starts_with_a_dash(tmp_path: Path) -> None:
+    """A DNS-01 TXT value is base64url: one in 64 starts with "-". lego calls the hook as
+    ``HOOK present FQDN VALUE``; the value must not be read as an option (a CI run lost a
+    wildcard order to this)."""
+    from .clients import write_exec_hook
+
+    records = tmp_path / "r.json"
+    hook = write_exec_hook(tmp_path / "hook", records)
+    fqdn = "_acme-challenge.a.example.test."
+    value = "-Zx3_kQ9"
+    for command in ("present", "cleanup"):
+        done = subprocess.run(
+            [str(hook), command, fqdn, value], capture_output=True, text=True, timeout=60
+        )
+        assert done.returncode == 0, done.stderr
+        if command == "present":
+            assert read_records(records)[fqdn]["TXT"] == [value]
+    assert not read_records(records).get(fqdn, {}).get("TXT")
+
+
 def test_cli_refuses_bad_usage(tmp_path: Path) -> None:
     done = _cli("present", "only-one-arg", "--records", str(tmp_path / "r.json"))
     assert done.returncode == 2 and "usage" in done.stderr
