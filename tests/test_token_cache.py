@@ -21,7 +21,8 @@ import sqlalchemy as sa
 import ca_service.tokens as tokens_module
 from ca_service.clock import FixedClock
 from ca_service.core.facade import Core
-from ca_service.domain import Actor, CallerPolicy, Role, TokenConfirmation
+from ca_service.crypto.keys import SigningKey
+from ca_service.domain import Actor, CallerPolicy, KeyType, Role, TokenConfirmation
 from ca_service.errors import Unauthorized
 from ca_service.policy.authorization import build_policy
 from ca_service.storage.tokens import TokenRepository
@@ -229,6 +230,42 @@ def test_the_core_refuses_a_cached_token_revoked_elsewhere_and_stores_nothing(
         )
     assert not confirmation2.confirmed
     assert _stored(module_core) == before
+
+
+def test_a_cached_revoked_token_gets_no_rsa_key_made(
+    module_core: Core, service: TokenService, clock: FixedClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An RSA key costs 50 ms to seconds: a token from the cache is confirmed before one is
+    made for it, so a revoked token cannot spend a worker's CPU. An active token still gets its
+    key and certificate, confirmed."""
+    import ca_service.core.issuance as issuance
+
+    made: list[object] = []
+    real = issuance.generate_private_key
+
+    def counting(key_type: KeyType) -> SigningKey:
+        made.append(key_type)
+        return real(key_type)
+
+    monkeypatch.setattr(issuance, "generate_private_key", counting)
+    plain, token_id = _issuer(service)
+    actor, confirmation = _actor_of(service, plain)
+    TokenService(module_core.db, clock).revoke(token_id, ADMIN)  # another process
+    before = _stored(module_core)
+    with pytest.raises(Unauthorized, match="revoked"):
+        module_core.issue_with_new_key(
+            actor, common_name="rsa.cache.example.test", key_type=KeyType.RSA_4096
+        )
+    assert made == [] and not confirmation.confirmed
+    assert _stored(module_core) == before
+
+    plain, _ = _issuer(service)
+    actor, confirmation = _actor_of(service, plain)
+    issued = module_core.issue_with_new_key(
+        actor, common_name="rsa2.cache.example.test", key_type=KeyType.RSA_2048
+    )
+    assert made == [KeyType.RSA_2048] and confirmation.confirmed
+    assert issued.private_key_pem is not None
 
 
 def test_the_core_refuses_a_token_expired_or_unknown_in_the_store(

@@ -9,6 +9,7 @@ authority's Signer, and never keep the key pair it makes for a caller.
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 from collections.abc import Sequence
 
 from cryptography import x509
@@ -18,7 +19,7 @@ from cryptography.hazmat.primitives.serialization import pkcs12
 
 from ca_service import metrics
 from ca_service.core.context import Context, record_for
-from ca_service.core.issued_records import IssuedRecords
+from ca_service.core.issued_records import IssuedRecords, confirm_in_store
 from ca_service.core.registry import LoadedAuthority, Registry
 from ca_service.crypto.csr import parse_csr
 from ca_service.crypto.keys import SigningKey, generate_private_key, key_type_of, private_key_pem
@@ -40,6 +41,10 @@ SERIAL_ATTEMPTS = 4
 PKCS12_KEYS = (rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey, ed25519.Ed25519PrivateKey)
 # The public key of a request whose key pair is generated only after policy approved it; it is
 # replaced in the approved template and never signed (a fixed, valid Ed25519 point).
+# Key types whose generation costs far more than a read of the store (an RSA key takes 50 ms
+# to seconds; an EC or Ed25519 key less than the read): a caller's token accepted from a cache
+# is confirmed before one is made, so a revoked token cannot spend the CPU.
+_COSTLY_KEYS = frozenset({KeyType.RSA_2048, KeyType.RSA_3072, KeyType.RSA_4096})
 _KEY_NOT_YET_MADE = ed25519.Ed25519PrivateKey.from_private_bytes(bytes(32)).public_key()
 
 
@@ -234,6 +239,8 @@ class Issuance:
                 request, ctx.settings.profiles, loaded.view, actor.policy, now, ctx.serials()
             )
             if new_key:
+                if private_key is None and request.key_type in _COSTLY_KEYS:
+                    _settle_cached_token(ctx, actor, now)
                 private_key = private_key or generate_private_key(request.key_type)
                 template = dataclasses.replace(template, public_key=private_key.public_key())
             template, crl_shard = self.registry.crl_pointers(template)
@@ -255,6 +262,13 @@ class Issuance:
                 continue
             return record, cert, private_key
         raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _settle_cached_token(ctx: Context, actor: Actor, now: dt.datetime) -> None:
+    """A token from the cache, not yet confirmed: confirm it now, in a read of its own (the
+    issuance's transaction confirms it again, for a revocation in between)."""
+    if actor.confirm is not None and not actor.confirm.confirmed:
+        confirm_in_store(ctx.db, actor.confirm, now)
 
 
 def _pkcs12(
