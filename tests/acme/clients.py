@@ -282,6 +282,9 @@ class Lego:
                 "EXEC_PATH": str(hook),
                 "EXEC_PROPAGATION_TIMEOUT": "30",
                 "EXEC_POLLING_INTERVAL": "1",
+                # A wildcard and its base name share one TXT name: lego solves them one after
+                # the other, 60 s apart by default.
+                "EXEC_SEQUENCE_INTERVAL": "1",
             }
             return args, env
         raise ValueError("a Lego needs http_port, tls_port, or dns_port and records")
