@@ -255,10 +255,13 @@ def run_wrk(
     concurrency: int,
     seconds: int,
     headers: dict[str, str] | None = None,
+    method: str = "POST",
+    content_type: str = "application/json",
 ) -> dict[str, Any] | None:
     """Cross-check with wrk (C, far cheaper per request) when installed; None if it is not.
 
-    wrk is bounded by time only, so ``seconds`` is kept short by the caller.
+    wrk is bounded by time only, so ``seconds`` is kept short by the caller. ``method`` GET
+    sends no body (``body`` is then ignored).
     """
     import re
     import shutil
@@ -273,11 +276,14 @@ def run_wrk(
         body_file = os.path.join(tmp, "body")
         with open(body_file, "wb") as fh:
             fh.write(body)
-        lines = ['wrk.method = "POST"', 'wrk.headers["Content-Type"] = "application/json"']
+        lines = [f"wrk.method = {method!r}"]
+        if method != "GET":
+            lines.append(f"wrk.headers['Content-Type'] = {content_type!r}")
         for k, v in (headers or {}).items():
             lines.append(f"wrk.headers[{k!r}] = {v!r}")
-        lines.append(f'local f = assert(io.open("{body_file}", "rb")); wrk.body = f:read("*a")')
-        lines.append("f:close()")
+        if method != "GET":
+            lines.append(f'local f = assert(io.open("{body_file}", "rb")); wrk.body = f:read("*a")')
+            lines.append("f:close()")
         script = os.path.join(tmp, "post.lua")
         with open(script, "w") as fh:
             fh.write("\n".join(lines) + "\n")

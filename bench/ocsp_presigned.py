@@ -121,7 +121,17 @@ def markdown(ocsp_results: dict[str, Any], machine: dict[str, Any] | None = None
     dbs = {k: v for k, v in (ocsp_results or {}).items() if isinstance(v, dict)}
     if not dbs:
         return ""
-    when = f" Run {machine.get('date')}, commit `{machine.get('commit')}`." if machine else ""
+    # A section merged from another run names that run (its own "measured"), not this file's.
+    own = next((v["measured"] for v in dbs.values() if isinstance(v.get("measured"), dict)), None)
+    source = own or machine
+    when = f" Run {source.get('date')}, commit `{source.get('commit')}`." if source else ""
+    merged = (
+        own
+        and machine
+        and (own.get("date"), own.get("commit")) != (machine.get("date"), machine.get("commit"))
+    )
+    if merged and own and own.get("command"):
+        when += f" Measured by `{own['command']}` and merged into this run's results."
     lines = [
         "",
         "## OCSP pre-signed (issue 15 item 2)",
@@ -131,7 +141,9 @@ def markdown(ocsp_results: dict[str, Any], machine: dict[str, Any] | None = None
         "certificates issued over HTTP, then the load generator on keep-alive connections: "
         "nonce-less `POST /ocsp` and `GET /ocsp/{base64}` (served pre-signed), and `POST /ocsp` "
         "with a fresh nonce (signed per request). The median of the repeated runs; the load "
-        "generator shares the cores with the server." + when,
+        "generator shares the cores with the server. bench/loadgen.py is Python and spends "
+        "about as much CPU per answer as the server: the `wrk` rows (one run, one fixed "
+        "request, C) show what the server answers when the generator costs less." + when,
         "",
         "| DB | request | c | answers/s | p50 / p99 ms | runs | errors | load1 | server CPU cores "
         "| >= 3,000/s at c=8 |",
@@ -143,8 +155,11 @@ def markdown(ocsp_results: dict[str, Any], machine: dict[str, Any] | None = None
             lines.append(f"| {db} | {r.get('status')}: {reason} |" + " |" * 8)
             continue
         for key, label in (("post", "POST, no nonce"), ("get", "GET, no nonce"),
+                           ("post_wrk", "POST, no nonce, wrk"), ("get_wrk", "GET, no nonce, wrk"),
                            ("post_nonce", "POST, nonce (signed fresh)")):  # fmt: skip
             m = r.get(key)
+            if key.endswith("_wrk") and m is None:
+                continue  # no wrk on the machine that ran it
             if not isinstance(m, dict) or "rps" not in m:
                 why = str((m or {}).get("reason", "not run"))[:120].replace("|", "/")
                 lines.append(f"| {db} | {label} | {why} |" + " |" * 7)
@@ -160,7 +175,7 @@ def markdown(ocsp_results: dict[str, Any], machine: dict[str, Any] | None = None
             lines.append(
                 f"| {db} | {label} | {m.get('concurrency')} | {_cell(m['rps'])} "
                 f"| {_cell(m.get('p50_ms'))} / {_cell(m.get('p99_ms'))} | {runs} "
-                f"| {m.get('errors')} | {_cell(m.get('load1'))} "
+                f"| {m.get('errors', m.get('non_2xx'))} | {_cell(m.get('load1'))} "
                 f"| {_cell(m.get('server_cpu_cores'))} | {judged} |"
             )
     lines += ["", 'Where a nonce-less answer\'s time goes: PROFILES.md, "OCSP fast path".']

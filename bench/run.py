@@ -183,6 +183,10 @@ def run(mode: Mode, only: set[str], out_dir: Path, command: str) -> dict[str, An
                     )  # fmt: skip
                 except Exception as exc:  # record and go on, as the other scenarios do
                     results["ocsp"][db] = {"status": "error", "reason": repr(exc)}
+            # Its own provenance, as the replicas': it may be merged into another run's file.
+            machine = results["machine"]
+            measured = {k: machine[k] for k in ("date", "commit")}
+            results["ocsp"][db]["measured"] = {**measured, "command": command}
     if "hsm" in only:
         progress("hsm: issuance with the CA key in SoftHSM2 against a key file")
         try:

@@ -228,3 +228,44 @@ def test_limits_when_nothing_is_missed() -> None:
     data = results()
     data["targets"] = [t for t in report.evaluate(data) if t["status"] != "missed"]
     assert "No target was missed in this run." in report.limits(data)
+
+
+def test_wrk_ocsp_figures_are_judged_beside_the_python_generator() -> None:
+    """wrk's rows (when the run had wrk) are separate targets and table rows; a run without
+    them shows neither, and the Python generator's figure is judged as before."""
+    from bench import ocsp_presigned
+
+    data = results()
+    wrk = {"engine": "wrk", "concurrency": 8, "rps": 4100.0, "p50_ms": 1.6, "p99_ms": 8.0,
+           "non_2xx": 0}  # fmt: skip
+    data["ocsp"]["sqlite"]["get_wrk"] = wrk
+    targets = _by_name(report.evaluate(data))
+    assert targets["OCSP GET nonce-less answers c=8 (wrk), SQLite"]["status"] == "met"
+    assert targets["OCSP GET nonce-less answers c=8, SQLite"]["status"] == "missed"
+    assert "OCSP POST nonce-less answers c=8 (wrk), SQLite" not in targets
+    assert "OCSP GET nonce-less answers c=8 (wrk), PostgreSQL" not in targets
+    table = ocsp_presigned.markdown(data["ocsp"])
+    assert "| sqlite | GET, no nonce, wrk | 8 | 4,100.0 | 1.60 / 8.00 |  | 0 |" in table
+    assert "POST, no nonce, wrk" not in table
+
+
+def test_a_merged_ocsp_section_names_its_own_run() -> None:
+    from bench import ocsp_presigned
+
+    data = results()
+    machine = {"date": "2026-12-01T19:54Z", "commit": "aaaaaaa"}
+    assert "commit `aaaaaaa`" in ocsp_presigned.markdown(data["ocsp"], machine)
+    measured = {
+        "date": "2026-12-01T22:30Z",
+        "commit": "bbbbbbb",
+        "command": "python -m bench.run --only ocsp",
+    }
+    for db in ("sqlite", "postgresql"):
+        data["ocsp"][db]["measured"] = measured
+    text = ocsp_presigned.markdown(data["ocsp"], machine)
+    assert "commit `bbbbbbb`" in text and "aaaaaaa" not in text
+    assert "`python -m bench.run --only ocsp` and merged" in text
+    # The section's own rows are unchanged by the provenance key.
+    assert text.count("| sqlite |") == ocsp_presigned.markdown(results()["ocsp"], machine).count(
+        "| sqlite |"
+    )
