@@ -17,9 +17,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from pyasn1.codec.der import decoder, encoder
 from pyasn1.error import PyAsn1Error
-from pyasn1.type import univ, useful
+from pyasn1.type import univ
 from pyasn1_alt_modules import rfc5280, rfc6960
 
+from ca_service.crypto import der
 from ca_service.domain import RevocationReason
 
 SHA1 = univ.ObjectIdentifier("1.3.14.3.2.26")
@@ -121,28 +122,39 @@ def _check_nonce(extn_value: bytes) -> None:
         raise MalformedRequest(f"the nonce must be {NONCE_MIN} to {NONCE_MAX} octets (RFC 8954)")
 
 
-def _time(value: dt.datetime) -> useful.GeneralizedTime:
-    return useful.GeneralizedTime(value.astimezone(dt.UTC).strftime("%Y%m%d%H%M%SZ"))
+# The response side is written with crypto/der.py, not pyasn1: for an answer signed per request
+# (a nonce, several certificates) pyasn1 cost 4.5 of its 5 ms of CPU, most of it decoding and
+# re-encoding the delegated responder's certificate (bench/PROFILES.md, "OCSP answers signed per
+# request"). Every part a client sent or the signer made (CertID, nonce extension, signature
+# algorithm, certificates) is spliced in as the DER it already is. tests/crypto/test_ocsp_wire.py
+# checks the bytes against pyasn1's encoding of the same structures.
+_SUCCESSFUL = b"\x0a\x01\x00"  # OCSPResponseStatus successful (ENUMERATED 0)
+_ID_PKIX_OCSP_BASIC = b"\x06\x09\x2b\x06\x01\x05\x05\x07\x30\x01\x01"  # 1.3.6.1.5.5.7.48.1.1
+_GOOD, _UNKNOWN = b"\x80\x00", b"\x82\x00"  # [0] and [2] IMPLICIT NULL
 
 
-def _single_response(answer: SingleAnswer) -> rfc6960.SingleResponse:
-    single = rfc6960.SingleResponse()
-    cert_id, _ = decoder.decode(answer.ref.der, asn1Spec=rfc6960.CertID())
-    single["certID"] = cert_id
-    status = single["certStatus"]
+def _time(value: dt.datetime) -> bytes:
+    """GeneralizedTime, as RFC 6960 has every OCSP time."""
+    return der.tlv(0x18, value.astimezone(dt.UTC).strftime("%Y%m%d%H%M%SZ").encode())
+
+
+def _single_response(answer: SingleAnswer) -> bytes:
     if answer.status == "good":
-        status["good"] = status["good"].clone("")
+        status = _GOOD
     elif answer.status == "revoked":
         assert answer.revoked_at is not None
-        info = status["revoked"]
-        info["revocationTime"] = _time(answer.revoked_at)
+        info = _time(answer.revoked_at)
         if answer.reason is not None and answer.reason is not RevocationReason.UNSPECIFIED:
-            info["revocationReason"] = info["revocationReason"].clone(answer.reason.code)
+            info += der.explicit(0, der.tlv(0x0A, bytes((answer.reason.code,))))
+        status = der.tlv(0xA1, info)  # [1] IMPLICIT RevokedInfo
     else:
-        status["unknown"] = status["unknown"].clone("")
-    single["thisUpdate"] = _time(answer.this_update)
-    single["nextUpdate"] = single["nextUpdate"].clone(_time(answer.next_update).asOctets())
-    return single
+        status = _UNKNOWN
+    return der.sequence(
+        answer.ref.der,
+        status,
+        _time(answer.this_update),
+        der.explicit(0, _time(answer.next_update)),
+    )
 
 
 def response_data(
@@ -150,52 +162,36 @@ def response_data(
     produced_at: dt.datetime,
     responder_key_hash: bytes,
     nonce_extension_der: bytes | None,
-) -> tuple[rfc6960.ResponseData, bytes]:
-    """The ResponseData of an answer and its DER, the bytes its signature covers.
+) -> bytes:
+    """The DER of an answer's ResponseData, the bytes its signature covers.
 
     ``responder_key_hash``: SHA-1 of the signer's subjectPublicKey BIT STRING (the ResponderID
     byKey of RFC 6960)."""
-    data = rfc6960.ResponseData()
-    responder = data["responderID"]
-    responder["byKey"] = responder["byKey"].clone(responder_key_hash)
-    data["producedAt"] = _time(produced_at)
-    responses = data["responses"]
-    for i, answer in enumerate(answers):
-        responses[i] = _single_response(answer)
+    parts = [
+        der.tlv(0xA2, der.tlv(0x04, responder_key_hash)),  # ResponderID byKey [2] EXPLICIT
+        _time(produced_at),
+        der.sequence(*(_single_response(a) for a in answers)),
+    ]
     if nonce_extension_der is not None:
-        ext, _ = decoder.decode(nonce_extension_der, asn1Spec=rfc5280.Extension())
-        extensions = data["responseExtensions"]
-        extensions[0] = ext
-    return data, encoder.encode(data)
+        parts.append(der.explicit(1, der.sequence(nonce_extension_der)))
+    return der.sequence(*parts)
 
 
 def signed_response(
-    data: rfc6960.ResponseData,
+    tbs: bytes,
     algorithm_der: bytes,
     signature: bytes,
     certificates: Sequence[bytes],
 ) -> bytes:
-    """The successful OCSPResponse around ``data`` and the signature made over its DER.
+    """The successful OCSPResponse around the ResponseData ``tbs`` and its signature.
 
     ``algorithm_der``: the DER AlgorithmIdentifier of the signature; ``certificates``: DER
     certificates to include (a delegated responder's own)."""
-    basic = rfc6960.BasicOCSPResponse()
-    basic["tbsResponseData"] = data
-    algorithm, _ = decoder.decode(algorithm_der, asn1Spec=rfc5280.AlgorithmIdentifier())
-    basic["signatureAlgorithm"] = algorithm
-    basic["signature"] = univ.BitString.fromOctetString(signature)
+    basic = [tbs, algorithm_der, der.bit_string(signature)]
     if certificates:
-        certs = basic["certs"]
-        for i, der in enumerate(certificates):
-            cert, _ = decoder.decode(der, asn1Spec=rfc5280.Certificate())
-            certs[i] = cert
-
-    response = rfc6960.OCSPResponse()
-    response["responseStatus"] = "successful"
-    body = response["responseBytes"]
-    body["responseType"] = rfc6960.id_pkix_ocsp_basic
-    body["response"] = univ.OctetString(encoder.encode(basic))
-    return bytes(encoder.encode(response))
+        basic.append(der.explicit(0, der.sequence(*certificates)))
+    response_bytes = der.sequence(_ID_PKIX_OCSP_BASIC, der.tlv(0x04, der.sequence(*basic)))
+    return der.sequence(_SUCCESSFUL, der.explicit(0, response_bytes))
 
 
 def unsuccessful(status: str) -> bytes:

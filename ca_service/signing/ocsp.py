@@ -48,6 +48,6 @@ def sign_response(
     nonce_extension_der: bytes | None,
 ) -> bytes:
     """The signed, successful OCSPResponse DER for ``answers``."""
-    data, tbs = ocsp_wire.response_data(answers, produced_at, signer.key_hash, nonce_extension_der)
+    tbs = ocsp_wire.response_data(answers, produced_at, signer.key_hash, nonce_extension_der)
     signature = signer.signer.sign_ocsp_tbs(tbs)
-    return ocsp_wire.signed_response(data, signer.algorithm_der, signature, signer.certificates)
+    return ocsp_wire.signed_response(tbs, signer.algorithm_der, signature, signer.certificates)
