@@ -353,10 +353,14 @@ class Settings:
         _bind,
     )
     workers: int = _setting(
-        4, "gunicorn worker processes, 1 to 64 (`serve --workers`).", _int(1, 64)
+        0,
+        "gunicorn worker processes, 1 to 64, or 0 for one per CPU, at least 2 (`serve "
+        "--workers`). Python's work here is CPU-bound under one lock per process, so one process "
+        "per core does the most; the threads overlap the waits (bench/PROFILES.md).",
+        _int(0, 64),
     )
     threads: int = _setting(
-        4,
+        16,
         "request threads per gunicorn worker, 1 to 64. Concurrent issuances of one worker share "
         "a commit (group commit), so more threads make larger groups under load.",
         _int(1, 64),
@@ -665,6 +669,13 @@ class Settings:
         "(1 to 86400; only with webhook_urls).",
         _int(1, 86400),
     )
+
+    @property
+    def worker_count(self) -> int:
+        """``workers``, with 0 resolved to one per CPU (at least 2, at most 64)."""
+        if self.workers:
+            return self.workers
+        return max(2, min(64, os.cpu_count() or 2))
 
     @property
     def certificate_url(self) -> str:

@@ -21,7 +21,7 @@ pre_request = _hooks.closing_oversized_bodies(_settings.max_body_bytes)
 _hooks.install_problem_error_pages()
 
 bind = [_settings.bind]
-workers = _settings.workers
+workers = _settings.worker_count
 # Threads let a worker keep idle keep-alive connections while another request signs.
 worker_class = "gthread"
 threads = _settings.threads

@@ -97,3 +97,24 @@ def test_overrides_are_checked_like_the_environment() -> None:
         load_settings({}, overrides={"bind": "nowhere"})
     with pytest.raises(ConfigError, match="unknown setting 'nope'"):
         load_settings({}, overrides={"nope": 1})
+
+
+def test_workers_zero_means_one_per_cpu_and_serve_passes_the_number(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The default: one worker per CPU, at least 2 (one per core does the most for CPU-bound
+    Python, bench/PROFILES.md); gunicorn is given the resolved number, never 0."""
+    import os
+
+    from ca_service.cli.serve import gunicorn_argv
+
+    settings = load_settings({})
+    assert settings.workers == 0 and settings.threads == 16
+    for cpus, expected in ((None, 2), (1, 2), (2, 2), (12, 12), (500, 64)):
+        monkeypatch.setattr(os, "cpu_count", lambda cpus=cpus: cpus)
+        assert settings.worker_count == expected
+        argv = gunicorn_argv(settings, None)
+        assert argv[argv.index("--workers") + 1] == str(expected)
+    assert load_settings({"CA_WORKERS": "3"}).worker_count == 3
+    with pytest.raises(ConfigError, match="workers must be between 0 and 64"):
+        load_settings({"CA_WORKERS": "-1"})

@@ -104,7 +104,7 @@ def serve(bind: str | None, workers: int | None, timeout: int | None, tls: bool 
             "side, say)",
         )
     ca.db.dispose()
-    emit(say, f"serving on {scheme}://{settings.bind} ({settings.workers} workers)")
+    emit(say, f"serving on {scheme}://{settings.bind} ({settings.worker_count} workers)")
     sys.stdout.flush()
     # exec: gunicorn's master becomes this process, so SIGTERM reaches it for a graceful stop.
     os.execv(sys.executable, gunicorn_argv(settings, certfile))  # noqa: S606 (no shell)
@@ -120,7 +120,7 @@ def gunicorn_argv(settings: Settings, certfile: Path | None) -> list[str]:
     TLS hooks for exactly that file.
     """
     args = [sys.executable, "-m", "gunicorn", "-c", "python:ca_service.gunicorn_conf"]
-    args += ["--bind", settings.bind, "--workers", str(settings.workers)]
+    args += ["--bind", settings.bind, "--workers", str(settings.worker_count)]
     args += ["--timeout", str(settings.timeout)]
     if certfile is not None:
         args += ["--certfile", str(certfile)]
