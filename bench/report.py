@@ -21,6 +21,10 @@ PROFILES = Path(__file__).with_name("PROFILES.md")
 MB_PER_MIB = 1.048576  # the issue's memory target is in MB (10^6 bytes), VmHWM in KiB
 
 
+# The PROFILES.md section on issuance into a store of a million (its newest reading).
+STORED_1M_PROFILE = "Issuance with 1M stored"
+
+
 def profile_heading(prefix: str | None, profiles: Path = PROFILES) -> str | None:
     """The PROFILES.md heading that starts with ``prefix`` (its last one: the newest reading),
     as written there; None when PROFILES.md has no such section (then no pointer is made up)."""
@@ -309,7 +313,8 @@ def evaluate(results: dict[str, Any]) -> list[dict[str, Any]]:
             _target(f"1M stored: HTTP issuance c=8 vs empty store, {label}", ">= 0.90 of empty",
                     round(full / empty, 3) if empty and full else None, "ratio",
                     lambda v: v >= 0.9, _cpu(_get(step, "issue_full") or {}, nproc),
-                    f"{note_http}: {full} vs {empty} certs/s" if full else note_http)
+                    f"{note_http}: {full} vs {empty} certs/s" if full else note_http,
+                    STORED_1M_PROFILE)
         )  # fmt: skip
         rows = store.get("stored_rows")
         at_1m = isinstance(rows, int) and rows >= 1_000_000
@@ -319,7 +324,8 @@ def evaluate(results: dict[str, Any]) -> list[dict[str, Any]]:
                     round(f_in / e_in, 3) if at_1m and e_in and f_in else None, "ratio",
                     lambda v: v >= 0.9, None,
                     f"issue_from_csr, {rows:,} rows: {f_in} vs {e_in} certs/s" if at_1m
-                    else f"store reached {rows:,} rows (see tables)" if rows else "not run")
+                    else f"store reached {rows:,} rows (see tables)" if rows else "not run",
+                    STORED_1M_PROFILE)
         )  # fmt: skip
         note = f"in-process (repository), {rows:,} rows" if rows else ""
         out.append(
