@@ -150,6 +150,10 @@ def test_a_revocation_on_one_replica_is_in_the_others_answer_within_a_second(
         time.sleep(0.05)
     assert late_good == [], f"still good for requests sent {late_good} s after the revocation"
     assert seen == {"revoked"}
+    # The loop may end well inside the second (four answers from one worker that already knew),
+    # and the other worker may keep "good" until the second is up, as promised: the checks
+    # below are of what any worker answers after it (a CI run saw a GET within it get "good").
+    time.sleep(max(0.0, SEEN_WITHIN - (time.monotonic() - revoked_at)))
     out = _openssl(files, "-cert", str(leaf), "-url", f"{b.base_url}/ocsp", "-no_nonce")
     assert f"{leaf}: revoked" in out and "Reason: keyCompromise" in out
     revoked, headers = _get(b, request)
