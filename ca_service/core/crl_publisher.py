@@ -161,13 +161,17 @@ class CRLPublisher:
         """Less than half of a CRL's life has passed: no need to sign a new one."""
         return self.ctx.clock.now() < this_update + (next_update - this_update) / 2
 
-    def crl_stamp(self, name: str) -> int:
+    def crl_stamp(self, name: str, *, announce: bool = False) -> int:
         """Changes whenever a process on this host publishes a CRL of ``name`` (0: never).
+        ``announce``: move it first, for a CRL made elsewhere that a server found in the store,
+        so that this host's other servers stop answering the older one at once.
 
         Lets a server holding a CRL in memory know with one stat() that it is still current,
         instead of asking the store on every fetch. Each publication replaces the file, so the
         inode changes even when two fall in one tick of the file-system clock.
         """
+        if announce:
+            self._touch_stamp(name)
         try:
             st = self._stamp_path(name).stat()
         except OSError:

@@ -280,9 +280,9 @@ class Core:
         shard or delta CRL instead of the full one: "<k>", "delta", "<k>/delta" (docs/crl.md)."""
         return self._crls.current_crl(authority, known_number=known_number, part=part)
 
-    def crl_stamp(self, name: str) -> int:
-        """Changes whenever a process on this host publishes a CRL of ``name`` (0: never)."""
-        return self._crls.crl_stamp(name)
+    def crl_stamp(self, name: str, *, announce: bool = False) -> int:
+        """Changes when this host publishes a CRL of ``name`` or ``announce``s one (0: never)."""
+        return self._crls.crl_stamp(name, announce=announce)
 
     # ------------------------------------------------------------------ OCSP
 

@@ -158,6 +158,16 @@ class CRLCache:
             cached.stamp, cached.checked = stamp, now
             return cached
         assert fresh is not None
+        if (
+            cached is not None
+            and fresh.number > cached.crl.number
+            and ca.crl_stamp(name) == stamp
+        ):
+            # A newer CRL than this worker held, and no publication on this host moved the
+            # stamp meanwhile (another replica made it, or a sibling did and this is its echo):
+            # move the stamp before answering, so this host's other workers answer it from
+            # their next fetch on and no client sees the number go back between workers.
+            stamp = ca.crl_stamp(name, announce=True)
         item = _CachedCRL(
             crl=fresh,
             etag=f'"{fresh.authority}-{fresh.number}-{hashlib.sha256(fresh.der).hexdigest()[:16]}"',
