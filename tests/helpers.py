@@ -9,7 +9,9 @@ import threading
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
+import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner, Result
 from cryptography import x509
@@ -358,3 +360,19 @@ class LoopbackServer:
 
     def handle(self, sock: socket.socket) -> None:
         raise NotImplementedError
+
+
+def count_key_generation(monkeypatch: pytest.MonkeyPatch) -> list[KeyType]:
+    """The key types the core asks to generate for callers: a counting wrapper around the real
+    function (nothing is faked; every key is still made)."""
+    from ca_service.core import issuance
+
+    calls: list[KeyType] = []
+    real = issuance.generate_private_key
+
+    def counting(key_type: KeyType) -> Any:
+        calls.append(key_type)
+        return real(key_type)
+
+    monkeypatch.setattr(issuance, "generate_private_key", counting)
+    return calls

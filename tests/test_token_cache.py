@@ -21,7 +21,6 @@ import sqlalchemy as sa
 import ca_service.tokens as tokens_module
 from ca_service.clock import FixedClock
 from ca_service.core.facade import Core
-from ca_service.crypto.keys import SigningKey
 from ca_service.domain import Actor, CallerPolicy, KeyType, Role, TokenConfirmation
 from ca_service.errors import Unauthorized
 from ca_service.policy.authorization import build_policy
@@ -29,7 +28,7 @@ from ca_service.storage.tokens import TokenRepository
 from ca_service.tokens import TokenService
 
 from .conftest import make_settings, new_ca
-from .helpers import count_rows, csr_pem, make_key
+from .helpers import count_key_generation, count_rows, csr_pem, make_key
 
 ADMIN = Actor("test:admin")
 T0 = dt.datetime(2026, 6, 1, 12, 0, tzinfo=dt.UTC)
@@ -238,16 +237,7 @@ def test_a_cached_revoked_token_gets_no_rsa_key_made(
     """An RSA key costs 50 ms to seconds: a token from the cache is confirmed before one is
     made for it, so a revoked token cannot spend a worker's CPU. An active token still gets its
     key and certificate, confirmed."""
-    import ca_service.core.issuance as issuance
-
-    made: list[object] = []
-    real = issuance.generate_private_key
-
-    def counting(key_type: KeyType) -> SigningKey:
-        made.append(key_type)
-        return real(key_type)
-
-    monkeypatch.setattr(issuance, "generate_private_key", counting)
+    made = count_key_generation(monkeypatch)
     plain, token_id = _issuer(service)
     actor, confirmation = _actor_of(service, plain)
     TokenService(module_core.db, clock).revoke(token_id, ADMIN)  # another process

@@ -16,12 +16,11 @@ from typing import Any
 import pytest
 
 from ca_service.clock import FixedClock
-from ca_service.core import issuance as authority_module
 from ca_service.domain import Actor, CallerPolicy, KeyType, RevocationReason
 from ca_service.errors import PolicyRejected
 
 from ..conftest import ADMIN
-from ..helpers import cli_run, module_ca
+from ..helpers import cli_run, count_key_generation, module_ca
 
 
 def test_renew_all_due_pages_through_every_certificate_most_due_first(
@@ -62,19 +61,6 @@ def test_renew_all_due_pages_through_every_certificate_most_due_first(
     assert again.exit_code == 0 and "renewed 0," in again.stderr
 
 
-def _count_key_generation(monkeypatch: pytest.MonkeyPatch) -> list[KeyType]:
-    """The key types the core asks to generate: a counting wrapper around the real function."""
-    calls: list[KeyType] = []
-    real = authority_module.generate_private_key
-
-    def counting(key_type: KeyType) -> Any:
-        calls.append(key_type)
-        return real(key_type)
-
-    monkeypatch.setattr(authority_module, "generate_private_key", counting)
-    return calls
-
-
 @pytest.mark.parametrize(
     ("policy", "request_args", "rule"),
     [
@@ -94,7 +80,7 @@ def test_a_refused_request_for_a_generated_key_makes_no_key(
     rule: str,
 ) -> None:
     ca = module_ca(tmp_path)
-    calls = _count_key_generation(monkeypatch)
+    calls = count_key_generation(monkeypatch)
     issuer = Actor("token:issuer", policy=policy)
     with pytest.raises(PolicyRejected) as refused:
         ca.issue_with_new_key(issuer, key_type=KeyType.RSA_4096, **request_args)
