@@ -39,12 +39,12 @@ from ca_service.storage.db import DuplicateRow
 
 SERIAL_ATTEMPTS = 4
 PKCS12_KEYS = (rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey, ed25519.Ed25519PrivateKey)
-# The public key of a request whose key pair is generated only after policy approved it; it is
-# replaced in the approved template and never signed (a fixed, valid Ed25519 point).
 # Key types whose generation costs far more than a read of the store (an RSA key takes 50 ms
 # to seconds; an EC or Ed25519 key less than the read): a caller's token accepted from a cache
 # is confirmed before one is made, so a revoked token cannot spend the CPU.
 _COSTLY_KEYS = frozenset({KeyType.RSA_2048, KeyType.RSA_3072, KeyType.RSA_4096})
+# The public key of a request whose key pair is generated only after policy approved it; it is
+# replaced in the approved template and never signed (a fixed, valid Ed25519 point).
 _KEY_NOT_YET_MADE = ed25519.Ed25519PrivateKey.from_private_bytes(bytes(32)).public_key()
 
 
