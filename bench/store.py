@@ -57,9 +57,24 @@ def crl_in_child(db_url: str, data_dir: Path, timeout: float, breakdown: bool) -
 
 
 def issuance_inprocess(ca: Core, csr: bytes, max_count: int, max_seconds: float) -> dict[str, Any]:
-    """``issue_from_csr`` in a loop: policy, signing and the committed store write, no HTTP."""
+    """``issue_from_csr`` in a loop: policy, signing and the committed store write, no HTTP.
+
+    On SQLite the names of the loop's rows are then indexed (what a server's scheduler does
+    beside the requests), and that time is counted in ``per_s``: moving the index off the
+    request path must not hide its cost. ``loop_per_s`` is the loop alone.
+    """
+    ca.catalog.index_names()
     loop = bounded_loop(lambda _: ca.issue_from_csr(csr, ADMIN), max_count, max_seconds, warmup=5)
-    return {**loop.as_dict(), **latency_summary(loop.latencies)}
+    start = time.perf_counter()
+    indexed = ca.catalog.index_names()
+    index_s = time.perf_counter() - start
+    out = {**loop.as_dict(), **latency_summary(loop.latencies)}
+    out.update(
+        loop_per_s=out["per_s"],
+        per_s=round(loop.count / (loop.seconds + index_s), 1) if loop.seconds else 0.0,
+        name_index={"rows": indexed, "seconds": round(index_s, 4)},
+    )
+    return out
 
 
 def lookups(ca: Core, pop: Population, max_count: int, max_seconds: float) -> dict[str, Any]:

@@ -1,5 +1,6 @@
-"""Background upkeep inside a serving process: CRLs republished before their nextUpdate, and
-certificate.expiring webhooks sent for the leaves about to expire."""
+"""Background upkeep inside a serving process: CRLs republished before their nextUpdate,
+certificate.expiring webhooks sent for the leaves about to expire, and the name search index
+kept up with the writes."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ log = logging.getLogger("ca_service.scheduler")
 
 CRL_CHECK_SECONDS = 60.0
 OCSP_REFRESH_SECONDS = 30.0
+# The SQLite name index's tail (storage/name_index.py) holds about this long of writes.
+NAME_INDEX_SECONDS = 1.0
 
 
 def start_crl_refresher(ca: Core, interval: float = CRL_CHECK_SECONDS) -> threading.Event:
@@ -36,6 +39,12 @@ def start_ocsp_refresher(ca: Core, interval: float = OCSP_REFRESH_SECONDS) -> th
             log.info("re-signed %d pre-signed OCSP answer(s)", done)
 
     return _every(interval, "ocsp-refresher", "OCSP refresh", refresh)
+
+
+def start_name_indexer(ca: Core, interval: float = NAME_INDEX_SECONDS) -> threading.Event:
+    """Every ``interval`` seconds, index the names written since, off the requests that wrote
+    them; set the returned event to stop. Workers doing it at once index each row once."""
+    return _every(interval, "name-indexer", "name index upkeep", ca.catalog.index_names)
 
 
 def start_expiry_warner(ca: Core, interval: float) -> threading.Event:

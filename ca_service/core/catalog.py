@@ -1,10 +1,11 @@
-"""Reads of the store for front ends; never writes.
+"""Reads of the store for front ends; never writes a record.
 
 Front ends (HTTP API, mutual TLS, TLS serving, CLI) must not open a unit of work or hold a
 repository of their own, so every listing or lookup they show goes through here: each method
 opens one read transaction, and returns domain records, never a session or a row. It needs
 only the database, no CA key, so a command that only reads (``ca-service list``) can use it
-on a store whose keys cannot be loaded.
+on a store whose keys cannot be loaded. Its one write is upkeep of what its searches read:
+``index_names`` moves the SQLite name index over the rows written since (storage/name_index.py).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from ca_service.domain import (
 )
 from ca_service.metrics import CRLState, Expiry, StoreState
 from ca_service.signing.serials import serial_hex
+from ca_service.storage import name_index
 from ca_service.storage.acme import OrderRepository
 from ca_service.storage.db import Database, unit_of_work
 from ca_service.storage.ocsp_repository import OCSPRepository
@@ -45,6 +47,11 @@ _ANY_ID = 2**62
 class Catalog:
     def __init__(self, db: Database) -> None:
         self._db = db
+
+    def index_names(self) -> int:
+        """For the scheduler: index the names of the rows that searches still match one by
+        one; how many rows (0 on PostgreSQL, whose server keeps its index itself)."""
+        return name_index.catch_up(self._db)
 
     def list_certificates(
         self, flt: CertificateFilter, now: dt.datetime

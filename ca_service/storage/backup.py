@@ -19,8 +19,9 @@ The rows are carried as JSON values per column kind (bytes as base64, times as U
 JSON columns as JSON), so a backup of SQLite restores into PostgreSQL and back: the way to move
 a store that outgrew one host. The schema itself is never carried: a restore runs the
 migrations up to the backup's revision, loads the rows, then runs the rest up to head. Derived
-objects are left out and rebuilt by the database: SQLite's name-search FTS table (its triggers
-fill it as rows arrive) and PostgreSQL's trigram indexes.
+objects are left out and rebuilt by the database: SQLite's name-search FTS table (its insert
+trigger indexes the rows a batch at a time as they arrive, the scheduler the last ones) and
+PostgreSQL's trigram indexes.
 """
 
 from __future__ import annotations

@@ -5,9 +5,10 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import hashlib
+import heapq
 import itertools
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -52,6 +53,7 @@ from ca_service.storage.models import (
     CertificateRow,
     CRLRow,
 )
+from ca_service.storage.name_index import indexed_through
 from ca_service.storage.ocsp_repository import bump_stamp
 
 # Name search (CertificateFilter.name): terms this long use the trigram index; shorter ones are
@@ -492,10 +494,10 @@ class CertificateRepository:
             query = query.where(CertificateRow.id < flt.after_id)
         window_floor = None
         if flt.name:
-            query, window_floor = self._name_filter(query, flt.name, flt.after_id)
+            parts, window_floor = self._name_filter(query, flt.name, flt.after_id)
         else:
-            query = query.order_by(CertificateRow.id.desc())
-        rows = self.s.execute(query.limit(flt.limit + 1)).all()
+            parts = [query.order_by(CertificateRow.id.desc())]
+        rows = self.merged(parts, flt.limit + 1, key=lambda row: -row[2])
         records = [self._to_record(row, name) for row, name, _ in rows[: flt.limit]]
         if len(rows) > flt.limit:
             next_cursor: int | None = rows[flt.limit - 1][2]
@@ -504,8 +506,10 @@ class CertificateRepository:
             next_cursor = window_floor
         return records, next_cursor
 
-    def _name_filter(self, query: Any, name: str, after_id: int | None) -> tuple[Any, int | None]:
-        """Add the name search and the newest-first order to ``query``.
+    def _name_filter(
+        self, query: Any, name: str, after_id: int | None
+    ) -> tuple[Sequence[Any], int | None]:
+        """``query`` with the name search, as the newest-first parts that ``merged`` joins.
 
         The semantics are those of ``LIKE '%term%'`` on the lower-cased common name and SAN
         text, whatever the path: a term of MIN_INDEXED_TERM characters or more is looked up in
@@ -529,17 +533,29 @@ class CertificateRepository:
             )
             if floor is not None:
                 query = query.where(CertificateRow.id >= floor)
-            return query.order_by(CertificateRow.id.desc()), floor
-        query, order = self.indexed_name_filter(query, term, after_id=after_id)
-        return query.order_by(order), None
+            return [query.order_by(CertificateRow.id.desc())], floor
+        parts = self.indexed_name_filter(query, term, after_id=after_id)
+        return [part.order_by(order) for part, order in parts], None
+
+    def merged(self, parts: Sequence[Any], limit: int, key: Callable[[Any], Any]) -> Sequence[Any]:
+        """The first ``limit`` rows of the union of ``parts``: statements that each return
+        rows already in the order that ``key`` sorts by, and no row in two of them."""
+        if len(parts) == 1:
+            return self.s.execute(parts[0].limit(limit)).all()
+        runs = [self.s.execute(part.limit(limit)).all() for part in parts]
+        return tuple(itertools.islice(heapq.merge(*runs, key=key), limit))
 
     def indexed_name_filter(
         self, query: Any, term: str, *, after_id: int | None = None, newest_first: bool = True
-    ) -> tuple[Any, Any]:
-        """Add the search for ``term`` (lower case, MIN_INDEXED_TERM characters or more) to
-        ``query`` through the trigram index, and return it with the newest-first order that
-        goes with the path taken (which the caller applies, or replaces with its own order when
-        ``newest_first`` is False: the admin UI's sort by expiry).
+    ) -> Sequence[tuple[Any, Any]]:
+        """The search for ``term`` (lower case, MIN_INDEXED_TERM characters or more) added to
+        ``query`` through the trigram index: one or two parts, each with the newest-first order
+        that goes with its path (which the caller applies, or replaces with its own order when
+        ``newest_first`` is False: the admin UI's sort by expiry), to be joined by ``merged``.
+
+        On SQLite the second part is the tail the FTS index does not hold yet
+        (storage/name_index.py), matched by LIKE alone: every id in it is above every id in the
+        first part, and both are read in the caller's one transaction.
 
         ``after_id`` (newest first only) is the keyset cursor, repeated on the index's rowid
         for SQLite, which otherwise reads the matches above the cursor too.
@@ -563,26 +579,29 @@ class CertificateRepository:
             if sample.is_rare(term):
                 # All matches through the index, then the newest: "id + 0" keeps the planner
                 # from walking the primary key newest-first through rows that do not match.
-                return query, (CertificateRow.id + literal_column("0")).desc()
+                return [(query, (CertificateRow.id + literal_column("0")).desc())]
             # A common term (or no statistics yet): newest-first stops at the page size.
-            return query, CertificateRow.id.desc()
+            return [(query, CertificateRow.id.desc())]
         query = query.where(_name_like(term))
         sample = self._name_sample()
         if not newest_first and not sample.is_rare(term):
             # Another order over a common term: walking that order's index and checking each
             # row with LIKE fills a page after about limit / share rows, where the FTS table
             # would hand over every match to be sorted.
-            return query, CertificateRow.id.desc()
+            return [(query, CertificateRow.id.desc())]
+        held = indexed_through(self.s)
+        assert held is not None
+        tail = query.where(CertificateRow.id > held)
         # FTS5 phrase of the term's least common slice: its trigrams in a row, i.e. that
         # substring, case-folded; the LIKE above then checks the whole term.
         slice_ = sample.rarest_slice(term)
         phrase = '"' + slice_.replace('"', '""') + '"'
         query = query.join(_FTS, _FTS.c.rowid == CertificateRow.id).where(
-            literal_column(SEARCH_FTS_TABLE).op("MATCH")(phrase)
+            literal_column(SEARCH_FTS_TABLE).op("MATCH")(phrase), _FTS.c.rowid <= held
         )
         if after_id is not None:
             query = query.where(_FTS.c.rowid < after_id)
-        return query, _FTS.c.rowid.desc()
+        return [(tail, CertificateRow.id.desc()), (query, _FTS.c.rowid.desc())]
 
     def _name_sample(self) -> _NameSample:
         """Stored names, lower-cased, per column (common name, SANs), cached per database.

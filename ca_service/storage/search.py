@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from sqlalchemy import Integer, and_, column, func, literal_column, or_, select, tuple_, values
@@ -227,29 +227,42 @@ class CertificateSearch:
     ) -> list[tuple[_Key, CertificateRecord]]:
         """Up to limit + 1 rows of ``base`` after ``after``, in the query's sort."""
         stmt = base
+        found: Sequence[tuple[Any, Any]]
         if query.sort is CertificateSort.ISSUED:
             if after is not None:
                 stmt = stmt.where(CertificateRow.id < after.id)
-            order: Sequence[Any] = (CertificateRow.id.desc(),)
+            parts = [stmt.order_by(CertificateRow.id.desc())]
             if term is not None:
-                stmt, newest = self.certs.indexed_name_filter(
+                found = self.certs.indexed_name_filter(
                     stmt, term, after_id=after.id if after else None
                 )
-                order = (newest,)
+                parts = [part.order_by(newest) for part, newest in found]
         else:
             if after is not None:
                 stmt = stmt.where(
                     tuple_(CertificateRow.not_after, CertificateRow.id)
                     > tuple_(after.not_after, after.id)
                 )
+            found = [(stmt, None)]
             if term is not None:
-                stmt, _ = self.certs.indexed_name_filter(stmt, term, newest_first=False)
-            order = (CertificateRow.not_after, CertificateRow.id)
-        return self._rows(stmt.order_by(*order).limit(query.limit + 1), query.sort)
+                found = self.certs.indexed_name_filter(stmt, term, newest_first=False)
+            by_expiry = (CertificateRow.not_after, CertificateRow.id)
+            parts = [part.order_by(*by_expiry) for part, _ in found]
+        sort = query.sort
+        rows = self.certs.merged(
+            parts, query.limit + 1, key=lambda r: _Key(sort, r[0].id, r[0].not_after).order()
+        )
+        return self._records(rows, sort)
 
     def _rows(self, stmt: Any, sort: CertificateSort) -> list[tuple[_Key, CertificateRecord]]:
+        return self._records(self.s.execute(stmt), sort)
+
+    @staticmethod
+    def _records(
+        rows: Iterable[Any], sort: CertificateSort
+    ) -> list[tuple[_Key, CertificateRecord]]:
         out = []
-        for row, name in self.s.execute(stmt):
+        for row, name in rows:
             record = CertificateRepository._to_record(row, name)
             out.append((_Key(sort, row.id, record.not_after), record))
         return out
