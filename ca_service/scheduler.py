@@ -15,8 +15,11 @@ log = logging.getLogger("ca_service.scheduler")
 
 CRL_CHECK_SECONDS = 60.0
 OCSP_REFRESH_SECONDS = 30.0
-# The SQLite name index's tail (storage/name_index.py) holds about this long of writes.
+# The SQLite name index's tail (storage/name_index.py) holds about this long of writes; one
+# tick indexes at most this many rows (0.3-0.5 s of work), so that a bulk load in SQL under a
+# running server is not indexed row batch by row batch as fast as it arrives.
 NAME_INDEX_SECONDS = 1.0
+NAME_INDEX_MAX_ROWS = 20_000
 
 
 def start_crl_refresher(ca: Core, interval: float = CRL_CHECK_SECONDS) -> threading.Event:
@@ -44,7 +47,12 @@ def start_ocsp_refresher(ca: Core, interval: float = OCSP_REFRESH_SECONDS) -> th
 def start_name_indexer(ca: Core, interval: float = NAME_INDEX_SECONDS) -> threading.Event:
     """Every ``interval`` seconds, index the names written since, off the requests that wrote
     them; set the returned event to stop. Workers doing it at once index each row once."""
-    return _every(interval, "name-indexer", "name index upkeep", ca.catalog.index_names)
+    return _every(
+        interval,
+        "name-indexer",
+        "name index upkeep",
+        lambda: ca.catalog.index_names(max_rows=NAME_INDEX_MAX_ROWS),
+    )
 
 
 def start_expiry_warner(ca: Core, interval: float) -> threading.Event:

@@ -48,10 +48,11 @@ class Catalog:
     def __init__(self, db: Database) -> None:
         self._db = db
 
-    def index_names(self) -> int:
+    def index_names(self, max_rows: int | None = None) -> int:
         """For the scheduler: index the names of the rows that searches still match one by
-        one; how many rows (0 on PostgreSQL, whose server keeps its index itself)."""
-        return name_index.catch_up(self._db)
+        one, at most ``max_rows``; how many rows (0 on PostgreSQL, whose server keeps its
+        index itself)."""
+        return name_index.catch_up(self._db, max_rows=max_rows)
 
     def list_certificates(
         self, flt: CertificateFilter, now: dt.datetime

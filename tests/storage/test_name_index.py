@@ -19,9 +19,9 @@ import pytest
 import sqlalchemy as sa
 from alembic import command
 
+from ca_service import scheduler
 from ca_service.core.facade import Core
 from ca_service.domain import CertificateFilter, CertificateQuery, CertificateSort
-from ca_service.scheduler import start_name_indexer
 from ca_service.storage import migrate, name_index
 from ca_service.storage.db import Database, unit_of_work
 
@@ -244,9 +244,13 @@ def test_an_issuance_no_longer_writes_the_index(ca: Core) -> None:
     assert ca.catalog.index_names() == 1 and segments() > before
 
 
-def test_the_scheduler_indexes_what_was_written(ca: Core) -> None:
-    ca.issue_with_new_key(ADMIN, common_name="by-the-scheduler.example.test")
-    stop = start_name_indexer(ca, interval=0.05)
+def test_the_scheduler_indexes_what_was_written(
+    ca: Core, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(scheduler, "NAME_INDEX_MAX_ROWS", 2)  # a tick's bound: several ticks
+    for i in range(5):
+        ca.issue_with_new_key(ADMIN, common_name=f"by-the-scheduler{i}.example.test")
+    stop = scheduler.start_name_indexer(ca, interval=0.05)
     try:
         for _ in range(200):  # a bounded wait, not a timing assert
             with unit_of_work(ca.db) as s:
