@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 
 from ca_service.core.facade import Core
@@ -68,19 +69,40 @@ def start_expiry_warner(ca: Core, interval: float) -> threading.Event:
     return _every(interval, "expiry-warner", "expiry warnings", warn)
 
 
+# A job failing the same way again is logged once per this many seconds (with how many times
+# it failed meanwhile): a store down for an hour would otherwise put 3,600 lines per worker
+# in the log from the name indexer alone.
+REPEAT_LOG_SECONDS = 60.0
+
+
 def _every(interval: float, name: str, what: str, job: Callable[[], object]) -> threading.Event:
     """Run ``job`` in a daemon thread every ``interval`` seconds until the event is set; a
-    failure is logged and the job runs again at the next interval."""
+    failure is logged and the job runs again at the next interval. The same failure again is
+    logged at most once per REPEAT_LOG_SECONDS, and a recovery once."""
     stop = threading.Event()
 
     def loop() -> None:
+        last: str | None = None  # the failure last logged
+        logged_at, since = 0.0, 0
         while not stop.wait(interval):
             try:
                 job()
-            except CAError as exc:
-                log.error("%s failed (retrying): %s", what, exc)
-            except Exception:
-                log.exception("%s failed (retrying)", what)
+            except Exception as exc:
+                text = f"{type(exc).__name__}: {exc}"
+                now = time.monotonic()
+                if text == last and now - logged_at < REPEAT_LOG_SECONDS:
+                    since += 1
+                    continue
+                again = f" (failed {since} more time(s) since it was last logged)" if since else ""
+                if isinstance(exc, CAError):
+                    log.error("%s failed (retrying): %s%s", what, exc, again)
+                else:
+                    log.exception("%s failed (retrying)%s", what, again)
+                last, logged_at, since = text, now, 0
+            else:
+                if last is not None:
+                    log.info("%s works again", what)
+                last, since = None, 0
 
     threading.Thread(target=loop, name=name, daemon=True).start()
     return stop

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import logging
+import threading
 import time
 
 import pytest
@@ -102,3 +103,35 @@ def test_a_failed_crl_after_a_revocation_does_not_undo_or_fail_it(
     with unit_of_work(ca.db) as s:
         header = CRLRepository(s).latest_header("default")
     assert header is not None and header[0] == before
+
+
+def test_a_job_failing_the_same_way_is_logged_once_then_its_recovery(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A store that is down makes every tick fail alike: one line, not one per tick."""
+    from ca_service import scheduler
+    from ca_service.errors import Unavailable
+
+    runs = {"n": 0}
+    done = threading.Event()
+
+    def job() -> None:
+        runs["n"] += 1
+        if runs["n"] <= 20:
+            raise Unavailable("the database is unreachable")
+        if runs["n"] == 21:
+            return
+        done.set()
+
+    caplog.set_level(logging.INFO, logger="ca_service.scheduler")
+    stop = scheduler._every(0.005, "test-job", "test upkeep", job)
+    try:
+        assert done.wait(20), "the job did not run 22 times"
+    finally:
+        stop.set()
+    failures = [r for r in caplog.records if "test upkeep failed" in r.getMessage()]
+    assert len(failures) == 1 and "unreachable" in failures[0].getMessage()
+    assert not failures[0].exc_info  # a CAError: one line, no traceback
+    assert [r.getMessage() for r in caplog.records if "works again" in r.getMessage()] == [
+        "test upkeep works again"
+    ]
