@@ -46,8 +46,15 @@ def value(
     )
 
 
-def json_lines(text: str) -> list[dict[str, Any]]:
-    """Every line of a log, each of which must be one JSON object."""
+def json_lines(text: str, *, being_written: bool = False) -> list[dict[str, Any]]:
+    """Every line of a log, each of which must be one JSON object.
+
+    ``being_written``: the log of a server that is still answering, read while a worker may be
+    in the middle of writing a line: text after the last newline is not a line yet and is left
+    for the next read (CI run 15 failed on such a half-written access line). A log read after
+    the server stopped is checked whole."""
+    if being_written:
+        text = text[: text.rfind("\n") + 1]
     events = []
     for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():

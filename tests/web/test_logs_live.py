@@ -55,7 +55,7 @@ def _get(live: LiveServer, path: str, headers: dict[str, str], source: str) -> t
 
 def _access_line(live: LiveServer, request_id: str) -> dict[str, object]:
     def find() -> dict[str, object] | None:
-        for event in json_lines(live.log()):
+        for event in json_lines(live.log(), being_written=True):
             if event.get("logger") == "gunicorn.access" and event.get("request_id") == request_id:
                 return event
         return None

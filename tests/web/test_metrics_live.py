@@ -53,7 +53,7 @@ def _issuing_pids(live: LiveServer) -> set[int]:
     """The workers that answered an issuance, from the JSON access log."""
     return {
         e["pid"]
-        for e in json_lines(live.log())
+        for e in json_lines(live.log(), being_written=True)
         if e.get("logger") == "gunicorn.access" and e.get("action") == "api.issue_certificate"
     }
 

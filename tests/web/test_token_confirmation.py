@@ -101,7 +101,7 @@ def _pids(live: LiveServer, rids: list[str]) -> dict[str, int]:
 
     def find() -> dict[str, int] | None:
         found: dict[str, int] = {}
-        for event in json_lines(live.log()):
+        for event in json_lines(live.log(), being_written=True):
             if event.get("logger") == "gunicorn.access" and event.get("request_id") in rids:
                 found[str(event["request_id"])] = int(event["pid"])
         return found if len(found) == len(set(rids)) else None
