@@ -19,7 +19,7 @@ from __future__ import annotations
 import base64
 import re
 import secrets
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 
 from ca_service.clock import Clock
 from ca_service.crypto.sealed import Sealer, SealError
@@ -45,6 +45,18 @@ def new_kid() -> str:
 def encode_hmac_key(key: bytes) -> str:
     """base64url without padding (RFC 8555 section 7.3.4's and certbot's form)."""
     return base64.urlsafe_b64encode(key).rstrip(b"=").decode()
+
+
+def new_hmac_key(draw: Callable[[int], bytes] = secrets.token_bytes) -> bytes:
+    """A random HMAC key whose text does not start with ``-``.
+
+    certbot's argparse and lego's flag parser read ``--eab-hmac-key -x...`` as a missing value
+    and a flag, so one key in 64 (a first byte of 0xF8-0xFB) would be refused by the command
+    we print. Drawing again costs under 0.03 of the key's 256 bits."""
+    while True:
+        key = draw(HMAC_KEY_BYTES)
+        if not encode_hmac_key(key).startswith("-"):
+            return key
 
 
 def _check_name(name: str) -> str:
@@ -104,7 +116,7 @@ class EABKeys:
         )
         check_token_targets(policy, known_profiles, known_authorities)
         kid = new_kid()
-        hmac_key = secrets.token_bytes(HMAC_KEY_BYTES)
+        hmac_key = new_hmac_key()
         sealed = self._sealer.seal(hmac_key, kid.encode())
         now = self.clock.now()
         record = EABKeyRecord(

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from ca_service.acme.eab import KID_RE, SEAL_INFO, EABKeys
+from ca_service.acme.eab import HMAC_KEY_BYTES, KID_RE, SEAL_INFO, EABKeys, new_hmac_key
 from ca_service.core.facade import Core
 from ca_service.crypto.sealed import NONCE_BYTES, VERSION, Sealer, SealError
 from ca_service.domain import Actor
@@ -120,6 +120,23 @@ def test_create_returns_the_hmac_key_once_and_stores_it_only_sealed(ca: Core) ->
     assert event.request_id == "req-eab-1" and event.client_address == "127.0.0.1"
     assert event.details["allowed_names"] == ["*.eab.example.test", "10.9.0.0/16"]
     assert hmac_b64 not in str(event) and key.hex() not in str(event)
+
+
+def test_an_hmac_key_never_reads_as_a_flag() -> None:
+    """CI run of d73aec8: a key drawn as ``-iov4...`` made certbot stop with "argument
+    --eab-hmac-key: expected one argument", and so would the command ``acme eab create``
+    prints. A first byte of 0xF8-0xFB encodes as ``-``; such a draw is thrown away."""
+    draws = [bytes([0xF8]) + bytes(HMAC_KEY_BYTES - 1), bytes([0xFB]) * HMAC_KEY_BYTES,
+             bytes([0x41]) * HMAC_KEY_BYTES]  # fmt: skip
+    asked: list[int] = []
+
+    def draw(n: int) -> bytes:
+        asked.append(n)
+        return draws.pop(0)
+
+    assert base64.urlsafe_b64encode(draws[0]).startswith(b"-")
+    assert new_hmac_key(draw) == bytes([0x41]) * HMAC_KEY_BYTES
+    assert asked == [HMAC_KEY_BYTES] * 3
 
 
 def test_two_keys_differ_and_list_oldest_first(ca: Core) -> None:
