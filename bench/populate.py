@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives import serialization
 
 from bench.common import ADMIN, LEAF_NAMES, leaf_csr_pem
 from ca_service.core.facade import Core
+from ca_service.signing.crl import entry_der
 from ca_service.signing.serials import serial_hex
 
 COLUMNS = (
@@ -44,6 +45,7 @@ COLUMNS = (
     "status",
     "revoked_at",
     "revocation_reason",
+    "crl_entry",
     "fingerprint_sha256",
     "der",
     "requester",
@@ -119,9 +121,11 @@ def _rows(
         serial, der = random_serial_der(pop)
         host = random_host(rng)
         revoked_at = now - dt.timedelta(seconds=rng.randrange(1, 300 * 86400)) if revoked else None
+        reason = rng.choice(REASONS) if revoked else None
+        hex_serial = serial_hex(serial)
         yield (
             pop.authority_id,
-            serial_hex(serial),
+            hex_serial,
             f"CN={host}",
             host,
             f" dns:{host} dns:{LEAF_NAMES[1]} ",
@@ -131,7 +135,9 @@ def _rows(
             not_after,
             "revoked" if revoked else "valid",
             revoked_at,
-            rng.choice(REASONS) if revoked else None,
+            reason,
+            # As a revocation stores it (migration 0013).
+            entry_der(hex_serial, revoked_at, reason) if revoked_at else None,
             hashlib.sha256(der).hexdigest(),
             der,
             "bench:populate",
@@ -272,7 +278,8 @@ def load(
         conn.execute("PRAGMA synchronous=OFF")
         conn.execute("PRAGMA cache_size=-1000000")
         # Constant column names and placeholders only; every value is a bound parameter.
-        sql = f"insert into certificates ({', '.join(COLUMNS)}) values ({', '.join('?' * 16)})"  # noqa: S608
+        marks = ", ".join("?" * len(COLUMNS))
+        sql = f"insert into certificates ({', '.join(COLUMNS)}) values ({marks})"  # noqa: S608
         try:
             while done < count and time.monotonic() < deadline:
                 n = min(batch, count - done)
@@ -281,7 +288,7 @@ def load(
                     _sample(pop, row)
                     values.append(
                         (*row[:7], _sqlite_time(row[7]), _sqlite_time(row[8]), row[9],
-                         _sqlite_time(row[10]), *row[11:15], _sqlite_time(row[15]))
+                         _sqlite_time(row[10]), *row[11:16], _sqlite_time(row[16]))
                     )  # fmt: skip
                 conn.execute("BEGIN")
                 conn.executemany(sql, values)

@@ -44,6 +44,7 @@ from ca_service.domain import (
     CertificateState,
     KeyType,
 )
+from ca_service.signing.crl import entry_der
 from ca_service.signing.serials import serial_hex
 from ca_service.storage.search import _Key
 
@@ -150,6 +151,7 @@ class Mix:
             if i % self.every == 0:
                 self.fingerprints.append(fingerprint)
                 self.serials.append((self.names[which], serial))
+            reason = HOLD if hold else (rng.choice(REASONS) if revoked else None)
             yield (
                 authority_id,
                 serial,
@@ -162,7 +164,8 @@ class Mix:
                 not_after,
                 "revoked" if revoked else "valid",
                 revoked_at,
-                HOLD if hold else (rng.choice(REASONS) if revoked else None),
+                reason,
+                entry_der(serial, revoked_at, reason) if revoked_at else None,
                 fingerprint,
                 der,
                 requester,

@@ -112,12 +112,27 @@ class CRLPublisher:
             now = self.ctx.clock.now()
             next_update = now + dt.timedelta(hours=self.ctx.settings.crl_next_update_hours)
             # A root is stored under itself; whatever its row says, a CA never lists itself.
-            rows = CertificateRepository(s).revoked_rows(
-                loaded.authority_id, now, except_serial=serial_hex(loaded.certificate.serial_number)
-            )
+            own = serial_hex(loaded.certificate.serial_number)
+            certs = CertificateRepository(s)
             with metrics.timed_crl(name):
+                count, missing, joined = certs.stored_crl_entries(
+                    loaded.authority_id, now, except_serial=own
+                )
+                # Rows revoked before migration 0013 have no stored entry: encoded from columns.
+                rows = (
+                    certs.revoked_rows(
+                        loaded.authority_id, now, except_serial=own, without_entry=True
+                    )
+                    if missing
+                    else ()
+                )
                 more = self.parts.full_crl_extensions(name)
-                der = sign_crl(loaded.signer, number, now, next_update, rows, more_extensions=more)
+                ready = [joined]
+                del joined  # sign_crl empties ``ready``: no 45 MB copy kept beside the CRL
+                der = sign_crl(
+                    loaded.signer, number, now, next_update, rows, more_extensions=more,
+                    stored=ready, stored_count=count,
+                )  # fmt: skip
             stored = StoredCRL(name, number, now, next_update, der)
             crls.save(loaded.authority_id, stored)
         self._sizes[name] = len(der)

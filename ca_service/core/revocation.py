@@ -31,6 +31,7 @@ from ca_service.domain import (
 from ca_service.errors import BadRequest, Conflict, NotFound, PolicyRejected
 from ca_service.notify import REVOKED
 from ca_service.policy import authorization
+from ca_service.signing.crl import entry_der
 from ca_service.signing.serials import serial_hex
 from ca_service.storage.db import unit_of_work
 from ca_service.storage.repositories import (
@@ -103,7 +104,13 @@ class Revocation:
                         f"certificate {target.serial} is already revoked "
                         f"({current.revocation_reason}); it cannot be revoked again as {reason}"
                     )
-            record = locked.certs.set_revocation(current, CertStatus.REVOKED, now, reason)
+            record = locked.certs.set_revocation(
+                current,
+                CertStatus.REVOKED,
+                now,
+                reason,
+                entry_der(current.serial, now, reason.value),
+            )
             locked.audit.add(
                 AuditEvent.of(
                     actor,
@@ -131,7 +138,7 @@ class Revocation:
                 or current.revocation_reason is not RevocationReason.CERTIFICATE_HOLD
             ):
                 raise Conflict(f"certificate {target.serial} is not on hold")
-            record = locked.certs.set_revocation(current, CertStatus.VALID, None, None)
+            record = locked.certs.set_revocation(current, CertStatus.VALID, None, None, None)
             locked.audit.add(
                 AuditEvent.of(
                     actor,
@@ -182,7 +189,13 @@ class Revocation:
                     f"authority {name!r} is already revoked ({current.revocation_reason}); it "
                     f"cannot be revoked again as {reason}"
                 )
-            locked.certs.set_revocation(current, CertStatus.REVOKED, now, reason)
+            locked.certs.set_revocation(
+                current,
+                CertStatus.REVOKED,
+                now,
+                reason,
+                entry_der(current.serial, now, reason.value),
+            )
             locked.audit.add(
                 AuditEvent.of(
                     actor,

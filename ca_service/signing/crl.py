@@ -95,6 +95,12 @@ def _entry_hex(serial: str, digits: str, reason: str | None) -> str:
     return der.sequence(der.tlv(0x02, body), when, extension).hex()
 
 
+def entry_der(serial: str, revoked_at: dt.datetime, reason: str | None) -> bytes:
+    """One revoked certificate's CRL entry, byte for byte what a CRL built from its row holds;
+    kept with the revocation so that a full CRL joins stored entries (migration 0013)."""
+    return bytes.fromhex(_entry_hex(serial, _time_digits(revoked_at), reason))
+
+
 def _entries(rows: Iterable[RevokedRow]) -> tuple[list[bytes], int]:
     """The DER of every entry, in chunks, and their count.
 
@@ -141,10 +147,14 @@ def sign_crl(
     rows: Iterable[RevokedRow],
     *,
     more_extensions: Sequence[bytes] = (),
+    stored: list[bytes] | None = None,
+    stored_count: int = 0,
 ) -> bytes:
     """The DER CRL: v2, AKI and CRL number extensions, entries in the order given.
     ``more_extensions``: DER Extensions to add after those (IDP, Delta CRL Indicator, Freshest
-    CRL: signing/crl_parts.py)."""
+    CRL: signing/crl_parts.py). ``stored``: ``stored_count`` entries already in DER (entry_der,
+    joined by the database), put before those of ``rows``; the list is emptied, so that its
+    bytes (45 MB at a million) are not held beside the TBS and the CRL."""
     algorithm = algorithms.algorithm_identifier(ca.key_type)
     aki = x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca.ski).public_bytes()
     extensions = der.sequence(
@@ -156,6 +166,10 @@ def sign_crl(
         *more_extensions,
     )
     chunks, count = _entries(rows)
+    if stored:
+        chunks[:0] = stored
+        stored.clear()
+        count += stored_count
     size = sum(map(len, chunks))
     head = b"".join(
         (

@@ -96,6 +96,9 @@ class CertificateRow(Base):
     status: Mapped[str] = mapped_column(String(16), index=True)
     revoked_at: Mapped[dt.datetime | None] = mapped_column(UTC_DATETIME)
     revocation_reason: Mapped[str | None] = mapped_column(String(32))
+    # The DER of this certificate's CRL entry while it is revoked, written with the revocation
+    # (migration 0013): a full CRL joins them in the database instead of encoding each row.
+    crl_entry: Mapped[bytes | None] = mapped_column(LargeBinary)
     fingerprint_sha256: Mapped[str] = mapped_column(String(64), unique=True)
     der: Mapped[bytes] = mapped_column(LargeBinary)
     requester: Mapped[str] = mapped_column(String(255))

@@ -24,6 +24,7 @@ from cryptography.x509.oid import AuthorityInformationAccessOID
 from ca_service.core.facade import Core
 from ca_service.domain import CertStatus, RevocationReason
 from ca_service.errors import PolicyRejected
+from ca_service.signing.crl import entry_der
 from ca_service.signing.serials import serial_hex
 from ca_service.storage.db import unit_of_work
 from ca_service.storage.repositories import CertificateRepository
@@ -436,7 +437,11 @@ def test_a_root_never_lists_itself_even_when_its_row_says_revoked(
         repo = CertificateRepository(s)
         row = repo.find_for_update(serial, "default-root")
         assert row is not None
-        repo.set_revocation(row, CertStatus.REVOKED, ca.clock.now(), RevocationReason.UNSPECIFIED)
+        now = ca.clock.now()
+        # With its stored entry, as a revocation writes it since migration 0013: the CRL's
+        # join leaves the authority's own serial out too.
+        entry = entry_der(serial, now, RevocationReason.UNSPECIFIED.value)
+        repo.set_revocation(row, CertStatus.REVOKED, now, RevocationReason.UNSPECIFIED, entry)
     crl = x509.load_der_x509_crl(ca.generate_crl("default-root").der)
     assert crl.get_revoked_certificate_by_serial_number(root.serial_number) is None
     with pytest.raises(PolicyRejected) as refused:

@@ -18,6 +18,7 @@ from bench.populate import Population, load, prepare
 from ca_service.core.facade import Core
 from ca_service.crypto.keys import generate_private_key, signature_hash
 from ca_service.domain import RevocationReason
+from ca_service.signing.crl import entry_der
 from ca_service.signing.serials import serial_hex
 
 from ..conftest import ADMIN, run
@@ -57,9 +58,12 @@ def _maker(expected: dict[int, tuple[dt.datetime, str | None]]) -> Any:
             reason = REASONS[index % len(REASONS)]
             expected[serial] = (when.replace(microsecond=0), reason)
             host = f"h{index}.fast.example.test"
+            # Most with the entry a revocation stores (migration 0013); every seventh without,
+            # as a row revoked before that migration: both kinds must be listed, byte-exact.
+            entry = entry_der(serial_hex(serial), when, reason) if index % 7 else None
             yield (
                 pop.authority_id, serial_hex(serial), f"CN={host}", host, f" dns:{host} ",
-                "ecdsa-p256", "server", now, NOT_AFTER, "revoked", when, reason,
+                "ecdsa-p256", "server", now, NOT_AFTER, "revoked", when, reason, entry,
                 f"{i:08x}{serial:056x}"[-64:], pop.template_der, "test", now,
             )  # fmt: skip
 
