@@ -18,6 +18,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -64,6 +65,18 @@ class CertificateRow(Base):
         UniqueConstraint("authority_id", "serial", name="uq_certificates_authority_serial"),
         # The CRL query: revoked, unexpired entries of one authority.
         Index("ix_certificates_crl", "authority_id", "status", "not_after"),
+        # The full CRL's stored entries (migration 0013), revoked rows only, so an issuance
+        # never writes it: the CRL reads this index alone, not a 1 KB table row per entry.
+        Index(
+            "ix_certificates_crl_entries",
+            "authority_id",
+            "status",
+            "not_after",
+            "serial",
+            "crl_entry",
+            sqlite_where=text("status = 'revoked'"),
+            postgresql_where=text("status = 'revoked'"),
+        ),
         # The admin UI's list (migration 0008, storage/search.py): a filter's index ends with
         # the id, so newest-first pages walk it in order whatever the value's share; expiry
         # order walks (not_after, id), or (status, not_after, id) for valid/expired only.

@@ -725,7 +725,9 @@ class CertificateRepository:
         entries), far past the size at which an authority's CRL should be sharded."""
         where = (
             CertificateRow.authority_id == authority_id,
-            CertificateRow.status == CertStatus.REVOKED.value,
+            # Literal, not a parameter: a generic plan (PostgreSQL's) may use the partial index
+            # of migration 0013, which holds every column this query reads, only then.
+            CertificateRow.status == literal_column(f"'{CertStatus.REVOKED.value}'"),
             CertificateRow.not_after > now,
             CertificateRow.serial != (except_serial or ""),
         )

@@ -118,3 +118,33 @@ def test_entry_der_is_what_the_row_encoder_writes(
     for row_time in (when, as_text):
         chunks, count = crl_encoding._entries([(serial, row_time, reason)])
         assert count == 1 and b"".join(chunks) == stored
+
+
+def test_sqlite_reads_the_stored_entries_from_the_partial_index_alone(ca: Core) -> None:
+    """SQLite keeps no statistics, so this plan is the plan at 1M: the entries come from the
+    covering index of migration 0013 (0.65 s for 1M), not from the table rows (1.45 s)."""
+    if not ca.db.is_sqlite:
+        pytest.skip("PostgreSQL's plan depends on its statistics; this store is tiny")
+    ca.revoke(_issue(ca, "plan.stored.example.test"), RevocationReason.SUPERSEDED, ADMIN)
+    captured: list[tuple[str, object]] = []
+
+    def capture(*args: object) -> None:
+        if "group_concat" in str(args[2]):
+            captured.append((str(args[2]), args[3]))
+
+    engines = {ca.db.engine, ca.db.write_engine}
+    for engine in engines:
+        sa.event.listen(engine, "before_cursor_execute", capture)
+    try:
+        ca.generate_crl()
+    finally:
+        for engine in engines:
+            sa.event.remove(engine, "before_cursor_execute", capture)
+    assert captured  # (a revocation may have started a CRL of its own meanwhile)
+    statement, params = captured[-1]
+    with ca.db.engine.connect() as conn:
+        plan = " | ".join(
+            str(r[3])
+            for r in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + statement, params)  # type: ignore[arg-type]
+        )
+    assert "COVERING INDEX ix_certificates_crl_entries" in plan, plan
