@@ -62,8 +62,8 @@ def _crl_phases(c: dict[str, Any]) -> str:
         parts.append(f"{c['seconds'] / c['entries'] * 1e6:.1f} us per entry")
     b = c.get("breakdown") or {}
     phases = {
-        "reading the rows": b.get("query_s"),
-        "writing the entries' DER": b.get("entry_objects_s"),
+        "joining the stored entries": b.get("query_s"),
+        "encoding rows without one": b.get("entry_objects_s"),
         "signing and checking": b.get("sign_encode_s"),
     }
     timed = {k: v for k, v in phases.items() if isinstance(v, int | float)}

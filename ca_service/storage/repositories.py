@@ -734,12 +734,22 @@ class CertificateRepository:
         entry = CertificateRow.crl_entry
         if self.s.get_bind().dialect.name == "sqlite":
             # group_concat keeps a blob's bytes (NULs included) but types the result as text.
-            joined: Any = cast(func.group_concat(entry, literal("")), LargeBinary)
-        else:
-            joined = func.string_agg(entry, literal(b"", LargeBinary))
-        count, total, blob = self.s.execute(
-            select(func.count(entry), func.count(), joined).where(*where)
-        ).one()
+            joined = cast(func.group_concat(entry, literal("")), LargeBinary)
+            count, total, blob = self.s.execute(
+                select(func.count(entry), func.count(), joined).where(*where)
+            ).one()
+            return int(count), int(total) - int(count), bytes(blob or b"")
+        # PostgreSQL: the driver's own cursor in binary format, so the 47 MB value of a million
+        # entries comes as bytes, not as 95 MB of hex text decoded and copied (0.8-1.0 s against
+        # 1.4 s; measured in bench/PROFILES.md).
+        query = select(func.count(entry), func.count(), func.string_agg(entry, literal(b""))).where(
+            *where
+        )
+        compiled = query.compile(dialect=self.s.get_bind().dialect)
+        raw = self.s.connection().connection.driver_connection
+        with raw.cursor(binary=True) as cursor:  # type: ignore[union-attr]
+            cursor.execute(str(compiled), compiled.params)
+            count, total, blob = cursor.fetchone()
         return int(count), int(total) - int(count), bytes(blob or b"")
 
 
