@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ca_service.config import load_settings
+from ca_service.web import gunicorn_worker as _worker
 from ca_service.web import server_hooks as _hooks
 
 _settings = load_settings()
@@ -22,8 +23,12 @@ _hooks.install_problem_error_pages()
 
 bind = [_settings.bind]
 workers = _settings.worker_count
-# Threads let a worker keep idle keep-alive connections while another request signs.
-worker_class = "gthread"
+# Threads let a worker keep idle keep-alive connections while another request signs; the
+# balanced variant leaves a share of new connections to the other workers
+# (ca_service/web/gunicorn_worker.py).
+worker_class = (
+    "ca_service.web.gunicorn_worker.BalancedThreadWorker" if _worker.supported() else "gthread"
+)
 threads = _settings.threads
 timeout = _settings.timeout
 # On SIGTERM, workers finish the requests they hold for up to this long before exiting.
