@@ -7,7 +7,7 @@ then often lands them all on one worker, which serves them on one core under its
 lock while the other workers idle for the life of those connections: measured on 2 workers
 with 8 connections opened together, all 8 on one worker in one try out of three, and nonce-less
 OCSP answered 1,562/s that way against 3,557-4,193/s with the connections spread
-(bench/PROFILES.md, "Connections spread over the workers").
+(bench/PROFILES.md, "OCSP fast path: connections spread over the workers").
 
 So after each accept a worker stops polling the listener for a moment that grows with the
 connections it holds (``hold``), and a connection that arrives meanwhile goes to a worker that
@@ -36,7 +36,7 @@ def hold(connections: int) -> float:
 
 
 def supported() -> bool:
-    """This gunicorn's threaded worker has the accept switch this class relies on (24+);
+    """This gunicorn's threaded worker has the accept switch this class relies on (27 has it);
     without it the configuration uses gunicorn's own worker unchanged."""
     return all(
         hasattr(ThreadWorker, name)
