@@ -132,9 +132,7 @@ def settings(tmp_path: Path, db_url: str) -> Settings:
     return make_settings(tmp_path, db_url)
 
 
-def new_ca(
-    settings: Settings, key_type: KeyType = KeyType.ECDSA_P256, **spec: object
-) -> Core:
+def new_ca(settings: Settings, key_type: KeyType = KeyType.ECDSA_P256, **spec: object) -> Core:
     ca = build_authority(settings, apply_migrations=True)
     ca.create_hierarchy(HierarchySpec(key_type=key_type, **spec), ADMIN)  # type: ignore[arg-type]
     ca.load_keys()
@@ -144,6 +142,16 @@ def new_ca(
 @pytest.fixture
 def ca(settings: Settings) -> Iterator[Core]:
     authority = new_ca(settings)
+    yield authority
+    authority.db.dispose()
+
+
+@pytest.fixture
+def two_hierarchies(tmp_path: Path, db_url: str) -> Iterator[Core]:
+    """A CA with the default hierarchy and a second one, "other" (root and issuing CA)."""
+    authority = new_ca(make_settings(tmp_path, db_url))
+    authority.create_hierarchy(HierarchySpec(name="other"), ADMIN)
+    authority.load_keys()
     yield authority
     authority.db.dispose()
 

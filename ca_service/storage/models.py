@@ -95,7 +95,9 @@ class CertificateRow(Base):
 
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
     authority_id: Mapped[int] = mapped_column(ForeignKey("authorities.id"))
-    serial: Mapped[str] = mapped_column(String(42), index=True)
+    # No index of its own (migration 0014): uq_certificates_authority_serial serves a lookup by
+    # serial alone too, asked with every authority's id (storage/repositories.py, any_authority).
+    serial: Mapped[str] = mapped_column(String(42))
     subject: Mapped[str] = mapped_column(String(1024))
     common_name: Mapped[str | None] = mapped_column(String(255), index=True)
     # Space-separated "kind:value" names with a leading and trailing space, for LIKE search.

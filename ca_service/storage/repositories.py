@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from sqlalchemy import (
+    ColumnElement,
     LargeBinary,
     and_,
     bindparam,
@@ -303,6 +304,17 @@ class AuthorityRepository:
         return int(number)
 
 
+def serial_of_any_authority(serial: str) -> ColumnElement[bool]:
+    """``serial`` under whichever authority: the unique (authority_id, serial) index probed once
+    per authority (migration 0014 dropped the serial's own index, one random-keyed index fewer
+    for every insert). Both planners need the authorities named to use it: PostgreSQL otherwise
+    reads the whole index for a serial alone."""
+    return and_(
+        CertificateRow.authority_id.in_(select(AuthorityRow.id).scalar_subquery()),
+        CertificateRow.serial == serial,
+    )
+
+
 class CertificateRepository:
     def __init__(self, session: Session) -> None:
         self.s = session
@@ -370,7 +382,7 @@ class CertificateRepository:
 
     def find(self, serial: str, authority: str | None = None) -> list[CertificateRecord]:
         """All certificates with this serial (one per authority at most)."""
-        query = self._query().where(CertificateRow.serial == serial)
+        query = self._query().where(serial_of_any_authority(serial))
         if authority:
             query = query.where(AuthorityRow.name == authority)
         return [self._to_record(row, name) for row, name in self.s.execute(query)]

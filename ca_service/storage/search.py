@@ -37,7 +37,12 @@ from ca_service.storage.models import (
     AuthorityRow,
     CertificateRow,
 )
-from ca_service.storage.repositories import MIN_INDEXED_TERM, CertificateRepository, audit_event
+from ca_service.storage.repositories import (
+    MIN_INDEXED_TERM,
+    CertificateRepository,
+    audit_event,
+    serial_of_any_authority,
+)
 
 HOLD = RevocationReason.CERTIFICATE_HOLD.value
 VALID, REVOKED = CertStatus.VALID.value, CertStatus.REVOKED.value
@@ -130,7 +135,7 @@ class CertificateSearch:
                 raise BadRequest("the search text holds a control character")
             hexed = _hex_of(q)
             if hexed is not None and len(hexed) <= 42:
-                serial = CertificateRow.serial == _serial_form(hexed)
+                serial = serial_of_any_authority(_serial_form(hexed))
                 exact += self._rows(base.where(serial), query.sort)
             if hexed is not None and len(hexed) == 64:
                 fingerprint = CertificateRow.fingerprint_sha256 == hexed

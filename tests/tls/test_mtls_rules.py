@@ -20,13 +20,12 @@ from cryptography.x509.oid import NameOID
 
 from ca_service.config import MTLSRule, Settings, check_mtls_authorities, load_settings
 from ca_service.core.facade import Core
-from ca_service.core.hierarchy import HierarchySpec
 from ca_service.domain import IssuedCertificate
 from ca_service.errors import ConfigError
 from ca_service.web.app import create_app
 from ca_service.web.mtls import first_matching_rule
 
-from ..conftest import ADMIN, drop_pg_schema, make_pg_schema, make_settings, new_ca
+from ..conftest import ADMIN, drop_pg_schema, make_pg_schema
 from ..helpers import make_key
 from ..live import LiveServer, assert_problem, certificate_count, create_token, start_server
 
@@ -114,12 +113,8 @@ def test_bound_and_san_rules_load(tmp_path: Path) -> None:
 
 
 @pytest.fixture
-def ca(tmp_path: Path, db_url: str) -> Iterator[Core]:
-    authority = new_ca(make_settings(tmp_path, db_url))
-    authority.create_hierarchy(HierarchySpec(name="other"), ADMIN)
-    authority.load_keys()
-    yield authority
-    authority.db.dispose()
+def ca(two_hierarchies: Core) -> Core:
+    return two_hierarchies
 
 
 def test_create_app_refuses_a_rule_bound_to_an_unknown_authority(
