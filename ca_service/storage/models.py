@@ -96,7 +96,7 @@ class CertificateRow(Base):
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
     authority_id: Mapped[int] = mapped_column(ForeignKey("authorities.id"))
     # No index of its own (migration 0014): uq_certificates_authority_serial serves a lookup by
-    # serial alone too, asked with every authority's id (storage/repositories.py, any_authority).
+    # serial alone too, asked with every authority's id (repositories.serial_of_any_authority).
     serial: Mapped[str] = mapped_column(String(42))
     subject: Mapped[str] = mapped_column(String(1024))
     common_name: Mapped[str | None] = mapped_column(String(255), index=True)
