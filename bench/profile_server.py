@@ -88,12 +88,18 @@ def main() -> int:
     parser.add_argument(
         "--idle", action="store_true", help="also sample waiting threads (locks, fsync, sleeps)"
     )
+    parser.add_argument(
+        "--gil", action="store_true",
+        help="sample only the thread holding the GIL: the workers' Python CPU, without waits",
+    )  # fmt: skip
+    parser.add_argument("--top", type=int, default=30, help="rows of each table")
     parser.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "ca-bench-prof")
     args = parser.parse_args()
     if shutil.which("py-spy") is None:
         raise SystemExit("py-spy is not installed (pip install py-spy)")
     args.out.mkdir(parents=True, exist_ok=True)
-    tag = f"{args.db}-{args.scenario}-c{args.concurrency}-{args.rows}{'-idle' if args.idle else ''}"
+    flags = ("-idle" if args.idle else "") + ("-gil" if args.gil else "")
+    tag = f"{args.db}-{args.scenario}-c{args.concurrency}-{args.rows}{flags}"
     csr = leaf_csr_pem()
     with (
         tempfile.TemporaryDirectory(prefix="ca-bench-prof-") as tmp,
@@ -138,7 +144,8 @@ def main() -> int:
             spy = subprocess.Popen(
                 ["py-spy", "record", "--subprocesses", "--pid", str(server.pid), "--rate", "200",
                  "--duration", str(int(args.seconds)), "--format", "raw", "--output", str(raw),
-                 "--nonblocking", *(["--idle"] if args.idle else [])],
+                 "--nonblocking", *(["--idle"] if args.idle else []),
+                 *(["--gil"] if args.gil else [])],
                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
             )  # fmt: skip
             time.sleep(1.0)
@@ -147,7 +154,7 @@ def main() -> int:
                 max_requests=1_000_000, max_seconds=args.seconds - 1.5,
             )  # fmt: skip
             _, err = spy.communicate(timeout=args.seconds + 60)
-    summary = {"tag": tag, "load": result.summary(), **analyze(raw)}
+    summary = {"tag": tag, "load": result.summary(), **analyze(raw, args.top)}
     (args.out / f"{tag}.json").write_text(json.dumps(summary, indent=1))
     print(json.dumps(summary["load"]))
     print(f"busy samples: {summary['samples']}  (py-spy: {err.decode().strip()[-200:]})")
@@ -155,7 +162,7 @@ def main() -> int:
     for name, pct in summary["inclusive_pct"]:  # type: ignore[union-attr]
         print(f"  {pct:5.1f}  {name}")
     print("self %:")
-    for name, pct in summary["self_pct"][:15]:  # type: ignore[index]
+    for name, pct in summary["self_pct"][: args.top]:  # type: ignore[index]
         print(f"  {pct:5.1f}  {name}")
     return 0
 

@@ -22,6 +22,7 @@ from bench import (
     acme_orders,
     chart,
     crl_scale,
+    floor,
     hsm,
     http_scenarios,
     ocsp_presigned,
@@ -35,7 +36,8 @@ from bench.common import database_url, leaf_csr_pem, machine_info, pg_reachable,
 from ca_service.domain import KeyType
 
 SCENARIOS = (
-    "openssl", "ceiling", "cfssl", "store", "crl", "http", "ocsp", "hsm", "acme", "ui", "replicas",
+    "openssl", "ceiling", "cfssl", "floor", "store", "crl", "http", "ocsp", "hsm", "acme", "ui",
+    "replicas",
 )  # fmt: skip
 REPO = Path(__file__).resolve().parent.parent
 
@@ -130,6 +132,13 @@ def run(mode: Mode, only: set[str], out_dir: Path, command: str) -> dict[str, An
                 )  # fmt: skip
         else:
             results["references"]["cfssl"] = {"status": "skipped", "reason": f"{mode.name} mode"}
+    if "floor" in only:
+        # Reference (d): the same gunicorn settings, generator and CSR as the HTTP scenarios,
+        # with the least work an issuing endpoint can do (bench/floor.py).
+        results["references"]["floor"] = floor.floor_scenario(
+            csr, ("none", *dbs), tuple(c for c in mode.http_concurrencies if c > 1) or (1,),
+            mode.http_seconds, mode.max_requests,
+        )  # fmt: skip
     if "store" in only or "crl" in only:
         # The CRL builds are part of the store scenario; ``crl`` alone skips its lookups and
         # issuance (and with ``store`` it adds nothing: the same CRLs are not built twice).

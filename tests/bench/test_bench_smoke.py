@@ -34,6 +34,12 @@ def test_tiny_run_writes_results(tmp_path: Path) -> None:
     for key_type in ("ecdsa-p256", "rsa-2048"):
         assert _positive(refs["ceiling"][key_type]["per_s"])
 
+    # Reference (d), the stack's floor: every answer it gave was committed first.
+    floor = refs["floor"]["runs"]
+    assert _positive(floor["none"]["c1"]["rps"])
+    assert floor["sqlite"]["rows_stored"] == floor["sqlite"]["answered"] > 0
+    assert "### (d) the stack's floor" in (tmp_path / "RESULTS.md").read_text()
+
     sqlite = saved["store"]["sqlite"]
     for size in ("1000", "2000"):
         crl = sqlite["crl"][size]
