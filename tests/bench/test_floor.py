@@ -102,8 +102,38 @@ def test_report_reads_the_floor_into_the_missed_rate_and_the_figures() -> None:
     assert target["status"] == "missed"
     assert "1,000.0/s (0.67 of the goal)" in target["why"]
     assert "1,800.0/s storing nothing (1.20)" in target["why"]
+    results["references"]["floor"]["runs"]["postgresql"]["c8"] = {  # type: ignore[index]
+        "rps": 600.0, "p50_ms": 12.0, "p99_ms": 28.5, "concurrency": 8, "errors": 0
+    }  # fmt: skip
+    results["http"]["postgresql"]["ecdsa-p256"]["issue_csr"]["c8"] = {  # type: ignore[index]
+        "rps": 400.0, "p50_ms": 15.0, "p99_ms": 40.0, "concurrency": 8
+    }  # fmt: skip
+    p99 = next(
+        t for t in report.evaluate(results) if t["target"] == "p99 issuance latency c=8 PostgreSQL"
+    )
+    assert p99["status"] == "missed"
+    assert "floor (d) at c=8 in this run: p99 28.5 ms" in p99["why"]
     row = next(
         r for r in report.figures(results) if "PostgreSQL, c=32, vs the stack's floor" in r[0]
     )
     assert row[3] == "0.70"
     assert "9 of 9" in "\n".join(report.floor_markdown(results["references"]["floor"]))
+
+
+def test_report_reads_the_floor_into_the_cfssl_ratio() -> None:
+    c32 = {"rps": 600.0, "p50_ms": 40.0, "p99_ms": 90.0, "concurrency": 32, "errors": 0}
+    results = {
+        "machine": {"nproc": 2},
+        "http": {"sqlite": {"ecdsa-p256": {"status": "ok", "issue_csr": {"c32": c32}}}},
+        "references": {
+            "cfssl": {"status": "ok", "runs": {"ecdsa_sqlite": {"c32": {**c32, "rps": 500.0}}}},
+            "floor": {"status": "ok", "runs": {"sqlite": {"c32": {**c32, "rps": 700.0}}}},
+        },
+    }
+    target = next(
+        t for t in report.evaluate(results)
+        if t["target"] == "HTTP issuance SQLite c=32 vs CFSSL + SQLite certdb (same run)"
+    )  # fmt: skip
+    assert target["status"] == "missed"
+    assert target["measured"] == 1.2
+    assert "floor (d) on SQLite in this run: 700.0/s, 1.40x CFSSL" in target["why"]
