@@ -9,6 +9,7 @@ state of its own: caches belong to the part that fills them.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -19,7 +20,7 @@ from ca_service.clock import Clock
 from ca_service.config import Settings
 from ca_service.crypto.fields import certificate_names, common_name_of
 from ca_service.crypto.keys import fingerprint_sha256, key_type_of
-from ca_service.domain import CertificateRecord, CertStatus
+from ca_service.domain import ApprovedTemplate, CertificateRecord, CertStatus
 from ca_service.errors import BadRequest
 from ca_service.notify import Events, NoEvents
 from ca_service.signing.keystore import Keystore
@@ -63,6 +64,40 @@ def record_for(
         revocation_reason=None,
         fingerprint_sha256=fingerprint_sha256(cert),
         der=cert.public_bytes(serialization.Encoding.DER),
+        requester=requester[:255],
+        created_at=now,
+    )
+
+
+def record_of_leaf(
+    cert: x509.Certificate, template: ApprovedTemplate, requester: str, now: dt.datetime
+) -> CertificateRecord:
+    """The stored form of an end-entity certificate just signed from ``template``: the same
+    record as ``record_for(cert, ...)``, in a third of its time (issue 15).
+
+    The names, subject and key type are the template's, which the signer encodes and never
+    adds to (ApprovedTemplate); reading them back out of the certificate cost 17 us of the 28
+    us a record took, on every issuance. What only the signature decides (the serial's and the
+    validity's encoding, the bytes and so the fingerprint) is still read from the certificate.
+    tests/core/test_record_of_leaf.py holds the two forms equal across every kind of name,
+    profile and key type.
+    """
+    der = cert.public_bytes(serialization.Encoding.DER)
+    return CertificateRecord(
+        authority=template.authority,
+        serial=serial_hex(cert.serial_number),
+        subject=template.subject.rfc4514_string(),
+        common_name=template.common_name,
+        sans=tuple(map(str, template.names)),
+        key_type=template.key_type.value,
+        profile=template.profile,
+        not_before=cert.not_valid_before_utc,
+        not_after=cert.not_valid_after_utc,
+        status=CertStatus.VALID,
+        revoked_at=None,
+        revocation_reason=None,
+        fingerprint_sha256=hashlib.sha256(der).hexdigest(),
+        der=der,
         requester=requester[:255],
         created_at=now,
     )

@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import pkcs12
 
 from ca_service import metrics
-from ca_service.core.context import Context, record_for
+from ca_service.core.context import Context, record_of_leaf
 from ca_service.core.issued_records import IssuedRecords, confirm_in_store
 from ca_service.core.registry import LoadedAuthority, Registry
 from ca_service.crypto.csr import parse_csr
@@ -245,7 +245,7 @@ class Issuance:
                 template = dataclasses.replace(template, public_key=private_key.public_key())
             template, crl_shard = self.registry.crl_pointers(template)
             cert = loaded.signer.sign_certificate(template)
-            record = record_for(cert, name, template.profile, actor.identity, now)
+            record = record_of_leaf(cert, template, actor.identity, now)
             try:
                 self.records.commit(
                     record,

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from cryptography import x509
 
 from ca_service import metrics
-from ca_service.core.context import STORE_RECHECK_SECONDS, Context, record_for
+from ca_service.core.context import STORE_RECHECK_SECONDS, Context, record_of_leaf
 from ca_service.core.ocsp_presigned import PresignedAnswers, Served
 from ca_service.core.registry import LoadedAuthority, Registry
 from ca_service.crypto.ocsp_wire import (
@@ -243,7 +243,7 @@ class OCSPService:
                     loaded.view, key.public_key, key_type, now, self.ctx.serials(), lifetime
                 )
                 cert = loaded.signer.sign_certificate(template)
-                record = record_for(cert, name, template.profile, "system:ocsp", now)
+                record = record_of_leaf(cert, template, "system:ocsp", now)
                 CertificateRepository(s).add(record, authority_id)
                 responder = ResponderRecord(
                     name,
