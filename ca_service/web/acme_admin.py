@@ -7,14 +7,14 @@ authorities) by ca_service.acme.eab.EABKeys, which the CLI calls the same way.
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, jsonify, url_for
+from flask import Blueprint, Response, url_for
 
 from ca_service import api_models as wire
 from ca_service.api_models import EABKeyList, EABKeyRequest
 from ca_service.domain import Role
 from ca_service.errors import BadRequest, NotFound
 from ca_service.web.auth import actor_for_request, require
-from ca_service.web.contract import Answer, operation
+from ca_service.web.contract import Answer, answer, operation
 from ca_service.web.extensions import core, eab_keys
 
 acme_admin = Blueprint("acme_admin", __name__, url_prefix="/api/v1/acme")
@@ -54,7 +54,7 @@ def create_eab_key(body: EABKeyRequest) -> Response:
         known_profiles=ca.settings.profiles,
         known_authorities={a.name for a in ca.list_authorities()},
     )
-    response = jsonify(wire.as_json(wire.eab_key(record, hmac_key=hmac_key)))
+    response = answer(wire.eab_key(record, hmac_key=hmac_key))
     response.status_code = 201
     response.headers["Location"] = url_for("acme_admin.get_eab_key", kid=record.kid)
     return response
@@ -69,7 +69,7 @@ def create_eab_key(body: EABKeyRequest) -> Response:
 )
 def list_eab_keys() -> Response:
     items = [wire.eab_key(r) for r in eab_keys().list()]
-    return jsonify(wire.as_json(EABKeyList(items=items)))
+    return answer(EABKeyList(items=items))
 
 
 @acme_admin.get("/eab/<kid>")
@@ -81,7 +81,7 @@ def list_eab_keys() -> Response:
     raises=(NotFound,),
 )
 def get_eab_key(kid: str) -> Response:
-    return jsonify(wire.as_json(wire.eab_key(eab_keys().get(kid))))
+    return answer(wire.eab_key(eab_keys().get(kid)))
 
 
 @acme_admin.delete("/eab/<kid>")
@@ -96,4 +96,4 @@ def get_eab_key(kid: str) -> Response:
 )
 def revoke_eab_key(kid: str) -> Response:
     record = eab_keys().revoke(kid, actor_for_request())
-    return jsonify(wire.as_json(wire.eab_key(record)))
+    return answer(wire.eab_key(record))

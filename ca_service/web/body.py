@@ -26,8 +26,10 @@ MAX_INT = 2**63 - 1
 # (JSON "\ud800") cannot be encoded as UTF-8. Neither is in any name, token or CSR we accept.
 _BAD_TEXT = re.compile(r"[\x00\ud800-\udfff]")
 # A JSON string (possibly unterminated) or one bracket: strings are skipped whole, so brackets
-# inside them are not counted.
-_JSON_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"?|[\[\]{}]', re.DOTALL)
+# inside them are not counted. The string's loop is unrolled (runs of plain characters, then
+# one escape): the same matches as ``"(?:[^"\\]|\\.)*"?``, which tried the alternation once a
+# character, in 2.6 us instead of 11.5 for a CSR's body (bench/PROFILES.md, session 12).
+_JSON_TOKEN = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"?|[\[\]{}]', re.DOTALL)
 
 
 def has_bad_text(text: str) -> bool:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from functools import wraps
 from typing import Any, TypeVar
 
+from flask import Response
 from pydantic import BaseModel
 from werkzeug.exceptions import HTTPException
 
@@ -22,6 +23,18 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 JSON = "application/json"
 PROBLEM_JSON = "application/problem+json"
+
+
+def answer(model: BaseModel, status: int = 200) -> Response:
+    """``model`` as the JSON body of an answer, without the optional members that were not
+    given (the private key of a certificate whose key was not made here, say).
+
+    pydantic-core writes the JSON itself: the same text ``api_models.as_json`` and Flask's
+    ``jsonify`` made in two passes through Python objects, in 16 us instead of 28 for a new
+    certificate's answer, on every issuance (bench/PROFILES.md, session 12).
+    """
+    body = model.model_dump_json(exclude_unset=True) + "\n"
+    return Response(body, status=status, mimetype=JSON)
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@ live in ca_service.oidc.provisioners, the same ones `ca-service provisioner` run
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, jsonify, url_for
+from flask import Blueprint, Response, url_for
 
 from ca_service import api_models as wire
 from ca_service.api_models import ProvisionerList, ProvisionerRequest
@@ -11,7 +11,7 @@ from ca_service.domain import Role
 from ca_service.errors import BadRequest, Conflict, NotFound
 from ca_service.oidc.provisioners import ProvisionerSpec
 from ca_service.web.auth import actor_for_request, require
-from ca_service.web.contract import Answer, operation
+from ca_service.web.contract import Answer, answer, operation
 from ca_service.web.extensions import core, provisioners, settings
 
 bp = Blueprint("provisioners", __name__, url_prefix="/api/v1")
@@ -52,7 +52,7 @@ def create_provisioner(body: ProvisionerRequest) -> Response:
         known_profiles=ca.settings.profiles,
         known_authorities={a.name for a in ca.list_authorities()},
     )
-    response = jsonify(wire.as_json(wire.provisioner(record)))
+    response = answer(wire.provisioner(record))
     response.status_code = 201
     response.headers["Location"] = url_for("provisioners.get_provisioner", name=record.name)
     return response
@@ -67,7 +67,7 @@ def create_provisioner(body: ProvisionerRequest) -> Response:
 )
 def list_provisioners() -> Response:
     items = [wire.provisioner(r) for r in provisioners().list()]
-    return jsonify(wire.as_json(ProvisionerList(items=items)))
+    return answer(ProvisionerList(items=items))
 
 
 @bp.get("/provisioners/<name>")
@@ -79,7 +79,7 @@ def list_provisioners() -> Response:
     raises=(NotFound,),
 )
 def get_provisioner(name: str) -> Response:
-    return jsonify(wire.as_json(wire.provisioner(provisioners().get(name))))
+    return answer(wire.provisioner(provisioners().get(name)))
 
 
 @bp.delete("/provisioners/<name>")
@@ -94,4 +94,4 @@ def get_provisioner(name: str) -> Response:
 )
 def delete_provisioner(name: str) -> Response:
     record = provisioners().delete(name, actor_for_request())
-    return jsonify(wire.as_json(wire.provisioner(record)))
+    return answer(wire.provisioner(record))
