@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives import serialization
 from ca_service.clock import Clock
 from ca_service.config import Settings
 from ca_service.crypto.fields import certificate_names, common_name_of
-from ca_service.crypto.keys import fingerprint_sha256, key_type_of
+from ca_service.crypto.keys import key_type_of
 from ca_service.domain import ApprovedTemplate, CertificateRecord, CertStatus
 from ca_service.errors import BadRequest
 from ca_service.notify import Events, NoEvents
@@ -48,25 +48,12 @@ class Context:
 def record_for(
     cert: x509.Certificate, authority: str, profile: str, requester: str, now: dt.datetime
 ) -> CertificateRecord:
-    """The stored form of a certificate ``authority`` has just signed."""
-    return CertificateRecord(
-        authority=authority,
-        serial=serial_hex(cert.serial_number),
-        subject=cert.subject.rfc4514_string(),
-        common_name=common_name_of(cert),
-        sans=certificate_names(cert),
-        key_type=key_type_of(cert.public_key()).value,
-        profile=profile,
-        not_before=cert.not_valid_before_utc,
-        not_after=cert.not_valid_after_utc,
-        status=CertStatus.VALID,
-        revoked_at=None,
-        revocation_reason=None,
-        fingerprint_sha256=fingerprint_sha256(cert),
-        der=cert.public_bytes(serialization.Encoding.DER),
-        requester=requester[:255],
-        created_at=now,
-    )
+    """The stored form of a certificate ``authority`` has just signed, read from the certificate
+    (a CA's own: its template is not an ApprovedTemplate)."""
+    return _record(
+        cert, authority, cert.subject.rfc4514_string(), common_name_of(cert),
+        certificate_names(cert), key_type_of(cert.public_key()).value, profile, requester, now,
+    )  # fmt: skip
 
 
 def record_of_leaf(
@@ -82,20 +69,39 @@ def record_of_leaf(
     tests/core/test_record_of_leaf.py holds the two forms equal across every kind of name,
     profile and key type.
     """
+    return _record(
+        cert, template.authority, template.subject.rfc4514_string(), template.common_name,
+        tuple(map(str, template.names)), template.key_type.value, template.profile, requester,
+        now,
+    )  # fmt: skip
+
+
+def _record(
+    cert: x509.Certificate,
+    authority: str,
+    subject: str,
+    common_name: str | None,
+    sans: tuple[str, ...],
+    key_type: str,
+    profile: str,
+    requester: str,
+    now: dt.datetime,
+) -> CertificateRecord:
     der = cert.public_bytes(serialization.Encoding.DER)
     return CertificateRecord(
-        authority=template.authority,
+        authority=authority,
         serial=serial_hex(cert.serial_number),
-        subject=template.subject.rfc4514_string(),
-        common_name=template.common_name,
-        sans=tuple(map(str, template.names)),
-        key_type=template.key_type.value,
-        profile=template.profile,
+        subject=subject,
+        common_name=common_name,
+        sans=sans,
+        key_type=key_type,
+        profile=profile,
         not_before=cert.not_valid_before_utc,
         not_after=cert.not_valid_after_utc,
         status=CertStatus.VALID,
         revoked_at=None,
         revocation_reason=None,
+        # The DER serialised once, and hashed: what fingerprint_sha256(cert) computes.
         fingerprint_sha256=hashlib.sha256(der).hexdigest(),
         der=der,
         requester=requester[:255],

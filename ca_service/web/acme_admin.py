@@ -54,8 +54,7 @@ def create_eab_key(body: EABKeyRequest) -> Response:
         known_profiles=ca.settings.profiles,
         known_authorities={a.name for a in ca.list_authorities()},
     )
-    response = answer(wire.eab_key(record, hmac_key=hmac_key))
-    response.status_code = 201
+    response = answer(wire.eab_key(record, hmac_key=hmac_key), 201)
     response.headers["Location"] = url_for("acme_admin.get_eab_key", kid=record.kid)
     return response
 

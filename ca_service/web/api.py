@@ -117,8 +117,7 @@ def _created(result: IssuedCertificate) -> Response:
     location = f"{request.script_root}{api.url_prefix}/certificates/{result.record.serial}"
     if _wants_pem():
         return _pem_response(result, 201, location)
-    response = answer(wire.issued(result, core().clock.now()))
-    response.status_code = 201
+    response = answer(wire.issued(result, core().clock.now()), 201)
     response.headers["Location"] = location
     return response
 
@@ -373,8 +372,7 @@ def create_token(body: TokenRequest) -> Response:
         body.name, role, policy, actor_for_request(), expires_at=expires_at
     )
     data = wire.token(record, core().clock.now(), secret=plain)
-    response = answer(data)
-    response.status_code = 201
+    response = answer(data, 201)
     response.headers["Location"] = url_for("api.list_tokens") + "/" + record.id
     return response
 

@@ -52,8 +52,7 @@ def create_provisioner(body: ProvisionerRequest) -> Response:
         known_profiles=ca.settings.profiles,
         known_authorities={a.name for a in ca.list_authorities()},
     )
-    response = answer(wire.provisioner(record))
-    response.status_code = 201
+    response = answer(wire.provisioner(record), 201)
     response.headers["Location"] = url_for("provisioners.get_provisioner", name=record.name)
     return response
 
